@@ -1,0 +1,55 @@
+"""``stamp-st`` command line. Each command lives in its own module under ``stamp_st.cli`` with a
+``register(subparsers)`` function; modules import heavy libraries only inside their run function, so
+``stamp-st --help`` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import StampInputError
+
+# command module names, in the order shown by --help (data flows one way through them)
+COMMAND_MODULES = [
+    "inspect_cmd", "tokenize_cmd", "build_corpus_cmd", "pretrain_genes_cmd", "align_cmd",
+    "convert_released_cmd", "embed_cmd", "evaluate_cmd", "demo_cmd", "doctor_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="stamp-st", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"stamp-st {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as err:
+            if err.name and err.name.endswith(name):
+                continue  # command not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except StampInputError as err:
+        print(f"stamp-st {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume where supported", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""From sample to model input: gene vocabulary and tokens, image crops, spatial groups."""

@@ -1,0 +1,293 @@
+"""Gene vocabulary, symbol -> Ensembl mapping and vocabulary coverage.
+
+The vocabulary is data, not code: the released 20,310-token table is read from the data directory (or any
+path a user gives) and a model checkpoint carries the vocabulary it was trained with (``to_json``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ..errors import DataNotFoundError, StampInputError
+
+ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?(-\d+)?$")
+
+
+def looks_like_ensembl(names: Sequence[str], min_fraction: float = 0.5) -> bool:
+    """True when most names are Ensembl gene ids (ENSG..., ENSMUSG...)."""
+    names = [str(n) for n in names]
+    if not names:
+        return False
+    hits = sum(bool(ENSEMBL_RE.match(n)) for n in names)
+    return hits / len(names) >= min_fraction
+
+
+def strip_version(gene_id: str) -> str:
+    """ENSG00000141510.17 -> ENSG00000141510 (a trailing make-unique '-1' is kept: it is part of the id)."""
+    gid = str(gene_id)
+    m = re.match(r"^(ENS[A-Z]*G\d+)\.\d+(-\d+)?$", gid)
+    return m.group(1) + (m.group(2) or "") if m else gid
+
+
+@dataclass(frozen=True)
+class GeneVocabulary:
+    """An ordered list of gene ids (token order) with their per-gene mean non-zero expression."""
+
+    gene_ids: tuple[str, ...]
+    mean_nonzero: np.ndarray  # float64 [V]; NaN where unknown
+    symbols: tuple[str, ...] = ()
+    source: str = ""
+    _index: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        if len(set(self.gene_ids)) != len(self.gene_ids):
+            raise StampInputError("vocabulary holds duplicate gene ids", self.source or None,
+                                  hint="make gene ids unique before building a vocabulary")
+        if len(self.mean_nonzero) != len(self.gene_ids):
+            raise StampInputError("vocabulary means and ids differ in length", self.source or None)
+        self._index.update({g: i for i, g in enumerate(self.gene_ids)})
+
+    def __len__(self) -> int:
+        return len(self.gene_ids)
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_tsv(cls, path: str | Path) -> GeneVocabulary:
+        """Read the released table (index, gene_id, symbols, mean_nonzero_expression)."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataNotFoundError("gene vocabulary file not found", path,
+                                    hint="point to stamp_gene_vocab.tsv of the released weights, or build one "
+                                         "from your corpus with `stamp-st build-corpus` (gene_means.tsv)")
+        try:
+            df = pd.read_csv(path, sep="\t", dtype={"gene_id": str, "symbols": str}, keep_default_na=False,
+                             na_values={"mean_nonzero_expression": ["nan", "NaN", ""]})
+        except Exception as err:  # noqa: BLE001 - any parse error is the user's file
+            raise StampInputError(f"cannot parse gene vocabulary ({err})", path) from err
+        missing = {"gene_id", "mean_nonzero_expression"} - set(df.columns)
+        if missing:
+            raise StampInputError(f"gene vocabulary lacks columns {sorted(missing)}", path,
+                                  hint="expected columns: index, gene_id, symbols, mean_nonzero_expression")
+        if "index" in df.columns and not np.array_equal(df["index"].to_numpy(), np.arange(len(df))):
+            raise StampInputError("vocabulary 'index' column is not 0..V-1 in order", path)
+        syms = tuple(df["symbols"].astype(str)) if "symbols" in df.columns else ()
+        return cls(tuple(df["gene_id"].astype(str)), df["mean_nonzero_expression"].to_numpy(np.float64),
+                   syms, str(path))
+
+    @classmethod
+    def default(cls) -> GeneVocabulary:
+        """The released vocabulary from the data directory."""
+        from ..paths import vocab_file
+
+        return cls.from_tsv(vocab_file())
+
+    def to_json(self) -> dict:
+        """Everything needed to rebuild the vocabulary; stored in checkpoints and corpus manifests."""
+        return {
+            "gene_ids": list(self.gene_ids),
+            "mean_nonzero": [None if not np.isfinite(m) else float(m) for m in self.mean_nonzero],
+            "symbols": list(self.symbols),
+            "checksum": self.checksum,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> GeneVocabulary:
+        v = cls(tuple(d["gene_ids"]), np.array([np.nan if m is None else m for m in d["mean_nonzero"]], float),
+                tuple(d.get("symbols", ())), "checkpoint")
+        if "checksum" in d and d["checksum"] != v.checksum:
+            raise StampInputError("vocabulary checksum does not match its gene ids (corrupt checkpoint?)")
+        return v
+
+    def write_tsv(self, path: str | Path) -> None:
+        syms = self.symbols or ("",) * len(self)
+        df = pd.DataFrame({"index": np.arange(len(self)), "gene_id": self.gene_ids, "symbols": syms,
+                           "mean_nonzero_expression": self.mean_nonzero})
+        from ..io_utils import atomic_write_text
+
+        atomic_write_text(path, df.to_csv(sep="\t", index=False, na_rep="nan"))
+
+    # ---------------------------------------------------------------- facts
+    @property
+    def checksum(self) -> str:
+        """sha256 over the ordered gene ids: two vocabularies with the same checksum tokenize identically
+        (given the same means)."""
+        h = hashlib.sha256("\n".join(self.gene_ids).encode())
+        return "sha256:" + h.hexdigest()[:16]
+
+    def index_of(self, gene_ids: Sequence[str]) -> np.ndarray:
+        """Vocabulary index of each id, -1 where absent."""
+        idx = self._index
+        return np.fromiter((idx.get(strip_version(g), -1) for g in gene_ids), dtype=np.int64,
+                           count=len(gene_ids))
+
+    def divisors(self, rounded: bool = True) -> np.ndarray:
+        """Per-gene divisor of the normalised expression.
+
+        ``rounded=True`` is the release's rule (what its weights saw): NaN -> 0, round half up to an integer,
+        then 0 -> 1. ``rounded=False`` keeps the real means (NaN or <= 0 -> 1), for new vocabularies.
+        """
+        m = np.asarray(self.mean_nonzero, np.float64)
+        if rounded:
+            d = np.floor(np.nan_to_num(m, nan=0.0) + 0.5)
+        else:
+            d = np.where(np.isfinite(m) & (m > 0), m, 1.0)
+        d[d == 0] = 1.0
+        return d
+
+
+class SymbolMapper:
+    """Gene symbol -> Ensembl id, from ordered tables (first table that knows a symbol wins).
+
+    Default order: the release's own map, then the vocabulary's symbols column (it lists synonyms such as
+    ``ATXN8,TWNK``), then Bioconductor's org.Hs.eg.db table (protein-coding rows first).
+    """
+
+    def __init__(self, tables: Sequence[dict[str, str]], sources: Sequence[str] = ()):
+        self.tables = list(tables)
+        self.sources = list(sources)
+        merged: dict[str, str] = {}
+        for t in reversed(self.tables):
+            merged.update(t)
+        self._merged = merged
+
+    @classmethod
+    def default(cls, vocab: GeneVocabulary | None = None, data_root: str | Path | None = None) -> SymbolMapper:
+        from ..paths import data_dir
+
+        root = Path(data_root) if data_root else data_dir(required=False)
+        tables, sources = [], []
+        if root is not None:
+            release = root / "vocab" / "stamp_symbol_to_ensembl.tsv"
+            if release.is_file():
+                tables.append(read_symbol_table(release))
+                sources.append(str(release))
+        if vocab is not None and vocab.symbols:
+            t: dict[str, str] = {}
+            for gid, syms in zip(vocab.gene_ids, vocab.symbols):
+                for s in str(syms).split(","):
+                    s = s.strip()
+                    if s and s not in t:
+                        t[s] = gid
+            tables.append(t)
+            sources.append("vocabulary symbols")
+        if root is not None:
+            org = root / "vocab" / "org.Hs.eg.db_3.16.0_genes.tsv.gz"
+            if org.is_file():
+                tables.append(read_orgdb_table(org))
+                sources.append(str(org))
+        return cls(tables, sources)
+
+    def map(self, symbols: Sequence[str]) -> np.ndarray:
+        """Ensembl id per symbol ('' where unknown)."""
+        m = self._merged
+        return np.array([m.get(str(s), "") for s in symbols], dtype=object)
+
+
+def read_symbol_table(path: str | Path) -> dict[str, str]:
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    if not {"symbol", "gene_id"} <= set(df.columns):
+        raise StampInputError("symbol table needs columns 'symbol' and 'gene_id'", path)
+    df = df[df["gene_id"] != ""].drop_duplicates("symbol", keep="first")
+    return dict(zip(df["symbol"], df["gene_id"]))
+
+
+def read_orgdb_table(path: str | Path) -> dict[str, str]:
+    with gzip.open(path, "rt") if str(path).endswith(".gz") else open(path) as fh:
+        df = pd.read_csv(fh, sep="\t", dtype=str, keep_default_na=False)
+    df = df[df["ensembl_id"] != ""].copy()
+    df["_rank"] = (df["gene_type"] != "protein-coding").astype(int)
+    df = df.sort_values(["_rank"], kind="stable").drop_duplicates("symbol", keep="first")
+    return dict(zip(df["symbol"], df["ensembl_id"]))
+
+
+# -------------------------------------------------------------------- mapping a sample onto a vocabulary
+@dataclass
+class GeneMapping:
+    """How a sample's genes map onto a vocabulary. ``var_to_vocab[j]`` is -1 for dropped genes."""
+
+    var_to_vocab: np.ndarray
+    n_vocab: int
+    how: np.ndarray  # per input gene: 'gene_id', 'symbol', or '' (dropped)
+
+    @property
+    def n_kept(self) -> int:
+        return int((self.var_to_vocab >= 0).sum())
+
+    def projection(self) -> sp.csr_matrix:
+        """Sparse [n_var x n_vocab] 0/1 matrix: ``counts @ P`` gives vocabulary-aligned counts; input genes
+        that map to the same vocabulary id are summed."""
+        keep = np.flatnonzero(self.var_to_vocab >= 0)
+        return sp.csr_matrix((np.ones(len(keep), np.float32), (keep, self.var_to_vocab[keep])),
+                             shape=(len(self.var_to_vocab), self.n_vocab))
+
+    def to_vocab_counts(self, counts) -> sp.csr_matrix:
+        """Spots x vocabulary counts (CSR, float32)."""
+        X = sp.csr_matrix(counts, dtype=np.float32)
+        out = (X @ self.projection()).tocsr()
+        out.eliminate_zeros()
+        out.sort_indices()
+        return out
+
+
+def map_genes(symbols: Sequence[str], vocab: GeneVocabulary, gene_ids: Sequence[str] | None = None,
+              mapper: SymbolMapper | None = None) -> GeneMapping:
+    """Map a sample's genes onto ``vocab``: by Ensembl id where the sample has one, else by symbol."""
+    n = len(symbols)
+    idx = np.full(n, -1, np.int64)
+    how = np.full(n, "", dtype=object)
+    if gene_ids is not None:
+        by_id = vocab.index_of([str(g) for g in gene_ids])
+        idx[by_id >= 0] = by_id[by_id >= 0]
+        how[by_id >= 0] = "gene_id"
+    todo = np.flatnonzero(idx < 0)
+    if len(todo):
+        mapper = mapper or SymbolMapper.default(vocab)
+        ens = mapper.map([symbols[i] for i in todo])
+        # a symbol that is itself an Ensembl id maps directly
+        ens = np.array([e if e else (str(symbols[i]) if ENSEMBL_RE.match(str(symbols[i])) else "")
+                        for e, i in zip(ens, todo)], dtype=object)
+        by_sym = vocab.index_of(list(ens))
+        ok = by_sym >= 0
+        idx[todo[ok]] = by_sym[ok]
+        how[todo[ok]] = "symbol"
+    return GeneMapping(idx, len(vocab), how)
+
+
+def coverage_report(counts, mapping: GeneMapping, spot_ids: Sequence[str] | None = None) -> dict:
+    """What the vocabulary kept: genes and fraction of counts, per sample and per spot."""
+    X = sp.csr_matrix(counts)
+    kept_cols = mapping.var_to_vocab >= 0
+    total = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
+    kept = np.asarray(X[:, kept_cols].sum(axis=1)).ravel().astype(np.float64)
+    Xb = X.copy()
+    Xb.data = (Xb.data != 0).astype(np.int32)
+    genes_detected = np.asarray(Xb.sum(axis=1)).ravel()
+    genes_kept = np.asarray(Xb[:, kept_cols].sum(axis=1)).ravel()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(total > 0, kept / np.maximum(total, 1e-12), 0.0)
+    n_vocab_present = len(np.unique(mapping.var_to_vocab[kept_cols]))
+    per_spot = pd.DataFrame({"total_counts": total, "kept_counts": kept, "fraction_counts_kept": frac,
+                             "genes_detected": genes_detected, "genes_kept": genes_kept},
+                            index=None if spot_ids is None else pd.Index(list(map(str, spot_ids)), name="spot"))
+    return {
+        "n_spots": int(X.shape[0]),
+        "n_genes_input": int(X.shape[1]),
+        "n_genes_kept": mapping.n_kept,
+        "n_genes_by_id": int((mapping.how == "gene_id").sum()),
+        "n_genes_by_symbol": int((mapping.how == "symbol").sum()),
+        "n_vocab_genes_present": int(n_vocab_present),
+        "n_vocab": mapping.n_vocab,
+        "fraction_counts_kept": float(kept.sum() / total.sum()) if total.sum() > 0 else 0.0,
+        "median_spot_fraction_counts_kept": float(np.median(frac)) if len(frac) else 0.0,
+        "n_empty_spots": int((kept == 0).sum()),
+        "per_spot": per_spot,
+    }
