@@ -1,0 +1,168 @@
+"""10x Space Ranger output (Visium): counts from ``filtered_feature_bc_matrix.h5``, spot centres from
+``spatial/tissue_positions_list.csv`` (1.x, no header) or ``spatial/tissue_positions.csv`` (>= 2.0, header),
+scale factors from ``spatial/scalefactors_json.json``. The full-resolution H&E is not part of the output
+folder, so its path comes from the user."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataNotFoundError, StampInputError
+from .common import build_sample, match_spot_ids, require_file
+from .constants import (
+    FORMAT_SPACERANGER,
+    GRID_HEX,
+    SF_SPOT_DIAMETER,
+    SR_COL_ARRAY_COL,
+    SR_COL_ARRAY_ROW,
+    SR_COL_BARCODE,
+    SR_COL_IN_TISSUE,
+    SR_COL_PXL_COL,
+    SR_COL_PXL_ROW,
+    SR_FILTERED_H5,
+    SR_H5_SOFTWARE_ATTR,
+    SR_IMAGE_KEYS,
+    SR_OUTS_DIR,
+    SR_POSITION_COLUMNS,
+    SR_POSITIONS_V1,
+    SR_POSITIONS_V2,
+    SR_SCALEFACTORS,
+    SR_SPATIAL_DIR,
+    UNS_SPATIAL,
+    VISIUM_SPOT_DIAMETER_UM,
+    VISIUM_SPOT_PITCH_UM,
+)
+from .pixel_size import um_per_px_from_pitch
+
+
+def spaceranger_outs(path: str | Path) -> Path:
+    """The folder that holds the matrix and ``spatial/``: ``path`` itself, its ``outs/``, or the folder of a
+    given ``filtered_feature_bc_matrix.h5``."""
+    p = Path(path)
+    if p.is_file() and p.name == SR_FILTERED_H5:
+        return p.parent
+    if (p / SR_FILTERED_H5).is_file() or (p / SR_SPATIAL_DIR).is_dir():
+        return p
+    if (p / SR_OUTS_DIR / SR_FILTERED_H5).is_file():
+        return p / SR_OUTS_DIR
+    return p
+
+
+def is_spaceranger(path: str | Path) -> bool:
+    outs = spaceranger_outs(path)
+    return (outs / SR_FILTERED_H5).is_file()
+
+
+def positions_file(outs: Path) -> Path:
+    spatial = outs / SR_SPATIAL_DIR
+    for name in (SR_POSITIONS_V2, SR_POSITIONS_V1):
+        if (spatial / name).is_file():
+            return spatial / name
+    raise DataNotFoundError(
+        f"no spot positions file ({SR_POSITIONS_V2} or {SR_POSITIONS_V1})", spatial,
+        hint="point to the Space Ranger 'outs' folder that holds spatial/ (positions, scale factors)")
+
+
+def read_positions(path: Path) -> pd.DataFrame:
+    """Positions table with the standard column names, index = barcode; header auto-detected (1.x files have
+    none, >= 2.0 files have one)."""
+    first = path.open().readline().strip().split(",")
+    has_header = first[0] == SR_COL_BARCODE
+    try:
+        df = pd.read_csv(path, header=0 if has_header else None,
+                         names=None if has_header else list(SR_POSITION_COLUMNS), engine="c")
+    except Exception as err:  # noqa: BLE001 - any parse failure is the user's file
+        raise StampInputError(f"cannot parse spot positions ({err})", path) from err
+    missing = set(SR_POSITION_COLUMNS) - set(df.columns)
+    if missing:
+        raise StampInputError(f"positions file lacks columns {sorted(missing)}", path,
+                              hint=f"expected columns {', '.join(SR_POSITION_COLUMNS)}")
+    df[SR_COL_BARCODE] = df[SR_COL_BARCODE].astype(str)
+    if df[SR_COL_BARCODE].duplicated().any():
+        raise StampInputError("positions file lists a barcode twice", path)
+    return df.set_index(SR_COL_BARCODE)
+
+
+def read_scalefactors(outs: Path) -> dict:
+    path = require_file(outs / SR_SPATIAL_DIR / SR_SCALEFACTORS, "scale factors file",
+                        hint="point to the Space Ranger 'outs' folder that holds spatial/scalefactors_json.json")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise StampInputError(f"scale factors are not valid JSON ({err})", path) from err
+
+
+def read_counts_h5(path: Path):
+    """The 10x HDF5 matrix (v2 and v3 layouts) as AnnData, Gene Expression features only."""
+    import scanpy as sc
+
+    try:
+        return sc.read_10x_h5(path, gex_only=True)
+    except Exception as err:  # noqa: BLE001 - h5py/scanpy raise many types for a broken file
+        raise StampInputError(f"cannot read the 10x HDF5 matrix ({type(err).__name__}: {err})", path,
+                              hint="check that the file is a complete Space Ranger feature-barcode matrix") from err
+
+
+def _software_version(path: Path) -> str:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            v = f.attrs.get(SR_H5_SOFTWARE_ATTR, "")
+        return v.decode() if isinstance(v, bytes) else str(v)
+    except OSError:
+        return ""
+
+
+def _load_spatial_images(outs: Path) -> dict:
+    """hires/lowres PNGs as uint8 arrays, as scanpy's ``uns['spatial'][lib]['images']`` (small: <= 2000 px)."""
+    from PIL import Image
+
+    images = {}
+    for key, name in SR_IMAGE_KEYS.items():
+        p = outs / SR_SPATIAL_DIR / name
+        if p.is_file():
+            with Image.open(p) as im:
+                images[key] = np.asarray(im.convert("RGB"))
+    return images
+
+
+def read_spaceranger(path: str | Path, image_path: str | Path | None = None, um_per_px: float | None = None,
+                     library_id: str | None = None, load_images: bool = True):
+    """Read a Space Ranger output folder into the sample AnnData of the contract."""
+    outs = spaceranger_outs(path)
+    h5 = require_file(outs / SR_FILTERED_H5, "counts matrix " + SR_FILTERED_H5,
+                      hint="point to the Space Ranger 'outs' folder (it holds filtered_feature_bc_matrix.h5)")
+    pos_path = positions_file(outs)
+    scalefactors = read_scalefactors(outs)
+    counts = read_counts_h5(h5)
+    positions = read_positions(pos_path)
+
+    match_spot_ids(counts.obs_names, positions.index, h5, pos_path, min_fraction=1.0)
+    pos = positions.loc[counts.obs_names.astype(str)]
+    xy = np.column_stack([pos[SR_COL_PXL_COL].to_numpy(np.float64), pos[SR_COL_PXL_ROW].to_numpy(np.float64)])
+    lib = library_id or (outs.parent.name if outs.name == SR_OUTS_DIR else outs.name)
+    spatial_uns = {lib: {"images": _load_spatial_images(outs) if load_images else {},
+                         "scalefactors": scalefactors,
+                         "metadata": {"software_version": _software_version(h5), "source_image_path":
+                                      str(image_path) if image_path else ""}}}
+    # the pitch from every grid position (in and out of tissue), not only the spots that have counts
+    pitch = um_per_px_from_pitch(positions[SR_COL_ARRAY_ROW], positions[SR_COL_ARRAY_COL],
+                                 positions[[SR_COL_PXL_COL, SR_COL_PXL_ROW]].to_numpy(np.float64), GRID_HEX,
+                                 VISIUM_SPOT_PITCH_UM)
+    gene_ids = counts.var["gene_ids"].astype(str).tolist() if "gene_ids" in counts.var else None
+    return build_sample(
+        counts.X, counts.obs_names, counts.var_names, gene_ids,
+        pos[SR_COL_ARRAY_ROW].to_numpy(np.int64), pos[SR_COL_ARRAY_COL].to_numpy(np.int64),
+        pos[SR_COL_IN_TISSUE].to_numpy() == 1, xy,
+        sample_id=lib, fmt=FORMAT_SPACERANGER, source_path=outs, positions_path=pos_path,
+        image_path=image_path, grid=GRID_HEX, spot_pitch_um=VISIUM_SPOT_PITCH_UM,
+        spot_diameter_um=VISIUM_SPOT_DIAMETER_UM, um_per_px_user=um_per_px,
+        spot_diameter_px=scalefactors.get(SF_SPOT_DIAMETER), um_per_px_pitch=pitch,
+        qc={"n_positions": int(len(positions)), "positions_file": pos_path.name},
+        uns_extra={UNS_SPATIAL: spatial_uns},
+    )
