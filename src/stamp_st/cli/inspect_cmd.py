@@ -1,0 +1,123 @@
+"""``stamp-st inspect``: read a sample and say what the rest of the pipeline will see (spots, genes, vocabulary
+coverage, pixel size and where it came from, image size) before anything is computed on it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+FORMAT_CHOICES = ("spaceranger", "hest", "her2st", "h5ad")
+_MAPPERS: dict = {}  # vocabulary checksum -> SymbolMapper (building one reads ~60k rows; reuse in-process)
+
+
+def add_sample_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by every command that reads one sample."""
+    p.add_argument("sample", help="sample path: Space Ranger outs/, HEST root or st/<id>.h5ad, her2st root, .h5ad")
+    p.add_argument("--format", choices=FORMAT_CHOICES, default=None, help="input format (default: detect)")
+    p.add_argument("--section", default=None, help="section / sample id inside a her2st or HEST root")
+    p.add_argument("--image", default=None, help="full-resolution H&E image the spot pixels refer to")
+    p.add_argument("--um-per-px", type=float, default=None, help="pixel size in µm (default: metadata or "
+                   "inferred from the spot grid)")
+    p.add_argument("--vocab", default=None, help="gene vocabulary TSV (default: the released vocabulary in "
+                   "the data directory)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("inspect", help="show spots, genes, vocabulary coverage, pixel size of a sample",
+                              description=__doc__.splitlines()[0])
+    add_sample_arguments(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=run)
+
+
+def read_sample_from_args(args):
+    from ..readers import read_sample
+
+    return read_sample(args.sample, format=args.format, section=args.section, image_path=args.image,
+                       um_per_px=args.um_per_px)
+
+
+def load_vocab(path):
+    from ..preprocessing.vocab import GeneVocabulary
+
+    return GeneVocabulary.from_tsv(path) if path else GeneVocabulary.default()
+
+
+def gene_mapping(adata, vocab):
+    """Map the sample's genes onto ``vocab`` (by Ensembl id where known, else by symbol)."""
+    from ..preprocessing.vocab import SymbolMapper, map_genes
+
+    mapper = _MAPPERS.get(vocab.checksum)
+    if mapper is None:
+        mapper = _MAPPERS[vocab.checksum] = SymbolMapper.default(vocab)
+    ids = adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None
+    return map_genes(list(adata.var_names), vocab, gene_ids=ids, mapper=mapper)
+
+
+def inspect_sample(adata, vocab) -> dict:
+    """The facts ``inspect`` prints, as a JSON-ready dict."""
+    from ..preprocessing.vocab import coverage_report
+
+    meta = adata.uns["stamp_st"]
+    mapping = gene_mapping(adata, vocab)
+    cov = coverage_report(adata.X, mapping, adata.obs_names)
+    cov.pop("per_spot")
+    return {
+        "sample_id": meta["sample_id"],
+        "format": meta["format"],
+        "source_path": meta["source_path"],
+        "n_spots": int(adata.n_obs),
+        "n_spots_in_tissue": int(adata.obs["in_tissue"].sum()),
+        "n_genes": int(adata.n_vars),
+        "total_counts": float(adata.X.sum()),
+        "vocabulary": {"path": vocab.source, "checksum": vocab.checksum, **cov},
+        "um_per_px": meta["um_per_px"],
+        "um_per_px_source": meta["um_per_px_source"],
+        "grid": meta["grid"],
+        "image_path": meta["image_path"],
+        "image_size_px": meta["image_size_px"],
+        "qc": meta.get("qc", {}),
+    }
+
+
+def format_report(r: dict) -> str:
+    v = r["vocabulary"]
+    ump = "unknown (pass --um-per-px)" if r["um_per_px"] is None else f"{r['um_per_px']:.4f}"
+    img = (f"{r['image_path']} ({r['image_size_px'][0]} x {r['image_size_px'][1]} px)" if r["image_path"]
+           else "none (pass --image for crops)")
+    lines = [
+        f"sample       {r['sample_id']} ({r['format']})  {r['source_path']}",
+        f"spots        {r['n_spots']} ({r['n_spots_in_tissue']} in tissue), grid {r['grid']}",
+        f"genes        {r['n_genes']}",
+        f"vocabulary   {v['checksum']} ({v['n_vocab']} genes, {v['path']})",
+        f"  kept       {v['n_genes_kept']} of {v['n_genes_input']} genes (by id {v['n_genes_by_id']}, by symbol "
+        f"{v['n_genes_by_symbol']}); {100 * v['fraction_counts_kept']:.1f} % of counts "
+        f"(median spot {100 * v['median_spot_fraction_counts_kept']:.1f} %)",
+        f"  empty      {v['n_empty_spots']} spots with no count in the vocabulary",
+        f"µm/px        {ump} (source: {r['um_per_px_source']})",
+        f"image        {img}",
+    ]
+    qc = {k: val for k, val in r["qc"].items() if k != "notes"}
+    if qc:
+        lines.append("qc           " + ", ".join(f"{k}={_short(val)}" for k, val in qc.items()))
+    lines += [f"note         {n}" for n in r["qc"].get("notes", [])]
+    return "\n".join(lines)
+
+
+def _short(v):
+    return f"{v:.4g}" if isinstance(v, float) else v
+
+
+def run(args) -> int:
+    adata = read_sample_from_args(args)
+    vocab = load_vocab(args.vocab)
+    report = inspect_sample(adata, vocab)
+    if args.json:
+        from ..io_utils import _json_default
+
+        json.dump(report, sys.stdout, indent=2, default=_json_default)
+        sys.stdout.write("\n")
+    else:
+        print(format_report(report))
+    return 0
