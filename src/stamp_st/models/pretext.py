@@ -1,0 +1,160 @@
+"""The pretext token (METHOD.md §5) and cross-scale patch localisation (CSP) pooling.
+
+ViT (``PretextViT``, parameter names as in the release: ``base_model.*``, ``p_visual``, ``ref_pos_embed``):
+one extra token is inserted right after the prefix tokens (CLS, and registers where a model has them),
+without a positional embedding.
+
+- patch pass: the token is the learnable ``p_visual``; the CLS output is the patch feature.
+- region pass: the token is ``ref_pos_embed(patch_embed(thumb))``, the patch-embedding of the 16 x 16 px
+  thumbnail of the *patch* mapped by a Linear D -> D; outputs the region feature (CLS), the pretext
+  output and the region token grid, whose size comes from the actual input (224 px / 16 = 14 x 14).
+  A thumbnail whose side differs from the model's patch size is resized to it first.
+
+Non-ViT (``PretextConvNet``), the documented equivalent: a CNN has no token sequence to extend, so the
+pretext query is built from the thumbnail by a small MLP (``thumb_mlp``) and lets one cross-attention
+layer (``pretext_attn``) read the region's feature map, as the pretext token reads the region tokens
+through self-attention in a ViT; the feature map itself plays the role of the token grid and the
+globally pooled map the role of CLS. ``p_visual`` has no counterpart: the patch pass is the plain CNN.
+
+CSP windows (``csp_windows``): the release pools its 14 x 14 token map with 6 x 6 windows at stride 4
+(windows start at 0, 4, 8). Generalised per axis from the actual grid g: stride s = max(1, ceil(g/3) - 1)
+and window w = g - 2s, so three windows tile the axis exactly, overlap symmetrically and reproduce
+(6, 4) at g = 14 (g = 12: (6, 3); g = 16: (6, 5); g = 7: (3, 2)). Window k = row*3 + col, the label order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def csp_window_geometry(grid: int) -> tuple[int, int]:
+    """(window, stride) in tokens for one axis of a ``grid``-long token map; see the module docstring."""
+    if grid < 3:
+        raise ValueError(f"a token grid of {grid} cannot be split into 3 x 3 windows")
+    stride = max(1, math.ceil(grid / 3) - 1)
+    return grid - 2 * stride, stride
+
+
+def csp_windows(token_map: torch.Tensor) -> torch.Tensor:
+    """[N, D, gh, gw] -> [N, 9, D]: mean of each of the 3 x 3 windows, row-major (label = row*3 + col)."""
+    _, _, gh, gw = token_map.shape
+    (wh, sh), (ww, sw) = csp_window_geometry(gh), csp_window_geometry(gw)
+    pooled = F.avg_pool2d(token_map, kernel_size=(wh, ww), stride=(sh, sw))
+    assert pooled.shape[-2:] == (3, 3), pooled.shape
+    return pooled.flatten(2).transpose(1, 2)
+
+
+class PretextViT(nn.Module):
+    """A timm VisionTransformer with the pretext token; ``base_model`` is the unmodified timm model."""
+
+    def __init__(self, base_model: nn.Module):
+        super().__init__()
+        self.base_model = base_model
+        dim = base_model.embed_dim
+        self.p_visual = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.normal_(self.p_visual, std=0.02)
+        self.ref_pos_embed = nn.Linear(dim, dim)
+        self.embed_dim = dim
+
+    @property
+    def patch_px(self) -> int:
+        return int(self.base_model.patch_embed.patch_size[0])
+
+    def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch-embed + positional embedding; returns tokens [N, prefix + gh*gw, D] and the grid."""
+        base = self.base_model
+        t = base.patch_embed(x)
+        if t.ndim == 4:  # dynamic_img_size: NHWC
+            grid = (t.shape[1], t.shape[2])
+        else:
+            grid = tuple(base.patch_embed.grid_size)
+        return base._pos_embed(t), grid
+
+    def _run(self, tokens: torch.Tensor, pretext: torch.Tensor) -> torch.Tensor:
+        base = self.base_model
+        npt = base.num_prefix_tokens
+        x = torch.cat([tokens[:, :npt], pretext.to(tokens.dtype), tokens[:, npt:]], dim=1)
+        x = base.patch_drop(x)
+        x = base.norm_pre(x)
+        if getattr(base, "grad_checkpointing", False) and self.training:
+            from timm.models._manipulate import checkpoint_seq
+
+            x = checkpoint_seq(base.blocks, x)
+        else:
+            x = base.blocks(x)
+        return base.norm(x)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Image feature: CLS (UNI's ``global_pool='token'``) or the mean of the grid tokens otherwise."""
+        base = self.base_model
+        npt = base.num_prefix_tokens
+        if base.global_pool == "token" or not base.global_pool:
+            f = x[:, 0]
+        else:
+            f = x[:, npt + 1:].mean(dim=1)
+        return base.fc_norm(f)
+
+    def forward_patch(self, images: torch.Tensor) -> torch.Tensor:
+        tokens, _ = self._tokens(images)
+        x = self._run(tokens, self.p_visual.expand(tokens.shape[0], -1, -1))
+        return self._pool(x)
+
+    def embed_thumb(self, thumbs: torch.Tensor) -> torch.Tensor:
+        """[N, 3, t, t] normalised thumbnails -> pretext tokens [N, 1, D]."""
+        p = self.patch_px
+        if thumbs.shape[-1] != p or thumbs.shape[-2] != p:
+            thumbs = F.interpolate(thumbs, size=(p, p), mode="bilinear", antialias=True, align_corners=False)
+        pe = self.base_model.patch_embed
+        t = pe.norm(pe.proj(thumbs).flatten(2).transpose(1, 2))  # [N, 1, D], the patch_embed of the thumbnail
+        return self.ref_pos_embed(t)
+
+    def forward_region(self, images: torch.Tensor, thumbs: torch.Tensor):
+        """-> region feature [N, D], pretext output [N, D], token map [N, D, gh, gw]."""
+        tokens, (gh, gw) = self._tokens(images)
+        x = self._run(tokens, self.embed_thumb(thumbs))
+        npt = self.base_model.num_prefix_tokens
+        grid = x[:, npt + 1:]
+        token_map = grid.transpose(1, 2).reshape(x.shape[0], x.shape[-1], gh, gw)
+        return self._pool(x), x[:, npt], token_map
+
+
+class PretextConvNet(nn.Module):
+    """The non-ViT equivalent (see the module docstring); ``base_model`` is a timm CNN with no head."""
+
+    def __init__(self, base_model: nn.Module, thumb_px: int = 16, heads: int = 4):
+        super().__init__()
+        self.base_model = base_model
+        dim = base_model.num_features
+        self.embed_dim = dim
+        self.thumb_px = thumb_px
+        self.thumb_mlp = nn.Sequential(nn.Linear(3 * thumb_px * thumb_px, dim), nn.GELU(), nn.Linear(dim, dim))
+        heads = heads if dim % heads == 0 else 1
+        self.pretext_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.pretext_norm = nn.LayerNorm(dim)
+
+    def _map(self, images: torch.Tensor) -> torch.Tensor:
+        return self.base_model.forward_features(images)  # [N, C, h, w]
+
+    def forward_patch(self, images: torch.Tensor) -> torch.Tensor:
+        return self._map(images).mean(dim=(2, 3))
+
+    def forward_region(self, images: torch.Tensor, thumbs: torch.Tensor):
+        fmap = self._map(images)
+        if fmap.shape[-1] < 3 or fmap.shape[-2] < 3:  # small inputs: upsample so 3 x 3 windows exist
+            fmap = F.interpolate(fmap, size=(max(3, fmap.shape[-2]), max(3, fmap.shape[-1])), mode="nearest")
+        if thumbs.shape[-1] != self.thumb_px:
+            thumbs = F.interpolate(thumbs, size=(self.thumb_px, self.thumb_px), mode="bilinear",
+                                   antialias=True, align_corners=False)
+        q = self.thumb_mlp(thumbs.flatten(1)).unsqueeze(1)  # [N, 1, C]
+        kv = fmap.flatten(2).transpose(1, 2)  # [N, hw, C]
+        attended, _ = self.pretext_attn(q, kv, kv, need_weights=False)
+        pretext = self.pretext_norm(q + attended)[:, 0]
+        return fmap.mean(dim=(2, 3)), pretext, fmap
+
+
+def wrap_backbone(model: nn.Module, is_vit: bool) -> nn.Module:
+    return PretextViT(model) if is_vit else PretextConvNet(model)
