@@ -1,0 +1,347 @@
+"""Embedding files: read and write the two formats that ``stamp-st embed`` produces and ``stamp-st
+evaluate`` judges (see docs/embeddings.md), and hold one embedding source in memory as an
+:class:`EmbeddingSet` so that every task accepts any source alike (a STAMP model, a plain backbone, a
+raw-expression PCA)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataNotFoundError, StampInputError
+from ..io_utils import atomic_path
+
+# obsm keys written by the embed command; the first one present is the default image-side source
+OBSM_STAMP_V = "X_stamp_v"
+OBSM_STAMP_G = "X_stamp_g"
+OBSM_STAMP_F = "X_stamp_f"
+OBSM_BACKBONE = "X_backbone"
+DEFAULT_KEY_ORDER = (OBSM_STAMP_V, OBSM_STAMP_F, OBSM_BACKBONE, OBSM_STAMP_G)
+NON_EMBEDDING_OBSM = {"spatial", "X_umap", "X_pca", "X_tsne"}
+OBS_SLIDE_ID = "slide_id"
+OBS_SPOT_ID = "spot_id"
+EXPR_PCA_KEY = "expr-pca"  # pseudo key: PCA of the file's own log1p CP10k expression
+
+MODALITY_IMAGE = "image"
+MODALITY_GENE = "gene"
+MODALITY_FUSED = "fused"
+
+
+@dataclass
+class EmbeddingSet:
+    """One embedding source over a set of spots. ``gene_emb`` (same space as ``emb``) enables
+    cross-modal retrieval; ``counts``/``gene_names`` give expression targets; ``patches`` (uint8
+    [n, h, w, 3]) enable retrieval-example figures."""
+
+    name: str
+    emb: np.ndarray
+    slide_ids: np.ndarray
+    spot_ids: np.ndarray
+    xy_px: np.ndarray | None = None
+    modality: str = MODALITY_IMAGE
+    gene_emb: np.ndarray | None = None
+    counts: object | None = None  # scipy.sparse CSR or ndarray [n, g] raw counts
+    gene_names: np.ndarray | None = None
+    obs: pd.DataFrame | None = None
+    image_paths: dict[str, str] = field(default_factory=dict)
+    patches: np.ndarray | None = None
+    source_path: str = ""
+
+    def __post_init__(self):
+        self.emb = np.asarray(self.emb, dtype=np.float32)
+        n = self.emb.shape[0]
+        self.slide_ids = np.asarray(self.slide_ids).astype(str)
+        self.spot_ids = np.asarray(self.spot_ids).astype(str)
+        if self.emb.ndim != 2 or len(self.slide_ids) != n or len(self.spot_ids) != n:
+            raise StampInputError(
+                f"embedding source {self.name!r}: emb {self.emb.shape}, {len(self.slide_ids)} slide ids, "
+                f"{len(self.spot_ids)} spot ids do not agree", self.source_path or None,
+                hint="write one row per spot with obs['slide_id'] set",
+            )
+        if self.gene_emb is not None:
+            self.gene_emb = np.asarray(self.gene_emb, dtype=np.float32)
+            if self.gene_emb.shape[0] != n:
+                raise StampInputError(f"{self.name!r}: gene_emb has {self.gene_emb.shape[0]} rows, not {n}")
+
+    @property
+    def keys(self) -> np.ndarray:
+        """Unique spot keys ``<slide_id>/<spot_id>`` used to align sources."""
+        return np.char.add(np.char.add(self.slide_ids, "/"), self.spot_ids)
+
+    def __len__(self) -> int:
+        return self.emb.shape[0]
+
+    def subset(self, idx: np.ndarray) -> EmbeddingSet:
+        def take(a):
+            return None if a is None else a[idx]
+
+        return replace(
+            self, emb=self.emb[idx], slide_ids=self.slide_ids[idx], spot_ids=self.spot_ids[idx],
+            xy_px=take(self.xy_px), gene_emb=take(self.gene_emb), counts=take(self.counts),
+            obs=None if self.obs is None else self.obs.iloc[idx], patches=take(self.patches),
+        )
+
+
+# ------------------------------------------------------------------ expression helpers
+def log1p_cp10k(counts) -> np.ndarray:
+    """log1p of counts scaled to 10,000 per spot (dense float32): the usual target of ST prediction."""
+    import scipy.sparse as sp
+
+    x = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
+    x = x.astype(np.float64)
+    tot = x.sum(axis=1, keepdims=True)
+    tot[tot == 0] = 1.0
+    return np.log1p(x / tot * 1e4).astype(np.float32)
+
+
+def raw_expression_pca(counts, n_comps: int = 50, seed: int = 0) -> np.ndarray:
+    """The gene-side baseline: PCA(n_comps) of log1p CP10k expression (unsupervised; labels unused)."""
+    from sklearn.decomposition import PCA
+
+    x = log1p_cp10k(counts)
+    keep = x.var(axis=0) > 0
+    x = x[:, keep]
+    k = int(min(n_comps, x.shape[0] - 1, x.shape[1]))
+    if k < 1:
+        raise StampInputError("too few spots or expressed genes for an expression PCA")
+    return PCA(n_components=k, random_state=seed).fit_transform(x).astype(np.float32)
+
+
+def expression_pca_source(base: EmbeddingSet, name: str = "expression PCA", n_comps: int = 50) -> EmbeddingSet:
+    """An :class:`EmbeddingSet` of raw-expression PCA over the spots of ``base`` (needs its counts)."""
+    if base.counts is None:
+        raise StampInputError(f"source {base.name!r} carries no expression counts for an expression PCA",
+                              base.source_path or None, hint="write counts into the h5ad X")
+    return replace(base, name=name, emb=raw_expression_pca(base.counts, n_comps), modality=MODALITY_GENE,
+                   gene_emb=None)
+
+
+# ------------------------------------------------------------------ h5ad format
+def parse_source_spec(spec: str) -> tuple[Path, str | None]:
+    """``file.h5ad[:OBSM_KEY]`` -> (path, key or None)."""
+    path, sep, key = spec.rpartition(":")
+    if sep and path and key and not key.startswith(("/", "\\")) and not Path(spec).exists():
+        return Path(path), key
+    return Path(spec), None
+
+
+def _modality_for(key: str) -> str:
+    if key in (OBSM_STAMP_G, EXPR_PCA_KEY):
+        return MODALITY_GENE
+    if key == OBSM_STAMP_F:
+        return MODALITY_FUSED
+    return MODALITY_IMAGE
+
+
+def read_embedding_h5ad(path: str | Path, key: str | None = None, name: str | None = None) -> EmbeddingSet:
+    """Read one embedding source from an ``.h5ad`` (format in docs/embeddings.md). ``key`` picks the
+    obsm matrix (default: X_stamp_v, X_stamp_f, X_backbone, X_stamp_g, whichever comes first) or
+    ``expr-pca`` for a PCA of the file's expression."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError("embedding file not found", path, hint="run `stamp-st embed` first")
+    try:
+        adata = ad.read_h5ad(path)
+    except Exception as err:  # noqa: BLE001 - any parse failure is a bad input file
+        raise StampInputError(f"not a readable .h5ad file ({err})", path) from err
+    candidates = [k for k in adata.obsm.keys() if k not in NON_EMBEDDING_OBSM]
+    if key is None:
+        key = next((k for k in DEFAULT_KEY_ORDER if k in adata.obsm), None)
+        if key is None and len(candidates) == 1:
+            key = candidates[0]
+        if key is None:
+            raise StampInputError(
+                f"cannot choose an embedding among obsm keys {candidates}", path,
+                hint="name one as FILE.h5ad:KEY (e.g. X_stamp_v)",
+            )
+    if OBS_SLIDE_ID not in adata.obs:
+        sid = (adata.uns.get("stamp_st") or {}).get("sample_id")
+        if not sid:
+            raise StampInputError("obs['slide_id'] is missing", path,
+                                  hint="write the slide (section) id of every spot to obs['slide_id']")
+        slide_ids = np.full(adata.n_obs, str(sid))
+    else:
+        slide_ids = adata.obs[OBS_SLIDE_ID].astype(str).to_numpy()
+    spot_ids = (adata.obs[OBS_SPOT_ID].astype(str).to_numpy() if OBS_SPOT_ID in adata.obs
+                else adata.obs_names.astype(str).to_numpy())
+    counts = None
+    gene_names = None
+    if adata.n_vars > 0 and adata.X is not None:
+        counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
+        counts = sp.csr_matrix(counts) if not sp.issparse(counts) else counts.tocsr()
+        gene_names = adata.var_names.astype(str).to_numpy()
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64) if "spatial" in adata.obsm else None
+    uns = dict(adata.uns.get("stamp_st") or {})
+    image_paths = {str(k): str(v) for k, v in dict(uns.get("image_paths") or {}).items() if v}
+    if not image_paths and uns.get("image_path") and len(set(slide_ids)) == 1:
+        image_paths = {str(slide_ids[0]): str(uns["image_path"])}
+    patches = None
+    if "patches" in uns:  # optional small uint8 thumbnails per spot for retrieval figures
+        patches = np.asarray(uns["patches"], dtype=np.uint8)
+    if key == EXPR_PCA_KEY:
+        if counts is None:
+            raise StampInputError("expr-pca asked for but the file has no expression (X is empty)", path)
+        emb = raw_expression_pca(counts)
+        gene_emb = None
+    else:
+        if key not in adata.obsm:
+            raise StampInputError(f"obsm key {key!r} not found (have {candidates})", path,
+                                  hint="name one of the keys listed as FILE.h5ad:KEY")
+        emb = np.asarray(adata.obsm[key])
+        gene_emb = (np.asarray(adata.obsm[OBSM_STAMP_G])
+                    if key in (OBSM_STAMP_V, OBSM_STAMP_F) and OBSM_STAMP_G in adata.obsm else None)
+        if key == OBSM_STAMP_F:
+            gene_emb = None  # fused rows already contain the gene side; no cross-modal retrieval
+    return EmbeddingSet(
+        name=name or f"{path.stem}:{key}", emb=emb, slide_ids=slide_ids, spot_ids=spot_ids, xy_px=xy,
+        modality=_modality_for(key), gene_emb=gene_emb, counts=counts, gene_names=gene_names,
+        obs=adata.obs.copy(), image_paths=image_paths, patches=patches, source_path=str(path),
+    )
+
+
+def write_embedding_h5ad(
+    path: str | Path,
+    embeddings: Mapping[str, np.ndarray],
+    slide_ids: Sequence[str],
+    spot_ids: Sequence[str],
+    xy_px: np.ndarray | None = None,
+    counts=None,
+    gene_names: Sequence[str] | None = None,
+    image_paths: Mapping[str, str] | None = None,
+    extra_uns: Mapping | None = None,
+) -> Path:
+    """Write embeddings (obsm key -> [n, d]) plus spot identity, optional counts and image paths,
+    atomically, in the format :func:`read_embedding_h5ad` reads."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    slide_ids = np.asarray(slide_ids).astype(str)
+    spot_ids = np.asarray(spot_ids).astype(str)
+    n = len(spot_ids)
+    obs = pd.DataFrame({OBS_SLIDE_ID: slide_ids, OBS_SPOT_ID: spot_ids})
+    obs.index = pd.Index(np.char.add(np.char.add(slide_ids, "/"), spot_ids), dtype=str)
+    if counts is not None:
+        x = sp.csr_matrix(counts, dtype=np.float32)
+        var = pd.DataFrame(index=pd.Index(np.asarray(gene_names).astype(str)))
+    else:
+        x = sp.csr_matrix((n, 0), dtype=np.float32)
+        var = pd.DataFrame(index=pd.Index([], dtype=str))
+    adata = ad.AnnData(X=x, obs=obs, var=var)
+    for k, v in embeddings.items():
+        adata.obsm[k] = np.asarray(v, dtype=np.float32)
+    if xy_px is not None:
+        adata.obsm["spatial"] = np.asarray(xy_px, dtype=np.float64)
+    uns = {"image_paths": {str(k): str(v) for k, v in (image_paths or {}).items()}}
+    if image_paths and len(image_paths) == 1:
+        uns["image_path"] = str(next(iter(image_paths.values())))
+    uns.update(dict(extra_uns or {}))
+    adata.uns["stamp_st"] = uns
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        adata.write_h5ad(tmp)
+    return path
+
+
+# ------------------------------------------------------------------ TRIDENT-style HDF5
+def write_trident_h5(path: str | Path, features: np.ndarray, coords: np.ndarray, slide_id: str,
+                     spot_ids: Sequence[str] | None = None, **attrs) -> Path:
+    """TRIDENT-style HDF5: ``features`` float32 [n, d], ``coords`` [n, 2] (level-0 px, x, y),
+    optional ``barcodes`` (spot ids); attributes on ``features``/root (``slide_id``, encoder, ...)."""
+    import h5py
+
+    path = Path(path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("features", data=np.asarray(features, dtype=np.float32))
+        f.create_dataset("coords", data=np.asarray(coords))
+        if spot_ids is not None:
+            f.create_dataset("barcodes", data=np.asarray(spot_ids).astype("S"))
+        f.attrs["slide_id"] = str(slide_id)
+        for k, v in attrs.items():
+            f.attrs[k] = v
+    return path
+
+
+def read_trident_h5(path: str | Path, name: str | None = None, slide_id: str | None = None) -> EmbeddingSet:
+    """Read a TRIDENT-style ``features`` + ``coords`` HDF5 (one slide) as an image-side source."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError("embedding file not found", path)
+    with h5py.File(path, "r") as f:
+        if "features" not in f or "coords" not in f:
+            raise StampInputError(f"HDF5 lacks 'features' or 'coords' (has {list(f.keys())})", path,
+                                  hint="write TRIDENT-style features + coords datasets")
+        feats = np.asarray(f["features"])
+        coords = np.asarray(f["coords"], dtype=np.float64)
+        if feats.ndim == 3 and feats.shape[0] == 1:  # some tools store [1, n, d]
+            feats = feats[0]
+        if coords.ndim == 3 and coords.shape[0] == 1:
+            coords = coords[0]
+        sid = slide_id or f.attrs.get("slide_id") or path.stem
+        sid = sid.decode() if isinstance(sid, bytes) else str(sid)
+        if "barcodes" in f:
+            spots = np.asarray([b.decode() if isinstance(b, bytes) else str(b) for b in np.ravel(f["barcodes"])])
+        else:
+            spots = np.array([f"{int(round(x))}x{int(round(y))}" for x, y in coords[:, :2]])
+    return EmbeddingSet(name=name or path.stem, emb=feats, slide_ids=np.full(len(feats), sid), spot_ids=spots,
+                        xy_px=coords[:, :2], source_path=str(path))
+
+
+def read_source(spec: str, name: str | None = None) -> EmbeddingSet:
+    """Read ``file.h5ad[:KEY]`` or ``file.h5`` (TRIDENT-style) by extension."""
+    path, key = parse_source_spec(spec)
+    if path.suffix == ".h5ad":
+        return read_embedding_h5ad(path, key, name)
+    if path.suffix in (".h5", ".hdf5"):
+        return read_trident_h5(path, name)
+    raise StampInputError("unknown embedding file type", path, hint="give an .h5ad or a TRIDENT-style .h5")
+
+
+def concat_sets(sets: Sequence[EmbeddingSet], name: str | None = None) -> EmbeddingSet:
+    """Stack sources of different slides (e.g. one TRIDENT file per slide) into one source."""
+    if not sets:
+        raise StampInputError("no embedding sets to concatenate")
+    first = sets[0]
+
+    def cat(attr):
+        vals = [getattr(s, attr) for s in sets]
+        return None if any(v is None for v in vals) else np.concatenate(vals)
+
+    paths: dict[str, str] = {}
+    for s in sets:
+        paths.update(s.image_paths)
+    return EmbeddingSet(name=name or first.name, emb=cat("emb"), slide_ids=cat("slide_ids"),
+                        spot_ids=cat("spot_ids"), xy_px=cat("xy_px"), modality=first.modality,
+                        gene_emb=cat("gene_emb"), image_paths=paths, source_path=first.source_path)
+
+
+def align_sources(sources: Mapping[str, EmbeddingSet]) -> dict[str, EmbeddingSet]:
+    """Restrict every source to the spots all of them share, in one common order, so that metrics
+    compare like with like."""
+    if not sources:
+        raise StampInputError("no embedding sources given")
+    items = list(sources.items())
+    for name, s in items:
+        if len(set(s.keys.tolist())) != len(s):
+            raise StampInputError(f"source {name!r} has duplicate (slide_id, spot_id) pairs",
+                                  s.source_path or None, hint="spot ids must be unique within a slide")
+    common = set(items[0][1].keys.tolist())
+    for _, s in items[1:]:
+        common &= set(s.keys.tolist())
+    if not common:
+        raise StampInputError("the embedding sources share no spots",
+                              hint="check that obs['slide_id'] and spot ids agree between files")
+    order = [k for k in items[0][1].keys.tolist() if k in common]
+    out = {}
+    for name, s in items:
+        pos = pd.Index(s.keys).get_indexer(order)
+        out[name] = s.subset(pos)
+    return out

@@ -1,0 +1,49 @@
+"""Spot labels for evaluation: her2st expression-cluster labels (ST-cluster) and pathologist labels
+(ST-pat), read through :mod:`stamp_st.readers.labels`, or any obs column of an embedding file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import StampInputError
+from .embeddings_io import EmbeddingSet
+
+LABEL_KINDS = ("her2st-cluster", "her2st-pat")
+
+
+def load_labels(spec: str, source: EmbeddingSet, her2st_root: str | Path | None = None) -> pd.Series:
+    """Labels for every spot of ``source`` as a Series indexed by its keys (``<slide>/<spot>``); spots
+    without a label are "". ``spec``: ``her2st-cluster``, ``her2st-pat`` or ``obs:COLUMN``."""
+    keys = source.keys
+    if spec.startswith("obs:"):
+        col = spec[4:]
+        if source.obs is None or col not in source.obs:
+            have = [] if source.obs is None else list(source.obs.columns)
+            raise StampInputError(f"obs column {col!r} not found (have {have})", source.source_path or None,
+                                  hint="pass --labels obs:COLUMN with an existing column")
+        vals = source.obs[col].astype(object).where(source.obs[col].notna(), "").astype(str).to_numpy()
+        return pd.Series(vals, index=keys)
+    if spec not in LABEL_KINDS:
+        raise StampInputError(f"unknown label source {spec!r}", hint=f"use one of {LABEL_KINDS} or obs:COLUMN")
+    try:
+        from ..readers import labels as rl
+    except ImportError as err:
+        raise StampInputError("the her2st label reader (stamp_st.readers.labels) is not available",
+                              hint="update stamp-st, or pass labels as an obs column (obs:COLUMN)") from err
+    from ..paths import her2st_dir
+
+    root = Path(her2st_root) if her2st_root else her2st_dir()
+    fn = rl.her2st_cluster_labels if spec == "her2st-cluster" else rl.her2st_pathologist_labels
+    out = np.full(len(source), "", dtype=object)
+    for sl in dict.fromkeys(source.slide_ids.tolist()):
+        idx = np.flatnonzero(source.slide_ids == sl)
+        try:
+            lab = fn(root, sl)
+        except FileNotFoundError:
+            continue  # this section has no labels of that kind (e.g. ST-pat only for some sections)
+        lab = lab.astype(object).where(lab.notna(), "").astype(str)
+        out[idx] = lab.reindex(source.spot_ids[idx]).fillna("").to_numpy()
+    return pd.Series(out.astype(str), index=keys)
