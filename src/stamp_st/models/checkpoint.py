@@ -1,0 +1,134 @@
+"""The one checkpoint format of the project: a folder with ``model.safetensors`` (tensors only, no pickle) and
+``config.json`` (everything needed to rebuild and use the model: ``kind``, architecture, vocabulary, tokenizer
+config, free extras such as crop geometry). A checkpoint appears whole or not at all.
+
+``config.json`` keys: ``format`` (= "stamp-st-checkpoint"), ``format_version``, ``kind`` (e.g. ``gene_encoder``,
+``stamp``), ``architecture`` (dict), ``vocabulary`` (``GeneVocabulary.to_json()``) with ``vocab_checksum`` copied
+to the top level for quick checks, ``tokenizer`` (dict), and any extra fields the caller adds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import DataNotFoundError, StampInputError
+from ..io_utils import atomic_write_json
+
+FORMAT = "stamp-st-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def checkpoint_config(kind: str, architecture: dict, vocabulary: dict | None = None, tokenizer: dict | None = None,
+                      **extra) -> dict:
+    """Build a ``config.json`` dict with the standard keys (extras are kept as given)."""
+    cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "architecture": dict(architecture)}
+    if vocabulary is not None:
+        cfg["vocabulary"] = vocabulary
+        cfg["vocab_checksum"] = vocabulary.get("checksum")
+    if tokenizer is not None:
+        cfg["tokenizer"] = dict(tokenizer)
+    cfg.update(extra)
+    return cfg
+
+
+def write_checkpoint_files(directory: str | Path, model_state: dict, config: dict) -> None:
+    """Write the two files into an existing folder (not atomic as a whole: see ``save_checkpoint``)."""
+    from safetensors.torch import save_file
+
+    if "kind" not in config:
+        raise ValueError("checkpoint config needs a 'kind'")
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, **config}
+    directory = Path(directory)
+    tensors, seen = {}, {}
+    for k, v in model_state.items():
+        t = v.detach().to("cpu").contiguous()
+        ptr = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
+        if ptr in seen:  # safetensors refuses shared storage (tied weights): store a copy
+            t = t.clone()
+        seen[ptr] = k
+        tensors[k] = t
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT, "kind": str(config["kind"])})
+    atomic_write_json(directory / CONFIG_FILE, config)
+
+
+def save_checkpoint(directory: str | Path, model_state: dict, config: dict) -> Path:
+    """Write a checkpoint folder atomically: built in a temporary sibling, then renamed into place (an existing
+    checkpoint there is replaced only once the new one is complete)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        write_checkpoint_files(tmp, model_state, config)
+        replace_dir(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Rename folder ``src`` onto ``dst``; an existing ``dst`` is moved aside first and removed after."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_config(path: str | Path) -> dict:
+    """``config.json`` of a checkpoint folder (or of the folder holding a given ``model.safetensors``)."""
+    directory = _checkpoint_dir(path)
+    cfg_path = directory / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise DataNotFoundError("checkpoint has no config.json", directory,
+                                hint="point to a folder written by stamp-st (model.safetensors + config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise StampInputError(f"config.json is not valid JSON ({err})", cfg_path) from err
+    if cfg.get("format") != FORMAT:
+        raise StampInputError(f"not a stamp-st checkpoint (format {cfg.get('format')!r})", cfg_path,
+                              hint="released STAMP weights must first be converted: stamp-st convert-released")
+    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
+        raise StampInputError(f"checkpoint format version {cfg['format_version']} is newer than this stamp-st "
+                              f"understands ({FORMAT_VERSION})", cfg_path, hint="upgrade stamp-st")
+    return cfg
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    expect_kind: str | None = None) -> tuple[dict, dict]:
+    """(state_dict, config) of a checkpoint folder."""
+    from safetensors.torch import load_file
+
+    directory = _checkpoint_dir(path)
+    cfg = load_config(directory)
+    if expect_kind is not None and cfg.get("kind") != expect_kind:
+        raise StampInputError(f"checkpoint holds a {cfg.get('kind')!r} model, expected {expect_kind!r}", directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise DataNotFoundError("checkpoint has no model.safetensors", directory)
+    try:
+        sd = load_file(str(weights), device=str(device))
+    except Exception as err:  # noqa: BLE001 - a corrupt file is the user's input
+        raise StampInputError(f"cannot read weights ({err})", weights,
+                              hint="the file is corrupt or truncated: use another checkpoint") from err
+    return sd, cfg
+
+
+def _checkpoint_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file() and p.name in (WEIGHTS_FILE, CONFIG_FILE):
+        return p.parent
+    if not p.is_dir():
+        raise DataNotFoundError("checkpoint folder not found", p)
+    return p
