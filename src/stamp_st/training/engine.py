@@ -1,0 +1,531 @@
+"""One training loop for both stages: plain PyTorch, launched as is or by ``torchrun`` (DDP, or FSDP for large
+models), bf16 autocast, gradient accumulation, warmup + cosine, atomic checkpoints and exact resume.
+
+Contract with the model: ``model(batch)`` returns a dict with a scalar ``loss`` and other scalar metrics.
+Optional hooks on the model: ``on_train_step(step, epoch)`` (phase switches), ``no_weight_decay()`` (names),
+``checkpoint_prefix`` (stripped from state-dict names in ``model.safetensors``), ``fsdp_units()`` (submodules
+sharded separately), ``ddp_find_unused_parameters``.
+
+Contract with the data: ``train_data`` is a callable ``epoch -> iterable of micro-batches`` or an object with
+``set_epoch(epoch)`` and ``__iter__``; each rank sees its own shard. The order of an epoch must be a pure
+function of (seed, epoch): resume skips the batches of the epoch already consumed. The global RNG is reseeded
+from (seed, step, rank) before every optimizer step, so masking and dropout do not depend on history and a
+killed run resumed from a checkpoint continues identically (bitwise on CPU in fp32).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import StampInputError
+from ..io_utils import atomic_write_text
+from ..models.checkpoint import replace_dir, write_checkpoint_files
+from .schedule import WarmupCosine
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+TRAINER_STATE = "trainer_state.pt"
+METRICS_CSV = "metrics.csv"
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation and bookkeeping. Steps are optimizer steps (after gradient accumulation)."""
+
+    max_steps: int = 1000
+    max_epochs: int | None = None
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_accum: int = 1
+    grad_clip: float | None = 1.0
+    precision: str = "auto"  # auto | bf16 | fp32
+    strategy: str = "auto"  # auto (DDP when WORLD_SIZE > 1) | ddp | fsdp | single
+    seed: int = 0
+    log_every: int = 10
+    val_every: int = 0  # steps; 0 = at the end only
+    ckpt_every: int = 0  # steps; 0 = at the end only
+    keep_checkpoints: int = 2
+    progress: bool = True
+    tensorboard: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str | Path | None = None) -> TrainerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise StampInputError(f"unknown trainer settings {sorted(unknown)}", source,
+                                  hint=f"allowed: {sorted(known)}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        cfg = cls(**d)
+        if cfg.precision not in ("auto", "bf16", "fp32"):
+            raise StampInputError(f"precision {cfg.precision!r} is not auto, bf16 or fp32", source)
+        if cfg.strategy not in ("auto", "ddp", "fsdp", "single"):
+            raise StampInputError(f"strategy {cfg.strategy!r} is not auto, ddp, fsdp or single", source)
+        if cfg.grad_accum < 1 or cfg.max_steps < 1:
+            raise StampInputError("grad_accum and max_steps must be >= 1", source)
+        return cfg
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+# ---------------------------------------------------------------------- environment
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment (0, 1, 0 when launched plainly)."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def cpu_bf16_fast() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 autocast pays."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for fp32."""
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+    elif device.type == "cpu":
+        ok = cpu_bf16_fast()
+    else:
+        ok = False
+    if precision == "bf16" or ok:
+        return torch.bfloat16
+    return None
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (int(seed) * 1_000_003 + int(step) * 7_919 + int(rank) * 104_729) % (2**63 - 1)
+
+
+def move_to(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+def build_optimizer(model: nn.Module, cfg: TrainerConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with two groups: weight decay on matrices, none on biases, norms and names the model lists."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name in skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kw = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
+                             **kw)
+
+
+# ---------------------------------------------------------------------- trainer
+class Trainer:
+    """Runs ``fit()`` to ``max_steps`` (or ``max_epochs``), writing into ``run_dir``:
+    ``checkpoints/step-XXXXXXX/`` (model.safetensors + config.json + trainer_state.pt), ``checkpoints/latest``,
+    ``metrics.csv`` (step, epoch, split, metric, value), ``tb/`` (TensorBoard), ``trainer_config.json``."""
+
+    def __init__(self, model: nn.Module, config: TrainerConfig, run_dir: str | Path,
+                 train_data, val_fn: Callable[[nn.Module], dict] | None = None,
+                 checkpoint_config: dict | Callable[[], dict] | None = None,
+                 device: str | torch.device | None = None,
+                 optimizer_fn: Callable[[nn.Module], torch.optim.Optimizer] | None = None):
+        self.cfg = config
+        self.run_dir = Path(run_dir)
+        self.train_data = train_data
+        self.val_fn = val_fn
+        self._ckpt_config = checkpoint_config or {"kind": type(model).__name__}
+        self.rank, self.world_size, self.local_rank = dist_env()
+        if self.world_size > 1 and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend)
+        if device is None:
+            device = f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.amp_dtype = resolve_precision(config.precision, self.device)
+        self.raw_model = model.to(self.device)
+        strategy = config.strategy
+        if strategy == "auto":
+            strategy = "ddp" if self.world_size > 1 else "single"
+        self.strategy = strategy
+        self.model = self._wrap(self.raw_model)
+        self.optimizer = (optimizer_fn or (lambda m: build_optimizer(m, config, self.device)))(self.raw_model)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, WarmupCosine(config.warmup_steps, config.max_steps, config.min_lr_ratio))
+        self.step = 0  # optimizer steps done
+        self.epoch = 0
+        self.batch_in_epoch = 0  # micro-batches of the current epoch consumed
+        self._tb = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.strategy == "ddp":
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return DDP(model, device_ids=ids,
+                       find_unused_parameters=bool(getattr(model, "ddp_find_unused_parameters", False)))
+        if self.strategy == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            if not dist.is_initialized():
+                raise StampInputError("strategy 'fsdp' needs a distributed launch", hint="run under torchrun")
+            for unit in (model.fsdp_units() if hasattr(model, "fsdp_units") else []):
+                fully_shard(unit)
+            fully_shard(model)
+            return model
+        return model
+
+    # ------------------------------------------------------------------ data
+    def _epoch_batches(self, epoch: int) -> Iterable:
+        data = self.train_data
+        if callable(data) and not hasattr(data, "__iter__"):
+            return data(epoch)
+        if hasattr(data, "set_epoch"):
+            data.set_epoch(epoch)
+        elif hasattr(getattr(data, "dataset", None), "set_epoch"):
+            data.dataset.set_epoch(epoch)
+        return data
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self, resume: str | bool = "auto") -> dict:
+        cfg = self.cfg
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = self.latest_checkpoint()
+        if resume is True and ckpt is None:
+            raise StampInputError("nothing to resume: no checkpoint", self.run_dir / CHECKPOINTS,
+                                  hint="start without --resume")
+        if resume in (True, "auto") and ckpt is not None:
+            self.load(ckpt)
+        elif ckpt is not None and resume is False:
+            raise StampInputError("run folder already holds checkpoints", self.run_dir,
+                                  hint="resume it (default), or choose a new --out folder")
+        if self.is_main:
+            atomic_write_text(self.run_dir / "trainer_config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
+            self._truncate_metrics(self.step)
+            if cfg.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
+        pbar = None
+        if self.is_main and cfg.progress:
+            from tqdm.auto import tqdm
+
+            pbar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
+
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        n_sum = 0
+        last_val: dict = {}
+        t_log = time.perf_counter()
+        steps_since_log = 0
+        micro = 0
+        done = self.step >= cfg.max_steps or (cfg.max_epochs is not None and self.epoch >= cfg.max_epochs)
+        while not done:
+            batches = iter(self._epoch_batches(self.epoch))
+            if self.batch_in_epoch:
+                skipped = sum(1 for _ in itertools.islice(batches, self.batch_in_epoch))
+                if skipped < self.batch_in_epoch:
+                    raise StampInputError(f"resume: epoch {self.epoch} has {skipped} batches, the checkpoint "
+                                          f"consumed {self.batch_in_epoch}", self.run_dir,
+                                          hint="the data changed since the checkpoint: resume with the same data")
+            for batch in batches:
+                if micro == 0:
+                    torch.manual_seed(step_seed(cfg.seed, self.step, self.rank))
+                    if hasattr(self.raw_model, "on_train_step"):
+                        self.raw_model.on_train_step(self.step, self.epoch)
+                batch = move_to(batch, self.device)
+                last = micro == cfg.grad_accum - 1
+                with self._sync_context(last), self._autocast():
+                    out = self.model(batch)
+                    loss = out["loss"]
+                    (loss / cfg.grad_accum).backward()
+                for k, v in out.items():
+                    v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+                    sums[k] = sums.get(k, 0.0) + v
+                n_sum += 1
+                self.batch_in_epoch += 1
+                micro += 1
+                if not last:
+                    continue
+                micro = 0
+                gnorm = self._optimizer_step()
+                self.step += 1
+                steps_since_log += 1
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + gnorm * cfg.grad_accum
+                if pbar is not None:
+                    pbar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    metrics = {k: v / n_sum for k, v in sums.items()}
+                    metrics = self._reduce(metrics)
+                    dt = time.perf_counter() - t_log
+                    metrics["lr"] = self.scheduler.get_last_lr()[0]
+                    metrics["steps_per_s"] = steps_since_log / max(dt, 1e-9)
+                    if "spots" in metrics:
+                        metrics["spots_per_s"] = metrics["spots"] * cfg.grad_accum * self.world_size * \
+                            metrics["steps_per_s"]
+                    self._log(metrics, "train")
+                    if pbar is not None:
+                        pbar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "igr_loss", "cgr_loss")
+                                          if k in metrics})
+                    sums, n_sum, steps_since_log, t_log = {}, 0, 0, time.perf_counter()
+                if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.max_steps:
+                    last_val = self.validate()
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
+                    self.save()
+                if self.step >= cfg.max_steps:
+                    done = True
+                    break
+            else:
+                if self.batch_in_epoch == 0:
+                    raise StampInputError(f"epoch {self.epoch} yielded no training batches",
+                                          hint="check the training data (empty split, or fewer items than "
+                                               "one batch per process)")
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                if cfg.max_epochs is not None and self.epoch >= cfg.max_epochs:
+                    done = True
+        if micro:  # a partial accumulation at the very end of the data: drop it, as a resume would
+            self.optimizer.zero_grad(set_to_none=True)
+        last_val = self.validate() or last_val
+        self.save()
+        if pbar is not None:
+            pbar.close()
+        if self._tb is not None:
+            self._tb.close()
+        return {"step": self.step, "epoch": self.epoch, "val": last_val}
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                              enabled=self.amp_dtype is not None)
+
+    def _sync_context(self, last: bool):
+        import contextlib
+
+        if self.strategy == "ddp" and not last:
+            return self.model.no_sync()
+        if self.strategy == "fsdp":
+            self.model.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+
+    def _optimizer_step(self) -> torch.Tensor:
+        params = [p for p in self.raw_model.parameters() if p.grad is not None]
+        if self.cfg.grad_clip:
+            gnorm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+            if hasattr(gnorm, "full_tensor"):
+                gnorm = gnorm.full_tensor()
+        else:
+            gnorm = torch.zeros((), device=self.device)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return gnorm.detach().float()
+
+    def _reduce(self, metrics: dict) -> dict:
+        if self.world_size > 1 and dist.is_initialized():
+            keys = sorted(metrics)
+            t = torch.stack([torch.as_tensor(metrics[k], dtype=torch.float32, device=self.device) for k in keys])
+            dist.all_reduce(t)
+            t /= self.world_size
+            return {k: float(v) for k, v in zip(keys, t.tolist())}
+        return {k: float(v) for k, v in metrics.items()}
+
+    # ------------------------------------------------------------------ validation and logging
+    def validate(self) -> dict:
+        if self.val_fn is None:
+            return {}
+        self.model.eval()
+        state = torch.get_rng_state()
+        try:
+            torch.manual_seed(self.cfg.seed + 12_345)  # the same masks at every validation
+            with torch.no_grad(), self._autocast():
+                metrics = self.val_fn(self.model)
+        finally:
+            torch.set_rng_state(state)
+            self.model.train()
+        metrics = {k: float(v) for k, v in (metrics or {}).items()}
+        self._log(metrics, "val")
+        return metrics
+
+    def _log(self, metrics: dict, split: str) -> None:
+        if not self.is_main or not metrics:
+            return
+        path = self.run_dir / METRICS_CSV
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            w = csv.writer(fh)
+            if new:
+                w.writerow(["step", "epoch", "split", "metric", "value"])
+            for k, v in metrics.items():
+                w.writerow([self.step, self.epoch, split, k, f"{float(v):.6g}"])
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if math.isfinite(float(v)):
+                    self._tb.add_scalar(f"{split}/{k}", float(v), self.step)
+            self._tb.flush()
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
+        path = self.run_dir / METRICS_CSV
+        if not path.exists():
+            return
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+        keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+        if len(keep) != len(rows):
+            with open(path, "w", newline="") as fh:
+                csv.writer(fh).writerows(keep)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / CHECKPOINTS
+
+    def latest_checkpoint(self) -> Path | None:
+        root = self.checkpoint_dir()
+        ptr = root / LATEST
+        if ptr.is_file():
+            p = root / ptr.read_text().strip()
+            if (p / TRAINER_STATE).is_file():
+                return p
+        steps = sorted(p for p in root.glob("step-*") if (p / TRAINER_STATE).is_file()) if root.is_dir() else []
+        return steps[-1] if steps else None
+
+    def _full_state(self) -> tuple[dict, dict]:
+        """(model state, optimizer state) as full, unsharded CPU tensors."""
+        if self.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_state_dict(self.raw_model, self.optimizer, options=opts)
+        return self.raw_model.state_dict(), self.optimizer.state_dict()
+
+    def save(self) -> Path | None:
+        model_sd, optim_sd = self._full_state()
+        path = None
+        if self.is_main:
+            prefix = getattr(self.raw_model, "checkpoint_prefix", "")
+            export = {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v for k, v in model_sd.items()}
+            cfg = self._ckpt_config() if callable(self._ckpt_config) else dict(self._ckpt_config)
+            cfg = {**cfg, "training": {"step": self.step, "epoch": self.epoch, "trainer": self.cfg.to_json()}}
+            root = self.checkpoint_dir()
+            root.mkdir(parents=True, exist_ok=True)
+            name = f"step-{self.step:07d}"
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+            try:
+                write_checkpoint_files(tmp, export, cfg)
+                torch.save({
+                    "optimizer": optim_sd, "scheduler": self.scheduler.state_dict(), "step": self.step,
+                    "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "world_size": self.world_size,
+                    "rng": _rng_state(),
+                }, tmp / TRAINER_STATE)
+                path = root / name
+                replace_dir(tmp, path)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+            atomic_write_text(root / LATEST, name + "\n")
+            self._prune()
+        if self.world_size > 1 and dist.is_initialized():
+            dist.barrier()
+        return path
+
+    def _prune(self) -> None:
+        keep = max(int(self.cfg.keep_checkpoints), 1)
+        steps = sorted(p for p in self.checkpoint_dir().glob("step-*") if p.is_dir())
+        for p in steps[:-keep]:
+            shutil.rmtree(p, ignore_errors=True)
+
+    def load(self, path: str | Path) -> None:
+        from ..models.checkpoint import load_checkpoint
+
+        path = Path(path)
+        sd, _ = load_checkpoint(path)
+        prefix = getattr(self.raw_model, "checkpoint_prefix", "")
+        if prefix:
+            own = set(self.raw_model.state_dict().keys())
+            sd = {(prefix + k if prefix + k in own else k): v for k, v in sd.items()}
+        state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+        if int(state.get("world_size", 1)) != self.world_size and self.is_main:
+            print(f"warning: resuming a run saved with {state.get('world_size')} processes on {self.world_size}; "
+                  "it continues, but not identically")
+        if self.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            set_state_dict(self.raw_model, self.optimizer, model_state_dict=sd,
+                           optim_state_dict=state["optimizer"],
+                           options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+        else:
+            self.raw_model.load_state_dict(sd, strict=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        _set_rng_state(state["rng"])
+        if self.is_main:
+            print(f"resumed from {path} (step {self.step}, epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state(legacy=False)
+    st = {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    py = st["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = st["numpy"]
+    np.random.set_state({"bit_generator": "MT19937",
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
