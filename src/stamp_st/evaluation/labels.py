@@ -42,8 +42,10 @@ def load_labels(spec: str, source: EmbeddingSet, her2st_root: str | Path | None 
         idx = np.flatnonzero(source.slide_ids == sl)
         try:
             lab = fn(root, sl)
-        except FileNotFoundError:
-            continue  # this section has no labels of that kind (e.g. ST-pat only for some sections)
+        except StampInputError as err:
+            if err.path is not None and not err.path.exists():
+                continue  # this section has no labels of that kind (ST-pat: one section per patient)
+            raise
         lab = lab.astype(object).where(lab.notna(), "").astype(str)
         out[idx] = lab.reindex(source.spot_ids[idx]).fillna("").to_numpy()
     return pd.Series(out.astype(str), index=keys)

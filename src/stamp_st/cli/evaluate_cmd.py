@@ -1,0 +1,81 @@
+"""``stamp-st evaluate``: judge embedding sources side by side on held-out slides and write
+results.json + a self-contained report.html."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="evaluate embeddings (probe, clustering, expression, retrieval, MIL) with intervals",
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--embeddings", nargs="+", required=True, metavar="FILE[:KEY]",
+                   help="embedding files: .h5ad (optionally :OBSM_KEY, or :expr-pca for a PCA of the file's "
+                        "expression) or TRIDENT-style .h5 (one per slide; consecutive .h5 files of one --names "
+                        "entry are not merged: give an .h5ad for several slides)")
+    p.add_argument("--names", nargs="+", metavar="NAME", help="one display name per --embeddings entry")
+    p.add_argument("--baseline", metavar="NAME", help="which name is the baseline (marked in the report)")
+    p.add_argument("--add-expression-pca", action="store_true",
+                   help="add a raw-expression PCA(50) source (gene-side baseline) from the first file's counts")
+    p.add_argument("--labels", metavar="KIND",
+                   help="spot labels: her2st-cluster, her2st-pat or obs:COLUMN of the first file")
+    p.add_argument("--her2st-root", metavar="DIR", help="her2st folder for --labels her2st-* "
+                   "(default: the data directory's her2st/)")
+    p.add_argument("--tasks", default="probe,cluster,expression,retrieval",
+                   help="comma-separated subset of probe,cluster,expression,retrieval,mil")
+    p.add_argument("--slide-labels", metavar="CSV", help="CSV with columns slide_id,label for the mil task")
+    p.add_argument("--test-slides", nargs="+", metavar="SLIDE",
+                   help="a given split: these slides are the test set (default: leave-one-slide-out)")
+    p.add_argument("--impute-k", type=int, default=50, help="top-k reference spots for retrieval imputation")
+    p.add_argument("--projection", choices=("umap", "pca"), default="umap", help="2-D projection in figures")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder for results.json, report.html")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import pandas as pd
+
+    from ..errors import StampInputError
+    from ..evaluation.embeddings_io import expression_pca_source, read_source
+    from ..evaluation.labels import load_labels
+    from ..evaluation.report import write_report
+    from ..evaluation.tasks import evaluate_sources
+
+    names = args.names or []
+    if names and len(names) != len(args.embeddings):
+        raise StampInputError(f"{len(args.embeddings)} --embeddings but {len(names)} --names",
+                              hint="give one name per embedding file, or none")
+    if len(set(names)) != len(names):
+        raise StampInputError("--names must be unique")
+    sources = {}
+    for i, spec in enumerate(args.embeddings):
+        s = read_source(spec, names[i] if names else None)
+        if s.name in sources:
+            raise StampInputError(f"two sources are named {s.name!r}", hint="use --names")
+        sources[s.name] = s
+    first = next(iter(sources.values()))
+    if args.add_expression_pca:
+        src = expression_pca_source(first)
+        sources[src.name] = src
+    labels = load_labels(args.labels, first, args.her2st_root) if args.labels else None
+    slide_labels = None
+    if args.slide_labels:
+        df = pd.read_csv(args.slide_labels)
+        if not {"slide_id", "label"} <= set(df.columns):
+            raise StampInputError("needs columns slide_id,label", args.slide_labels)
+        slide_labels = dict(zip(df["slide_id"].astype(str), df["label"]))
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.baseline and args.baseline not in sources:
+        raise StampInputError(f"--baseline {args.baseline!r} is not one of {list(sources)}")
+    artifacts: dict = {}
+    results = evaluate_sources(sources, labels, tasks, slide_labels=slide_labels, test_slides=args.test_slides,
+                               baseline=args.baseline, impute_k=args.impute_k, seed=args.seed,
+                               artifacts=artifacts, progress=lambda m: print(f"[evaluate] {m}", flush=True))
+    json_path, html_path = write_report(args.out, results, artifacts, projection=args.projection)
+    for r in results["table"]:
+        if "mean" in r:
+            print(f"{r['task']:<11} {r['metric']:<22} {r['source']:<24} {r['text']}")
+    print(f"wrote {json_path} and {html_path}")
+    return 0

@@ -1,0 +1,222 @@
+"""Report figures as base64 PNG strings (matplotlib's object API with the Agg canvas: no global pyplot
+state, no display), so that the HTML report is one self-contained file."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+
+HIGHER_IS_BETTER_EXCEPT = ("mse",)
+
+
+def _figure(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def fig_to_b64(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight", dpi=100)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def load_thumbnail(image_path: str | Path, max_px: int = 1000) -> tuple[np.ndarray, float] | None:
+    """(RGB uint8 thumbnail, thumbnail px per full-resolution px), or None when the image cannot be
+    read (figures then draw spots without the H&E). JPEG/PNG through PIL draft mode (DCT-scaled decode,
+    never the full image in memory); pyramidal slides through ``stamp_st.readers.slide``."""
+    path = Path(image_path)
+    if not path.is_file():
+        return None
+    try:
+        if path.suffix.lower() in (".jpg", ".jpeg", ".png"):
+            from PIL import Image
+
+            old = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                with Image.open(path) as im:
+                    w0 = im.size[0]
+                    im.draft("RGB", (max_px, max_px))
+                    im = im.convert("RGB")
+                    im.thumbnail((max_px, max_px))
+                    return np.asarray(im), im.size[0] / w0
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+        from PIL import Image
+
+        from ..readers.slide import open_slide
+
+        with open_slide(path) as slide:
+            level = slide.best_level(max(slide.width_px, slide.height_px) / max_px)
+            lw, lh = slide.level_dimensions[level]
+            a = slide.read_level_region(level, 0, 0, lw, lh)
+            im = Image.fromarray(a)
+            im.thumbnail((max_px, max_px))
+            return np.asarray(im), im.size[0] / slide.width_px
+    except Exception:  # noqa: BLE001 - a figure without its H&E beats no report
+        return None
+
+
+def _spot_axes(ax, xy, thumb, title):
+    if thumb is not None:
+        img, scale = thumb
+        ax.imshow(img)
+        pts = xy * scale
+    else:
+        pts = xy
+        ax.invert_yaxis()
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    return pts
+
+
+def _spot_size(pts: np.ndarray) -> float:
+    """Marker area (pt^2) that keeps a few hundred spots legible and thousands from overlapping."""
+    return float(np.clip(20000.0 / max(len(pts), 1), 3, 40))
+
+
+def expression_maps(xy: np.ndarray, true: np.ndarray, pred: np.ndarray, genes, pearson: np.ndarray,
+                    thumb=None, n_genes: int = 3, title: str = "") -> str:
+    """Measured vs predicted maps of the best-predicted genes over the slide (shared colour scale)."""
+    r = np.where(np.isfinite(pearson), pearson, -np.inf)
+    top = np.argsort(-r)[:n_genes]
+    fig = _figure(7.0, 3.0 * len(top))
+    for row, g in enumerate(top):
+        vmin, vmax = np.percentile(true[:, g], [1, 99])
+        for col, (vals, what) in enumerate(((true[:, g], "measured"), (pred[:, g], "predicted"))):
+            ax = fig.add_subplot(len(top), 2, row * 2 + col + 1)
+            pts = _spot_axes(ax, xy, thumb, f"{genes[g]} {what}" + (f" (r={pearson[g]:.2f})" if col else ""))
+            sc = ax.scatter(pts[:, 0], pts[:, 1], c=vals, s=_spot_size(pts), cmap="viridis", vmin=vmin,
+                            vmax=vmax, alpha=0.85, linewidths=0)
+        fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label="log1p CP10k")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig_to_b64(fig)
+
+
+def _categorical_colors(values: np.ndarray):
+    cats = [c for c in dict.fromkeys(values.tolist()) if c not in ("", "-1")]
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return cats, {c: cmap(i % 20) for i, c in enumerate(cats)}
+
+
+def _scatter_categories(ax, pts, values, s, legend=True):
+    values = np.asarray(values).astype(str)
+    cats, colors = _categorical_colors(values)
+    blank = ~np.isin(values, cats)
+    if blank.any():
+        ax.scatter(pts[blank, 0], pts[blank, 1], s=s, c="lightgrey", linewidths=0, alpha=0.5)
+    for c in cats:
+        m = values == c
+        ax.scatter(pts[m, 0], pts[m, 1], s=s, color=colors[c], label=c, linewidths=0, alpha=0.9)
+    if legend and 0 < len(cats) <= 20:
+        ax.legend(fontsize=6, markerscale=1.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def cluster_maps(xy: np.ndarray, labels: np.ndarray, clusters: dict[str, np.ndarray], thumb=None,
+                 title: str = "") -> str:
+    """Labels and each clustering over the H&E of one slide."""
+    panels = [("labels", labels)] + [(m, c) for m, c in clusters.items()]
+    fig = _figure(4.2 * len(panels), 4.0)
+    for i, (name, vals) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        pts = _spot_axes(ax, xy, thumb, name)
+        _scatter_categories(ax, pts, np.asarray(vals).astype(str), _spot_size(pts), legend=(i == 0))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig_to_b64(fig)
+
+
+def projection_2d(emb: np.ndarray, method: str = "umap", seed: int = 0) -> np.ndarray:
+    """2-D projection of embeddings: UMAP (umap-learn) on the top 50 PCs, or PCA (fast fallback)."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    x = StandardScaler().fit_transform(np.asarray(emb, dtype=np.float32))
+    k = int(min(50, x.shape[0] - 1, x.shape[1]))
+    x = PCA(n_components=k, random_state=seed).fit_transform(x)
+    if method == "pca":
+        return x[:, :2]
+    import umap
+
+    return umap.UMAP(n_neighbors=15, min_dist=0.3, random_state=seed, n_jobs=1).fit_transform(x)
+
+
+def embedding_scatter(xy2: np.ndarray, labels: np.ndarray | None, slide_ids: np.ndarray, title: str,
+                      method: str) -> str:
+    panels = ([("by label", labels)] if labels is not None else []) + [("by slide", slide_ids)]
+    fig = _figure(4.8 * len(panels), 4.0)
+    for i, (name, vals) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        _scatter_categories(ax, xy2, np.asarray(vals).astype(str), 4)
+        ax.set_title(f"{title}: {method.upper()} {name}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig_to_b64(fig)
+
+
+def retrieval_examples(patches: np.ndarray, examples: list[dict], k: int = 5, title: str = "") -> str | None:
+    """Each row: the query spot's patch, then the patches of the spots whose gene embeddings it
+    retrieved (green frame = the query's own spot)."""
+    if patches is None or not examples:
+        return None
+    fig = _figure(1.6 * (k + 1), 1.7 * len(examples))
+    for r, ex in enumerate(examples):
+        items = [ex["query"]] + list(ex["retrieved"][:k])
+        for c, idx in enumerate(items):
+            ax = fig.add_subplot(len(examples), k + 1, r * (k + 1) + c + 1)
+            ax.imshow(patches[idx])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            hit = c > 0 and idx == ex["query"]
+            for sp in ax.spines.values():
+                sp.set_edgecolor("green" if hit else "none")
+                sp.set_linewidth(3)
+            ax.set_title("query" if c == 0 else f"#{c}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig_to_b64(fig)
+
+
+def metric_bars(rows: list[dict], task: str) -> str | None:
+    """Grouped bars (mean with 95% interval) of one task's metrics, one colour per source."""
+    rows = [r for r in rows if r["task"] == task and "mean" in r and not r["metric"].startswith("chance")]
+    if not rows:
+        return None
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    sources = list(dict.fromkeys(r["source"] for r in rows))
+    fig = _figure(max(4.0, 1.1 * len(metrics) * max(1, len(sources)) / 1.5), 3.2)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(sources)
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    for j, s in enumerate(sources):
+        xs, ys, lo, hi = [], [], [], []
+        for i, m in enumerate(metrics):
+            r = next((r for r in rows if r["metric"] == m and r["source"] == s), None)
+            if r is None or not np.isfinite(r["mean"]):
+                continue
+            xs.append(i + (j - (len(sources) - 1) / 2) * width)
+            ys.append(r["mean"])
+            ok = np.isfinite(r["low"]) and np.isfinite(r["high"])
+            lo.append(r["mean"] - r["low"] if ok else 0.0)
+            hi.append(r["high"] - r["mean"] if ok else 0.0)
+        ax.bar(xs, ys, width=width, color=cmap(j % 10), label=s, yerr=[lo, hi], capsize=3)
+    ax.set_xticks(range(len(metrics)))
+    ax.set_xticklabels(metrics, rotation=20, ha="right", fontsize=8)
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title(f"{task}: mean and 95% interval", fontsize=9)
+    return fig_to_b64(fig)

@@ -1,0 +1,223 @@
+"""Write the evaluation results as ``results.json`` and a self-contained ``report.html`` (inline CSS,
+figures as base64 PNG, no external assets): one table of every metric with its 95% interval, each
+embedding source side by side, then the figures per task."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+
+from ..io_utils import atomic_write_json, atomic_write_text
+from . import figures as F
+from .tasks import TASK_TITLES
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1150px;color:#222;
+line-height:1.45;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;
+margin-top:2em}h3{font-size:1.05em;margin-bottom:.3em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}th,td{border:1px solid #ddd;padding:.35em .7em;
+text-align:left}th{background:#f4f5f7}td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
+td.best{font-weight:600;background:#eef7ee}td.skip{color:#888;font-style:italic}
+.meta{color:#555;font-size:.9em}.note{color:#555;font-size:.85em}figure{margin:1em 0}
+figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
+code{background:#f4f5f7;padding:0 .25em;border-radius:3px}
+"""
+
+METRIC_NOTES = {
+    "balanced_accuracy": "mean recall over classes", "macro_f1": "unweighted mean F1 over classes",
+    "kmeans_ari": "k-means, k = number of labels", "leiden_ari": "Leiden at about k clusters",
+    "ridge_pearson": "HEST protocol: PCA256 + ridge, mean PCC over 50 most variable genes",
+    "ridge_mse": "log1p CP10k, same genes", "impute_pearson": "BLEEP-style top-k retrieval imputation",
+    "impute_mse": "log1p CP10k, same genes", "auc": "stratified k-fold over slides",
+}
+
+
+def _esc(x) -> str:
+    return html.escape(str(x))
+
+
+def _lower_is_better(metric: str) -> bool:
+    return any(s in metric for s in F.HIGHER_IS_BETTER_EXCEPT)
+
+
+def metric_table_html(results: dict) -> str:
+    """One table: a row per (task, metric), a column per source; the best mean per row in bold."""
+    sources = list(results["sources"])
+    baseline = results["meta"].get("baseline")
+    rows = results["table"]
+    head = "".join(f"<th>{_esc(s)}{' (baseline)' if s == baseline else ''}</th>" for s in sources)
+    out = [f"<table><thead><tr><th>task</th><th>metric</th>{head}<th>note</th></tr></thead><tbody>"]
+    for task in results["tasks"]:
+        metrics = list(dict.fromkeys(r["metric"] for r in rows if r["task"] == task and r.get("metric")))
+        skipped = {r["source"]: r["skipped"] for r in rows if r["task"] == task and "skipped" in r}
+        if not metrics:
+            cells = "".join(f"<td class='skip'>{_esc(skipped.get(s, 'n/a'))}</td>" for s in sources)
+            out.append(f"<tr><td>{_esc(task)}</td><td>—</td>{cells}<td></td></tr>")
+            continue
+        for m in metrics:
+            by_src = {r["source"]: r for r in rows if r["task"] == task and r.get("metric") == m}
+            means = {s: r["mean"] for s, r in by_src.items() if np.isfinite(r["mean"])}
+            best = None
+            if len(means) > 1 and not m.startswith("chance"):
+                best = (min if _lower_is_better(m) else max)(means, key=means.get)
+            cells = []
+            for s in sources:
+                if s in by_src:
+                    r = by_src[s]
+                    cls = "num best" if s == best else "num"
+                    cells.append(f"<td class='{cls}' title='n={r['n']} ({_esc(r['method'])})'>{_esc(r['text'])}</td>")
+                else:
+                    cells.append(f"<td class='skip'>{_esc(skipped.get(s, 'n/a'))}</td>")
+            note = METRIC_NOTES.get(m, "lower is better" if _lower_is_better(m) else "")
+            out.append(f"<tr><td>{_esc(task)}</td><td>{_esc(m)}</td>{''.join(cells)}"
+                       f"<td class='note'>{_esc(note)}</td></tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _img(b64: str | None, caption: str) -> str:
+    if not b64:
+        return ""
+    return (f"<figure><img alt='{_esc(caption)}' src='data:image/png;base64,{b64}'>"
+            f"<figcaption>{_esc(caption)}</figcaption></figure>")
+
+
+def build_figures(results: dict, artifacts: dict, projection: str = "umap", max_slides: int = 2,
+                  seed: int = 0) -> dict[str, list[str]]:
+    """HTML snippets of figures per section; every figure is optional and omitted when its inputs are
+    absent (no H&E path, no patches, task skipped)."""
+    out: dict[str, list[str]] = {"overview": [], "embeddings": []}
+    sources = artifacts.get("sources") or {}
+    preds = artifacts.get("predictions") or {}
+    labels = artifacts.get("labels")
+    for task in results["tasks"]:
+        out.setdefault(task, [])
+        out[task].append(_img(F.metric_bars(results["table"], task), f"{task}: every source, 95% interval"))
+    if not sources:
+        return out
+    first = next(iter(sources.values()))
+    slides = list(dict.fromkeys(first.slide_ids.tolist()))[:max_slides]
+    thumbs = {}
+    for sl in slides:
+        p = next((s.image_paths.get(sl) for s in sources.values() if s.image_paths.get(sl)), None)
+        thumbs[sl] = F.load_thumbnail(p) if p else None
+    xy = first.xy_px
+    # expression maps: measured vs predicted (ridge) on held-out slides
+    for name, p in (preds.get("expression") or {}).items():
+        if xy is None:
+            break
+        for fold in p["ridge"]:
+            if fold["fold"] not in slides:
+                continue
+            idx = fold["test_idx"]
+            out["expression"].append(_img(
+                F.expression_maps(xy[idx], fold["true"], fold["pred"], fold["genes"], fold["pearson"],
+                                  thumbs.get(fold["fold"]), title=f"{name}, held-out slide {fold['fold']}"),
+                f"{name}: measured vs ridge-predicted expression of the best-predicted genes, "
+                f"slide {fold['fold']}"))
+    # clusters over the H&E
+    for name, cl in (preds.get("cluster") or {}).items():
+        if xy is None or labels is None:
+            break
+        for sl in slides:
+            idx = np.flatnonzero((first.slide_ids == sl) & (labels != ""))
+            if len(idx) == 0:
+                continue
+            out["cluster"].append(_img(
+                F.cluster_maps(xy[idx], labels[idx], {m: c[idx] for m, c in cl.items()}, thumbs.get(sl),
+                               title=f"{name}, slide {sl}"),
+                f"{name}: labels and clusters over the H&E, slide {sl}"))
+    # retrieval examples
+    for name, ex in (preds.get("retrieval") or {}).items():
+        b64 = F.retrieval_examples(sources[name].patches, ex[:4], title=name)
+        if b64:
+            out["retrieval"].append(_img(b64, f"{name}: image->gene retrieval; first column is the query's "
+                                              "patch, then the patches of the retrieved spots (green = own spot)"))
+        else:
+            out["retrieval"].append("<p class='note'>Retrieval examples omitted: the embedding file carries no "
+                                    "patches (uns['stamp_st']['patches']).</p>")
+    # UMAP by label and by slide
+    n = len(first)
+    rng = np.random.default_rng(seed)
+    sub = np.sort(rng.choice(n, size=min(n, 5000), replace=False))
+    for name, s in sources.items():
+        xy2 = F.projection_2d(s.emb[sub], projection, seed)
+        out["embeddings"].append(_img(
+            F.embedding_scatter(xy2, None if labels is None else labels[sub], s.slide_ids[sub], name, projection),
+            f"{name}: {projection.upper()} of the embeddings coloured by label and by slide"))
+    return out
+
+
+def render_html(results: dict, figs: dict[str, list[str]] | None = None, title: str = "stamp-st evaluation") -> str:
+    figs = figs or {}
+    meta = results["meta"]
+    src_rows = "".join(
+        f"<tr><td>{_esc(k)}</td><td>{_esc(v['modality'])}</td><td class='num'>{v['dim']}</td>"
+        f"<td>{'yes' if v['has_gene_embedding'] else 'no'}</td><td>{_esc(v.get('path', ''))}</td></tr>"
+        for k, v in results["sources"].items())
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{_esc(title)}</h1>",
+        f"<p class='meta'>{meta['n_spots']} spots on {len(meta['slides'])} slides "
+        f"({_esc(', '.join(meta['slides']))}); split: {_esc(meta['split'])}; "
+        f"{'' if meta['n_labelled'] is None else str(meta['n_labelled']) + ' labelled spots; '}"
+        f"intervals: {_esc(meta['interval'])}; stamp-st {_esc(meta['stamp_st_version'])}, seed {meta['seed']}.</p>",
+        "<h2>Embedding sources</h2><table><thead><tr><th>name</th><th>modality</th><th>dim</th>"
+        f"<th>gene embedding</th><th>file</th></tr></thead><tbody>{src_rows}</tbody></table>",
+        "<h2>All metrics</h2>",
+        "<p class='note'>Mean over held-out slides (folds) with a 95% Student-t interval in brackets; hover a "
+        "cell for the number of folds. Bold: best mean of the row. Gene-side sources are not scored on "
+        "expression prediction (their input is the target).</p>",
+        metric_table_html(results),
+    ]
+    for task in results["tasks"]:
+        parts.append(f"<h2>{_esc(TASK_TITLES.get(task, task))}</h2>")
+        parts.extend(figs.get(task, []))
+    if figs.get("embeddings"):
+        parts.append("<h2>Embeddings</h2>")
+        parts.extend(figs["embeddings"])
+    parts.append("<h2>Protocols</h2><ul class='note'>"
+                 "<li>Probe: standardise + class-balanced logistic regression fit on the training slides; test "
+                 "spots whose label never occurs in training are excluded and counted.</li>"
+                 "<li>Clustering: per slide on labelled spots, top-50 PCs; k-means with k = labels in the "
+                 "slide; Leiden on a 15-NN graph, resolution bisected to about k clusters.</li>"
+                 "<li>Expression: HEST-Benchmark (standardise, PCA 256 fit on train when samples allow, ridge "
+                 "alpha = 100/(features x genes), Pearson per gene on the 50 most variable training genes); "
+                 "imputation: similarity-weighted mean of the top-k training spots (BLEEP).</li>"
+                 "<li>Retrieval: recall@k within each slide between image and gene embeddings; chance = k/n.</li>"
+                 "<li>MIL: gated attention MIL (Ilse et al. 2018), stratified k-fold over slides, AUC.</li></ul>")
+    parts.append("</body></html>")
+    return "\n".join(p for p in parts if p)
+
+
+def json_clean(obj):
+    """NaN/inf -> None (strict JSON), numpy scalars/arrays -> Python; fails early on anything else."""
+    if isinstance(obj, dict):
+        return {str(k): json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_clean(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, str | int | float | bool):
+        return obj
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def write_report(out_dir: str | Path, results: dict, artifacts: dict | None = None, projection: str = "umap",
+                 title: str = "stamp-st evaluation") -> tuple[Path, Path]:
+    """Write ``results.json`` and ``report.html`` into ``out_dir`` (atomically)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "results.json", json_clean(results))
+    figs = build_figures(results, artifacts or {}, projection=projection,
+                         seed=int(results["meta"].get("seed", 0)))
+    atomic_write_text(out_dir / "report.html", render_html(results, figs, title))
+    return out_dir / "results.json", out_dir / "report.html"

@@ -1,0 +1,94 @@
+"""Embedding file formats round-trip, the report renders (table + inline images, no external assets),
+and the CLI writes results.json + report.html."""
+
+import json
+
+import numpy as np
+import pytest
+
+from stamp_st.errors import StampInputError
+from stamp_st.evaluation.embeddings_io import (
+    align_sources, read_embedding_h5ad, read_source, read_trident_h5, write_embedding_h5ad, write_trident_h5,
+)
+
+
+def _write(tmp_path, rng, n_per=60, patches=True):
+    slides = np.repeat(["S0", "S1", "S2"], n_per)
+    n = len(slides)
+    y = rng.integers(0, 3, n)
+    good = rng.normal(size=(n, 16)) + np.eye(3, 16)[y] * 4
+    counts = rng.poisson(np.exp(1 + np.eye(3, 30)[y] * 2 + rng.normal(0, 0.2, (n, 30)))).astype(np.float32)
+    img = tmp_path / "he.png"
+    from PIL import Image
+
+    Image.fromarray(rng.integers(150, 255, (200, 300, 3), dtype=np.uint8)).save(img)
+    extra = {"patches": rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8)} if patches else {}
+    path = write_embedding_h5ad(
+        tmp_path / "emb.h5ad", {"X_stamp_v": good, "X_stamp_g": good + rng.normal(0, 0.3, good.shape),
+                                "X_backbone": rng.normal(size=(n, 16))},
+        slide_ids=slides, spot_ids=[f"{i}x{i % 7}" for i in range(n)], xy_px=rng.uniform(0, 1000, (n, 2)),
+        counts=counts, gene_names=[f"G{i}" for i in range(30)], image_paths={"S0": str(img)}, extra_uns=extra)
+    import anndata as ad
+
+    a = ad.read_h5ad(path)
+    a.obs["region"] = np.array([f"r{k}" for k in y])
+    a.write_h5ad(path)
+    return path
+
+
+def test_h5ad_roundtrip_and_key_choice(tmp_path):
+    rng = np.random.default_rng(0)
+    path = _write(tmp_path, rng)
+    s = read_embedding_h5ad(path)
+    assert s.name.endswith("X_stamp_v") and s.modality == "image" and s.gene_emb is not None
+    assert s.counts.shape == (180, 30) and s.image_paths == {"S0": str(tmp_path / "he.png")}
+    b = read_source(f"{path}:X_backbone", "bb")
+    assert b.name == "bb" and b.gene_emb is None
+    e = read_source(f"{path}:expr-pca")
+    assert e.modality == "gene" and e.emb.shape[1] <= 50
+    with pytest.raises(StampInputError, match="X_nope"):
+        read_source(f"{path}:X_nope")
+
+
+def test_trident_roundtrip_and_alignment(tmp_path):
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(10, 8))
+    xy = rng.uniform(0, 500, (10, 2))
+    p = write_trident_h5(tmp_path / "s.h5", f, xy, "B4", spot_ids=[f"s{i}" for i in range(10)], encoder="x")
+    s = read_trident_h5(p)
+    assert s.slide_ids[0] == "B4" and s.spot_ids[3] == "s3" and np.allclose(s.emb, f)
+    t = s.subset(np.arange(9, -1, -1)[:7])
+    a = align_sources({"a": s, "b": t})
+    assert len(a["a"]) == 7 and np.array_equal(a["a"].keys, a["b"].keys)
+    assert np.allclose(a["a"].emb, a["b"].emb)
+
+
+def test_report_renders_and_cli(tmp_path, capsys):
+    import torch
+
+    torch.set_num_threads(1)
+    from stamp_st.cli import main
+
+    path = _write(tmp_path, np.random.default_rng(2))
+    out = tmp_path / "out"
+    rc = main(["evaluate", "--embeddings", f"{path}:X_stamp_v", f"{path}:X_backbone", "--names", "stamp",
+               "backbone", "--baseline", "backbone", "--add-expression-pca", "--labels", "obs:region",
+               "--tasks", "probe,cluster,expression,retrieval", "--projection", "pca", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["sources"]) == {"stamp", "backbone", "expression PCA"}
+    assert "skipped" in res["tasks"]["expression"]["expression PCA"]  # gene side is not scored on expression
+    assert res["tasks"]["probe"]["stamp"]["metrics"]["balanced_accuracy"]["mean"] > \
+        res["tasks"]["probe"]["backbone"]["metrics"]["balanced_accuracy"]["mean"]
+    html = (out / "report.html").read_text()
+    assert "<table" in html and html.count("<img") >= 6 and "data:image/png;base64," in html
+    assert "http://" not in html and "https://" not in html  # self-contained
+    assert "stamp" in html and "backbone (baseline)" in html
+    assert "retrieval" in capsys.readouterr().out
+
+
+def test_cli_rejects_mismatched_names(tmp_path):
+    from stamp_st.cli import main
+
+    path = _write(tmp_path, np.random.default_rng(3), patches=False)
+    assert main(["evaluate", "--embeddings", str(path), "--names", "a", "b", "--out", str(tmp_path / "o")]) == 2
