@@ -4,6 +4,11 @@ Per spot: scale to 10,000 counts; divide each gene by its divisor (``GeneVocabul
 non-zero genes sorted by that value, descending, ties broken by vocabulary index ascending (the release's
 unstable argsort leaves tie order arbitrary; we pin it); token = vocabulary index + 30; pad with 0 to the
 context length. One global ``np.lexsort`` over the non-zeros replaces the per-spot loop.
+
+The sort key is ``count / divisor``: the per-spot scale (target_sum / total) is a positive constant within a
+spot, so it cannot change the order, but multiplying by it adds a rounding step that splits exact ties
+(3*s/3 vs 1*s/1) by floating-point noise. One correctly rounded division keeps equal ratios bit-equal, so the
+vocabulary-index tie rule is what actually decides.
 """
 
 from __future__ import annotations
@@ -62,14 +67,17 @@ class RankTokenizer:
 
     def tokenize_vocab_counts(self, vocab_counts) -> TokenizedSpots:
         """Tokens for a [n_spots x len(vocab)] count matrix (dense or sparse)."""
-        X = self.normalise(vocab_counts)
+        X = sp.csr_matrix(vocab_counts, dtype=np.float64, copy=True)
+        X.eliminate_zeros()
+        X.sort_indices()
         if X.shape[1] != len(self.vocab):
             raise ValueError(f"expected {len(self.vocab)} vocabulary columns, got {X.shape[1]}")
         n = X.shape[0]
         nnz_per_row = np.diff(X.indptr)
         row = np.repeat(np.arange(n), nnz_per_row)
         # primary key: row; then value descending; then vocabulary index ascending
-        order = np.lexsort((X.indices, -X.data, row))
+        key = X.data / self.divisors[X.indices]  # same order as the normalised value, exact ties kept exact
+        order = np.lexsort((X.indices, -key, row))
         rank = np.arange(len(order)) - X.indptr[row[order]]
         keep = rank < self.context
         tokens = np.full((n, self.context), STORAGE_PAD_ID, dtype=np.int32)
@@ -100,7 +108,7 @@ def tokenize_spot_reference(vocab_counts_row: np.ndarray, divisors: np.ndarray, 
     if total <= 0:
         return out
     nz = np.flatnonzero(x)
-    vals = x[nz] * (target_sum / total) / divisors[nz]
+    vals = x[nz] / divisors[nz]  # order of x * (target_sum / total) / divisor, without splitting exact ties
     ranked = sorted(zip(nz.tolist(), vals.tolist()), key=lambda t: (-t[1], t[0]))[:context]
     for pos, (gene, _) in enumerate(ranked):
         out[pos] = gene + TOKEN_OFFSET
