@@ -92,3 +92,19 @@ def test_cli_rejects_mismatched_names(tmp_path):
 
     path = _write(tmp_path, np.random.default_rng(3), patches=False)
     assert main(["evaluate", "--embeddings", str(path), "--names", "a", "b", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_comma_separated_files_stack_slides_and_intersect_genes(tmp_path):
+    rng = np.random.default_rng(4)
+    paths = []
+    for sl, genes in (("A", ["g1", "g2", "g3"]), ("B", ["g3", "g1", "g9"])):
+        paths.append(write_embedding_h5ad(
+            tmp_path / f"{sl}.h5ad", {"X_backbone": rng.normal(size=(5, 4))}, [sl] * 5,
+            [f"{i}x1" for i in range(5)], counts=rng.poisson(3, (5, 3)), gene_names=genes))
+    s = read_source(f"{paths[0]},{paths[1]}:X_backbone", "bb")
+    assert s.name == "bb" and len(s) == 10 and sorted(set(s.slide_ids)) == ["A", "B"]
+    assert s.gene_names.tolist() == ["g1", "g3"] and s.counts.shape == (10, 2)
+    import anndata as ad
+
+    b = ad.read_h5ad(paths[1])
+    assert np.array_equal(s.counts[5:, 0].toarray().ravel(), b[:, "g1"].X.toarray().ravel())

@@ -296,7 +296,12 @@ def read_trident_h5(path: str | Path, name: str | None = None, slide_id: str | N
 
 
 def read_source(spec: str, name: str | None = None) -> EmbeddingSet:
-    """Read ``file.h5ad[:KEY]`` or ``file.h5`` (TRIDENT-style) by extension."""
+    """Read ``file.h5ad[:KEY]`` or ``file.h5`` (TRIDENT-style) by extension; ``a.h5ad,b.h5ad[:KEY]``
+    (comma-separated, e.g. one file per slide) reads each with the same key and stacks them."""
+    if "," in spec:
+        files, _, key = spec.rpartition(":") if parse_source_spec(spec)[1] else (spec, "", "")
+        parts = [read_source(f"{f}:{key}" if key else f) for f in files.split(",") if f]
+        return concat_sets(parts, name=name or parts[0].name)
     path, key = parse_source_spec(spec)
     if path.suffix == ".h5ad":
         return read_embedding_h5ad(path, key, name)
@@ -318,9 +323,25 @@ def concat_sets(sets: Sequence[EmbeddingSet], name: str | None = None) -> Embedd
     paths: dict[str, str] = {}
     for s in sets:
         paths.update(s.image_paths)
+    counts = genes = None
+    if all(s.counts is not None and s.gene_names is not None for s in sets):
+        import scipy.sparse as sp
+
+        # genes measured in every slide only: a gene missing from one slide would read as zero there
+        genes = [g for g in dict.fromkeys(first.gene_names.tolist())
+                 if all(g in set(s.gene_names.tolist()) for s in sets[1:])]
+        counts = sp.vstack([sp.csr_matrix(s.counts)[:, pd.Index(s.gene_names).get_indexer(genes)]
+                            for s in sets]).tocsr()
+        genes = np.asarray(genes)
+    obs = None
+    if all(s.obs is not None for s in sets):
+        obs = pd.concat([s.obs for s in sets], axis=0, ignore_index=True)
+    patches = cat("patches") if all(s.patches is not None and s.patches.shape[1:] == first.patches.shape[1:]
+                                    for s in sets) else None
     return EmbeddingSet(name=name or first.name, emb=cat("emb"), slide_ids=cat("slide_ids"),
                         spot_ids=cat("spot_ids"), xy_px=cat("xy_px"), modality=first.modality,
-                        gene_emb=cat("gene_emb"), image_paths=paths, source_path=first.source_path)
+                        gene_emb=cat("gene_emb"), counts=counts, gene_names=genes, obs=obs,
+                        image_paths=paths, patches=patches, source_path=",".join(s.source_path for s in sets))
 
 
 def align_sources(sources: Mapping[str, EmbeddingSet]) -> dict[str, EmbeddingSet]:
