@@ -1,0 +1,172 @@
+"""Embed spots and whole-slide tiles: Stamp_V (image), Stamp_G (genes), Stamp_F (fusion), or a plain backbone.
+
+A model is either a STAMP checkpoint folder (``stamp-st align`` / ``convert-released`` output) or
+``backbone:NAME`` (a plain image backbone: the unaligned baseline every result is set beside). Spot patches
+are cut at the model's crop geometry (µm, not pixels), so slides at 20x and 40x give the same tissue area.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import StampInputError
+from ..preprocessing.crops import CropGeometry
+
+BACKBONE_PREFIX = "backbone:"
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Embedder:
+    """What a model can embed, behind one call per modality."""
+
+    name: str
+    geometry: CropGeometry
+    image_fn: Callable[[torch.Tensor], dict[str, torch.Tensor]]  # uint8 NHWC -> {obsm_key: [N, d]}
+    gene_fn: Callable[[torch.Tensor], torch.Tensor] | None  # storage tokens [N, L] -> Stamp_G
+    tokenizer: object | None  # RankTokenizer of the model's vocabulary
+    device: torch.device
+    info: dict
+
+
+def load_embedder(model: str, device: str = "auto", backbone_weights: str | None = None,
+                  patch_um: float = 112.0) -> Embedder:
+    """``model`` = STAMP checkpoint folder, or ``backbone:NAME`` (with optional local weights)."""
+    dev = pick_device(device)
+    if model.startswith(BACKBONE_PREFIX):
+        from ..models.backbones import create_backbone
+
+        bb = create_backbone(model[len(BACKBONE_PREFIX):], weights=backbone_weights)
+        net = bb.model.to(dev).eval()
+        t = bb.transform
+
+        def image_fn(images):
+            from ..models.backbones import normalise_images
+
+            x = normalise_images(images.to(dev), t.mean, t.std, t.size_px, t.interpolation)
+            return {"X_backbone": net(x)}
+
+        geom = CropGeometry(patch_um=patch_um, out_px=t.size_px)
+        return Embedder(model, geom, image_fn, None, None, dev, {"kind": "backbone", **bb.to_json()})
+
+    from ..models.stamp import load_stamp
+    from ..preprocessing.tokenizer import RankTokenizer
+    from ..preprocessing.vocab import GeneVocabulary
+
+    net = load_stamp(model, device=dev)
+    cfg = net.stamp_config
+    geom = CropGeometry.from_json(cfg.get("crop_geometry", {}))
+    vocab = GeneVocabulary.from_json(cfg["vocabulary"]) if cfg.get("vocabulary") else None
+    tok_cfg = cfg.get("tokenizer") or {}
+    tokenizer = None
+    if vocab is not None:
+        tokenizer = RankTokenizer(vocab, context=int(tok_cfg.get("context", 1500)),
+                                  rounded_means=bool(tok_cfg.get("rounded_means", True)))
+
+    def image_fn(images):
+        images = images.to(dev)
+        feat = net.encode_image(images, space="backbone")
+        return {"X_stamp_v": torch.nn.functional.normalize(net.patch_projection(feat), dim=-1),
+                "X_backbone": feat}
+
+    def gene_fn(tokens):
+        return net.encode_genes(tokens.to(dev))
+
+    return Embedder(Path(model).name, geom, image_fn, gene_fn, tokenizer, dev, {"kind": "stamp", **cfg})
+
+
+def _batches(n: int, size: int):
+    for i in range(0, n, size):
+        yield slice(i, min(i + size, n))
+
+
+@torch.inference_mode()
+def embed_patches(embedder: Embedder, slide, centers_xy_px: np.ndarray, um_per_px: float,
+                  batch_size: int = 32, desc: str = "embed patches") -> dict[str, np.ndarray]:
+    """Image embeddings of patches centred on ``centers_xy_px`` (level-0 px), read batch by batch."""
+    g = embedder.geometry
+    side_px = g.patch_side_px(um_per_px)
+    out: dict[str, list[np.ndarray]] = {}
+    centers = np.asarray(centers_xy_px, np.float64).reshape(-1, 2)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if embedder.device.type == "cuda" else \
+        torch.autocast("cpu", enabled=False)
+    for sl in tqdm(list(_batches(len(centers), batch_size)), desc=desc, leave=False):
+        imgs = np.stack([slide.read_square(c, side_px, g.out_px) for c in centers[sl]])
+        with autocast:
+            feats = embedder.image_fn(torch.from_numpy(imgs))
+        for k, v in feats.items():
+            out.setdefault(k, []).append(v.float().cpu().numpy())
+    return {k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in out.items()}
+
+
+@torch.inference_mode()
+def embed_tokens(embedder: Embedder, tokens: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    out = []
+    for sl in tqdm(list(_batches(len(tokens), batch_size)), desc="embed genes", leave=False):
+        out.append(embedder.gene_fn(torch.from_numpy(tokens[sl].astype(np.int64))).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 512), np.float32)
+
+
+def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bool = True) -> dict[str, np.ndarray]:
+    """Per-spot embeddings of one sample (AnnData contract of ``stamp_st.readers``): obsm key -> [n, d].
+    Stamp_G and Stamp_F are computed for spots with counts in the vocabulary; empty spots get NaN rows."""
+    from ..readers.slide import open_slide
+
+    meta = adata.uns.get("stamp_st", {})
+    image_path = meta.get("image_path") or ""
+    um = meta.get("um_per_px")
+    result: dict[str, np.ndarray] = {}
+    if image_path:
+        if not um:
+            raise StampInputError("sample has an image but no pixel size", image_path,
+                                  hint="pass --um-per-px, or give spot pitch/diameter so it can be inferred")
+        with open_slide(image_path) as slide:
+            result.update(embed_patches(embedder, slide, np.asarray(adata.obsm["spatial"]), float(um),
+                                        batch_size, desc=f"{meta.get('sample_id', 'sample')} patches"))
+    if with_genes and embedder.gene_fn is not None and embedder.tokenizer is not None:
+        from ..preprocessing.vocab import map_genes
+
+        gene_ids = adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None
+        mapping = map_genes(list(adata.var_names), embedder.tokenizer.vocab, gene_ids=gene_ids)
+        tok = embedder.tokenizer.tokenize(adata.X, mapping)
+        g = np.full((adata.n_obs, 512), np.nan, np.float32)
+        ok = ~tok.empty
+        if ok.any():
+            emb = embed_tokens(embedder, tok.tokens[ok])
+            g = np.full((adata.n_obs, emb.shape[1]), np.nan, np.float32)
+            g[ok] = emb
+        result["X_stamp_g"] = g
+        if "X_stamp_v" in result:
+            v = result["X_stamp_v"]
+            vn = v / np.linalg.norm(v, axis=1, keepdims=True).clip(1e-12)
+            gn = g / np.linalg.norm(g, axis=1, keepdims=True).clip(1e-12)
+            result["X_stamp_f"] = np.concatenate([vn, gn], axis=1)
+    if not result:
+        raise StampInputError("nothing to embed: the sample has no image and the model has no gene encoder",
+                              meta.get("source_path"), hint="give --image, or use a STAMP model for Stamp_G")
+    return result
+
+
+def embed_slide_tiles(embedder: Embedder, slide, um_per_px: float, batch_size: int = 32,
+                      min_tissue_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-slide tile embeddings for slide-level tasks: tissue detection, a grid of tiles of the model's
+    patch size in µm, image embeddings. Returns (features [n, d], top-left coords [n, 2] in level-0 px)."""
+    from .tiling import tile_centers, tissue_mask
+
+    centers = tile_centers(slide, embedder.geometry.patch_um, um_per_px, tissue_mask(slide), min_tissue_fraction)
+    feats = embed_patches(embedder, slide, centers, um_per_px, batch_size, desc="embed tiles")
+    key = "X_stamp_v" if "X_stamp_v" in feats else "X_backbone"
+    side = embedder.geometry.patch_side_px(um_per_px)
+    coords = np.round(centers - side / 2).astype(np.int64)
+    return feats.get(key, np.zeros((0, 0), np.float32)), coords
