@@ -1,0 +1,545 @@
+"""Corpus build on Dask: one task per slide, each writing its own shards and a small ``done`` record.
+
+Why this shape: a task that writes its own output and returns a few numbers never ships arrays through the
+scheduler, so the client's memory and network stay flat whatever the corpus size, and a cluster scales it out
+unchanged (``--scheduler ADDRESS``; OUT must then be a folder every worker sees). Inside a task, spots are
+processed in chunks of ``chunk_spots`` (tokens, crops) streamed into the shard being written, so a task's
+memory is bounded by the slide's sparse counts plus one chunk, not by the slide's size.
+
+Resume: a slide is finished iff ``<slide_id>.done.json`` exists, carries the same settings hash, and lists
+shards that exist with the recorded size. It is written atomically *after* its shards, so a kill at any
+moment leaves either a finished slide or one that is rebuilt from scratch (its partial shards and stray temp
+files are deleted). Every random choice is seeded from (seed, slide id, shard, chunk), so a rebuilt slide is
+byte-identical; ``manifest.json`` is assembled from the done records in slide-id order.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import StampInputError
+from ..io_utils import atomic_path, atomic_write_json
+from . import qc as qcmod
+from .manifest import SampleEntry, read_manifest
+from .shards import balanced_sizes, encode_npy, encode_sample, sha256_file, shard_name, write_shard
+
+FORMAT_VERSION = 1
+KINDS = ("genes", "paired")
+DEFAULT_SHARD_SIZE = {"genes": 2048, "paired": 512}  # ~100 MB shards either way
+DONE_SUFFIX = ".done.json"
+MEANS_SUFFIX = ".means.npy"
+MANIFEST_NAME = "manifest.json"
+GENE_MEANS_NAME = "gene_means.tsv"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    kind: str
+    vocab_path: str
+    context: int = 1500
+    rounded_means: bool = True
+    patch_um: float = 112.0
+    out_px: int = 224
+    region_factor: int = 3
+    thumb_px: int = 16
+    qc: qcmod.QCConfig = field(default_factory=qcmod.QCConfig)
+    seed: int = 0
+    shard_size: int | None = None
+    chunk_spots: int = 256
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise StampInputError(f"unknown corpus kind {self.kind!r}", hint=f"use one of {KINDS}")
+        if self.shard_size is None:
+            object.__setattr__(self, "shard_size", DEFAULT_SHARD_SIZE[self.kind])
+        if self.shard_size < 1 or self.chunk_spots < 1:
+            raise StampInputError("shard_size and chunk_spots must be >= 1")
+
+    def geometry(self):
+        from ..preprocessing.crops import CropGeometry
+
+        return CropGeometry(self.patch_um, self.out_px, self.region_factor, self.thumb_px)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["qc"] = self.qc.to_json()
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> BuildConfig:
+        d = dict(d)
+        d["qc"] = qcmod.QCConfig(**d.get("qc", {}))
+        return cls(**d)
+
+    def settings(self, vocab_checksum: str) -> dict:
+        """What decides the content of every shard (the vocabulary by checksum, not by path)."""
+        d = self.to_json()
+        d.pop("vocab_path")
+        d["vocab_checksum"] = vocab_checksum
+        d["format_version"] = FORMAT_VERSION
+        if self.kind == "genes":
+            for k in ("patch_um", "out_px", "region_factor", "thumb_px"):
+                d.pop(k)
+            d["qc"] = {k: v for k, v in d["qc"].items() if k != "max_outside_fraction"}
+        return d
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def slide_settings_hash(settings: dict, entry: SampleEntry) -> str:
+    """Hash of the build settings and the entry's inputs (split, organ and study are metadata only)."""
+    inputs = {k: v for k, v in entry.to_json().items() if k not in ("split", "organ", "study")}
+    return _sha({"settings": settings, "entry": inputs})[:24]
+
+
+def _seed_for(seed: int, slide_id: str, *more: int) -> np.random.Generator:
+    sid = int.from_bytes(hashlib.sha256(slide_id.encode()).digest()[:8], "little")
+    return np.random.default_rng([int(seed), sid, *map(int, more)])
+
+
+@functools.lru_cache(maxsize=4)
+def _load_vocab(path: str):
+    from ..preprocessing.vocab import GeneVocabulary
+
+    return GeneVocabulary.from_tsv(path)
+
+
+# ------------------------------------------------------------------ outputs of one slide
+def _slide_files(out: Path, slide_id: str) -> list[Path]:
+    pat = re.compile(rf"^{re.escape(slide_id)}-\d{{5}}\.tar$")
+    files = [p for p in out.glob(f"{slide_id}-*.tar") if pat.match(p.name)]
+    files += [out / f"{slide_id}{DONE_SUFFIX}", out / f"{slide_id}{MEANS_SUFFIX}"]
+    return files
+
+
+def remove_slide_outputs(out: Path, slide_id: str) -> None:
+    # the done record first: once it is gone the slide counts as unfinished whatever else survives
+    for p in sorted(_slide_files(out, slide_id), key=lambda p: not p.name.endswith(DONE_SUFFIX)):
+        p.unlink(missing_ok=True)
+
+
+def read_done(out: Path, slide_id: str, settings_hash: str) -> dict | None:
+    """The slide's done record when it is complete and built with these settings, else None."""
+    p = Path(out) / f"{slide_id}{DONE_SUFFIX}"
+    if not p.is_file():
+        return None
+    try:
+        done = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    if done.get("settings_hash") != settings_hash:
+        return None
+    for s in done.get("shards", []):
+        f = Path(out) / s["name"]
+        if not f.is_file() or f.stat().st_size != s["bytes"]:
+            return None
+    m = done.get("means")
+    if m and not (Path(out) / m["file"]).is_file():
+        return None
+    return done
+
+
+# ------------------------------------------------------------------ reading a sample
+def _read_entry(entry: SampleEntry):
+    from ..readers import read_sample
+
+    return read_sample(entry.path, format=entry.format or None, section=entry.section or None,
+                       image_path=entry.image_path or None, um_per_px=entry.um_per_px)
+
+
+def _means_accumulators(vocab_counts: sp.csr_matrix, target_sum: float = 10_000.0) -> np.ndarray:
+    """float64 [3, k]: vocabulary index, sum of scaled expression, number of spots with a non-zero count,
+    over the genes present. Scaled = count x target_sum / the spot's vocabulary total (the tokenizer's unit)."""
+    X = sp.csr_matrix(vocab_counts, dtype=np.float64, copy=True)
+    X.eliminate_zeros()
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    X = sp.diags(scale) @ X
+    X = sp.csc_matrix(X)
+    sums = np.asarray(X.sum(axis=0)).ravel()
+    nnz = np.diff(X.indptr).astype(np.float64)
+    idx = np.flatnonzero(nnz > 0)
+    return np.stack([idx.astype(np.float64), sums[idx], nnz[idx]])
+
+
+def _trim(tokens: np.ndarray) -> np.ndarray:
+    """Drop trailing all-padding columns (datasets re-pad to the manifest's context)."""
+    nz = np.flatnonzero((tokens != 0).any(axis=tuple(range(tokens.ndim - 1))))
+    return tokens[..., : (nz[-1] + 1 if len(nz) else 1)]
+
+
+def _gene_groups(adata, kept: np.ndarray) -> np.ndarray:
+    """Groups of 9 over the kept spots (indices into ``kept``, -1 missing), plus a centre-only group for
+    every kept spot that no group holds, so IGR still trains on it."""
+    from ..preprocessing.groups import spatial_groups
+
+    n = len(kept)
+    obs = adata.obs
+    groups = np.zeros((0, 9), np.int64)
+    if n and "array_row" in obs and "array_col" in obs:
+        row = obs["array_row"].to_numpy(np.float64)[kept]
+        col = obs["array_col"].to_numpy(np.float64)[kept]
+        ok = np.isfinite(row) & np.isfinite(col)
+        if ok.sum() > 0:
+            sub = np.flatnonzero(ok)
+            grid = adata.uns.get("stamp_st", {}).get("grid", "hex")
+            g = np.asarray(spatial_groups(row[ok].astype(np.int64), col[ok].astype(np.int64), grid), np.int64)
+            if g.size:
+                groups = np.where(g >= 0, sub[np.clip(g, 0, None)], -1)
+    covered = np.zeros(n, bool)
+    covered[groups[groups >= 0]] = True
+    lone = np.flatnonzero(~covered)
+    singles = np.full((len(lone), 9), -1, np.int64)
+    singles[:, 0] = lone
+    return np.concatenate([groups, singles])
+
+
+# ------------------------------------------------------------------ the task
+def build_slide(entry_json: dict, config_json: dict, out_dir: str, settings_hash: str) -> dict:
+    """Build one slide's shards; return a small summary (never arrays). Runs on a Dask worker."""
+    t0 = time.perf_counter()
+    entry = SampleEntry(**entry_json)
+    cfg = BuildConfig.from_json(config_json)
+    out = Path(out_dir)
+    sid = entry.slide_id
+    remove_slide_outputs(out, sid)
+    done: dict = {"slide_id": sid, "settings_hash": settings_hash, "status": "ok", "reason": "", "detail": "",
+                  "shards": [], "n_samples": 0, "n_spots": 0, "n_patches": 0,
+                  "qc": {"n_spots_input": 0, "n_spots_kept": 0, "dropped": qcmod.empty_counts()}}
+
+    def finish(status="ok", reason="", detail=""):
+        done.update(status=status, reason=reason, detail=detail, build_seconds=time.perf_counter() - t0)
+        atomic_write_json(out / f"{sid}{DONE_SUFFIX}", done)
+        return {k: v for k, v in done.items() if k != "shards"} | {"n_shards": len(done["shards"])}
+
+    try:
+        adata = _read_entry(entry)
+    except StampInputError as err:
+        return finish("skipped", "read_error", str(err).splitlines()[0])
+    from ..preprocessing.tokenizer import RankTokenizer
+    from ..preprocessing.vocab import map_genes
+
+    vocab = _load_vocab(cfg.vocab_path)
+    meta = dict(adata.uns.get("stamp_st", {}))
+    X = sp.csr_matrix(adata.X)
+    gene_ids = adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None
+    if gene_ids is not None and not any(gene_ids):
+        gene_ids = None
+    mapping = map_genes(list(map(str, adata.var_names)), vocab, gene_ids)
+    vc = mapping.to_vocab_counts(X)
+    done["counts_checksum"] = qcmod.counts_checksum(X, adata.var_names)
+    done["n_genes_input"], done["n_genes_kept"] = int(X.shape[1]), int(mapping.n_kept)
+    um_per_px = entry.um_per_px or meta.get("um_per_px")
+    done["um_per_px"] = float(um_per_px) if um_per_px else None
+    done["um_per_px_source"] = "user" if entry.um_per_px else meta.get("um_per_px_source", "none")
+    in_tissue = adata.obs["in_tissue"].to_numpy(bool) if "in_tissue" in adata.obs else None
+    xy_px = np.asarray(adata.obsm["spatial"], np.float64) if "spatial" in adata.obsm else None
+
+    slide = None
+    outside = None
+    if cfg.kind == "paired":
+        image = meta.get("image_path") or ""
+        if not um_per_px:
+            return finish("skipped", "no_pixel_size", "paired corpora need µm/px: add um_per_px to the manifest")
+        if not image:
+            return finish("skipped", "no_image", "the sample has no H&E image")
+        if xy_px is None:
+            return finish("skipped", "no_image", "the sample has no spot pixel coordinates")
+        from ..readers.slide import open_slide
+
+        try:
+            slide = open_slide(image)
+        except StampInputError as err:
+            return finish("skipped", "read_error", str(err).splitlines()[0])
+        done["image_path"] = str(image)
+        side_px = cfg.patch_um / float(um_per_px)
+        outside = qcmod.patch_outside_fraction(xy_px, side_px, slide.width_px, slide.height_px)
+
+    try:
+        keep, dropped = qcmod.spot_qc(X, vc, in_tissue, cfg.qc, outside)
+        kept = np.flatnonzero(keep)
+        done["qc"] = {"n_spots_input": int(X.shape[0]), "n_spots_kept": int(len(kept)), "dropped": dropped}
+        if len(kept) == 0:
+            return finish("skipped", "no_spots_left", "every spot failed QC")
+        acc = _means_accumulators(vc[kept])
+        with atomic_path(out / f"{sid}{MEANS_SUFFIX}") as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(encode_npy(acc))
+        done["means"] = {"file": f"{sid}{MEANS_SUFFIX}", "sha256": sha256_file(out / f"{sid}{MEANS_SUFFIX}")}
+        tokenizer = RankTokenizer(vocab, context=cfg.context, rounded_means=cfg.rounded_means)
+        spot_ids = np.asarray(adata.obs_names.astype(str))
+        if cfg.kind == "genes":
+            _write_gene_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, _gene_groups(adata, kept), done)
+        else:
+            _write_paired_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, xy_px, float(um_per_px), slide,
+                                 done)
+    finally:
+        if slide is not None:
+            slide.close()
+    return finish()
+
+
+def _write_gene_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, groups, done):
+    order = _seed_for(cfg.seed, sid, 0).permutation(len(groups))
+    groups = groups[order]
+    start = 0
+    for k, size in enumerate(balanced_sizes(len(groups), cfg.shard_size)):
+        part = groups[start:start + size]
+        start += size
+
+        def samples(part=part):
+            for c in range(0, len(part), cfg.chunk_spots):
+                chunk = part[c:c + cfg.chunk_spots]
+                uniq = np.unique(chunk[chunk >= 0])
+                tok = tokenizer.tokenize_vocab_counts(vc[kept[uniq]]).tokens
+                pos = {int(u): i for i, u in enumerate(uniq)}
+                for g in chunk:
+                    valid = g >= 0
+                    t = np.zeros((9, tokenizer.context), np.int32)
+                    t[valid] = tok[[pos[int(i)] for i in g[valid]]]
+                    ids = [str(spot_ids[kept[i]]) if i >= 0 else "" for i in g]
+                    yield encode_sample({"__key__": f"{sid}--{ids[0]}".replace(".", "_"),
+                                         "tokens.npy": _trim(t), "spot_valid.npy": valid,
+                                         "meta.json": {"slide_id": sid, "spot_ids": ids}})
+
+        info = write_shard(out / shard_name(sid, k), samples())
+        info["n_spots"] = int((part >= 0).sum())
+        done["shards"].append(info)
+    done["n_samples"] = int(len(groups))
+    done["n_spots"] = int((groups >= 0).sum())
+
+
+def _write_paired_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, xy_px, um_per_px, slide, done):
+    from ..preprocessing.crops import extract_spot_crops
+
+    geometry = cfg.geometry()
+    order = kept[_seed_for(cfg.seed, sid, 0).permutation(len(kept))]
+    start = 0
+    for k, size in enumerate(balanced_sizes(len(order), cfg.shard_size)):
+        part = order[start:start + size]
+        start += size
+
+        def samples(part=part, k=k):
+            for j, c in enumerate(range(0, len(part), cfg.chunk_spots)):
+                idx = part[c:c + cfg.chunk_spots]
+                crops = extract_spot_crops(slide, xy_px[idx], um_per_px, geometry, _seed_for(cfg.seed, sid, 1, k, j))
+                tok = tokenizer.tokenize_vocab_counts(vc[idx]).tokens
+                for i, s in enumerate(idx):
+                    xy = xy_px[s]
+                    yield encode_sample({
+                        "__key__": f"{sid}--{spot_ids[s]}".replace(".", "_"),
+                        "patch.png": crops.patch[i], "region.png": crops.region[i], "thumb.png": crops.thumb[i],
+                        "tokens.npy": _trim(tok[i]),
+                        "meta.json": {"slide_id": sid, "spot_id": str(spot_ids[s]),
+                                      "xy_px": [float(xy[0]), float(xy[1])],
+                                      "xy_um": [float(xy[0] * um_per_px), float(xy[1] * um_per_px)],
+                                      "um_per_px": um_per_px, "region_label": int(crops.region_label[i]),
+                                      "region_valid": bool(np.asarray(crops.region_valid)[i])}})
+
+        info = write_shard(out / shard_name(sid, k), samples())
+        info["n_spots"] = info["n_samples"]
+        done["shards"].append(info)
+    done["n_samples"] = done["n_spots"] = done["n_patches"] = int(len(order))
+
+
+# ------------------------------------------------------------------ the driver
+def _dedupe_paths(entries: list[SampleEntry]) -> tuple[list[SampleEntry], list[dict]]:
+    seen: dict = {}
+    ids: dict[str, SampleEntry] = {}
+    kept, skipped = [], []
+    for e in entries:
+        key = e.source_key()
+        if key in seen:
+            skipped.append({"slide_id": e.slide_id, "reason": "duplicate_path",
+                            "detail": f"same input as {seen[key]}"})
+            continue
+        if e.slide_id in ids:
+            raise StampInputError(f"slide_id {e.slide_id!r} names two different samples", e.path,
+                                  hint="give each row a unique slide_id column")
+        seen[key] = e.slide_id
+        ids[e.slide_id] = e
+        kept.append(e)
+    return kept, skipped
+
+
+def clean_stray_temps(out: Path) -> int:
+    """Delete temp files of an interrupted build (io_utils writes ``.<name>.<random>.tmp``)."""
+    n = 0
+    for p in Path(out).glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def build_corpus(manifest: str | Path | list[SampleEntry], out_dir: str | Path, config: BuildConfig,
+                 workers: int = 2, scheduler: str | None = None, processes: bool = True,
+                 progress: bool = True, client=None) -> dict:
+    """Build (or resume) a corpus. Returns ``{"manifest": ..., "build": timing and counts}``.
+
+    ``scheduler``: address of a running Dask scheduler (scale out); else a LocalCluster of ``workers``
+    single-threaded workers (``processes=False``: threads in this process, for tests and tiny builds).
+    """
+    entries = read_manifest(manifest) if not isinstance(manifest, list) else list(manifest)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = _load_vocab(str(config.vocab_path))
+    settings = config.settings(vocab.checksum)
+    entries, path_dups = _dedupe_paths(entries)
+    clean_stray_temps(out)
+    hashes = {e.slide_id: slide_settings_hash(settings, e) for e in entries}
+    todo = [e for e in entries if read_done(out, e.slide_id, hashes[e.slide_id]) is None]
+    t0 = time.perf_counter()
+    failures: list[dict] = []
+    summaries: list[dict] = []
+    if todo:
+        summaries, failures = _run_tasks(todo, config, out, hashes, workers, scheduler, processes, progress,
+                                         client)
+    seconds = time.perf_counter() - t0
+    if failures:
+        lines = "; ".join(f"{f['slide_id']}: {f['error']}" for f in failures[:5])
+        raise RuntimeError(f"{len(failures)} slide(s) failed ({lines}). Finished slides are kept: fix the cause "
+                           "and re-run the same command to resume.")
+    man = assemble_manifest(out, entries, config, vocab, path_dups)
+    n_spots = sum(s.get("n_spots", 0) for s in summaries)
+    n_patches = sum(s.get("n_patches", 0) for s in summaries)
+    build = {"seconds": seconds, "n_slides_built": len(todo), "n_slides_reused": len(entries) - len(todo),
+             "n_spots_built": n_spots, "n_patches_built": n_patches,
+             "spots_per_s": n_spots / seconds if seconds > 0 else 0.0,
+             "patches_per_s": n_patches / seconds if seconds > 0 else 0.0,
+             "workers": workers if scheduler is None and client is None else None}
+    return {"manifest": man, "build": build}
+
+
+def _run_tasks(todo, config, out, hashes, workers, scheduler, processes, progress, client):
+    from distributed import Client, LocalCluster, as_completed
+    from tqdm.auto import tqdm
+
+    cluster = None
+    own_client = client is None
+    if client is None:
+        if scheduler:
+            client = Client(scheduler)
+        else:
+            cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=processes,
+                                   dashboard_address=None, silence_logs=logging.ERROR)
+            client = Client(cluster)
+    summaries, failures = [], []
+    try:
+        cfg_json = config.to_json()
+        # largest first would balance better, but size is unknown before reading; manifest order is kept
+        futures = [client.submit(build_slide, e.to_json(), cfg_json, str(out), hashes[e.slide_id],
+                                 key=f"corpus-{e.slide_id}-{hashes[e.slide_id]}", pure=False) for e in todo]
+        sid_of = {f.key: e.slide_id for f, e in zip(futures, todo)}
+        bar = tqdm(total=len(futures), desc="slides", unit="slide", disable=not progress)
+        n_spots = 0
+        for fut in as_completed(futures):
+            try:
+                s = fut.result()
+                summaries.append(s)
+                n_spots += s.get("n_spots", 0)
+                bar.set_postfix(spots=n_spots, refresh=False)
+            except Exception as err:  # noqa: BLE001 - one broken slide must not lose the others' work
+                failures.append({"slide_id": sid_of[fut.key], "error": f"{type(err).__name__}: {err}"})
+            bar.update(1)
+        bar.close()
+    finally:
+        if own_client:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    return summaries, failures
+
+
+def assemble_manifest(out: Path, entries: list[SampleEntry], config: BuildConfig, vocab,
+                      path_dups: list[dict] | None = None) -> dict:
+    """Write ``manifest.json`` and ``gene_means.tsv`` from the done records (slide-id order)."""
+    from .gene_means import means_from_accumulators, write_gene_means
+
+    out = Path(out)
+    settings = config.settings(vocab.checksum)
+    by_id = {e.slide_id: e for e in entries}
+    dones = {}
+    for e in entries:
+        d = read_done(out, e.slide_id, slide_settings_hash(settings, e))
+        if d is None:
+            raise StampInputError(f"slide {e.slide_id} is not finished", out, hint="re-run the build to finish it")
+        dones[e.slide_id] = d
+    skipped = list(path_dups or [])
+    first_by_checksum: dict[str, str] = {}
+    ok_ids = []
+    for e in entries:  # duplicates by content: the first listed wins
+        d = dones[e.slide_id]
+        if d["status"] != "ok":
+            skipped.append({"slide_id": e.slide_id, "reason": d["reason"], "detail": d["detail"]})
+            continue
+        cs = d.get("counts_checksum")
+        if cs in first_by_checksum:
+            skipped.append({"slide_id": e.slide_id, "reason": "duplicate_counts",
+                            "detail": f"same counts as {first_by_checksum[cs]}"})
+            continue
+        first_by_checksum[cs] = e.slide_id
+        ok_ids.append(e.slide_id)
+    ok_ids.sort()
+    skipped.sort(key=lambda s: s["slide_id"])
+    slides, shards, accs = [], [], []
+    for sid in ok_ids:
+        d, e = dones[sid], by_id[sid]
+        slides.append({"slide_id": sid, "split": e.split, "organ": e.organ, "study": e.study,
+                       "n_samples": d["n_samples"], "n_spots": d["n_spots"], "um_per_px": d.get("um_per_px"),
+                       "um_per_px_source": d.get("um_per_px_source"), "counts_checksum": d["counts_checksum"],
+                       "n_genes_input": d["n_genes_input"], "n_genes_kept": d["n_genes_kept"], "qc": d["qc"],
+                       "shards": [s["name"] for s in d["shards"]]})
+        for s in d["shards"]:
+            shards.append({"url": s["name"], "slide_id": sid, "split": e.split, "n_samples": s["n_samples"],
+                           "n_spots": s["n_spots"], "bytes": s["bytes"], "sha256": s["sha256"]})
+        from .shards import decode_npy
+
+        accs.append(decode_npy((out / d["means"]["file"]).read_bytes()))
+    qc_slides = [dones[sid]["qc"] for sid in ok_ids]
+    qc_slides += [dones[s["slide_id"]]["qc"] for s in skipped if s["slide_id"] in dones
+                  and s["reason"] not in ("duplicate_counts", "duplicate_path")]
+    qc_total = qcmod.total_report(qc_slides)
+    means = means_from_accumulators(accs, len(vocab))
+    means_path = write_gene_means(vocab, means, out / GENE_MEANS_NAME)
+    splits = {}
+    for s in slides:
+        t = splits.setdefault(s["split"], {"n_slides": 0, "n_samples": 0, "n_spots": 0})
+        t["n_slides"] += 1
+        t["n_samples"] += s["n_samples"]
+        t["n_spots"] += s["n_spots"]
+    from .. import __version__
+
+    man = {
+        "format_version": FORMAT_VERSION, "kind": config.kind, "stamp_st_version": __version__,
+        "settings": settings, "settings_hash": _sha(settings)[:24],
+        "vocab": {"checksum": vocab.checksum, "n_genes": len(vocab), "source": Path(config.vocab_path).name},
+        "tokenizer": {"context": config.context, "rounded_means": config.rounded_means, "storage_pad_id": 0,
+                      "token_offset": 30, "trimmed": True},
+        "crop_geometry": config.geometry().to_json() if config.kind == "paired" else None,
+        "qc": {"config": config.qc.to_json(), "total": qc_total, "skipped_slides": skipped},
+        "fields": (["tokens.npy", "spot_valid.npy", "meta.json"] if config.kind == "genes" else
+                   ["patch.png", "region.png", "thumb.png", "tokens.npy", "meta.json"]),
+        "gene_means": {"file": GENE_MEANS_NAME, "sha256": sha256_file(means_path)},
+        "totals": {"n_slides": len(slides), "n_shards": len(shards),
+                   "n_samples": sum(s["n_samples"] for s in slides), "n_spots": sum(s["n_spots"] for s in slides)},
+        "splits": splits, "slides": slides, "shards": shards,
+    }
+    atomic_write_json(out / MANIFEST_NAME, man)
+    return man
+
+
+def with_overrides(config: BuildConfig, **kw) -> BuildConfig:
+    return replace(config, **kw)

@@ -1,0 +1,256 @@
+"""PyTorch datasets over corpus shards: Stage 1 (groups of 9 spots) and Stage 2 (a spot and a same-slide
+partner).
+
+Exactly once per epoch, across ranks x DataLoader workers: each epoch takes a seeded permutation of the
+split's shards, lays their samples end to end (counts come from the manifest, so nothing is read to plan),
+cuts that sequence into one contiguous range per rank and then per worker, and each worker streams only the
+shards its range touches, skipping the samples outside it. Ranges differ by at most one sample, whatever
+the shard sizes. DDP needs the same number of batches on every rank: ``equalize="drop"`` gives every rank
+``total // world`` samples (the at most ``world - 1`` leftovers wait for another epoch's permutation),
+``equalize="pad"`` gives ``ceil(total / world)`` by repeating the first few samples of the sequence; the
+default ``None`` keeps exactly-once semantics.
+
+Stage-2 partners: shards hold a single slide, so the partner of a spot is a random *other* spot of the same
+shard, drawn from (seed, epoch, shard) for the whole shard at once, so it does not depend on which worker
+reads the anchor. Use ``persistent_workers=False`` (the default) with ``set_epoch`` so workers see the new
+epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..errors import StampInputError
+from .shards import decode_sample, iter_shard_raw
+
+
+def load_corpus_manifest(manifest: str | Path | dict) -> tuple[dict, str]:
+    """(manifest dict, base URL of its shards). ``manifest`` is a path, a URL/``pipe:`` spec, or a dict."""
+    if isinstance(manifest, dict):
+        return manifest, ""
+    spec = str(manifest)
+    if "://" in spec or spec.startswith("pipe:"):
+        from .shards import open_url
+
+        with open_url(spec) as fh:
+            man = json.loads(fh.read())
+        base = spec.rsplit("/", 1)[0] if "/" in spec and not spec.startswith("pipe:") else ""
+        return man, base
+    p = Path(spec)
+    if p.is_dir():
+        p = p / "manifest.json"
+    if not p.is_file():
+        raise StampInputError("corpus manifest not found", p, hint="build the corpus with `stamp-st build-corpus`")
+    return json.loads(p.read_text()), str(p.parent)
+
+
+def _int_hash(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def _pad(tokens: np.ndarray, context: int) -> np.ndarray:
+    t = tokens[..., :context]
+    if t.shape[-1] < context:
+        t = np.concatenate([t, np.zeros(t.shape[:-1] + (context - t.shape[-1],), t.dtype)], axis=-1)
+    return t.astype(np.int64)
+
+
+class _ShardDataset(IterableDataset):
+    """Planning, rank/worker split and buffer shuffling shared by both stages."""
+
+    def __init__(self, manifest: str | Path | dict, split: str | Sequence[str] | None = "train", seed: int = 0,
+                 shuffle: bool = True, buffer_size: int = 1000, rank: int | None = None,
+                 world_size: int | None = None, equalize: str | None = None, base_url: str | None = None,
+                 context: int | None = None):
+        man, base = load_corpus_manifest(manifest)
+        self.kind = man["kind"]
+        splits = None if split is None else ({split} if isinstance(split, str) else set(split))
+        self.shards = [s for s in man["shards"] if splits is None or s["split"] in splits]
+        if not self.shards:
+            raise StampInputError(f"the corpus has no shards in split {split!r}",
+                                  hint=f"splits present: {sorted(man.get('splits', {}))}")
+        self.base_url = base_url if base_url is not None else base
+        self.context = int(context or man["tokenizer"]["context"])
+        self.seed, self.shuffle, self.buffer_size = int(seed), bool(shuffle), int(buffer_size)
+        if equalize not in (None, "drop", "pad"):
+            raise ValueError("equalize must be None, 'drop' or 'pad'")
+        self.equalize = equalize
+        self._rank, self._world = rank, world_size
+        self.epoch = 0
+
+    # ---------------------------------------------------------- planning
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def url(self, shard: dict) -> str:
+        name = shard["url"]
+        if "://" in name or name.startswith(("/", "pipe:")):
+            return name
+        if "{shard}" in self.base_url:  # e.g. "pipe:aws s3 cp s3://bucket/corpus/{shard} -"
+            return self.base_url.replace("{shard}", name)
+        return f"{self.base_url}/{name}" if self.base_url else name
+
+    def rank_world(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return int(self._rank or 0), int(self._world or 1)
+
+    def shard_order(self, epoch: int) -> np.ndarray:
+        n = len(self.shards)
+        return np.random.default_rng([self.seed, epoch, 0]).permutation(n) if self.shuffle else np.arange(n)
+
+    def total(self) -> int:
+        return int(sum(s["n_samples"] for s in self.shards))
+
+    def rank_range(self, rank: int, world: int) -> tuple[int, int]:
+        """Positions [start, stop) of this rank in the epoch's sample sequence (may exceed total: wraps)."""
+        t = self.total()
+        if self.equalize == "drop":
+            per = t // world
+            return rank * per, (rank + 1) * per
+        if self.equalize == "pad":
+            per = -(-t // world)
+            return rank * per, (rank + 1) * per
+        return rank * t // world, (rank + 1) * t // world
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch (over all its workers)."""
+        a, b = self.rank_range(*self.rank_world())
+        return b - a
+
+    def plan(self, epoch: int, rank: int, world: int, worker: int, num_workers: int) -> list[tuple[int, int, int]]:
+        """(shard index, first, stop) sample ranges this consumer reads, in order."""
+        a, b = self.rank_range(rank, world)
+        n = b - a
+        lo, hi = a + worker * n // num_workers, a + (worker + 1) * n // num_workers
+        order = self.shard_order(epoch)
+        counts = np.array([self.shards[i]["n_samples"] for i in order], np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        t = int(starts[-1])
+        out = []
+        pos = lo
+        while pos < hi and t > 0:
+            p = pos % t
+            j = int(np.searchsorted(starts, p, side="right") - 1)
+            first = p - int(starts[j])
+            take = min(int(counts[j]) - first, hi - pos)
+            out.append((int(order[j]), first, first + take))
+            pos += take
+        return out
+
+    def consumer(self) -> tuple[int, int, int, int]:
+        rank, world = self.rank_world()
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank, world, worker, num_workers
+
+    # ---------------------------------------------------------- iteration
+    def _shuffled(self, items: Iterator, rng: np.random.Generator) -> Iterator:
+        if not self.shuffle or self.buffer_size <= 1:
+            yield from items
+            return
+        buf = []
+        for it in items:
+            if len(buf) < self.buffer_size:
+                buf.append(it)
+                continue
+            k = int(rng.integers(len(buf)))
+            buf[k], it = it, buf[k]
+            yield it
+        rng.shuffle(buf)
+        yield from buf
+
+    def __iter__(self):
+        rank, world, worker, num_workers = self.consumer()
+        plan = self.plan(self.epoch, rank, world, worker, num_workers)
+        rng = np.random.default_rng([self.seed, self.epoch, 1, rank, worker])
+        return self._shuffled(self._items(plan), rng)
+
+    def _items(self, plan):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class GeneGroupDataset(_ShardDataset):
+    """Stage 1: items ``tokens`` int64 [9, L] (storage ids, centre first), ``spot_valid`` bool [9],
+    ``slide_id`` str, ``spot_id`` str (the centre)."""
+
+    def _items(self, plan):
+        for si, first, stop in plan:
+            for i, raw in enumerate(iter_shard_raw(self.url(self.shards[si]))):
+                if i < first:
+                    continue
+                if i >= stop:
+                    break
+                s = decode_sample(raw)
+                yield {"tokens": torch.from_numpy(_pad(s["tokens.npy"], self.context)),
+                       "spot_valid": torch.from_numpy(np.asarray(s["spot_valid.npy"], bool)),
+                       "slide_id": s["meta.json"]["slide_id"], "spot_id": s["meta.json"]["spot_ids"][0]}
+
+
+class PairedSpotDataset(_ShardDataset):
+    """Stage 2: items of two spots of one slide (anchor, partner): ``patch`` uint8 [2, H, W, 3], ``region``
+    uint8 [2, H, W, 3], ``region_label`` int64 [2], ``region_valid`` bool [2], ``thumb`` uint8 [2, t, t, 3],
+    ``tokens`` int64 [2, L], ``xy_um`` float32 [2, 2], ``slide_id`` str, ``spot_id`` [anchor, partner].
+    Memory: one shard's encoded bytes per worker (the partner pool)."""
+
+    def partners(self, shard_index: int, n: int, epoch: int) -> np.ndarray:
+        """Partner index of every sample of a shard: a uniformly random other sample (itself when alone)."""
+        if n <= 1:
+            return np.zeros(n, np.int64)
+        rng = np.random.default_rng([self.seed, epoch, 2, _int_hash(self.shards[shard_index]["url"])])
+        return (np.arange(n) + 1 + rng.integers(0, n - 1, size=n)) % n
+
+    def _items(self, plan):
+        for si, first, stop in plan:
+            raws = list(iter_shard_raw(self.url(self.shards[si])))
+            part = self.partners(si, len(raws), self.epoch)
+            for i in range(first, stop):
+                a, b = decode_sample(raws[i]), decode_sample(raws[int(part[i])])
+                yield self._pair(a, b)
+
+    def _pair(self, a: dict, b: dict) -> dict:
+        ma, mb = a["meta.json"], b["meta.json"]
+
+        def two(key):
+            return torch.from_numpy(np.stack([a[key], b[key]]))
+
+        return {"patch": two("patch.png"), "region": two("region.png"),
+                "region_label": torch.tensor([ma["region_label"], mb["region_label"]], dtype=torch.int64),
+                "region_valid": torch.tensor([ma["region_valid"], mb["region_valid"]], dtype=torch.bool),
+                "thumb": two("thumb.png"),
+                "tokens": torch.from_numpy(np.stack([_pad(a["tokens.npy"], self.context),
+                                                     _pad(b["tokens.npy"], self.context)])),
+                "xy_um": torch.tensor([ma["xy_um"], mb["xy_um"]], dtype=torch.float32),
+                "slide_id": ma["slide_id"], "spot_id": [ma["spot_id"], mb["spot_id"]]}
+
+
+def _collate(batch: list[dict], str_keys: tuple[str, ...]) -> dict:
+    out = {}
+    for k in batch[0]:
+        out[k] = [b[k] for b in batch] if k in str_keys else torch.stack([b[k] for b in batch])
+    return out
+
+
+def collate_genes(batch: list[dict]) -> dict:
+    """Stage-1 batch: tokens [B, 9, L], spot_valid [B, 9]; slide_id, spot_id as lists."""
+    return _collate(batch, ("slide_id", "spot_id"))
+
+
+def collate_pairs(batch: list[dict]) -> dict:
+    """Stage-2 batch: every tensor [B, 2, ...] (the model flattens to 2B spots); slide_id [B], spot_id
+    [B][2] as lists."""
+    return _collate(batch, ("slide_id", "spot_id"))
+
+
+def corpus_dataset(manifest: str | Path | dict, **kwargs) -> _ShardDataset:
+    """The dataset class that fits the corpus kind."""
+    man, _ = load_corpus_manifest(manifest)
+    cls = GeneGroupDataset if man["kind"] == "genes" else PairedSpotDataset
+    return cls(manifest, **kwargs)

@@ -1,0 +1,76 @@
+"""Per-gene mean non-zero expression over a corpus: the divisor table the tokenizer reads (the release's
+``mean_nonzero_expression`` column).
+
+Definition (the same unit as ``RankTokenizer``): over the spots that pass QC, map counts onto the
+vocabulary, scale each spot to 10,000 counts *of vocabulary genes* (no log), and for gene g average the
+scaled values of the spots where g is non-zero: ``mean_g = sum_{s: x_sg > 0} x'_sg / #{s: x_sg > 0}``;
+NaN where no spot expresses g. A build stores each slide's (sum, count) pairs, so the corpus value is an
+exact sum over finished slides, in slide-id order, whatever the resume history.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import StampInputError
+
+
+def means_from_accumulators(accs: Iterable[np.ndarray], n_vocab: int) -> np.ndarray:
+    """Combine per-slide float64 [3, k] arrays (vocabulary index, sum, non-zero count) into means [V]."""
+    sums = np.zeros(n_vocab, np.float64)
+    nnz = np.zeros(n_vocab, np.float64)
+    for a in accs:
+        idx = a[0].astype(np.int64)
+        np.add.at(sums, idx, a[1])
+        np.add.at(nnz, idx, a[2])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(nnz > 0, sums / np.maximum(nnz, 1), np.nan)
+
+
+def write_gene_means(vocab, means: np.ndarray, path: str | Path) -> Path:
+    """A vocabulary TSV (``GeneVocabulary.write_tsv``) whose mean column holds the corpus means."""
+    from ..preprocessing.vocab import GeneVocabulary
+
+    v = GeneVocabulary(tuple(vocab.gene_ids), np.asarray(means, np.float64), tuple(vocab.symbols), str(path))
+    v.write_tsv(path)
+    return Path(path)
+
+
+def compute_gene_means(corpus_dir: str | Path, vocab=None, out: str | Path | None = None):
+    """Gene means of a built corpus from its per-slide records -> a ``GeneVocabulary`` (written to ``out``
+    when given). ``vocab`` defaults to the released vocabulary; its checksum must match the corpus's."""
+    from ..preprocessing.vocab import GeneVocabulary
+    from .build import MANIFEST_NAME
+    from .shards import decode_npy
+
+    corpus_dir = Path(corpus_dir)
+    mpath = corpus_dir / MANIFEST_NAME
+    if not mpath.is_file():
+        raise StampInputError("no manifest.json: not a finished corpus", corpus_dir,
+                              hint="run `stamp-st build-corpus` (again) to finish it")
+    man = json.loads(mpath.read_text())
+    vocab = vocab or GeneVocabulary.default()
+    if vocab.checksum != man["vocab"]["checksum"]:
+        raise StampInputError("the vocabulary differs from the corpus's (checksum)", mpath,
+                              hint="pass the vocabulary the corpus was built with")
+    accs = []
+    for s in man["slides"]:
+        done = json.loads((corpus_dir / f"{s['slide_id']}.done.json").read_text())
+        accs.append(decode_npy((corpus_dir / done["means"]["file"]).read_bytes()))
+    means = means_from_accumulators(accs, len(vocab))
+    result = GeneVocabulary(tuple(vocab.gene_ids), means, tuple(vocab.symbols), "corpus gene means")
+    if out is not None:
+        result.write_tsv(out)
+    return result
+
+
+def gene_means_from_counts(vocab_counts_list: Iterable, n_vocab: int) -> np.ndarray:
+    """The same definition straight from vocabulary-aligned count matrices (spots x V): the test oracle and
+    a helper for corpora built elsewhere."""
+    from .build import _means_accumulators
+
+    return means_from_accumulators((_means_accumulators(c) for c in vocab_counts_list), n_vocab)

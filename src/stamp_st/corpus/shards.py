@@ -1,0 +1,160 @@
+"""WebDataset shards: writing (atomic, byte-reproducible) and reading (local files, URLs, ``pipe:``).
+
+A shard is a plain POSIX tar whose members are ``<key>.<field>``; samples are read back by any WebDataset
+reader. Members carry mtime 0 and no user names, so a rebuilt shard is byte-identical to the first build and
+its sha256 in the corpus manifest stays valid across resumes.
+
+Field encodings (by extension): ``.npy`` numpy arrays (tokens int32, flags), ``.png`` uint8 RGB images
+(lossless, zlib level 1: about half the size of raw arrays at ~4 ms per 224 px image), ``.json`` small
+metadata, ``.txt`` UTF-8 strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+PNG_COMPRESS_LEVEL = 1
+SHARD_SUFFIX = ".tar"
+
+
+# ------------------------------------------------------------------ field codecs
+def encode_npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).save(buf, format="PNG",
+                                                                    compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def encode_sample(sample: Mapping) -> dict[str, bytes | str]:
+    """Encode a sample dict by field extension: ``tokens.npy`` -> npy, ``patch.png`` -> PNG, ..."""
+    out: dict[str, bytes | str] = {"__key__": sample["__key__"]}
+    for k, v in sample.items():
+        if k == "__key__":
+            continue
+        ext = k.rsplit(".", 1)[-1]
+        if ext == "npy":
+            out[k] = encode_npy(np.asarray(v))
+        elif ext == "png":
+            out[k] = encode_png(v)
+        elif ext == "json":
+            out[k] = json.dumps(v, sort_keys=True, separators=(",", ":")).encode()
+        elif ext == "txt":
+            out[k] = str(v).encode()
+        else:
+            raise ValueError(f"no encoder for field {k!r}")
+    return out
+
+
+def decode_sample(raw: Mapping, fields: set[str] | None = None) -> dict:
+    """Decode the raw bytes of a sample (as read from a shard) by field extension."""
+    out = {}
+    for k, v in raw.items():
+        if k.startswith("__"):
+            out[k] = v
+            continue
+        if fields is not None and k not in fields:
+            continue
+        ext = k.rsplit(".", 1)[-1]
+        if ext == "npy":
+            out[k] = decode_npy(v)
+        elif ext == "png":
+            out[k] = decode_png(v)
+        elif ext == "json":
+            out[k] = json.loads(v)
+        elif ext == "txt":
+            out[k] = v.decode()
+        else:
+            out[k] = v
+    return out
+
+
+# ------------------------------------------------------------------ writing
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def shard_name(slide_id: str, k: int) -> str:
+    return f"{slide_id}-{k:05d}{SHARD_SUFFIX}"
+
+
+def write_shard(path: str | Path, samples) -> dict:
+    """Write encoded samples (an iterable of dicts with ``__key__``) into one tar, atomically.
+
+    Returns ``{name, n_samples, bytes, sha256}``. The file appears under its final name only when complete.
+    """
+    from webdataset import TarWriter
+
+    from ..io_utils import atomic_path
+
+    path = Path(path)
+    n = 0
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            with TarWriter(fh, user="", group="", mode=0o444, mtime=0.0, encoder=False) as tw:
+                for s in samples:
+                    tw.write(s)
+                    n += 1
+    return {"name": path.name, "n_samples": n, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def balanced_sizes(n: int, max_size: int) -> list[int]:
+    """Split ``n`` samples into the fewest shards of at most ``max_size``, sizes differing by at most one
+    (so no slide ends with a 1-sample shard that would have no same-slide partner)."""
+    if n <= 0:
+        return []
+    k = -(-n // max_size)
+    base, extra = divmod(n, k)
+    return [base + (1 if i < extra else 0) for i in range(k)]
+
+
+# ------------------------------------------------------------------ reading
+def open_url(url: str):
+    """Open a shard by path, URL or ``pipe:command`` (webdataset's gopen)."""
+    from webdataset import gopen
+
+    return gopen(str(url))
+
+
+def iter_shard_raw(url: str) -> Iterator[dict]:
+    """Raw samples (``__key__`` + field -> bytes) of one shard, streamed in file order."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    stream = open_url(url)
+    try:
+        yield from group_by_keys(tar_file_expander([{"url": str(url), "stream": stream}]))
+    finally:
+        stream.close()
+
+
+def iter_shard(url: str, fields: set[str] | None = None) -> Iterator[dict]:
+    for raw in iter_shard_raw(url):
+        yield decode_sample(raw, fields)
