@@ -91,11 +91,12 @@ class Backbone:
     native_um_per_px: float | None
     is_vit: bool
     weights: str | None = None
-    extra: dict = field(default_factory=dict)
+    create_kwargs: dict = field(default_factory=dict)  # extra timm arguments, to rebuild the same graph
 
     def to_json(self) -> dict:
         return {"name": self.name, "transform": self.transform.to_json(), "embed_dim": self.embed_dim,
-                "native_um_per_px": self.native_um_per_px, "is_vit": self.is_vit, "weights": self.weights}
+                "native_um_per_px": self.native_um_per_px, "is_vit": self.is_vit, "weights": self.weights,
+                "create_kwargs": self.create_kwargs}
 
 
 # ------------------------------------------------------------------------------------------- weights
@@ -216,7 +217,14 @@ def _load_efficientnet_lite0(model: nn.Module, path: Path) -> None:
 def create_backbone(name: str, weights: str | Path | None = None, pretrained: bool = True,
                     **kwargs) -> Backbone:
     """Build a backbone by name; ``weights`` is a local file. ``pretrained=False`` gives a random init
-    (for tests, benchmarks, and for loading a full STAMP checkpoint that carries the backbone weights)."""
+    (for tests, benchmarks, and for loading a full STAMP checkpoint that carries the backbone weights).
+    Extra keyword arguments go to ``timm.create_model`` and are recorded in ``Backbone.create_kwargs``."""
+    bb = _create_backbone(name, weights, pretrained, **dict(kwargs))
+    bb.create_kwargs = dict(kwargs)
+    return bb
+
+
+def _create_backbone(name: str, weights, pretrained: bool, **kwargs) -> Backbone:
     import timm
 
     if name in ("efficientnet_lite0", "default"):

@@ -1,0 +1,25 @@
+"""``stamp-st convert-released IN OUT``: the authors' released STAMP weights (``pytorch_model.bin`` or a
+Lightning ``.ckpt``) -> a stamp-st checkpoint folder (``model.safetensors`` + ``config.json``, kind ``stamp``,
+released mode: their gene pooling, so embeddings equal theirs)."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("convert-released", help="convert the released STAMP weights to a stamp-st checkpoint",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("input", metavar="IN", help="released pytorch_model.bin / .ckpt / .safetensors")
+    p.add_argument("output", metavar="OUT", help="checkpoint folder to write (replaced atomically)")
+    p.add_argument("--vocab", default=None,
+                   help="gene vocabulary TSV (default: the released vocabulary in the data directory)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..models.released import convert_released
+    from ..preprocessing.vocab import GeneVocabulary
+
+    vocab = GeneVocabulary.from_tsv(args.vocab) if args.vocab else None
+    out = convert_released(args.input, args.output, vocabulary=vocab)
+    print(f"wrote {out} (load it with stamp_st.models.stamp.load_stamp)")
+    return 0

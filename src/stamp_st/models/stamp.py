@@ -1,0 +1,290 @@
+"""The STAMP model (METHOD.md §5): gene encoder + image backbone with the pretext token + four linear heads
++ one temperature, under the release's parameter names so its weights load unchanged
+(``spot_backbone.*``, ``spot_projection``, ``visual_backbone.{base_model.*, p_visual, ref_pos_embed}``,
+``patch_projection``, ``region_projection``, ``positioning_projection``, ``logit_scale``).
+
+Embeddings (all L2-normalised, in the 512-d shared space):
+
+- ``encode_image`` -> **Stamp_V** = ``patch_projection`` of the patch pass (CLS with the learnable pretext
+  token), what users run on any H&E; ``space="backbone"`` gives the backbone feature before the head.
+- ``encode_genes`` -> **Stamp_G** = ``spot_projection`` of the pooled gene-encoder states.
+- ``fuse`` -> **Stamp_F** = ``concat(Stamp_V, Stamp_G)`` (1024-d; each half unit-norm, so both modalities
+  weigh the same in any Euclidean or cosine method). The paper leaves the fusion undefined; this is ours.
+
+``released=True`` reproduces the release: gene states pooled over positions 3.. with padding (its quirk),
+negatives not shared across ranks, no neighbour handling. Otherwise padding is excluded from the mean.
+"""
+
+from __future__ import annotations
+
+import zlib
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..preprocessing.tokenizer import STORAGE_PAD_ID
+from .backbones import Backbone, ImageTransform, normalise_images
+from .gene_encoder import RELEASED_POOL_START, GeneEncoder
+from .losses import LOGIT_SCALE_INIT, StampLoss
+from .pretext import PretextConvNet, PretextViT, csp_windows
+
+PROJ_DIM = 512
+SPOT_KEYS = ("patch", "region", "region_label", "region_valid", "thumb", "tokens", "xy_um", "gene_feat")
+
+
+def slide_index(slide_ids) -> torch.Tensor:
+    """Slide id strings -> int64 (CRC32), equal on every rank without any communication."""
+    return torch.tensor([zlib.crc32(str(s).encode()) for s in slide_ids], dtype=torch.int64)
+
+
+def pool_gene_states(encoder: GeneEncoder, tokens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """Pooled gene feature [N, d] *with* gradients (``GeneEncoder.embed`` is the no-grad inference twin;
+    the two are tested equal). ``released``: mean over positions 3..context-1, padding included."""
+    ctx = encoder.config.context
+    tokens = tokens[:, :ctx]
+    if pooling == "released":
+        if tokens.shape[1] < ctx:
+            tokens = F.pad(tokens, (0, ctx - tokens.shape[1]), value=STORAGE_PAD_ID)
+        return encoder.encode(tokens)[:, RELEASED_POOL_START:].mean(dim=1)
+    valid = tokens != STORAGE_PAD_ID
+    L = max(int(valid.sum(-1).max()), 1)  # padding past the longest spot changes nothing: trim it
+    tokens, valid = tokens[:, :L], valid[:, :L]
+    h = encoder.encode(tokens)
+    w = valid.unsqueeze(-1).to(h.dtype)
+    return (h * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+
+
+class StampModel(nn.Module):
+    def __init__(self, gene_encoder: GeneEncoder, backbone: Backbone, proj_dim: int = PROJ_DIM,
+                 released: bool = False, gather: bool = True, neighbour_radius_um: float | None = None,
+                 expr_sim_threshold: float | None = None, neighbour_mode: str = "mask",
+                 freeze_gene_encoder: bool = False):
+        super().__init__()
+        self.spot_backbone = gene_encoder
+        self.visual_backbone = PretextViT(backbone.model) if backbone.is_vit else PretextConvNet(backbone.model)
+        d_img, d_gene = backbone.embed_dim, gene_encoder.config.d_model
+        self.spot_projection = nn.Linear(d_gene, proj_dim)
+        self.patch_projection = nn.Linear(d_img, proj_dim)
+        self.region_projection = nn.Linear(d_img, proj_dim)
+        self.positioning_projection = nn.Linear(d_img, proj_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
+        self.backbone_name = backbone.name
+        self.backbone_kwargs = dict(backbone.create_kwargs)
+        self.transform: ImageTransform = backbone.transform
+        self.native_um_per_px = backbone.native_um_per_px
+        self.released = released
+        self.pooling = "released" if released else "mean"
+        if released and (neighbour_radius_um is not None or expr_sim_threshold is not None):
+            raise ValueError("neighbour-aware negatives are not part of the release: off in released mode")
+        self.loss_fn = StampLoss(gather=gather and not released, neighbour_radius_um=neighbour_radius_um,
+                                 expr_sim_threshold=expr_sim_threshold, neighbour_mode=neighbour_mode)
+        self.freeze_gene_encoder = False
+        if freeze_gene_encoder:
+            self.set_gene_encoder_frozen(True)
+
+    # ------------------------------------------------------------------ configuration
+    def set_gene_encoder_frozen(self, frozen: bool = True) -> None:
+        """Frozen (the paper): no gradients, eval mode, and cached gene features may replace the encoder."""
+        self.freeze_gene_encoder = frozen
+        self.spot_backbone.requires_grad_(not frozen)
+        if frozen:
+            self.spot_backbone.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_gene_encoder:
+            self.spot_backbone.eval()
+        return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        base = self.visual_backbone.base_model
+        if hasattr(base, "set_grad_checkpointing"):
+            base.set_grad_checkpointing(enable)
+
+    # ------------------------------------------------------------------ inputs
+    def prepare_images(self, images: torch.Tensor, resize: bool = True) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> normalised float NCHW on the images' device; float NCHW is taken as
+        already normalised."""
+        if images.dtype != torch.uint8:
+            return images
+        t = self.transform
+        return normalise_images(images, t.mean, t.std, t.size_px if resize else None, t.interpolation)
+
+    # ------------------------------------------------------------------ features
+    def gene_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pooled, unprojected gene feature [N, d_gene] (what ``precompute_gene_embeddings`` caches)."""
+        ctx = torch.no_grad() if self.freeze_gene_encoder else nullcontext()
+        with ctx:
+            return pool_gene_states(self.spot_backbone, tokens, self.pooling)
+
+    def encode_image(self, images: torch.Tensor, space: str = "shared") -> torch.Tensor:
+        """Stamp_V: [N, 512] L2-normalised (``space="backbone"``: the raw backbone feature)."""
+        f = self.visual_backbone.forward_patch(self.prepare_images(images))
+        if space == "backbone":
+            return f
+        return F.normalize(self.patch_projection(f), dim=-1)
+
+    def encode_genes(self, tokens: torch.Tensor | None = None, gene_feat: torch.Tensor | None = None) -> torch.Tensor:
+        """Stamp_G: [N, 512] L2-normalised, from storage tokens or a cached pooled feature."""
+        if gene_feat is None:
+            gene_feat = self.gene_features(tokens)
+        return F.normalize(self.spot_projection(gene_feat.to(self.spot_projection.weight.dtype)), dim=-1)
+
+    @staticmethod
+    def fuse(stamp_v: torch.Tensor, stamp_g: torch.Tensor) -> torch.Tensor:
+        """Stamp_F = concat(L2norm(Stamp_V), L2norm(Stamp_G)), [N, 1024]."""
+        return torch.cat([F.normalize(stamp_v, dim=-1), F.normalize(stamp_g, dim=-1)], dim=-1)
+
+    # ------------------------------------------------------------------ training
+    @staticmethod
+    def flatten_batch(batch: dict) -> dict:
+        """Corpus items hold two same-slide spots: [B, 2, ...] -> [2B, ...]; slide ids repeated per spot."""
+        out = dict(batch)
+        paired = batch["patch"].ndim == 5
+        for k in SPOT_KEYS:
+            if k in batch and batch[k] is not None and paired:
+                v = batch[k]
+                out[k] = v.reshape(v.shape[0] * v.shape[1], *v.shape[2:])
+        sid = batch.get("slide_id")
+        if sid is not None and not torch.is_tensor(sid):
+            sid = list(sid)
+            if paired:
+                sid = [s for s in sid for _ in range(2)]
+            out["slide_idx"] = slide_index(sid)
+        return out
+
+    def forward(self, batch: dict) -> dict:
+        b = self.flatten_batch(batch)
+        dev = self.logit_scale.device
+        patch = self.prepare_images(b["patch"].to(dev, non_blocking=True))
+        region = self.prepare_images(b["region"].to(dev, non_blocking=True))
+        t = self.transform
+        thumb = normalise_images(b["thumb"].to(dev, non_blocking=True), t.mean, t.std, None)
+
+        patch_f = self.visual_backbone.forward_patch(patch)
+        region_f, pretext_f, token_map = self.visual_backbone.forward_region(region, thumb)
+        windows = csp_windows(token_map)
+
+        gene_feat = b.get("gene_feat")
+        if gene_feat is None:
+            gene_feat = self.gene_features(b["tokens"].to(dev, non_blocking=True))
+        else:
+            gene_feat = gene_feat.to(dev, non_blocking=True)
+        spot = self.encode_genes(gene_feat=gene_feat)
+
+        proj = self.positioning_projection
+        xy = b.get("xy_um")
+        slide_idx = b.get("slide_idx")
+        return self.loss_fn(
+            patch=F.normalize(self.patch_projection(patch_f), dim=-1),
+            region=F.normalize(self.region_projection(region_f), dim=-1),
+            spot=spot,
+            pretext=F.normalize(proj(pretext_f), dim=-1),
+            windows=F.normalize(proj(windows), dim=-1),
+            region_label=b["region_label"].to(dev),
+            region_valid=b["region_valid"].to(dev),
+            logit_scale=self.logit_scale,
+            xy_um=xy.to(dev) if xy is not None else None,
+            slide_idx=slide_idx.to(dev) if slide_idx is not None else None,
+            sim_emb=gene_feat if self.loss_fn.expr_sim_threshold is not None else None,
+        )
+
+    def no_weight_decay(self) -> set[str]:
+        names = {"logit_scale", "visual_backbone.p_visual"}
+        base = self.visual_backbone.base_model
+        for n in ("cls_token", "pos_embed", "reg_token"):
+            if getattr(base, n, None) is not None:
+                names.add(f"visual_backbone.base_model.{n}")
+        names |= {"spot_backbone." + n for n in self.spot_backbone.no_weight_decay()}
+        return names
+
+    def fsdp_units(self) -> list[nn.Module]:
+        base = self.visual_backbone.base_model
+        units = list(getattr(base, "blocks", []))
+        return units + list(self.spot_backbone.encoder.layers)
+
+    # ------------------------------------------------------------------ description
+    def architecture(self) -> dict:
+        """Everything ``build_stamp_model`` needs to rebuild this model (weights aside)."""
+        return {"gene_encoder": self.spot_backbone.config.to_json(), "backbone": self.backbone_name,
+                "backbone_kwargs": self.backbone_kwargs,
+                "proj_dim": self.patch_projection.out_features, "released": self.released,
+                "transform": self.transform.to_json(), "native_um_per_px": self.native_um_per_px,
+                "pretext": "vit" if isinstance(self.visual_backbone, PretextViT) else "convnet"}
+
+
+def build_stamp_model(architecture: dict, **kwargs) -> StampModel:
+    """Rebuild an (untrained) StampModel from ``StampModel.architecture()``; weights are loaded after."""
+    from .backbones import create_backbone
+
+    backbone = create_backbone(architecture["backbone"], pretrained=False,
+                               **architecture.get("backbone_kwargs", {}))
+    backbone.transform = ImageTransform.from_json(architecture["transform"])
+    backbone.native_um_per_px = architecture.get("native_um_per_px")
+    enc = GeneEncoder(architecture["gene_encoder"])
+    return StampModel(enc, backbone, proj_dim=architecture.get("proj_dim", PROJ_DIM),
+                      released=architecture.get("released", False), **kwargs)
+
+
+@torch.no_grad()
+def precompute_gene_embeddings(model: StampModel, tokens: torch.Tensor, batch_size: int = 256,
+                               device: str | torch.device | None = None) -> torch.Tensor:
+    """Pooled gene features [N, d_gene] for a frozen gene encoder, computed once per spot (float32, CPU)."""
+    enc = model.spot_backbone
+    device = device or next(enc.parameters()).device
+    was_training = enc.training
+    enc.eval()
+    out = []
+    for i in range(0, tokens.shape[0], batch_size):
+        out.append(pool_gene_states(enc, tokens[i:i + batch_size].to(device), model.pooling).float().cpu())
+    enc.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, enc.config.d_model)
+
+
+
+# ---------------------------------------------------------------------- checkpoints (kind "stamp")
+
+
+def stamp_checkpoint_config(model: StampModel, vocabulary=None, tokenizer: dict | None = None,
+                            crop_geometry: dict | None = None, **extra) -> dict:
+    """``config.json`` of a STAMP checkpoint: architecture, image size, mean/std, µm/px, crop geometry,
+    vocabulary and tokenizer, so that ``load_stamp`` needs nothing else."""
+    from .checkpoint import checkpoint_config
+
+    if crop_geometry is None:
+        from ..preprocessing.crops import CropGeometry
+
+        crop_geometry = CropGeometry().to_json()
+    arch = model.architecture()
+    vocab_json = vocabulary.to_json() if hasattr(vocabulary, "to_json") else vocabulary
+    return checkpoint_config(
+        "stamp", arch, vocabulary=vocab_json, tokenizer=tokenizer,
+        backbone=arch["backbone"], image_size_px=arch["transform"]["size_px"],
+        mean=list(arch["transform"]["mean"]), std=list(arch["transform"]["std"]),
+        um_per_px=(crop_geometry["patch_um"] / crop_geometry["out_px"]), crop_geometry=crop_geometry,
+        gene_pooling=model.pooling, embeddings={"stamp_v": "L2norm(patch_projection(patch pass)) [512]",
+                                                "stamp_g": "L2norm(spot_projection(pooled genes)) [512]",
+                                                "stamp_f": "concat(stamp_v, stamp_g) [1024]"}, **extra)
+
+
+def save_stamp(directory, model: StampModel, **config_kwargs):
+    from .checkpoint import save_checkpoint
+
+    return save_checkpoint(directory, model.state_dict(), stamp_checkpoint_config(model, **config_kwargs))
+
+
+def load_stamp(path, device: str | torch.device = "cpu", **model_kwargs) -> StampModel:
+    """A STAMP checkpoint folder -> StampModel in eval mode (config and weights from the folder only)."""
+    from ..errors import StampInputError
+    from .checkpoint import load_checkpoint
+
+    sd, cfg = load_checkpoint(path, device="cpu", expect_kind="stamp")
+    model = build_stamp_model(cfg["architecture"], **model_kwargs)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise StampInputError(f"checkpoint does not fit its architecture: missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]}", path, "the checkpoint is damaged or from another version")
+    model.stamp_config = cfg
+    return model.to(device).eval()

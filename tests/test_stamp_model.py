@@ -1,0 +1,183 @@
+"""StampModel: pretext token, CSP windows from the actual grid, the four losses end to end, embeddings,
+frozen / cached gene encoder, checkpoints."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from stamp_st.models.backbones import create_backbone
+from stamp_st.models.gene_encoder import GeneEncoder, GeneEncoderConfig
+from stamp_st.models.pretext import csp_window_geometry, csp_windows
+from stamp_st.models.stamp import (
+    StampModel,
+    load_stamp,
+    pool_gene_states,
+    precompute_gene_embeddings,
+    save_stamp,
+    slide_index,
+)
+
+torch.set_num_threads(1)
+IMG = 64  # 4 x 4 tokens for a /16 ViT: fast
+GENE_CFG = GeneEncoderConfig(name="t", vocab_size=200, d_model=32, n_layers=1, n_heads=4, d_ff=64, context=40,
+                             cgr_head=False)
+
+
+def tiny_model(vit: bool = True, img: int = IMG, **kw) -> StampModel:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if vit:
+            bb = create_backbone("timm:vit_tiny_patch16_224", pretrained=False, img_size=img)
+        else:
+            bb = create_backbone("efficientnet_lite0", pretrained=False)
+    bb.transform.size_px = img
+    return StampModel(GeneEncoder(GENE_CFG), bb, **kw)
+
+
+def tiny_batch(B: int = 3, img: int = IMG, L: int = 24, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(30, 230, (B, 2, L), generator=g)
+    tokens[0, 1, 10:] = 0  # storage padding
+    return {"patch": torch.randint(0, 256, (B, 2, img, img, 3), generator=g, dtype=torch.uint8),
+            "region": torch.randint(0, 256, (B, 2, img, img, 3), generator=g, dtype=torch.uint8),
+            "thumb": torch.randint(0, 256, (B, 2, 16, 16, 3), generator=g, dtype=torch.uint8),
+            "region_label": torch.randint(0, 9, (B, 2), generator=g),
+            "region_valid": torch.tensor([[True, False]] + [[True, True]] * (B - 1)),
+            "tokens": tokens, "xy_um": torch.rand(B, 2, 2, generator=g) * 500,
+            "slide_id": [f"s{i % 2}" for i in range(B)]}
+
+
+def test_csp_window_geometry_reproduces_release_and_generalises():
+    assert csp_window_geometry(14) == (6, 4)  # the release: 6 x 6 tokens, stride 4
+    for g in range(3, 40):
+        w, s = csp_window_geometry(g)
+        assert w >= s >= 1 and 2 * s + w == g  # three windows tile the axis exactly
+    tm = torch.randn(2, 5, 14, 14)
+    win = csp_windows(tm)
+    assert win.shape == (2, 9, 5)
+    torch.testing.assert_close(win[:, 5], tm[:, :, 4:10, 8:14].mean(dim=(2, 3)))  # row 1, col 2
+    assert csp_windows(torch.randn(1, 3, 12, 16)).shape == (1, 9, 3)
+
+
+def test_pretext_token_passes_use_grid_from_input_size():
+    m = tiny_model().eval()
+    vb = m.visual_backbone
+    x = torch.randn(2, 3, IMG, IMG)
+    thumbs = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        p1 = vb.forward_patch(x)
+        region, pretext, tmap = vb.forward_region(x, thumbs)
+        assert p1.shape == region.shape == pretext.shape == (2, 192)
+        assert tmap.shape == (2, 192, IMG // 16, IMG // 16)
+        _, _, tmap_big = vb.forward_region(torch.randn(1, 3, 96, 96), thumbs[:1])
+        assert tmap_big.shape[-2:] == (6, 6)
+        # the patch feature depends on the learnable token; the pretext output on the thumbnail
+        vb.p_visual.add_(1.0)
+        assert not torch.allclose(vb.forward_patch(x), p1)
+        _, pretext2, _ = vb.forward_region(x, thumbs.flip(-1))
+        assert not torch.allclose(pretext2, pretext)
+
+
+def test_forward_returns_all_losses_and_trains_every_head():
+    m = tiny_model()
+    out = m(tiny_batch())
+    keys = {"loss", "loss_patch_spot", "loss_region_spot", "loss_patch_region", "loss_csp", "csp_acc", "logit_scale"}
+    assert keys <= set(out)
+    assert all(torch.isfinite(v).all() for v in out.values())
+    parts = sum(out[k] for k in ("loss_patch_spot", "loss_region_spot", "loss_patch_region", "loss_csp"))
+    torch.testing.assert_close(out["loss"], parts)
+    out["loss"].backward()
+    for name in ("visual_backbone.p_visual", "visual_backbone.ref_pos_embed.weight", "positioning_projection.weight",
+                 "spot_projection.weight", "patch_projection.weight", "region_projection.weight", "logit_scale",
+                 "spot_backbone.embeddings.weight", "visual_backbone.base_model.blocks.0.attn.qkv.weight"):
+        p = dict(m.named_parameters())[name]
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_convnet_equivalent_forward():
+    m = tiny_model(vit=False, img=96)
+    out = m(tiny_batch(B=2, img=96))
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert m.visual_backbone.thumb_mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_pooling_with_grad_equals_gene_encoder_embed():
+    enc = GeneEncoder(GENE_CFG).eval()
+    tokens = tiny_batch()["tokens"].reshape(6, -1)
+    for pooling in ("mean", "released"):
+        torch.testing.assert_close(pool_gene_states(enc, tokens, pooling), enc.embed(tokens, pooling=pooling))
+    # the release's quirk really differs (drops 3 top genes, averages padding)
+    assert not torch.allclose(pool_gene_states(enc, tokens, "released"), pool_gene_states(enc, tokens, "mean"))
+
+
+def test_frozen_gene_encoder_with_cached_features_gives_the_same_loss():
+    m = tiny_model(freeze_gene_encoder=True).eval()
+    b = tiny_batch()
+    cached = precompute_gene_embeddings(m, b["tokens"].reshape(6, -1), batch_size=4).reshape(3, 2, -1)
+    with torch.no_grad():
+        a = m(b)
+        c = m(dict(b, gene_feat=cached, tokens=None))
+    torch.testing.assert_close(a["loss"], c["loss"])
+    m.train()
+    assert not m.spot_backbone.training
+    m(b)["loss"].backward()
+    assert all(p.grad is None for p in m.spot_backbone.parameters())
+    assert m.spot_projection.weight.grad is not None
+
+
+def test_embeddings_and_fusion():
+    m = tiny_model().eval()
+    b = tiny_batch()
+    with torch.no_grad():
+        v = m.encode_image(b["patch"][:, 0])
+        g = m.encode_genes(b["tokens"][:, 0])
+    assert v.shape == g.shape == (3, 512)
+    torch.testing.assert_close(v.norm(dim=-1), torch.ones(3))
+    f = StampModel.fuse(v, g)
+    assert f.shape == (3, 1024)
+    torch.testing.assert_close(f[:, :512], v)
+    assert m.encode_image(b["patch"][:, 0], space="backbone").shape == (3, 192)
+
+
+def test_released_mode_rejects_neighbour_handling_and_uses_local_negatives():
+    m = tiny_model(released=True)
+    assert m.pooling == "released" and not m.loss_fn.gather
+    with pytest.raises(ValueError):
+        tiny_model(released=True, neighbour_radius_um=100.0)
+
+
+def test_neighbour_radius_changes_the_loss_only_when_spots_are_close():
+    b = tiny_batch()
+    b["slide_id"] = ["s", "s", "s"]
+    b["xy_um"] = torch.tensor([[[0.0, 0.0], [10.0, 0.0]], [[5000.0, 0], [9000.0, 0]], [[20000.0, 0], [30000.0, 0]]])
+    base = tiny_model().eval()
+    near = tiny_model(neighbour_radius_um=50.0).eval()
+    far = tiny_model(neighbour_radius_um=1.0).eval()
+    with torch.no_grad():
+        lb, ln, lf = base(b)["loss_patch_spot"], near(b)["loss_patch_spot"], far(b)["loss_patch_spot"]
+    torch.testing.assert_close(lb, lf)
+    assert not torch.allclose(lb, ln)
+
+
+def test_checkpoint_roundtrip(tmp_path):
+    m = tiny_model().eval()
+    b = tiny_batch()
+    save_stamp(tmp_path / "run", m, crop_geometry={"patch_um": 112.0, "out_px": 224, "region_factor": 3,
+                                                   "thumb_px": 16})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m2 = load_stamp(tmp_path / "run")
+    assert m2.stamp_config["kind"] == "stamp" and m2.stamp_config["image_size_px"] == IMG
+    with torch.no_grad():
+        torch.testing.assert_close(m2.encode_image(b["patch"][:, 0]), m.encode_image(b["patch"][:, 0]))
+        torch.testing.assert_close(m2.encode_genes(b["tokens"][:, 0]), m.encode_genes(b["tokens"][:, 0]))
+
+
+def test_slide_index_is_stable():
+    a, b = slide_index(["x", "y", "x"]), slide_index(["x", "y", "x"])
+    assert torch.equal(a, b) and a[0] == a[2] != a[1]
