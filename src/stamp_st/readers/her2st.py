@@ -69,14 +69,15 @@ def section_image(root: str | Path, section: str) -> Path | None:
 def read_counts_tsv(path: Path) -> tuple[np.ndarray, list[str], list[str]]:
     """(dense float32 counts [spots x genes], spot ids, gene symbols). The header is read separately so that
     duplicate gene symbols keep their real names (pandas would rename them to 'X.1'); no per-column dtype map
-    (15k entries make pandas' C parser several times slower)."""
+    (15k entries make pandas' C parser several times slower), and one chunk (``low_memory=False``: chunked
+    parsing of a 15k-column table spends most of its time concatenating column chunks)."""
     import gzip
 
     try:
         with gzip.open(path, "rt") as fh:
             header = fh.readline().rstrip("\n").split("\t")
         genes = header[1:]
-        df = pd.read_csv(path, sep="\t", header=None, skiprows=1, index_col=0, engine="c")
+        df = pd.read_csv(path, sep="\t", header=None, skiprows=1, index_col=0, engine="c", low_memory=False)
     except Exception as err:  # noqa: BLE001 - any parse failure is the user's file
         raise StampInputError(f"cannot parse the counts table ({err})", path,
                               hint="expected a tab-separated table: spot id, then one integer column per gene") \
