@@ -109,20 +109,29 @@ def shard_name(slide_id: str, k: int) -> str:
 def write_shard(path: str | Path, samples) -> dict:
     """Write encoded samples (an iterable of dicts with ``__key__``) into one tar, atomically.
 
+    Members are named ``<key>.<field>`` in sorted field order, as ``webdataset.TarWriter`` writes them; the
+    standard library's tarfile is used so that build workers need not import torch (webdataset does).
     Returns ``{name, n_samples, bytes, sha256}``. The file appears under its final name only when complete.
     """
-    from webdataset import TarWriter
+    import tarfile
 
     from ..io_utils import atomic_path
 
     path = Path(path)
     n = 0
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            with TarWriter(fh, user="", group="", mode=0o444, mtime=0.0, encoder=False) as tw:
-                for s in samples:
-                    tw.write(s)
-                    n += 1
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for s in samples:
+                key = s["__key__"]
+                for k in sorted(s):
+                    if k.startswith("_"):
+                        continue
+                    v = s[k]
+                    data = v.encode() if isinstance(v, str) else bytes(v)
+                    ti = tarfile.TarInfo(f"{key}.{k}")
+                    ti.size, ti.mtime, ti.mode = len(data), 0, 0o444
+                    tar.addfile(ti, io.BytesIO(data))
+                n += 1
     return {"name": path.name, "n_samples": n, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 

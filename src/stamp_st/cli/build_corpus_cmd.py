@@ -1,0 +1,70 @@
+"""``stamp-st build-corpus``: build a sharded, resumable training corpus from a manifest of slides."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("build-corpus", help="build WebDataset shards (Stage-1 gene groups or Stage-2 pairs) on Dask",
+                       description="Build a training corpus from MANIFEST (TSV/CSV/JSON: path, format, section, "
+                                   "slide_id, organ, study, um_per_px, image_path, split) into OUT. Re-running "
+                                   "the same command resumes: finished slides are kept. See docs/corpus.md.")
+    p.add_argument("manifest", nargs="?", help="sample manifest (omit with --her2st)")
+    p.add_argument("out", help="output folder (shards, manifest.json, gene_means.tsv)")
+    p.add_argument("--kind", choices=["genes", "paired"], required=True,
+                   help="genes: Stage-1 groups of 9 spots; paired: Stage-2 patch/region/tokens per spot")
+    p.add_argument("--her2st", metavar="ROOT", help="build from a her2st folder instead of a manifest "
+                   "(writes OUT/input_manifest.tsv)")
+    p.add_argument("--sections", help="her2st sections, comma-separated (default all; paired: those with images)")
+    p.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler (e.g. tcp://host:8786); OUT must be "
+                   "a folder every worker can write")
+    p.add_argument("--threads", action="store_true", help="local workers as threads in this process")
+    p.add_argument("--vocab", help="gene vocabulary TSV (default: the released vocabulary in the data directory)")
+    p.add_argument("--context", type=int, default=1500, help="tokens per spot (default 1500)")
+    p.add_argument("--patch-um", type=float, default=112.0, help="patch side in µm (default 112)")
+    p.add_argument("--out-px", type=int, default=224, help="patch/region size after resizing (default 224)")
+    p.add_argument("--min-counts", type=int, default=100, help="minimum raw counts per spot (default 100)")
+    p.add_argument("--min-genes", type=int, default=50, help="minimum vocabulary genes per spot (default 50)")
+    p.add_argument("--keep-off-tissue", action="store_true", help="keep spots marked not in tissue")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--shard-size", type=int, help="max samples per shard (default genes 2048, paired 512)")
+    p.add_argument("--chunk-spots", type=int, default=256, help="spots processed at once in a task (memory bound)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from ..corpus.build import BuildConfig, build_corpus
+    from ..corpus.manifest import her2st_manifest, read_manifest
+    from ..corpus.qc import QCConfig, format_report
+    from ..errors import StampInputError
+    from ..paths import vocab_file
+
+    if bool(args.manifest) == bool(args.her2st):
+        raise StampInputError("give either MANIFEST or --her2st ROOT", hint="see `stamp-st build-corpus --help`")
+    out = Path(args.out)
+    if args.her2st:
+        sections = args.sections.split(",") if args.sections else None
+        entries = her2st_manifest(args.her2st, sections=sections, with_image_only=args.kind == "paired",
+                                  out=out / "input_manifest.tsv")
+    else:
+        entries = read_manifest(args.manifest)
+    cfg = BuildConfig(kind=args.kind, vocab_path=str(args.vocab or vocab_file()), context=args.context,
+                      patch_um=args.patch_um, out_px=args.out_px,
+                      qc=QCConfig(min_counts=args.min_counts, min_genes=args.min_genes,
+                                  require_in_tissue=not args.keep_off_tissue),
+                      seed=args.seed, shard_size=args.shard_size, chunk_spots=args.chunk_spots)
+    res = build_corpus(entries, out, cfg, workers=args.workers, scheduler=args.scheduler,
+                       processes=not args.threads, progress=not args.no_progress)
+    man, b = res["manifest"], res["build"]
+    print(format_report(man["qc"]["total"], man["qc"]["skipped_slides"]))
+    print(f"corpus: {man['totals']['n_slides']} slides, {man['totals']['n_shards']} shards, "
+          f"{man['totals']['n_samples']} samples, {man['totals']['n_spots']} spots -> {out / 'manifest.json'}")
+    print(f"built {b['n_slides_built']} slide(s), reused {b['n_slides_reused']} in {b['seconds']:.1f} s "
+          f"({b['spots_per_s']:.1f} spots/s" + (f", {b['patches_per_s']:.1f} patches/s" if args.kind == "paired"
+                                                else "") + ")")
+    print(json.dumps({"splits": man["splits"]}))
+    return 0
