@@ -237,16 +237,24 @@ class GenePretrainModel(nn.Module):
     checkpoint_prefix = "encoder."
 
     def __init__(self, encoder: GeneEncoder, mask_prob: float = 0.15, cgr: bool = True, logits: str = "gathered",
-                 trim: bool = True):
+                 trim: bool = True, phases: list[dict] | None = None):
         super().__init__()
         self.encoder = encoder
         self.mask_prob = mask_prob
         self.cgr = cgr
         self.logits = logits
         self.trim = trim
+        self.phases = phases  # e.g. [{"epochs": 1, "cgr": False}, {"epochs": 1, "cgr": True}]
         self.ddp_find_unused_parameters = True  # the CGR head is idle in the IGR-only phase
-        if cgr and encoder.cgr_head is None:
+        if (cgr or any(p.get("cgr") for p in phases or [])) and encoder.cgr_head is None:
             raise StampInputError("CGR needs a gene encoder config with cgr_head: true")
+
+    def on_train_step(self, step: int, epoch: int) -> None:
+        """Engine hook: switch CGR on or off by the phase schedule."""
+        if self.phases:
+            from ..training.schedule import phase_at
+
+            self.cgr = bool(phase_at(self.phases, step, epoch)[1].get("cgr", True))
 
     def fsdp_units(self) -> list[nn.Module]:
         return list(self.encoder.encoder.layers)

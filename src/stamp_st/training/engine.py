@@ -63,6 +63,7 @@ class TrainerConfig:
     seed: int = 0
     log_every: int = 10
     val_every: int = 0  # steps; 0 = at the end only
+    val_at_start: bool = False  # validate the initial model too (the curve's first point)
     ckpt_every: int = 0  # steps; 0 = at the end only
     keep_checkpoints: int = 2
     progress: bool = True
@@ -252,6 +253,8 @@ class Trainer:
 
             pbar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
 
+        if cfg.val_at_start and self.step == 0:
+            self.validate()
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
         n_sum = 0

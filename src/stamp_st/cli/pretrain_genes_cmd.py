@@ -1,0 +1,69 @@
+"""``stamp-st pretrain-genes``: Stage 1, train the gene encoder (IGR, then IGR + CGR) on a ``genes`` corpus.
+
+Runs on one process as is, or on several under ``torchrun --nproc-per-node N -m stamp_st.cli pretrain-genes
+...`` (DDP; ``"strategy": "fsdp"`` in the trainer settings shards large models). Re-running the same command
+resumes from the run folder's latest checkpoint and continues exactly where the run stopped."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("pretrain-genes", help="Stage 1: pretrain the gene encoder on a genes corpus",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("corpus", help="corpus folder (or its manifest.json) built with --kind genes")
+    p.add_argument("--config", default="demo_cpu",
+                   help="pretraining config: demo_cpu, reference, or a JSON file (default %(default)s)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.csv, tb/)")
+    p.add_argument("--model", help="override the gene encoder config: tiny, small, reference or a JSON file")
+    p.add_argument("--vocab", help="gene vocabulary TSV the corpus was built with (default: the released one)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", dest="resume", action="store_const", const=True, default="auto",
+                   help="require a checkpoint to resume from (default: resume when the run folder has one)")
+    g.add_argument("--no-resume", dest="resume", action="store_const", const=False,
+                   help="refuse to touch a run folder that already holds checkpoints")
+    p.add_argument("--epochs", type=int, help="override the number of epochs")
+    p.add_argument("--max-steps", type=int, help="train this many optimizer steps (replaces epochs)")
+    p.add_argument("--batch-size", type=int, help="groups of 9 spots per micro-batch and process")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="override the precision")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU when present)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                   help="override a trainer setting, e.g. --set lr=3e-4 --set ckpt_every=500 (repeatable)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..errors import StampInputError
+    from ..preprocessing.vocab import GeneVocabulary
+    from ..training.pretrain_genes import PretrainConfig, run_pretrain
+
+    cfg = PretrainConfig.load(args.config)
+    if args.model:
+        cfg.model = args.model
+    if args.epochs is not None:
+        cfg.epochs = args.epochs
+    if args.max_steps is not None:
+        cfg.epochs = None
+        cfg.trainer["max_steps"] = args.max_steps
+        if cfg.phases and any("epochs" in ph for ph in cfg.phases):
+            print("note: --max-steps with epoch-measured phases: the phases still switch at epoch boundaries")
+    if args.batch_size is not None:
+        cfg.batch_size = args.batch_size
+    if args.precision:
+        cfg.trainer["precision"] = args.precision
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise StampInputError(f"--set {item!r} is not KEY=VALUE", hint="e.g. --set lr=3e-4")
+        try:
+            cfg.trainer[key] = json.loads(value)
+        except json.JSONDecodeError:
+            cfg.trainer[key] = value
+    cfg = PretrainConfig.from_dict(cfg.to_json(), args.config)  # re-validate the overrides
+    vocab = GeneVocabulary.from_tsv(args.vocab) if args.vocab else None
+    result = run_pretrain(args.corpus, cfg, args.out, resume=args.resume, vocab=vocab, device=args.device)
+    val = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.get("val", {}).items()))
+    print(f"done: step {result['step']}, epoch {result['epoch']}" + (f"; held-out slides: {val}" if val else ""))
+    print(f"checkpoints in {args.out}/checkpoints (latest: {args.out}/checkpoints/latest)")
+    return 0

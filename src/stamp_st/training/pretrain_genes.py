@@ -1,0 +1,259 @@
+"""Stage 1: pretrain the gene encoder (IGR, then IGR + CGR) on a ``genes`` corpus with the shared engine.
+
+Settings live in a pretraining config (``configs/pretrain/<name>.json`` or a file): the gene encoder config
+(``model``), groups per micro-batch, epochs or steps, phases, and the engine's ``trainer`` settings. Validation
+runs on the corpus manifest's ``val`` split (held-out slides) with fixed masks, and always reports both losses.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import StampInputError
+from ..io_utils import atomic_write_json
+from ..models.checkpoint import checkpoint_config, load_config
+from ..models.gene_encoder import CONFIG_DIR, GeneEncoder, GeneEncoderConfig, GenePretrainModel
+from .engine import Trainer, TrainerConfig, dist_env
+from .schedule import validate_phases
+
+PRETRAIN_CONFIGS = ("demo_cpu", "reference")
+
+
+@dataclass
+class PretrainConfig:
+    model: str | dict = "tiny"  # registered gene encoder config name, JSON path, or inline dict
+    batch_size: int = 8  # groups of 9 spots per micro-batch and process
+    epochs: int | None = None  # when set, trainer.max_steps is derived from the corpus size
+    mask_prob: float = 0.15
+    phases: list[dict] | None = None  # e.g. [{"epochs": 1, "cgr": false}, {"epochs": 1, "cgr": true}]
+    num_workers: int = 0
+    shuffle_buffer: int = 1000
+    val_batch_size: int | None = None
+    val_max_batches: int = 50
+    trainer: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> PretrainConfig:
+        if str(name_or_path) in PRETRAIN_CONFIGS:
+            path = CONFIG_DIR / "pretrain" / f"{name_or_path}.json"
+        else:
+            path = Path(name_or_path)
+            if not path.is_file():
+                raise StampInputError(f"no pretraining config named {str(name_or_path)!r}", path,
+                                      hint=f"use one of {', '.join(PRETRAIN_CONFIGS)} or a JSON file path")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise StampInputError(f"invalid JSON ({err})", path) from err
+        return cls.from_dict(d, path)
+
+    @classmethod
+    def from_dict(cls, d: dict, source=None) -> PretrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known - {"description"}
+        if unknown:
+            raise StampInputError(f"unknown pretraining settings {sorted(unknown)}", source,
+                                  hint=f"allowed: {sorted(known)}")
+        cfg = cls(**{k: v for k, v in d.items() if k in known})
+        if cfg.phases is not None:
+            cfg.phases = validate_phases(cfg.phases)
+        TrainerConfig.from_dict({k: v for k, v in cfg.trainer.items()}, source)  # validate early
+        return cfg
+
+    def encoder_config(self) -> GeneEncoderConfig:
+        if isinstance(self.model, dict):
+            return GeneEncoderConfig.from_json(self.model)
+        return GeneEncoderConfig.load(self.model)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def micro_batches_per_epoch(n_rank_samples: int, batch_size: int, num_workers: int) -> int:
+    """Micro-batches one process gets per epoch: each DataLoader worker drops its own last partial batch."""
+    nw = max(num_workers, 1)
+    return sum((((w + 1) * n_rank_samples // nw) - (w * n_rank_samples // nw)) // batch_size for w in range(nw))
+
+
+def _gene_loader(corpus, split, cfg: PretrainConfig, seed: int, shuffle: bool, batch_size: int, equalize=None):
+    from torch.utils.data import DataLoader
+
+    from ..corpus.datasets import GeneGroupDataset, collate_genes
+
+    rank, world, _ = dist_env()
+    ds = GeneGroupDataset(corpus, split=split, seed=seed, shuffle=shuffle, buffer_size=cfg.shuffle_buffer,
+                          rank=rank, world_size=world, equalize=equalize)
+    return DataLoader(ds, batch_size=batch_size, num_workers=cfg.num_workers, collate_fn=collate_genes,
+                      drop_last=shuffle, persistent_workers=False)
+
+
+def make_val_fn(loader, max_batches: int):
+    """Token-weighted IGR/CGR loss and accuracy over (at most ``max_batches`` of) the held-out slides."""
+
+    def val_fn(model) -> dict:
+        import torch.distributed as dist
+
+        raw = getattr(model, "module", model)
+        old = raw.cgr
+        raw.cgr = True  # report both losses in every phase
+        dev = next(raw.parameters()).device
+        sums = torch.zeros(6, dtype=torch.float64, device=dev)
+        try:
+            loader.dataset.set_epoch(0)
+            for i, batch in enumerate(loader):
+                if i >= max_batches:
+                    break
+                batch = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+                out = raw(batch)
+                ni, nc = out["igr_tokens"].double(), out.get("cgr_tokens", torch.zeros((), device=dev)).double()
+                sums += torch.stack([out["igr_loss"].double() * ni, out["igr_acc"].double() * ni,
+                                     out.get("cgr_loss", torch.zeros((), device=dev)).double() * nc,
+                                     out.get("cgr_acc", torch.zeros((), device=dev)).double() * nc, ni, nc])
+        finally:
+            raw.cgr = old
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)
+        s = sums.tolist()
+        res = {}
+        if s[4] > 0:
+            res.update(igr_loss=s[0] / s[4], igr_acc=s[1] / s[4])
+        if s[5] > 0:
+            res.update(cgr_loss=s[2] / s[5], cgr_acc=s[3] / s[5])
+        if res:
+            res["loss"] = res.get("igr_loss", 0.0) + res.get("cgr_loss", 0.0)
+        return res
+
+    return val_fn
+
+
+def check_vocabulary(manifest: dict, enc_cfg: GeneEncoderConfig, vocab, corpus_path) -> None:
+    """Refuse a model, vocabulary and corpus that do not agree (their token ids would mean other genes)."""
+    man_vocab = manifest.get("vocab", {})
+    checksum = man_vocab.get("checksum")
+    if vocab is not None and checksum and vocab.checksum != checksum:
+        raise StampInputError(f"vocabulary checksum {vocab.checksum} differs from the corpus's {checksum}",
+                              corpus_path, hint="pass --vocab with the vocabulary the corpus was built with")
+    n = man_vocab.get("n_genes")
+    if n is not None and int(n) != enc_cfg.vocab_size:
+        raise StampInputError(f"gene encoder config {enc_cfg.name!r} has vocab_size {enc_cfg.vocab_size}, the "
+                              f"corpus vocabulary has {n} genes", corpus_path,
+                              hint="use a model config whose vocab_size equals the corpus vocabulary size")
+
+
+def run_pretrain(corpus: str | Path, config: PretrainConfig, out: str | Path, resume: str | bool = "auto",
+                 vocab=None, device: str | None = None) -> dict:
+    """Train; returns ``{"step", "epoch", "val"}``. ``vocab``: a ``GeneVocabulary`` (default: the released one
+    from the data directory), stored in every checkpoint."""
+    from ..corpus.datasets import load_corpus_manifest
+    from ..preprocessing.vocab import GeneVocabulary
+
+    corpus = Path(corpus)
+    manifest, _ = load_corpus_manifest(corpus)
+    if manifest.get("kind") != "genes":
+        raise StampInputError(f"pretrain-genes needs a 'genes' corpus, this one is {manifest.get('kind')!r}",
+                              corpus, hint="build one with `stamp-st build-corpus MANIFEST OUT --kind genes`")
+    enc_cfg = config.encoder_config()
+    if vocab is None:
+        vocab = GeneVocabulary.default()
+    check_vocabulary(manifest, enc_cfg, vocab, corpus)
+    tcfg = TrainerConfig.from_dict(config.trainer)
+    rank, world, _ = dist_env()
+
+    out = Path(out)
+    _check_run_matches(out, enc_cfg, vocab.checksum, resume)
+    train = _gene_loader(corpus, "train", config, tcfg.seed, True, config.batch_size,
+                         equalize="drop" if world > 1 else None)
+    if config.epochs is not None:
+        micro = micro_batches_per_epoch(len(train.dataset), config.batch_size, config.num_workers)
+        if micro < tcfg.grad_accum:
+            raise StampInputError(f"the corpus gives {micro} micro-batches per epoch and process, fewer than "
+                                  f"grad_accum {tcfg.grad_accum}", corpus, hint="lower batch_size or grad_accum")
+        tcfg.max_steps = config.epochs * micro // tcfg.grad_accum
+        tcfg.max_epochs = None
+    val_fn = None
+    if manifest.get("splits", {}).get("val", {}).get("n_samples", 0) > 0:
+        val = _gene_loader(corpus, "val", config, tcfg.seed, False, config.val_batch_size or config.batch_size,
+                           equalize="pad" if world > 1 else None)
+        val_fn = make_val_fn(val, config.val_max_batches)
+    elif rank == 0:
+        print(f"warning: {corpus} has no 'val' split: no validation on held-out slides")
+
+    torch.manual_seed(tcfg.seed)
+    np.random.seed(tcfg.seed)
+    encoder = GeneEncoder(enc_cfg)
+    first_cgr = True if not config.phases else bool(config.phases[0].get("cgr", True))
+    model = GenePretrainModel(encoder, mask_prob=config.mask_prob, cgr=first_cgr, phases=config.phases)
+    tokenizer = {**manifest.get("tokenizer", {}), "vocab_checksum": vocab.checksum}
+    ck_cfg = checkpoint_config("gene_encoder", enc_cfg.to_json(), vocabulary=vocab.to_json(), tokenizer=tokenizer,
+                               corpus={"path": str(corpus.resolve()), "settings_hash": manifest.get("settings_hash"),
+                                       "splits": manifest.get("splits")},
+                               pretrain=config.to_json())
+    if rank == 0:
+        atomic_write_json(out / "pretrain_config.json", {**config.to_json(), "trainer": tcfg.to_json(),
+                                                         "corpus": str(corpus.resolve())})
+    trainer = Trainer(model, tcfg, out, train, val_fn=val_fn, checkpoint_config=ck_cfg, device=device)
+    return trainer.fit(resume=resume)
+
+
+def _check_run_matches(out: Path, enc_cfg: GeneEncoderConfig, checksum: str, resume) -> None:
+    """A run folder resumed with another model or vocabulary would silently train something else: refuse."""
+    if resume is False:
+        return
+    ptr = out / "checkpoints" / "latest"
+    if not ptr.is_file():
+        return
+    ck = out / "checkpoints" / ptr.read_text().strip()
+    if not ck.is_dir():
+        return
+    cfg = load_config(ck)
+    if cfg.get("vocab_checksum") not in (None, checksum):
+        raise StampInputError(f"the run was started with vocabulary {cfg.get('vocab_checksum')}, this corpus "
+                              f"uses {checksum}", out, hint="choose a new --out folder")
+    if cfg.get("architecture") != enc_cfg.to_json():
+        raise StampInputError(f"the run was started with gene encoder {cfg.get('architecture')}, not "
+                              f"{enc_cfg.to_json()}", out, hint="use the same --config, or a new --out folder")
+
+
+# ---------------------------------------------------------------------- synthetic data (tests, benchmarks)
+class SyntheticGeneGroups(torch.utils.data.IterableDataset):
+    """In-memory Stage-1 items with the corpus contract (``tokens`` int64 [9, L], ``spot_valid`` bool [9],
+    ``slide_id``): each group draws its spots' rankings from one of ``n_programs`` gene programs, so IGR and
+    CGR are learnable. Order is a pure function of (seed, epoch)."""
+
+    def __init__(self, n_groups: int = 64, vocab_size: int = 200, context: int = 32, n_programs: int = 4,
+                 seed: int = 0, full_length: bool = False):
+        self.n_groups, self.vocab_size, self.context = n_groups, vocab_size, context
+        self.seed, self.epoch = seed, 0
+        rng = np.random.default_rng(seed)
+        programs = np.stack([rng.permutation(vocab_size) for _ in range(n_programs)])
+        self.items = []
+        for g in range(n_groups):
+            prog = programs[g % n_programs]
+            toks = np.zeros((9, context), np.int64)
+            for s in range(9):
+                n = context if full_length else int(rng.integers(context // 2, context + 1))
+                noise = rng.normal(0, 3.0, vocab_size)
+                order = prog[np.argsort(np.arange(vocab_size) + noise, kind="stable")]
+                toks[s, :n] = order[:n] + 30
+            valid = np.ones(9, bool)
+            if g % 5 == 4:
+                valid[rng.integers(1, 9, size=3)] = False
+                toks[~valid] = 0
+            self.items.append({"tokens": torch.from_numpy(toks), "spot_valid": torch.from_numpy(valid),
+                               "slide_id": f"synthetic{g % 3}"})
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n_groups
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_groups)
+        for i in order:
+            yield self.items[int(i)]
