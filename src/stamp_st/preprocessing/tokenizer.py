@@ -3,7 +3,8 @@
 Per spot: scale to 10,000 counts; divide each gene by its divisor (``GeneVocabulary.divisors``); keep the
 non-zero genes sorted by that value, descending, ties broken by vocabulary index ascending (the release's
 unstable argsort leaves tie order arbitrary; we pin it); token = vocabulary index + 30; pad with 0 to the
-context length. One global ``np.lexsort`` over the non-zeros replaces the per-spot loop.
+context length. Keys are computed for all non-zeros at once; each spot's keys are then sorted with one
+stable ``np.argsort`` (no Python-level per-gene work).
 
 The sort key is ``count / divisor``: the per-spot scale (target_sum / total) is a positive constant within a
 spot, so it cannot change the order, but multiplying by it adds a rounding step that splits exact ties
@@ -74,15 +75,18 @@ class RankTokenizer:
             raise ValueError(f"expected {len(self.vocab)} vocabulary columns, got {X.shape[1]}")
         n = X.shape[0]
         nnz_per_row = np.diff(X.indptr)
-        row = np.repeat(np.arange(n), nnz_per_row)
-        # primary key: row; then value descending; then vocabulary index ascending
-        key = X.data / self.divisors[X.indices]  # same order as the normalised value, exact ties kept exact
-        order = np.lexsort((X.indices, -key, row))
-        rank = np.arange(len(order)) - X.indptr[row[order]]
-        keep = rank < self.context
+        # value descending, then vocabulary index ascending: indices are sorted within each row, so a stable
+        # sort on -key breaks ties by index. Keys are computed once for all spots; the sort runs per spot
+        # (a few thousand cache-resident values each): measured 5-6x faster than one global 3-key lexsort
+        # over all non-zeros (benchmarks/bench_tokenizer.py).
+        neg_key = -(X.data / self.divisors[X.indices])  # order of the normalised value, exact ties kept exact
+        ids = X.indices.astype(np.int32) + TOKEN_OFFSET
         tokens = np.full((n, self.context), STORAGE_PAD_ID, dtype=np.int32)
-        sel = order[keep]
-        tokens[row[sel], rank[keep]] = X.indices[sel].astype(np.int32) + TOKEN_OFFSET
+        indptr = X.indptr
+        for i in np.flatnonzero(nnz_per_row):
+            a, b = indptr[i], indptr[i + 1]
+            top = np.argsort(neg_key[a:b], kind="stable")[: self.context]
+            tokens[i, : len(top)] = ids[a:b][top]
         return TokenizedSpots(tokens, nnz_per_row.astype(np.int32), nnz_per_row == 0)
 
     def tokenize(self, counts, mapping: GeneMapping, chunk_spots: int = 20_000) -> TokenizedSpots:
