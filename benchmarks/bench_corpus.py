@@ -1,0 +1,73 @@
+"""Corpus build throughput on her2st at 1 and 2 Dask workers: spots/s (gene corpus) and patches/s (paired
+corpus, sections with an H&E image). Workers are started and warmed (imports done) before the clock starts,
+so the figures are steady-state per-slide work: read, QC, tokenize, group or crop, encode, write shards.
+
+    python benchmarks/bench_corpus.py [--sections A1,A2,...] [--workers 1,2] [--kinds genes,paired]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+
+def _warm():
+    import stamp_st.corpus.build  # noqa: F401
+    import stamp_st.preprocessing.crops  # noqa: F401
+    import stamp_st.readers  # noqa: F401
+    import stamp_st.readers.slide  # noqa: F401
+
+    return True
+
+
+def main(argv=None) -> int:
+    from distributed import Client, LocalCluster
+
+    from stamp_st.corpus.build import BuildConfig, build_corpus
+    from stamp_st.corpus.manifest import her2st_manifest
+    from stamp_st.paths import her2st_dir, vocab_file
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sections", default="A1,A2,A3,B1,B2,B3,C1,D1", help="gene-corpus sections")
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--kinds", default="genes,paired")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    root = her2st_dir()
+    rows = []
+    for kind in args.kinds.split(","):
+        entries = (her2st_manifest(root, sections=args.sections.split(",")) if kind == "genes"
+                   else her2st_manifest(root, with_image_only=True))
+        for w in map(int, args.workers.split(",")):
+            cluster = LocalCluster(n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=logging.ERROR)
+            client = Client(cluster)
+            client.run(_warm)
+            with tempfile.TemporaryDirectory() as out:
+                cfg = BuildConfig(kind=kind, vocab_path=str(vocab_file()))
+                t0 = time.perf_counter()
+                res = build_corpus(entries, Path(out), cfg, client=client, progress=False)
+                wall = time.perf_counter() - t0
+            client.close()
+            cluster.close()
+            b = res["build"]
+            rows.append({"kind": kind, "workers": w, "slides": len(entries), "spots": b["n_spots_built"],
+                         "patches": b["n_patches_built"], "build_s": round(b["seconds"], 2),
+                         "wall_s_with_manifest": round(wall, 2), "spots_per_s": round(b["spots_per_s"], 1),
+                         "patches_per_s": round(b["patches_per_s"], 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    print(f"{'kind':<8}{'workers':>8}{'slides':>8}{'spots':>8}{'seconds':>9}{'spots/s':>10}{'patches/s':>11}")
+    for r in rows:
+        print(f"{r['kind']:<8}{r['workers']:>8}{r['slides']:>8}{r['spots']:>8}{r['build_s']:>9}"
+              f"{r['spots_per_s']:>10}{r['patches_per_s']:>11}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
