@@ -73,6 +73,7 @@ def test_inspect_and_tokenize_every_her2st_section(tmp_path, capsys, her2st_root
         assert r["vocabulary"]["n_genes_kept"] > 0.8 * r["n_genes"]
         out = tmp_path / f"{sec}.npz"
         assert main(["tokenize", str(her2st_root), "--section", sec, "--out", str(out), "--context", "64"]) == 0
+        assert "wrote" in capsys.readouterr().out
         d = load_npz(out)
         assert len(d["spot_ids"]) + len(d["empty_spot_ids"]) == r["n_spots"]
         assert len(d["empty_spot_ids"]) == r["vocabulary"]["n_empty_spots"]

@@ -39,6 +39,10 @@ VAR_GENE_IDS = "gene_ids"
 OBSM_SPATIAL = "spatial"
 UNS_STAMP = "stamp_st"
 UNS_SPATIAL = "spatial"
+# scanpy's uns["spatial"][library_id] layout (read_visium), kept so that scanpy's plotting works on our samples
+UNS_SPATIAL_IMAGES = "images"
+UNS_SPATIAL_SCALEFACTORS = "scalefactors"
+UNS_SPATIAL_METADATA = "metadata"
 LAYER_COUNTS = "counts"
 
 # ------------------------------------------------------------------ Space Ranger
@@ -77,6 +81,8 @@ HEST_TECHNOLOGY_KEY = "st_technology"
 HEST_SPOT_DIAMETER_KEY = "spot_diameter"
 HEST_SPOT_PITCH_KEY = "inter_spot_dist"
 HEST_LEGACY_ST_TECHNOLOGIES = ("spatial transcriptomics", "st")
+HEST_VISIUM_PREFIX = "visium"
+HEST_VISIUM_HD = "visium hd"
 
 # ------------------------------------------------------------------ her2st (legacy ST, Andersson et al. 2021)
 HER2ST_COUNTS_DIR = "ST-cnts"

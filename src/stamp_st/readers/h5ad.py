@@ -27,6 +27,7 @@ from .constants import (
     UM_PER_PX_METADATA,
     UM_PER_PX_USER,
     UNS_SPATIAL,
+    UNS_SPATIAL_SCALEFACTORS,
     UNS_STAMP,
     VAR_ID_COLUMNS,
     VAR_SYMBOL_COLUMNS,
@@ -109,7 +110,7 @@ def spot_diameter_from_uns(adata) -> float | None:
         return None
     for lib in spatial.values():
         try:
-            return float(lib["scalefactors"][SF_SPOT_DIAMETER])
+            return float(lib[UNS_SPATIAL_SCALEFACTORS][SF_SPOT_DIAMETER])
         except (KeyError, TypeError, ValueError):
             continue
     return None

@@ -20,6 +20,8 @@ from .constants import (
     HEST_SPOT_PITCH_KEY,
     HEST_ST_DIR,
     HEST_TECHNOLOGY_KEY,
+    HEST_VISIUM_HD,
+    HEST_VISIUM_PREFIX,
     HEST_WSI_DIR,
     HEST_WSI_SUFFIXES,
 )
@@ -102,8 +104,17 @@ def read_hest(path: str | Path, section: str | None = None, image_path: str | Pa
     adata = read_anndata_file(h5ad_path)
     meta, meta_path = read_metadata(root, sample_id)
     tech = str(meta.get(HEST_TECHNOLOGY_KEY, "")).strip().lower()
-    grid = GRID_SQUARE if tech in HEST_LEGACY_ST_TECHNOLOGIES else (GRID_HEX if tech.startswith("visium") else None)
+    pitch_um = _float_or_none(meta.get(HEST_SPOT_PITCH_KEY))
     notes = [] if meta_path else [f"no {HEST_METADATA_DIR}/{sample_id}{HEST_METADATA_SUFFIX}: pixel size inferred"]
+    if tech in HEST_LEGACY_ST_TECHNOLOGIES:
+        grid = GRID_SQUARE
+    elif tech.startswith(HEST_VISIUM_PREFIX) and tech != HEST_VISIUM_HD:
+        grid = GRID_HEX
+    else:  # Visium HD bins, Xenium pseudo-spots, ...: grid from the array coordinates, pitch from metadata
+        grid = None
+        if pitch_um is None and meta_path:
+            notes.append(f"technology '{tech}' without '{HEST_SPOT_PITCH_KEY}': spot pitch assumed from the grid "
+                         "shape; pass --um-per-px if the pixel size is wrong")
     if image_path is None:
         image_path = wsi_path(root, sample_id)
         if image_path is None:
@@ -111,7 +122,7 @@ def read_hest(path: str | Path, section: str | None = None, image_path: str | Pa
     return sample_from_anndata(
         adata, h5ad_path, fmt=FORMAT_HEST, sample_id=sample_id, image_path=image_path, um_per_px=um_per_px,
         um_per_px_metadata=metadata_pixel_size(meta, meta_path), grid=grid,
-        spot_pitch_um=_float_or_none(meta.get(HEST_SPOT_PITCH_KEY)),
+        spot_pitch_um=pitch_um,
         spot_diameter_um=_float_or_none(meta.get(HEST_SPOT_DIAMETER_KEY)),
         qc={"notes": notes, "metadata_path": str(meta_path) if meta_path else "", "st_technology": tech},
     )

@@ -33,6 +33,10 @@ from .constants import (
     SR_SCALEFACTORS,
     SR_SPATIAL_DIR,
     UNS_SPATIAL,
+    UNS_SPATIAL_IMAGES,
+    UNS_SPATIAL_METADATA,
+    UNS_SPATIAL_SCALEFACTORS,
+    VAR_GENE_IDS,
     VISIUM_SPOT_DIAMETER_UM,
     VISIUM_SPOT_PITCH_UM,
 )
@@ -146,15 +150,14 @@ def read_spaceranger(path: str | Path, image_path: str | Path | None = None, um_
     pos = positions.loc[counts.obs_names.astype(str)]
     xy = np.column_stack([pos[SR_COL_PXL_COL].to_numpy(np.float64), pos[SR_COL_PXL_ROW].to_numpy(np.float64)])
     lib = library_id or (outs.parent.name if outs.name == SR_OUTS_DIR else outs.name)
-    spatial_uns = {lib: {"images": _load_spatial_images(outs) if load_images else {},
-                         "scalefactors": scalefactors,
-                         "metadata": {"software_version": _software_version(h5), "source_image_path":
-                                      str(image_path) if image_path else ""}}}
+    spatial_uns = {lib: {UNS_SPATIAL_IMAGES: _load_spatial_images(outs) if load_images else {},
+                         UNS_SPATIAL_SCALEFACTORS: scalefactors,
+                         UNS_SPATIAL_METADATA: {SR_H5_SOFTWARE_ATTR: _software_version(h5)}}}
     # the pitch from every grid position (in and out of tissue), not only the spots that have counts
     pitch = um_per_px_from_pitch(positions[SR_COL_ARRAY_ROW], positions[SR_COL_ARRAY_COL],
                                  positions[[SR_COL_PXL_COL, SR_COL_PXL_ROW]].to_numpy(np.float64), GRID_HEX,
                                  VISIUM_SPOT_PITCH_UM)
-    gene_ids = counts.var["gene_ids"].astype(str).tolist() if "gene_ids" in counts.var else None
+    gene_ids = counts.var[VAR_GENE_IDS].astype(str).tolist() if VAR_GENE_IDS in counts.var else None
     return build_sample(
         counts.X, counts.obs_names, counts.var_names, gene_ids,
         pos[SR_COL_ARRAY_ROW].to_numpy(np.int64), pos[SR_COL_ARRAY_COL].to_numpy(np.int64),
