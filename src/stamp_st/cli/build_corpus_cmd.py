@@ -21,6 +21,9 @@ def register(sub) -> None:
     p.add_argument("--threads", action="store_true", help="local workers as threads in this process")
     p.add_argument("--vocab", help="gene vocabulary TSV (default: the released vocabulary in the data directory)")
     p.add_argument("--context", type=int, default=1500, help="tokens per spot (default 1500)")
+    p.add_argument("--unrounded-means", action="store_true",
+                   help="divide by the vocabulary's real means (a vocabulary built from your corpus), not the "
+                        "release's rounded ones")
     p.add_argument("--patch-um", type=float, default=112.0, help="patch side in µm (default 112)")
     p.add_argument("--out-px", type=int, default=224, help="patch/region size after resizing (default 224)")
     p.add_argument("--min-counts", type=int, default=100, help="minimum raw counts per spot (default 100)")
@@ -53,6 +56,7 @@ def run(args) -> int:
     else:
         entries = read_manifest(args.manifest)
     cfg = BuildConfig(kind=args.kind, vocab_path=str(args.vocab or vocab_file()), context=args.context,
+                      rounded_means=not args.unrounded_means,
                       patch_um=args.patch_um, out_px=args.out_px,
                       qc=QCConfig(min_counts=args.min_counts, min_genes=args.min_genes,
                                   require_in_tissue=not args.keep_off_tissue),
