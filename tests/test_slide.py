@@ -152,3 +152,20 @@ def test_bad_inputs(tmp_path):
     badj.write_bytes(b"\xff\xd8 nope")
     with pytest.raises(StampInputError):
         image_size_px(badj)
+
+
+def test_direct_tile_reads_equal_zarr_reads_and_cache_is_bounded(tmp_path):
+    base = pattern(700, 900)
+    path = tmp_path / "pyr.tif"
+    write_pyramid(path, base, levels=2)
+    rng = np.random.default_rng(0)
+    with TiffSlide(path, tile_cache_mb=0.05) as direct, TiffSlide(path) as via_zarr:
+        assert all(p is not None for p in direct._tiled)
+        via_zarr._tiled = [None] * via_zarr.level_count  # force the zarr path
+        for _ in range(20):
+            level = int(rng.integers(0, 2))
+            x0, y0 = (int(v) for v in rng.integers(-50, 800, 2))
+            w, h = (int(v) for v in rng.integers(1, 300, 2))
+            np.testing.assert_array_equal(direct.read_level_region(level, x0, y0, w, h),
+                                          via_zarr.read_level_region(level, x0, y0, w, h))
+        assert direct._tile_cache_bytes <= 0.05 * 2**20 or len(direct._tile_cache) == 1
