@@ -435,11 +435,27 @@ class ImageSlide(Slide):
         self._scales = [1]
         if self._format == "JPEG" and not self._in_memory:
             for k in (2, 4, 8):  # DCT-scaled decodes that libjpeg gives for free
-                lw, lh = -(-w // k), -(-h // k)
-                if min(lw, lh) >= 1:
-                    self.level_dimensions.append((lw, lh))
+                size = self._draft_size(k)
+                if size is not None:
+                    self.level_dimensions.append(size)
                     self._scales.append(k)
         self._arrays: dict[int, np.ndarray] = {}
+
+    def _draft_size(self, scale: int) -> tuple[int, int] | None:
+        """The size PIL's draft mode gives for a 1/scale decode (header only), or None if it would not
+        reduce by exactly that factor."""
+        from PIL import Image
+
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with Image.open(self.path) as im:
+                w, h = im.size
+                im.draft("RGB", (w // scale, h // scale))
+                size = im.size
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+        return size if size == (-(-w // scale), -(-h // scale)) else None
 
     def _key(self) -> str:
         st = self.path.stat()
@@ -454,7 +470,7 @@ class ImageSlide(Slide):
         try:
             with Image.open(self.path) as im:
                 if scale > 1:
-                    im.draft("RGB", (-(-im.size[0] // scale), -(-im.size[1] // scale)))
+                    im.draft("RGB", (im.size[0] // scale, im.size[1] // scale))
                 if im.mode != "RGB":
                     im = im.convert("RGB")
                 im.load()
@@ -484,19 +500,21 @@ class ImageSlide(Slide):
         return arr
 
     def _write_cache(self, target: Path, scale: int) -> None:
-        """Decode once (the only moment the decoded image is in memory) and copy into a .npy memmap in row
-        strips; written atomically so a crash never leaves a truncated cache that later runs would trust."""
+        """Decode once (the only moment the decoded image is in memory: 3 bytes/px) and write a .npy file in
+        row strips with plain writes (a writable memmap would add the whole file to resident memory);
+        written atomically so a crash never leaves a truncated cache that later runs would trust."""
         from ..io_utils import atomic_path
 
         im = self._decode(scale)
         w, h = im.size
-        with atomic_path(target) as tmp:
-            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(h, w, 3))
-            strip = max(1, (64 << 20) // (3 * w))
+        with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+            np.lib.format.write_array_header_1_0(
+                fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                     "shape": (h, w, 3)})
+            strip = max(1, (32 << 20) // (3 * w))
             for y in range(0, h, strip):
-                mm[y:y + strip] = np.asarray(im.crop((0, y, w, min(h, y + strip))))
-            mm.flush()
-            del mm
+                fh.write(im.crop((0, y, w, min(h, y + strip))).tobytes())
+            fh.flush()
         im.close()
 
     def _read_level(self, level, x0, y0, w, h):
