@@ -157,6 +157,14 @@ def test_build_both_kinds_with_two_workers(slides, tmp_path, kind):
         assert len(seen) <= qc["n_spots_kept"]
     assert (tmp_path / kind / "gene_means.tsv").is_file()
     assert res["build"]["n_slides_built"] == 3
+    from stamp_st.corpus.build import verify_corpus
+
+    assert verify_corpus(tmp_path / kind) == []
+    victim = tmp_path / kind / man["shards"][0]["url"]
+    data = bytearray(victim.read_bytes())
+    data[600] ^= 1
+    victim.write_bytes(bytes(data))
+    assert verify_corpus(tmp_path / kind) == [f"{victim.name}: checksum differs from the manifest"]
 
 
 def test_resume_skips_done_slides_and_duplicates_are_reported(slides, tmp_path):

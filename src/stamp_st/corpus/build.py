@@ -551,3 +551,24 @@ def assemble_manifest(out: Path, entries: list[SampleEntry], config: BuildConfig
 
 def with_overrides(config: BuildConfig, **kw) -> BuildConfig:
     return replace(config, **kw)
+
+
+def verify_corpus(corpus_dir: str | Path) -> list[str]:
+    """Problems found when checking every shard of a finished corpus against ``manifest.json`` (size and
+    sha256); empty when the corpus is intact (e.g. after copying it to another disk)."""
+    corpus_dir = Path(corpus_dir)
+    mpath = corpus_dir / MANIFEST_NAME
+    if not mpath.is_file():
+        raise StampInputError("no manifest.json: not a finished corpus", corpus_dir,
+                              hint="run `stamp-st build-corpus` (again) to finish it")
+    man = json.loads(mpath.read_text())
+    problems = []
+    for s in man["shards"]:
+        p = corpus_dir / s["url"]
+        if not p.is_file():
+            problems.append(f"{s['url']}: missing")
+        elif p.stat().st_size != s["bytes"]:
+            problems.append(f"{s['url']}: {p.stat().st_size} bytes, manifest says {s['bytes']}")
+        elif sha256_file(p) != s["sha256"]:
+            problems.append(f"{s['url']}: checksum differs from the manifest")
+    return problems
