@@ -8,7 +8,12 @@ import pytest
 
 from stamp_st.errors import StampInputError
 from stamp_st.evaluation.embeddings_io import (
-    align_sources, read_embedding_h5ad, read_source, read_trident_h5, write_embedding_h5ad, write_trident_h5,
+    align_sources,
+    read_embedding_h5ad,
+    read_source,
+    read_trident_h5,
+    write_embedding_h5ad,
+    write_trident_h5,
 )
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from stamp_st.errors import StampInputError
 from stamp_st.evaluation.splits import given_split, leave_one_slide_out
 from stamp_st.evaluation.stats import bootstrap_interval, t_interval
-from stamp_st.errors import StampInputError
 
 
 def test_t_interval_matches_scipy():

@@ -69,6 +69,11 @@ def _spot_axes(ax, xy, thumb, title):
         img, scale = thumb
         ax.imshow(img)
         pts = xy * scale
+        if len(pts):  # zoom to the spots: the tissue is often a small part of the scanned glass
+            lo, hi = pts.min(axis=0), pts.max(axis=0)
+            pad = 0.06 * float((hi - lo).max()) + 5
+            ax.set_xlim(lo[0] - pad, hi[0] + pad)
+            ax.set_ylim(hi[1] + pad, lo[1] - pad)
     else:
         pts = xy
         ax.invert_yaxis()
@@ -121,7 +126,8 @@ def _scatter_categories(ax, pts, values, s, legend=True):
         m = values == c
         ax.scatter(pts[m, 0], pts[m, 1], s=s, color=colors[c], label=c, linewidths=0, alpha=0.9)
     if legend and 0 < len(cats) <= 20:
-        ax.legend(fontsize=6, markerscale=1.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.legend(fontsize=7, markerscale=1.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.02),
+                  ncol=2)
 
 
 def cluster_maps(xy: np.ndarray, labels: np.ndarray, clusters: dict[str, np.ndarray], thumb=None,
@@ -190,33 +196,37 @@ def retrieval_examples(patches: np.ndarray, examples: list[dict], k: int = 5, ti
 
 
 def metric_bars(rows: list[dict], task: str) -> str | None:
-    """Grouped bars (mean with 95% interval) of one task's metrics, one colour per source."""
+    """One small panel per metric (own scale), a bar per source with its 95% interval."""
     rows = [r for r in rows if r["task"] == task and "mean" in r and not r["metric"].startswith("chance")]
     if not rows:
         return None
-    metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    sources = list(dict.fromkeys(r["source"] for r in rows))
-    fig = _figure(max(4.0, 1.1 * len(metrics) * max(1, len(sources)) / 1.5), 3.2)
-    ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / len(sources)
     from matplotlib import colormaps
 
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    sources = list(dict.fromkeys(r["source"] for r in rows))
     cmap = colormaps["tab10"]
-    for j, s in enumerate(sources):
-        xs, ys, lo, hi = [], [], [], []
-        for i, m in enumerate(metrics):
+    ncol = min(4, len(metrics))
+    nrow = -(-len(metrics) // ncol)
+    fig = _figure(2.6 * ncol, 2.6 * nrow + 0.4)
+    for i, m in enumerate(metrics):
+        ax = fig.add_subplot(nrow, ncol, i + 1)
+        for j, s in enumerate(sources):
             r = next((r for r in rows if r["metric"] == m and r["source"] == s), None)
             if r is None or not np.isfinite(r["mean"]):
                 continue
-            xs.append(i + (j - (len(sources) - 1) / 2) * width)
-            ys.append(r["mean"])
             ok = np.isfinite(r["low"]) and np.isfinite(r["high"])
-            lo.append(r["mean"] - r["low"] if ok else 0.0)
-            hi.append(r["high"] - r["mean"] if ok else 0.0)
-        ax.bar(xs, ys, width=width, color=cmap(j % 10), label=s, yerr=[lo, hi], capsize=3)
-    ax.set_xticks(range(len(metrics)))
-    ax.set_xticklabels(metrics, rotation=20, ha="right", fontsize=8)
-    ax.axhline(0, color="black", linewidth=0.5)
-    ax.legend(fontsize=7, frameon=False)
-    ax.set_title(f"{task}: mean and 95% interval", fontsize=9)
+            err = [[r["mean"] - r["low"]], [r["high"] - r["mean"]]] if ok else None
+            ax.bar([j], [r["mean"]], color=cmap(j % 10), yerr=err, capsize=3, label=s)
+        ax.set_xticks([])
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_title(m, fontsize=8)
+        ax.tick_params(labelsize=7)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=cmap(j % 10), label=s)
+               for j, s in enumerate(sources)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(sources)), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(f"{task}: mean and 95% interval over held-out slides", fontsize=9, y=1.02)
+    fig.subplots_adjust(bottom=0.18)
     return fig_to_b64(fig)
