@@ -20,7 +20,12 @@ COMMAND_MODULES = [
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(prog="stamp-st", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="stamp-st",
+        description="STAMP: pathology image representations supervised by spatial transcriptomics. "
+        "Data flows: inspect/tokenize -> build-corpus -> pretrain-genes -> align -> embed -> evaluate; "
+        "`stamp-st demo` runs all of it on real HER2+ data.",
+    )
     parser.add_argument("--version", action="version", version=f"stamp-st {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
