@@ -81,6 +81,7 @@ class StampModel(nn.Module):
         self.loss_fn = StampLoss(gather=gather and not released, neighbour_radius_um=neighbour_radius_um,
                                  expr_sim_threshold=expr_sim_threshold, neighbour_mode=neighbour_mode)
         self.freeze_gene_encoder = False
+        self.lora: dict | None = None  # set by models.lora.apply_lora
         if freeze_gene_encoder:
             self.set_gene_encoder_frozen(True)
 
@@ -212,7 +213,8 @@ class StampModel(nn.Module):
                 "backbone_kwargs": self.backbone_kwargs,
                 "proj_dim": self.patch_projection.out_features, "released": self.released,
                 "transform": self.transform.to_json(), "native_um_per_px": self.native_um_per_px,
-                "pretext": "vit" if isinstance(self.visual_backbone, PretextViT) else "convnet"}
+                "pretext": "vit" if isinstance(self.visual_backbone, PretextViT) else "convnet",
+                "lora": self.lora}
 
 
 def build_stamp_model(architecture: dict, **kwargs) -> StampModel:
@@ -224,8 +226,14 @@ def build_stamp_model(architecture: dict, **kwargs) -> StampModel:
     backbone.transform = ImageTransform.from_json(architecture["transform"])
     backbone.native_um_per_px = architecture.get("native_um_per_px")
     enc = GeneEncoder(architecture["gene_encoder"])
-    return StampModel(enc, backbone, proj_dim=architecture.get("proj_dim", PROJ_DIM),
-                      released=architecture.get("released", False), **kwargs)
+    model = StampModel(enc, backbone, proj_dim=architecture.get("proj_dim", PROJ_DIM),
+                       released=architecture.get("released", False), **kwargs)
+    if architecture.get("lora"):
+        from .lora import apply_lora
+
+        lo = architecture["lora"]
+        apply_lora(model, lo["r"], lo["alpha"], lo["dropout"], tuple(lo["targets"]))
+    return model
 
 
 @torch.no_grad()

@@ -1,0 +1,77 @@
+"""``stamp-st align``: Stage 2, align an image backbone with a pretrained gene encoder on a ``paired`` corpus
+(four losses: patch<->spot, region<->spot, patch->region, cross-scale patch localisation).
+
+Runs on one process as is, or under ``torchrun --nproc-per-node N -m stamp_st.cli align ...`` (DDP; negatives
+are gathered from every process). Re-running the same command resumes from the run's latest checkpoint.
+Every checkpoint is a ``stamp`` folder usable by ``stamp-st embed``."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("align", help="Stage 2: align an image backbone with the gene encoder",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("corpus", help="corpus folder (or its manifest.json) built with --kind paired")
+    p.add_argument("--backbone", default="efficientnet_lite0",
+                   help="efficientnet_lite0 (offline default), uni, conch_vit_b16 or timm:<name>")
+    p.add_argument("--backbone-weights", help="local weight file of the backbone (UNI, CONCH, timm models)")
+    p.add_argument("--image-px", type=int, help="model input side in px (default: the backbone's, 224)")
+    p.add_argument("--gene-encoder", required=True,
+                   help="Stage-1 run or checkpoint folder (stamp-st pretrain-genes), or random:<config> for tests")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.csv, tb/)")
+    p.add_argument("--freeze-gene-encoder", action="store_true",
+                   help="the paper's setting: gene encoder frozen, its features cached once per spot")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--freeze-backbone", action="store_true", help="train only heads, pretext token and thumbnail map")
+    g.add_argument("--lora", type=int, default=0, metavar="R", help="LoRA of rank R on the ViT attention (qkv)")
+    p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the ViT blocks")
+    p.add_argument("--neighbour-radius-um", type=float,
+                   help="mask same-slide negatives closer than this to the anchor (off by default)")
+    p.add_argument("--expr-sim-threshold", type=float,
+                   help="mask negatives whose gene features have cosine similarity above this")
+    p.add_argument("--neighbour-mode", choices=["mask", "soft"], default="mask")
+    p.add_argument("--released-mode", action="store_true",
+                   help="the release's behaviour: its gene pooling, local negatives, no neighbour handling")
+    p.add_argument("--batch-size", type=int, default=16, help="items (2 spots each) per micro-batch and process")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU when present)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                   help="override a trainer setting, e.g. --set ckpt_every=500 (repeatable)")
+    r = p.add_mutually_exclusive_group()
+    r.add_argument("--resume", dest="resume", action="store_const", const=True, default="auto")
+    r.add_argument("--no-resume", dest="resume", action="store_const", const=False)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..errors import StampInputError
+    from ..training.align import AlignConfig, run_align
+
+    trainer = {"max_steps": args.max_steps, "lr": args.lr, "weight_decay": args.weight_decay,
+               "warmup_steps": args.warmup_steps, "precision": args.precision}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise StampInputError(f"--set {item!r} is not KEY=VALUE", hint="e.g. --set ckpt_every=500")
+        try:
+            trainer[key] = json.loads(value)
+        except json.JSONDecodeError:
+            trainer[key] = value
+    cfg = AlignConfig.from_dict({
+        "backbone": args.backbone, "backbone_weights": args.backbone_weights,
+        "image_px": args.image_px, "gene_encoder": args.gene_encoder,
+        "batch_size": args.batch_size, "freeze_gene_encoder": args.freeze_gene_encoder,
+        "freeze_backbone": args.freeze_backbone, "lora": args.lora, "grad_ckpt": args.grad_ckpt,
+        "neighbour_radius_um": args.neighbour_radius_um, "expr_sim_threshold": args.expr_sim_threshold,
+        "neighbour_mode": args.neighbour_mode, "released_mode": args.released_mode,
+        "num_workers": args.num_workers, "trainer": trainer})
+    result = run_align(args.corpus, cfg, args.out, resume=args.resume, device=args.device)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, default=str))
+    return 0

@@ -1,0 +1,278 @@
+"""Stage 2: align an image backbone with a pretrained gene encoder on a ``paired`` corpus (METHOD.md §5),
+on the shared engine (DDP / bf16 / accumulation / atomic checkpoints / exact resume).
+
+Options beyond the release: a frozen gene encoder (the paper's setting) whose pooled features are computed
+once per spot and cached (``GeneFeatureCache``: the encoder then costs nothing after the first epoch);
+frozen backbone or LoRA on the ViT attention; gradient checkpointing; neighbour-aware negatives.
+``released_mode`` reproduces the release: its gene pooling, local negatives, every parameter trained.
+Every checkpoint is a kind ``stamp`` folder that ``stamp_st.models.stamp.load_stamp`` opens alone.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from ..errors import StampInputError
+from ..io_utils import atomic_write_json
+from ..models.stamp import StampModel, pool_gene_states, stamp_checkpoint_config
+from .engine import Trainer, TrainerConfig, dist_env
+
+
+@dataclass
+class AlignConfig:
+    backbone: str = "efficientnet_lite0"
+    backbone_weights: str | None = None
+    image_px: int | None = None  # model input side; default: the backbone's own (224 for all named ones)
+    gene_encoder: str = "random:tiny"  # checkpoint folder / run folder of Stage 1, or random:<config>
+    batch_size: int = 16  # items (2 spots each) per micro-batch and process
+    freeze_gene_encoder: bool = False
+    cache_gene_features: bool = True  # only with a frozen gene encoder
+    freeze_backbone: bool = False
+    lora: int = 0
+    grad_ckpt: bool = False
+    neighbour_radius_um: float | None = None
+    expr_sim_threshold: float | None = None
+    neighbour_mode: str = "mask"
+    released_mode: bool = False
+    num_workers: int = 0
+    shuffle_buffer: int = 500
+    val_max_batches: int = 20
+    trainer: dict = field(default_factory=lambda: {"lr": 1e-4, "weight_decay": 1e-3})
+
+    @classmethod
+    def from_dict(cls, d: dict, source=None) -> AlignConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise StampInputError(f"unknown align settings {sorted(unknown)}", source, f"allowed: {sorted(known)}")
+        cfg = cls(**d)
+        if cfg.released_mode and (cfg.neighbour_radius_um is not None or cfg.expr_sim_threshold is not None):
+            raise StampInputError("neighbour-aware negatives are off in released mode", source,
+                                  "drop --neighbour-radius-um / --expr-sim-threshold or --released-mode")
+        if cfg.freeze_backbone and cfg.lora:
+            raise StampInputError("choose --freeze-backbone or --lora, not both", source)
+        TrainerConfig.from_dict(cfg.trainer, source)
+        return cfg
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def load_gene_encoder(spec: str):
+    """A Stage-1 checkpoint folder, a run folder (its latest checkpoint), or ``random:<config>`` (tests,
+    demos). Returns (GeneEncoder, checkpoint config or None)."""
+    from ..models.checkpoint import load_checkpoint
+    from ..models.gene_encoder import GeneEncoder
+
+    if spec.startswith("random:"):
+        warnings.warn(f"gene encoder {spec}: untrained weights", stacklevel=2)
+        return GeneEncoder(spec[len("random:"):]), None
+    p = Path(spec)
+    latest = p / "checkpoints" / "latest"
+    if latest.is_file():
+        p = p / "checkpoints" / latest.read_text().strip()
+    sd, cfg = load_checkpoint(p, expect_kind="gene_encoder")
+    enc = GeneEncoder(cfg["architecture"])
+    missing, unexpected = enc.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise StampInputError(f"gene encoder weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}",
+                              p, "give a checkpoint written by `stamp-st pretrain-genes`")
+    return enc, cfg
+
+
+def build_align_model(cfg: AlignConfig):
+    from ..models.backbones import create_backbone
+
+    enc, enc_cfg = load_gene_encoder(cfg.gene_encoder)
+    bb = create_backbone(cfg.backbone, weights=cfg.backbone_weights)
+    if cfg.image_px:
+        bb.transform.size_px = int(cfg.image_px)
+    model = StampModel(enc, bb, released=cfg.released_mode, neighbour_radius_um=cfg.neighbour_radius_um,
+                       expr_sim_threshold=cfg.expr_sim_threshold, neighbour_mode=cfg.neighbour_mode,
+                       freeze_gene_encoder=cfg.freeze_gene_encoder)
+    if cfg.freeze_backbone:
+        model.visual_backbone.base_model.requires_grad_(False)
+    if cfg.lora:
+        from ..models.lora import apply_lora
+
+        apply_lora(model, cfg.lora)
+    if cfg.grad_ckpt:
+        model.set_grad_checkpointing(True)
+    model.ddp_find_unused_parameters = True  # e.g. the gene encoder's MLM head never takes part
+    return model, enc_cfg
+
+
+class GeneFeatureCache:
+    """Pooled features of a frozen gene encoder per spot (key: slide id + spot id), computed on first sight.
+
+    Exactly what the model would compute every step (it is frozen and in eval mode), at a fraction of the
+    cost: the gene encoder runs once per spot instead of once per spot and epoch."""
+
+    def __init__(self):
+        self.features: dict[str, torch.Tensor] = {}
+        self.hits = self.misses = 0
+
+    def fill(self, batch: dict, model: StampModel) -> dict:
+        keys = [f"{sid}\x00{spot}" for sid, pair in zip(batch["slide_id"], batch["spot_id"]) for spot in pair]
+        tokens = batch["tokens"].reshape(len(keys), -1)
+        todo = [i for i, k in enumerate(keys) if k not in self.features]
+        if todo:
+            dev = model.logit_scale.device
+            with torch.no_grad():
+                f = pool_gene_states(model.spot_backbone, tokens[todo].to(dev), model.pooling).float().cpu()
+            for i, row in zip(todo, f):
+                self.features[keys[i]] = row
+        self.misses += len(todo)
+        self.hits += len(keys) - len(todo)
+        feats = torch.stack([self.features[k] for k in keys]).reshape(*batch["tokens"].shape[:2], -1)
+        return {**batch, "gene_feat": feats, "tokens": None}
+
+
+class CachedGeneBatches:
+    """Wraps a loader: every batch gets ``gene_feat`` from the cache; epochs pass through."""
+
+    def __init__(self, loader, model: StampModel, cache: GeneFeatureCache):
+        self.loader, self.model, self.cache = loader, model, cache
+
+    def set_epoch(self, epoch: int) -> None:
+        ds = getattr(self.loader, "dataset", self.loader)
+        if hasattr(ds, "set_epoch"):
+            ds.set_epoch(epoch)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield self.cache.fill(batch, self.model)
+
+
+def make_val_fn(loader, max_batches: int):
+    """Mean of every loss and of CSP accuracy over held-out slides (rank-averaged)."""
+
+    def val_fn(model) -> dict:
+        import torch.distributed as dist
+
+        raw = getattr(model, "module", model)
+        sums, n = {}, 0
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(0)
+        with torch.no_grad():
+            for i, batch in enumerate(loader):
+                if i >= max_batches:
+                    break
+                out = raw(batch)
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n += 1
+        vec = torch.tensor([sums.get(k, 0.0) for k in sorted(sums)] + [n], dtype=torch.float64)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(vec)
+        total = float(vec[-1])
+        return {k: float(v) / total for k, v in zip(sorted(sums), vec[:-1])} if total else {}
+
+    return val_fn
+
+
+def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resume: str | bool = "auto",
+              device: str | None = None, train_data=None, val_data=None) -> dict:
+    """Train; ``train_data``/``val_data`` replace the corpus loaders (tests, synthetic data)."""
+    rank, world, _ = dist_env()
+    tcfg = TrainerConfig.from_dict(dict(cfg.trainer))
+    torch.manual_seed(tcfg.seed)
+    model, enc_cfg = build_align_model(cfg)
+    crop, tokenizer, vocab = None, None, None
+    if enc_cfg is not None:
+        vocab, tokenizer = enc_cfg.get("vocabulary"), enc_cfg.get("tokenizer")
+    if corpus is not None:
+        from torch.utils.data import DataLoader
+
+        from ..corpus.datasets import PairedSpotDataset, collate_pairs, load_corpus_manifest
+
+        manifest, _ = load_corpus_manifest(corpus)
+        if manifest.get("kind") != "paired":
+            raise StampInputError(f"align needs a 'paired' corpus, this one is {manifest.get('kind')!r}", corpus,
+                                  "build one with `stamp-st build-corpus MANIFEST OUT --kind paired`")
+        crop = manifest.get("crop_geometry")
+        tokenizer = manifest.get("tokenizer", tokenizer)
+        man_ck = manifest.get("vocab", {}).get("checksum")
+        if vocab is not None and man_ck and vocab.get("checksum") not in (None, man_ck):
+            raise StampInputError(f"corpus vocabulary {man_ck} differs from the gene encoder's "
+                                  f"{vocab.get('checksum')}", corpus, "build the corpus with the same vocabulary")
+
+        def loader(split, shuffle, equalize):
+            ds = PairedSpotDataset(corpus, split=split, seed=tcfg.seed, shuffle=shuffle,
+                                   buffer_size=cfg.shuffle_buffer, rank=rank, world_size=world, equalize=equalize)
+            return DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate_pairs,
+                              drop_last=shuffle)
+
+        train_data = loader("train", True, "drop" if world > 1 else None)
+        if manifest.get("splits", {}).get("val", {}).get("n_samples", 0) > 0:
+            val_data = loader("val", False, "pad" if world > 1 else None)
+    if train_data is None:
+        raise StampInputError("no training data: give a corpus")
+    cache = None
+    if cfg.freeze_gene_encoder and cfg.cache_gene_features:
+        cache = GeneFeatureCache()
+        train_data = CachedGeneBatches(train_data, model, cache)
+        if val_data is not None:
+            val_data = CachedGeneBatches(val_data, model, cache)
+    val_fn = make_val_fn(val_data, cfg.val_max_batches) if val_data is not None else None
+
+    def ck_config():
+        return stamp_checkpoint_config(model, vocabulary=vocab, tokenizer=tokenizer, crop_geometry=crop,
+                                       align=cfg.to_json())
+
+    if rank == 0:
+        atomic_write_json(Path(out) / "align_config.json", {**cfg.to_json(), "corpus": str(corpus)})
+    trainer = Trainer(model, tcfg, out, train_data, val_fn=val_fn, checkpoint_config=ck_config, device=device)
+    result = trainer.fit(resume=resume)
+    if cache is not None:
+        result = {**result, "gene_cache": {"spots": len(cache.features), "hits": cache.hits, "misses": cache.misses}}
+    return result
+
+
+class SyntheticPairs(torch.utils.data.IterableDataset):
+    """In-memory Stage-2 batches with the corpus contract, where image colour encodes the spot's gene
+    program, so alignment is learnable (tests, demos). Order is a pure function of (seed, epoch)."""
+
+    def __init__(self, n_items: int = 32, img_px: int = 64, context: int = 32, vocab_size: int = 200,
+                 batch_size: int = 4, seed: int = 0):
+        import numpy as np
+
+        self.n_items, self.batch_size, self.seed, self.epoch = n_items, batch_size, seed, 0
+        rng = np.random.default_rng(seed)
+        programs = np.stack([rng.permutation(vocab_size) for _ in range(4)])
+        colours = np.array([[200, 60, 60], [60, 200, 60], [60, 60, 200], [200, 200, 60]], np.uint8)
+        self.items = []
+        for i in range(n_items):
+            pair = {}
+            progs = [rng.integers(0, 4), rng.integers(0, 4)]
+            toks = np.zeros((2, context), np.int64)
+            for s, p in enumerate(progs):
+                toks[s] = programs[p][np.argsort(np.arange(vocab_size) + rng.normal(0, 3, vocab_size))][:context] + 30
+            img = np.stack([np.broadcast_to(colours[p], (img_px, img_px, 3)) for p in progs]).copy()
+            img = np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+            pair["patch"] = torch.from_numpy(img)
+            pair["region"] = torch.from_numpy(img.copy())
+            pair["thumb"] = torch.from_numpy(img[:, :16, :16].copy())
+            pair["region_label"] = torch.from_numpy(rng.integers(0, 9, 2))
+            pair["region_valid"] = torch.tensor([True, bool(i % 3)])
+            pair["tokens"] = torch.from_numpy(toks)
+            pair["xy_um"] = torch.from_numpy(rng.uniform(0, 3000, (2, 2)).astype(np.float32))
+            pair["slide_id"] = f"syn{i % 2}"
+            pair["spot_id"] = [f"a{i}", f"b{i}"]
+            self.items.append(pair)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        import numpy as np
+
+        from ..corpus.datasets import collate_pairs
+
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_items)
+        for i in range(0, self.n_items - self.batch_size + 1, self.batch_size):
+            yield collate_pairs([self.items[int(j)] for j in order[i:i + self.batch_size]])

@@ -1,0 +1,88 @@
+"""Stage-2 training on the shared engine: cached frozen gene features, checkpoints that load alone, LoRA."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from stamp_st.models.stamp import load_stamp
+from stamp_st.training.align import AlignConfig, GeneFeatureCache, SyntheticPairs, run_align
+
+torch.set_num_threads(1)
+
+
+def test_align_runs_with_cached_frozen_gene_encoder_and_writes_a_stamp_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    from stamp_st.models.backbones import create_backbone
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vit = create_backbone("timm:vit_tiny_patch16_224", pretrained=False).model
+    save_file(vit.state_dict(), str(tmp_path / "vit.safetensors"))
+    cfg = AlignConfig.from_dict({
+        "backbone": "timm:vit_tiny_patch16_224", "backbone_weights": str(tmp_path / "vit.safetensors"),
+        "image_px": 64, "gene_encoder": "random:tiny", "batch_size": 4,
+        "freeze_gene_encoder": True, "neighbour_radius_um": 200.0,
+        "trainer": {"max_steps": 4, "lr": 1e-3, "precision": "fp32", "progress": False, "tensorboard": False,
+                    "log_every": 1}})
+    data = SyntheticPairs(n_items=8, img_px=64, context=32, batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run_align(None, cfg, tmp_path / "run", device="cpu", train_data=data)
+    cache = result["gene_cache"]
+    assert cache["spots"] == 16 and cache["misses"] == 16 and cache["hits"] == 16  # 2 epochs, computed once
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_stamp(tmp_path / "run" / "checkpoints" / latest)
+    assert model.stamp_config["kind"] == "stamp" and model.stamp_config["align"]["freeze_gene_encoder"]
+    with torch.no_grad():
+        v = model.encode_image(data.items[0]["patch"])
+    assert v.shape == (2, 512) and torch.isfinite(v).all()
+
+
+def test_cache_returns_what_the_frozen_encoder_computes():
+    from stamp_st.models.backbones import create_backbone
+    from stamp_st.models.gene_encoder import GeneEncoder
+    from stamp_st.models.stamp import StampModel
+
+    model = StampModel(GeneEncoder("tiny"), create_backbone("efficientnet_lite0"), freeze_gene_encoder=True)
+    data = SyntheticPairs(n_items=4, context=32, batch_size=4)
+    batch = next(iter(data))
+    filled = GeneFeatureCache().fill(batch, model)
+    direct = model.gene_features(batch["tokens"].reshape(8, -1)).reshape(4, 2, -1)
+    torch.testing.assert_close(filled["gene_feat"], direct)
+
+
+def test_lora_trains_adapters_only_and_reloads(tmp_path):
+    from stamp_st.models.backbones import create_backbone
+    from stamp_st.models.gene_encoder import GeneEncoder
+    from stamp_st.models.lora import apply_lora
+    from stamp_st.models.stamp import StampModel, save_stamp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bb = create_backbone("timm:vit_tiny_patch16_224", pretrained=False, img_size=64)
+    bb.transform.size_px = 64
+    model = StampModel(GeneEncoder("tiny"), bb)
+    n = apply_lora(model, r=4)
+    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
+    backbone_trainable = {k for k in trainable if k.startswith("visual_backbone.base_model.")}
+    assert backbone_trainable and all("lora_" in k for k in backbone_trainable)
+    assert n == sum(p.numel() for k, p in model.named_parameters() if k in backbone_trainable)
+    assert "visual_backbone.p_visual" in trainable and "positioning_projection.weight" in trainable
+    batch = next(iter(SyntheticPairs(n_items=2, context=32, batch_size=2)))
+    model(batch)["loss"].backward()
+    with torch.no_grad():  # adapters start at zero (lora_B): give them a value so the reload is checked
+        for k, p in model.named_parameters():
+            if "lora_B" in k:
+                p.normal_()
+    save_stamp(tmp_path / "ck", model.eval())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = load_stamp(tmp_path / "ck")
+    x = batch["patch"][0]
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_image(x), model.encode_image(x))
