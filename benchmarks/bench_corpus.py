@@ -34,12 +34,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sections", default="A1,A2,A3,B1,B2,B3,C1,D1", help="gene-corpus sections")
     ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--kinds", default="genes,paired")
+    ap.add_argument("--kinds", default="genes,paired,paired-qoi", help="genes, paired (PNG), paired-qoi")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     root = her2st_dir()
     rows = []
-    for kind in args.kinds.split(","):
+    for label in args.kinds.split(","):
+        kind, _, codec = label.partition("-")
         entries = (her2st_manifest(root, sections=args.sections.split(",")) if kind == "genes"
                    else her2st_manifest(root, with_image_only=True))
         for w in map(int, args.workers.split(",")):
@@ -48,21 +49,21 @@ def main(argv=None) -> int:
             client = Client(cluster)
             client.run(_warm)
             with tempfile.TemporaryDirectory() as out:
-                cfg = BuildConfig(kind=kind, vocab_path=str(vocab_file()))
+                cfg = BuildConfig(kind=kind, vocab_path=str(vocab_file()), image_codec=codec or "png")
                 t0 = time.perf_counter()
                 res = build_corpus(entries, Path(out), cfg, client=client, progress=False)
                 wall = time.perf_counter() - t0
             client.close()
             cluster.close()
             b = res["build"]
-            rows.append({"kind": kind, "workers": w, "slides": len(entries), "spots": b["n_spots_built"],
+            rows.append({"kind": label, "workers": w, "slides": len(entries), "spots": b["n_spots_built"],
                          "patches": b["n_patches_built"], "build_s": round(b["seconds"], 2),
                          "wall_s_with_manifest": round(wall, 2), "spots_per_s": round(b["spots_per_s"], 1),
                          "patches_per_s": round(b["patches_per_s"], 1)})
             print(json.dumps(rows[-1]), flush=True)
-    print(f"{'kind':<8}{'workers':>8}{'slides':>8}{'spots':>8}{'seconds':>9}{'spots/s':>10}{'patches/s':>11}")
+    print(f"{'kind':<11}{'workers':>8}{'slides':>8}{'spots':>8}{'seconds':>9}{'spots/s':>10}{'patches/s':>11}")
     for r in rows:
-        print(f"{r['kind']:<8}{r['workers']:>8}{r['slides']:>8}{r['spots']:>8}{r['build_s']:>9}"
+        print(f"{r['kind']:<11}{r['workers']:>8}{r['slides']:>8}{r['spots']:>8}{r['build_s']:>9}"
               f"{r['spots_per_s']:>10}{r['patches_per_s']:>11}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -390,3 +390,21 @@ def test_paired_items_and_partners(built):
     # partners: a different spot, spread over the shard
     p = ds.partners(0, 7, epoch=0)
     assert (p != np.arange(7)).all() and p.min() >= 0 and p.max() < 7
+
+
+def test_png_and_qoi_shards_hold_the_same_pixels(slides, tmp_path):
+    from stamp_st.corpus.shards import iter_shard
+
+    tmp, vocab = slides
+    outs = {}
+    for codec in ("png", "qoi"):
+        outs[codec] = tmp_path / codec
+        build_corpus(tmp / "manifest.tsv", outs[codec], _config(vocab, "paired", image_codec=codec), workers=1,
+                     processes=False, progress=False)
+    man = json.loads((outs["png"] / "manifest.json").read_text())
+    name = man["shards"][0]["url"]
+    a, b = list(iter_shard(str(outs["png"] / name))), list(iter_shard(str(outs["qoi"] / name)))
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        for f in ("patch", "region", "thumb"):
+            assert np.array_equal(x[f"{f}.png"], y[f"{f}.qoi"])

@@ -31,7 +31,15 @@ from ..errors import StampInputError
 from ..io_utils import atomic_path, atomic_write_json
 from . import qc as qcmod
 from .manifest import SampleEntry, read_manifest
-from .shards import balanced_sizes, encode_npy, encode_sample, sha256_file, shard_name, write_shard
+from .shards import (
+    IMAGE_CODECS,
+    balanced_sizes,
+    encode_npy,
+    encode_sample,
+    sha256_file,
+    shard_name,
+    write_shard,
+)
 
 FORMAT_VERSION = 1
 KINDS = ("genes", "paired")
@@ -57,12 +65,15 @@ class BuildConfig:
     seed: int = 0
     shard_size: int | None = None
     chunk_spots: int = 256
+    image_codec: str = "png"
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise StampInputError(f"unknown corpus kind {self.kind!r}", hint=f"use one of {KINDS}")
         if self.shard_size is None:
             object.__setattr__(self, "shard_size", DEFAULT_SHARD_SIZE[self.kind])
+        if self.image_codec not in IMAGE_CODECS:
+            raise StampInputError(f"unknown image codec {self.image_codec!r}", hint=f"use one of {IMAGE_CODECS}")
         if self.shard_size < 1 or self.chunk_spots < 1:
             raise StampInputError("shard_size and chunk_spots must be >= 1")
 
@@ -89,7 +100,7 @@ class BuildConfig:
         d["vocab_checksum"] = vocab_checksum
         d["format_version"] = FORMAT_VERSION
         if self.kind == "genes":
-            for k in ("patch_um", "out_px", "region_factor", "thumb_px"):
+            for k in ("patch_um", "out_px", "region_factor", "thumb_px", "image_codec"):
                 d.pop(k)
             d["qc"] = {k: v for k, v in d["qc"].items() if k != "max_outside_fraction"}
         return d
@@ -334,6 +345,7 @@ def _write_paired_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, xy_px, um
     from ..preprocessing.crops import extract_spot_crops
 
     geometry = cfg.geometry()
+    ext = cfg.image_codec
     order = kept[_seed_for(cfg.seed, sid, 0).permutation(len(kept))]
     start = 0
     for k, size in enumerate(balanced_sizes(len(order), cfg.shard_size)):
@@ -349,7 +361,8 @@ def _write_paired_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, xy_px, um
                     xy = xy_px[s]
                     yield encode_sample({
                         "__key__": f"{sid}--{spot_ids[s]}".replace(".", "_"),
-                        "patch.png": crops.patch[i], "region.png": crops.region[i], "thumb.png": crops.thumb[i],
+                        f"patch.{ext}": crops.patch[i], f"region.{ext}": crops.region[i],
+                        f"thumb.{ext}": crops.thumb[i],
                         "tokens.npy": _trim(tok[i]),
                         "meta.json": {"slide_id": sid, "spot_id": str(spot_ids[s]),
                                       "xy_px": [float(xy[0]), float(xy[1])],
@@ -539,7 +552,7 @@ def assemble_manifest(out: Path, entries: list[SampleEntry], config: BuildConfig
         "crop_geometry": config.geometry().to_json() if config.kind == "paired" else None,
         "qc": {"config": config.qc.to_json(), "total": qc_total, "skipped_slides": skipped},
         "fields": (["tokens.npy", "spot_valid.npy", "meta.json"] if config.kind == "genes" else
-                   ["patch.png", "region.png", "thumb.png", "tokens.npy", "meta.json"]),
+                   [f"{f}.{config.image_codec}" for f in ("patch", "region", "thumb")] + ["tokens.npy", "meta.json"]),
         "gene_means": {"file": GENE_MEANS_NAME, "sha256": sha256_file(means_path)},
         "totals": {"n_slides": len(slides), "n_shards": len(shards),
                    "n_samples": sum(s["n_samples"] for s in slides), "n_spots": sum(s["n_spots"] for s in slides)},

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import StampInputError
-from .shards import decode_sample, iter_shard_raw
+from .shards import IMAGE_CODECS, decode_sample, iter_shard_raw
 
 
 def load_corpus_manifest(manifest: str | Path | dict) -> tuple[dict, str]:
@@ -218,17 +218,24 @@ class PairedSpotDataset(_ShardDataset):
     def _pair(self, a: dict, b: dict) -> dict:
         ma, mb = a["meta.json"], b["meta.json"]
 
-        def two(key):
-            return torch.from_numpy(np.stack([a[key], b[key]]))
+        def two(name):
+            return torch.from_numpy(np.stack([_image(a, name), _image(b, name)]))
 
-        return {"patch": two("patch.png"), "region": two("region.png"),
+        return {"patch": two("patch"), "region": two("region"),
                 "region_label": torch.tensor([ma["region_label"], mb["region_label"]], dtype=torch.int64),
                 "region_valid": torch.tensor([ma["region_valid"], mb["region_valid"]], dtype=torch.bool),
-                "thumb": two("thumb.png"),
+                "thumb": two("thumb"),
                 "tokens": torch.from_numpy(np.stack([_pad(a["tokens.npy"], self.context),
                                                      _pad(b["tokens.npy"], self.context)])),
                 "xy_um": torch.tensor([ma["xy_um"], mb["xy_um"]], dtype=torch.float32),
                 "slide_id": ma["slide_id"], "spot_id": [ma["spot_id"], mb["spot_id"]]}
+
+
+def _image(sample: dict, name: str) -> np.ndarray:
+    for ext in IMAGE_CODECS:
+        if f"{name}.{ext}" in sample:
+            return sample[f"{name}.{ext}"]
+    raise KeyError(f"sample {sample.get('__key__')} has no {name} image")
 
 
 def _collate(batch: list[dict], str_keys: tuple[str, ...]) -> dict:

@@ -4,9 +4,10 @@ A shard is a plain POSIX tar whose members are ``<key>.<field>``; samples are re
 reader. Members carry mtime 0 and no user names, so a rebuilt shard is byte-identical to the first build and
 its sha256 in the corpus manifest stays valid across resumes.
 
-Field encodings (by extension): ``.npy`` numpy arrays (tokens int32, flags), ``.png`` uint8 RGB images
-(lossless, zlib level 1: about half the size of raw arrays at ~4 ms per 224 px image), ``.json`` small
-metadata, ``.txt`` UTF-8 strings.
+Field encodings (by extension): ``.npy`` numpy arrays (tokens int32, flags); uint8 RGB images as ``.png``
+(lossless, zlib level 1: ~0.6x the size of raw arrays; the format every WebDataset pipeline decodes) or
+``.qoi`` (lossless QOI: about the same size, ~10x faster to encode and ~4x faster to decode, read through
+imagecodecs); ``.json`` small metadata; ``.txt`` UTF-8 strings.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 PNG_COMPRESS_LEVEL = 1
+IMAGE_CODECS = ("png", "qoi")
 SHARD_SUFFIX = ".tar"
 
 
@@ -35,19 +37,34 @@ def decode_npy(data: bytes) -> np.ndarray:
 
 
 def encode_png(img: np.ndarray) -> bytes:
-    from PIL import Image
+    import imagecodecs
 
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).save(buf, format="PNG",
-                                                                    compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
+    return bytes(imagecodecs.png_encode(np.ascontiguousarray(img, dtype=np.uint8), level=PNG_COMPRESS_LEVEL))
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    from PIL import Image
+    import imagecodecs
 
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
+    a = imagecodecs.png_decode(data)
+    return a if a.ndim == 3 and a.shape[2] == 3 else _to_rgb(a)
+
+
+def encode_qoi(img: np.ndarray) -> bytes:
+    import imagecodecs
+
+    return bytes(imagecodecs.qoi_encode(np.ascontiguousarray(img, dtype=np.uint8)))
+
+
+def decode_qoi(data: bytes) -> np.ndarray:
+    import imagecodecs
+
+    return _to_rgb(imagecodecs.qoi_decode(data))
+
+
+def _to_rgb(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 2:
+        return np.repeat(a[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(a[:, :, :3])
 
 
 def encode_sample(sample: Mapping) -> dict[str, bytes | str]:
@@ -61,6 +78,8 @@ def encode_sample(sample: Mapping) -> dict[str, bytes | str]:
             out[k] = encode_npy(np.asarray(v))
         elif ext == "png":
             out[k] = encode_png(v)
+        elif ext == "qoi":
+            out[k] = encode_qoi(v)
         elif ext == "json":
             out[k] = json.dumps(v, sort_keys=True, separators=(",", ":")).encode()
         elif ext == "txt":
@@ -84,6 +103,8 @@ def decode_sample(raw: Mapping, fields: set[str] | None = None) -> dict:
             out[k] = decode_npy(v)
         elif ext == "png":
             out[k] = decode_png(v)
+        elif ext == "qoi":
+            out[k] = decode_qoi(v)
         elif ext == "json":
             out[k] = json.loads(v)
         elif ext == "txt":
