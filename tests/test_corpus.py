@@ -238,6 +238,12 @@ def test_paired_skips_slide_without_pixel_size(tmp_path):
     skipped = res["manifest"]["qc"]["skipped_slides"]
     assert [(s["slide_id"], s["reason"]) for s in skipped] == [("B", "no_pixel_size")]
     assert [s["slide_id"] for s in res["manifest"]["slides"]] == ["A"]
+    # a gene corpus keeps B: without a grid every spot is a centre-only group
+    genes = build_corpus(entries_from_records(rows), tmp_path / "genes", _config(_vocab(tmp_path), "genes"),
+                         workers=1, processes=False, progress=False)["manifest"]
+    by_id = {s["slide_id"]: s for s in genes["slides"]}
+    assert by_id["B"]["n_samples"] == by_id["B"]["n_spots"] > 0
+    assert by_id["A"]["n_samples"] < by_id["A"]["n_spots"] / 3
 
 
 # ---------------------------------------------------------------- kill and resume

@@ -211,7 +211,7 @@ def _gene_groups(adata, kept: np.ndarray) -> np.ndarray:
     if n and "array_row" in obs and "array_col" in obs:
         row = obs["array_row"].to_numpy(np.float64)[kept]
         col = obs["array_col"].to_numpy(np.float64)[kept]
-        ok = np.isfinite(row) & np.isfinite(col)
+        ok = np.isfinite(row) & np.isfinite(col) & (row >= 0) & (col >= 0)  # readers write -1 for "no grid"
         if ok.sum() > 0:
             sub = np.flatnonzero(ok)
             grid = adata.uns.get("stamp_st", {}).get("grid", "hex")
