@@ -86,3 +86,13 @@ def test_lora_trains_adapters_only_and_reloads(tmp_path):
     x = batch["patch"][0]
     with torch.no_grad():
         torch.testing.assert_close(again.encode_image(x), model.encode_image(x))
+
+
+def test_retrieval_recall_counts_the_true_spot_among_the_top_k():
+    from stamp_st.training.align import retrieval_recall
+
+    g = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    perfect = retrieval_recall(g.clone(), g, ["a"] * 3 + ["b"] * 3, ks=(1, 2))
+    assert perfect["recall@1"] == 1.0 and perfect["chance_recall@1"] == 1 / 3
+    shuffled = retrieval_recall(g[[1, 2, 0, 4, 5, 3]], g, ["a"] * 3 + ["b"] * 3, ks=(1, 3))
+    assert shuffled["recall@1"] == 0.0 and shuffled["recall@3"] == 1.0

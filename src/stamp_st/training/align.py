@@ -148,14 +148,16 @@ class CachedGeneBatches:
             yield self.cache.fill(batch, self.model)
 
 
-def make_val_fn(loader, max_batches: int):
-    """Mean of every loss and of CSP accuracy over held-out slides (rank-averaged)."""
+def make_val_fn(loader, max_batches: int, ks: tuple[int, ...] = (1, 5, 10)):
+    """Mean of every loss and of CSP accuracy over held-out slides (rank-averaged), plus patch -> spot
+    retrieval recall@k among the anchor spots of each held-out slide (this rank's share of them)."""
 
     def val_fn(model) -> dict:
         import torch.distributed as dist
 
         raw = getattr(model, "module", model)
         sums, n = {}, 0
+        img, gene, slides = [], [], []
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(0)
         with torch.no_grad():
@@ -166,13 +168,47 @@ def make_val_fn(loader, max_batches: int):
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n += 1
+                v_emb, g_emb = anchor_embeddings(raw, batch)
+                img.append(v_emb)
+                gene.append(g_emb)
+                slides += list(batch["slide_id"])
         vec = torch.tensor([sums.get(k, 0.0) for k in sorted(sums)] + [n], dtype=torch.float64)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(vec)
         total = float(vec[-1])
-        return {k: float(v) / total for k, v in zip(sorted(sums), vec[:-1])} if total else {}
+        result = {k: float(v) / total for k, v in zip(sorted(sums), vec[:-1])} if total else {}
+        if img:
+            result.update(retrieval_recall(torch.cat(img), torch.cat(gene), slides, ks))
+        return result
 
     return val_fn
+
+
+def anchor_embeddings(model: StampModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stamp_V and Stamp_G of each item's anchor spot (index 0 of the pair)."""
+    dev = model.logit_scale.device
+    v = model.encode_image(batch["patch"][:, 0].to(dev))
+    if batch.get("gene_feat") is not None:
+        g = model.encode_genes(gene_feat=batch["gene_feat"][:, 0].to(dev))
+    else:
+        g = model.encode_genes(batch["tokens"][:, 0].to(dev))
+    return v.float().cpu(), g.float().cpu()
+
+
+def retrieval_recall(img: torch.Tensor, gene: torch.Tensor, slides: list[str], ks=(1, 5, 10)) -> dict:
+    """Mean over slides of patch -> spot recall@k (the true spot among the k most similar spots of the same
+    slide), with chance level beside it."""
+    out: dict[str, list[float]] = {}
+    for sl in dict.fromkeys(slides):
+        idx = torch.tensor([i for i, s in enumerate(slides) if s == sl])
+        if len(idx) < 2:
+            continue
+        sim = img[idx] @ gene[idx].T
+        rank = (sim > sim.diagonal()[:, None]).sum(1)  # spots scored above the true one
+        for k in ks:
+            out.setdefault(f"recall@{k}", []).append(float((rank < k).float().mean()))
+            out.setdefault(f"chance_recall@{k}", []).append(min(k, len(idx)) / len(idx))
+    return {k: sum(v) / len(v) for k, v in out.items()}
 
 
 def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resume: str | bool = "auto",
