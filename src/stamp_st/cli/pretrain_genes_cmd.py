@@ -34,6 +34,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import os
+
     from ..errors import StampInputError
     from ..preprocessing.vocab import GeneVocabulary
     from ..training.pretrain_genes import PretrainConfig, run_pretrain
@@ -46,7 +48,7 @@ def run(args) -> int:
     if args.max_steps is not None:
         cfg.epochs = None
         cfg.trainer["max_steps"] = args.max_steps
-        if cfg.phases and any("epochs" in ph for ph in cfg.phases):
+        if cfg.phases and any("epochs" in ph for ph in cfg.phases) and os.environ.get("RANK", "0") == "0":
             print("note: --max-steps with epoch-measured phases: the phases still switch at epoch boundaries")
     if args.batch_size is not None:
         cfg.batch_size = args.batch_size
@@ -63,6 +65,8 @@ def run(args) -> int:
     cfg = PretrainConfig.from_dict(cfg.to_json(), args.config)  # re-validate the overrides
     vocab = GeneVocabulary.from_tsv(args.vocab) if args.vocab else None
     result = run_pretrain(args.corpus, cfg, args.out, resume=args.resume, vocab=vocab, device=args.device)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     val = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.get("val", {}).items()))
     print(f"done: step {result['step']}, epoch {result['epoch']}" + (f"; held-out slides: {val}" if val else ""))
     print(f"checkpoints in {args.out}/checkpoints (latest: {args.out}/checkpoints/latest)")

@@ -495,7 +495,8 @@ class Trainer:
 
             set_state_dict(self.raw_model, self.optimizer, model_state_dict=sd,
                            optim_state_dict=state["optimizer"],
-                           options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+                           options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False,
+                                                    strict=False))  # idle params (e.g. a head) have no state
         else:
             self.raw_model.load_state_dict(sd, strict=True)
             self.optimizer.load_state_dict(state["optimizer"])
