@@ -96,3 +96,27 @@ def test_retrieval_recall_counts_the_true_spot_among_the_top_k():
     assert perfect["recall@1"] == 1.0 and perfect["chance_recall@1"] == 1 / 3
     shuffled = retrieval_recall(g[[1, 2, 0, 4, 5, 3]], g, ["a"] * 3 + ["b"] * 3, ks=(1, 3))
     assert shuffled["recall@1"] == 0.0 and shuffled["recall@3"] == 1.0
+
+
+def test_partial_finetuning_freezes_early_blocks_and_keeps_features(tmp_path):
+    from stamp_st.models.backbones import create_backbone, freeze_early_layers
+
+    bb = create_backbone("efficientnet_lite0")
+    net = bb.model.eval()
+    x = torch.randn(2, 3, 96, 96)
+    seen = []
+    net.blocks[-3].register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    with torch.no_grad():
+        net(x)
+    frozen = freeze_early_layers(net, trainable_blocks=2)
+    assert "conv_stem" in frozen and f"blocks.{len(net.blocks) - 3}" in frozen
+    assert not any(p.requires_grad for p in net.blocks[0].parameters())
+    assert all(p.requires_grad for p in net.blocks[-1].parameters())
+    assert all(p.requires_grad for p in net.conv_head.parameters())
+    net.train()  # frozen BatchNorm keeps its running statistics even in train mode
+    with torch.no_grad():
+        net(x)
+    net.eval()
+    with torch.no_grad():
+        net(x)
+    assert torch.allclose(seen[0], seen[-1], atol=1e-4)  # the frozen part computes what it did before

@@ -25,6 +25,8 @@ def register(subparsers) -> None:
                    help="the paper's setting: gene encoder frozen, its features cached once per spot")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--freeze-backbone", action="store_true", help="train only heads, pretext token and thumbnail map")
+    g.add_argument("--trainable-blocks", type=int, default=None, metavar="N",
+                   help="partial fine-tuning: train only the backbone's last N blocks (and its head)")
     g.add_argument("--lora", type=int, default=0, metavar="R", help="LoRA of rank R on the ViT attention (qkv)")
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the ViT blocks")
     p.add_argument("--neighbour-radius-um", type=float,
@@ -69,6 +71,7 @@ def run(args) -> int:
         "image_px": args.image_px, "gene_encoder": args.gene_encoder,
         "batch_size": args.batch_size, "freeze_gene_encoder": args.freeze_gene_encoder,
         "freeze_backbone": args.freeze_backbone, "lora": args.lora, "grad_ckpt": args.grad_ckpt,
+        "trainable_blocks": args.trainable_blocks,
         "neighbour_radius_um": args.neighbour_radius_um, "expr_sim_threshold": args.expr_sim_threshold,
         "neighbour_mode": args.neighbour_mode, "released_mode": args.released_mode,
         "num_workers": args.num_workers, "trainer": trainer})

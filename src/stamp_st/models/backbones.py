@@ -282,3 +282,24 @@ def _create_backbone(name: str, weights, pretrained: bool, **kwargs) -> Backbone
                         str(weights) if weights else None)
 
     raise StampInputError(f"unknown backbone '{name}'", None, f"choose one of {', '.join(BACKBONE_NAMES)}")
+
+
+def freeze_early_layers(model: nn.Module, trainable_blocks: int) -> list[str]:
+    """Partial fine-tuning: freeze a timm model up to its last ``trainable_blocks`` blocks (stem, early
+    blocks; BatchNorm running statistics too, via timm's ``freeze``); the last blocks and the layers after
+    them (final norm / conv head) stay trainable. Returns the frozen module names."""
+    from timm.utils.model import freeze
+
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise StampInputError(f"{type(model).__name__} has no 'blocks' to count from",
+                              hint="use --freeze-backbone or full fine-tuning for this backbone")
+    n = len(blocks)
+    if not 0 <= trainable_blocks <= n:
+        raise StampInputError(f"trainable_blocks must be within 0..{n} for this backbone")
+    children = [name for name, _ in model.named_children()]
+    before = children[:children.index("blocks")]
+    frozen = before + [f"blocks.{i}" for i in range(n - trainable_blocks)]
+    if frozen:
+        freeze(model, frozen)
+    return frozen

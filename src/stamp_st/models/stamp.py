@@ -291,6 +291,8 @@ def load_stamp(path, device: str | torch.device = "cpu", **model_kwargs) -> Stam
     sd, cfg = load_checkpoint(path, device="cpu", expect_kind="stamp")
     model = build_stamp_model(cfg["architecture"], **model_kwargs)
     missing, unexpected = model.load_state_dict(sd, strict=False)
+    # BatchNorm layers frozen during training (partial fine-tuning) carry no batch counter
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise StampInputError(f"checkpoint does not fit its architecture: missing {missing[:5]}, unexpected "
                               f"{unexpected[:5]}", path, "the checkpoint is damaged or from another version")

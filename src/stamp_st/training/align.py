@@ -32,6 +32,7 @@ class AlignConfig:
     freeze_gene_encoder: bool = False
     cache_gene_features: bool = True  # only with a frozen gene encoder
     freeze_backbone: bool = False
+    trainable_blocks: int | None = None  # partial fine-tuning: only the backbone's last N blocks (+ head) train
     lora: int = 0
     grad_ckpt: bool = False
     neighbour_radius_um: float | None = None
@@ -53,8 +54,8 @@ class AlignConfig:
         if cfg.released_mode and (cfg.neighbour_radius_um is not None or cfg.expr_sim_threshold is not None):
             raise StampInputError("neighbour-aware negatives are off in released mode", source,
                                   "drop --neighbour-radius-um / --expr-sim-threshold or --released-mode")
-        if cfg.freeze_backbone and cfg.lora:
-            raise StampInputError("choose --freeze-backbone or --lora, not both", source)
+        if sum([bool(cfg.freeze_backbone), bool(cfg.lora), cfg.trainable_blocks is not None]) > 1:
+            raise StampInputError("choose one of --freeze-backbone, --lora, --trainable-blocks", source)
         TrainerConfig.from_dict(cfg.trainer, source)
         return cfg
 
@@ -96,6 +97,10 @@ def build_align_model(cfg: AlignConfig):
                        freeze_gene_encoder=cfg.freeze_gene_encoder)
     if cfg.freeze_backbone:
         model.visual_backbone.base_model.requires_grad_(False)
+    if cfg.trainable_blocks is not None:
+        from ..models.backbones import freeze_early_layers
+
+        freeze_early_layers(model.visual_backbone.base_model, cfg.trainable_blocks)
     if cfg.lora:
         from ..models.lora import apply_lora
 
