@@ -10,7 +10,6 @@ computes the 20,340-way head at every position, which dominates its training cos
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -23,8 +22,7 @@ from ..preprocessing.tokenizer import MASK_ID, MODEL_PAD_ID, STORAGE_PAD_ID, TOK
 
 EXTRA_EMBEDDING_ROWS = 5  # the release's embedding has n_tokens + 5 rows
 RELEASED_POOL_START = 3  # the release mean-pools positions 3..context-1 (padding included)
-REGISTERED_CONFIGS = ("reference", "small", "tiny")
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+REGISTERED_CONFIGS = ("reference", "small", "tiny")  # shipped in stamp_st/configs/gene_encoder/
 
 
 @dataclass(frozen=True)
@@ -67,18 +65,10 @@ class GeneEncoderConfig:
     @classmethod
     def load(cls, name_or_path: str | Path) -> GeneEncoderConfig:
         """A registered config (``reference``, ``small``, ``tiny``) or a JSON file."""
-        p = Path(name_or_path)
-        if str(name_or_path) in REGISTERED_CONFIGS:
-            text = (CONFIG_DIR / "gene_encoder" / f"{name_or_path}.json").read_text()
-            return cls.from_json(json.loads(text), f"configs/gene_encoder/{name_or_path}.json")
-        if not p.is_file():
-            raise StampInputError(f"no gene encoder config named {str(name_or_path)!r}", p,
-                                  hint=f"use one of {', '.join(REGISTERED_CONFIGS)} or a JSON file path")
-        try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError as err:
-            raise StampInputError(f"invalid JSON ({err})", p) from err
-        return cls.from_json(d, p)
+        from ..configs import load_config_json
+
+        d, source = load_config_json("gene_encoder", name_or_path)
+        return cls.from_json(d, source)
 
 
 class GeneEncoderLayer(nn.Module):
@@ -157,9 +147,8 @@ class GeneEncoder(nn.Module):
             x = layer(x, attn_mask)
         return x
 
-    @torch.no_grad()
-    def embed(self, tokens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
-        """Spot embedding [N, d].
+    def pool(self, tokens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+        """Spot embedding [N, d], with gradients (Stage 2 trains through it).
 
         ``mean``: mean over the non-padding positions (ours). ``released``: the release's quirk, mean over
         positions 3..context-1 with padding included (input padded to the full context), which drops the
@@ -173,10 +162,17 @@ class GeneEncoder(nn.Module):
             return self.encode(tokens)[:, RELEASED_POOL_START:].mean(dim=1)
         if pooling != "mean":
             raise StampInputError(f"unknown pooling {pooling!r}", hint="use 'mean' or 'released'")
-        valid = (tokens != STORAGE_PAD_ID)
+        valid = tokens != STORAGE_PAD_ID
+        n = max(int(valid.sum(-1).max()), 1) if len(tokens) else 1  # padding past the longest spot: trim
+        tokens, valid = tokens[:, :n], valid[:, :n]
         h = self.encode(tokens)
         w = valid.unsqueeze(-1).to(h.dtype)
         return (h * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+
+    @torch.no_grad()
+    def embed(self, tokens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+        """``pool`` for inference (no gradients)."""
+        return self.pool(tokens, pooling)
 
     # ------------------------------------------------------------------ released weights
     def load_released_state_dict(self, state_dict: dict, strict: bool = True):

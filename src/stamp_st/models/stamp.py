@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..preprocessing.tokenizer import STORAGE_PAD_ID
 from .backbones import Backbone, ImageTransform, normalise_images
-from .gene_encoder import RELEASED_POOL_START, GeneEncoder
+from .gene_encoder import GeneEncoder
 from .losses import LOGIT_SCALE_INIT, StampLoss
 from .pretext import PretextConvNet, PretextViT, csp_windows
 
@@ -40,20 +39,8 @@ def slide_index(slide_ids) -> torch.Tensor:
 
 
 def pool_gene_states(encoder: GeneEncoder, tokens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
-    """Pooled gene feature [N, d] *with* gradients (``GeneEncoder.embed`` is the no-grad inference twin;
-    the two are tested equal). ``released``: mean over positions 3..context-1, padding included."""
-    ctx = encoder.config.context
-    tokens = tokens[:, :ctx]
-    if pooling == "released":
-        if tokens.shape[1] < ctx:
-            tokens = F.pad(tokens, (0, ctx - tokens.shape[1]), value=STORAGE_PAD_ID)
-        return encoder.encode(tokens)[:, RELEASED_POOL_START:].mean(dim=1)
-    valid = tokens != STORAGE_PAD_ID
-    L = max(int(valid.sum(-1).max()), 1)  # padding past the longest spot changes nothing: trim it
-    tokens, valid = tokens[:, :L], valid[:, :L]
-    h = encoder.encode(tokens)
-    w = valid.unsqueeze(-1).to(h.dtype)
-    return (h * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+    """Pooled gene feature [N, d] with gradients (see ``GeneEncoder.pool``)."""
+    return encoder.pool(tokens, pooling)
 
 
 class StampModel(nn.Module):

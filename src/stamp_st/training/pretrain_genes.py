@@ -7,7 +7,6 @@ runs on the corpus manifest's ``val`` split (held-out slides) with fixed masks, 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -17,11 +16,9 @@ import torch
 from ..errors import StampInputError
 from ..io_utils import atomic_write_json
 from ..models.checkpoint import checkpoint_config, load_config
-from ..models.gene_encoder import CONFIG_DIR, GeneEncoder, GeneEncoderConfig, GenePretrainModel
+from ..models.gene_encoder import GeneEncoder, GeneEncoderConfig, GenePretrainModel
 from .engine import Trainer, TrainerConfig, dist_env
 from .schedule import validate_phases
-
-PRETRAIN_CONFIGS = ("demo_cpu", "reference")
 
 
 @dataclass
@@ -39,18 +36,10 @@ class PretrainConfig:
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> PretrainConfig:
-        if str(name_or_path) in PRETRAIN_CONFIGS:
-            path = CONFIG_DIR / "pretrain" / f"{name_or_path}.json"
-        else:
-            path = Path(name_or_path)
-            if not path.is_file():
-                raise StampInputError(f"no pretraining config named {str(name_or_path)!r}", path,
-                                      hint=f"use one of {', '.join(PRETRAIN_CONFIGS)} or a JSON file path")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise StampInputError(f"invalid JSON ({err})", path) from err
-        return cls.from_dict(d, path)
+        from ..configs import load_config_json
+
+        d, source = load_config_json("pretrain", name_or_path)
+        return cls.from_dict(d, source)
 
     @classmethod
     def from_dict(cls, d: dict, source=None) -> PretrainConfig:

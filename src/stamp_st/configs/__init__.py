@@ -1,0 +1,29 @@
+"""Registered configuration files (JSON), shipped with the package: ``gene_encoder/<name>.json`` and
+``pretrain/<name>.json``. One loader resolves a registered name or a user's JSON path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import StampInputError
+
+CONFIG_DIR = Path(__file__).resolve().parent
+
+
+def registered(kind: str) -> tuple[str, ...]:
+    """Names of the configs shipped for ``kind`` (a subfolder of this package)."""
+    return tuple(sorted(p.stem for p in (CONFIG_DIR / kind).glob("*.json")))
+
+
+def load_config_json(kind: str, name_or_path: str | Path) -> tuple[dict, str]:
+    """(parsed JSON, where it came from) for a registered name of ``kind`` or a JSON file path."""
+    names = registered(kind)
+    path = CONFIG_DIR / kind / f"{name_or_path}.json" if str(name_or_path) in names else Path(name_or_path)
+    if not path.is_file():
+        raise StampInputError(f"no {kind.replace('_', ' ')} config named {str(name_or_path)!r}", path,
+                              hint=f"use one of {', '.join(names)} or a JSON file path")
+    try:
+        return json.loads(path.read_text()), str(path)
+    except json.JSONDecodeError as err:
+        raise StampInputError(f"invalid JSON ({err})", path) from err
