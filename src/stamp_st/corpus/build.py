@@ -566,15 +566,20 @@ def with_overrides(config: BuildConfig, **kw) -> BuildConfig:
     return replace(config, **kw)
 
 
+def read_finished_manifest(corpus_dir: str | Path) -> dict:
+    """``manifest.json`` of a finished corpus (it is written last, so its presence means finished)."""
+    mpath = Path(corpus_dir) / MANIFEST_NAME
+    if not mpath.is_file():
+        raise StampInputError("no manifest.json: not a finished corpus", corpus_dir,
+                              hint="run `stamp-st build-corpus` (again) to finish it")
+    return json.loads(mpath.read_text())
+
+
 def verify_corpus(corpus_dir: str | Path) -> list[str]:
     """Problems found when checking every shard of a finished corpus against ``manifest.json`` (size and
     sha256); empty when the corpus is intact (e.g. after copying it to another disk)."""
     corpus_dir = Path(corpus_dir)
-    mpath = corpus_dir / MANIFEST_NAME
-    if not mpath.is_file():
-        raise StampInputError("no manifest.json: not a finished corpus", corpus_dir,
-                              hint="run `stamp-st build-corpus` (again) to finish it")
-    man = json.loads(mpath.read_text())
+    man = read_finished_manifest(corpus_dir)
     problems = []
     for s in man["shards"]:
         p = corpus_dir / s["url"]

@@ -44,15 +44,12 @@ def compute_gene_means(corpus_dir: str | Path, vocab=None, out: str | Path | Non
     """Gene means of a built corpus from its per-slide records -> a ``GeneVocabulary`` (written to ``out``
     when given). ``vocab`` defaults to the released vocabulary; its checksum must match the corpus's."""
     from ..preprocessing.vocab import GeneVocabulary
-    from .build import MANIFEST_NAME
+    from .build import MANIFEST_NAME, read_finished_manifest
     from .shards import decode_npy
 
     corpus_dir = Path(corpus_dir)
     mpath = corpus_dir / MANIFEST_NAME
-    if not mpath.is_file():
-        raise StampInputError("no manifest.json: not a finished corpus", corpus_dir,
-                              hint="run `stamp-st build-corpus` (again) to finish it")
-    man = json.loads(mpath.read_text())
+    man = read_finished_manifest(corpus_dir)
     vocab = vocab or GeneVocabulary.default()
     if vocab.checksum != man["vocab"]["checksum"]:
         raise StampInputError("the vocabulary differs from the corpus's (checksum)", mpath,
