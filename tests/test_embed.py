@@ -1,0 +1,103 @@
+"""Embedding spots and whole-slide tiles: a saved STAMP checkpoint and a plain backbone through the same path."""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from PIL import Image
+
+from stamp_st.preprocessing.vocab import GeneVocabulary
+
+torch.set_num_threads(1)
+
+
+def _tissue_image(path, size_px=600, seed=0):
+    rng = np.random.default_rng(seed)
+    img = np.full((size_px, size_px, 3), 240, np.uint8)
+    img[100:500, 100:500] = rng.integers(90, 200, size=(400, 400, 3), dtype=np.uint8) * np.array([1, 0.5, 1])
+    Image.fromarray(img).save(path, quality=95)
+    return path
+
+
+def _sample(tmp_path, vocab: GeneVocabulary, n=6):
+    rng = np.random.default_rng(1)
+    dense = rng.poisson(2.0, size=(n, len(vocab))).astype(np.float32)
+    dense[n - 1] = 0  # an empty spot: gene embeddings must say so (NaN), not invent one
+    counts = sp.csr_matrix(dense)
+    xy = np.column_stack([np.linspace(200, 400, n), np.full(n, 300.0)])
+    a = ad.AnnData(X=counts, obs=pd.DataFrame(index=[f"s{i}" for i in range(n)]),
+                   var=pd.DataFrame({"gene_ids": list(vocab.gene_ids)}, index=[f"G{i}" for i in range(len(vocab))]))
+    a.obsm["spatial"] = xy
+    a.uns["stamp_st"] = {"sample_id": "toy", "image_path": str(_tissue_image(tmp_path / "he.jpg")),
+                         "um_per_px": 0.5, "source_path": str(tmp_path)}
+    return a
+
+
+@pytest.fixture(scope="module")
+def toy_checkpoint(tmp_path_factory):
+    from stamp_st.models.backbones import create_backbone
+    from stamp_st.models.gene_encoder import GeneEncoder
+    from stamp_st.models.stamp import StampModel, save_stamp
+
+    tmp = tmp_path_factory.mktemp("ck")
+    vocab = GeneVocabulary(tuple(f"ENSG{i:011d}" for i in range(40)), np.ones(40))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = StampModel(GeneEncoder("tiny"), create_backbone("efficientnet_lite0"))
+    save_stamp(tmp / "stamp", model.eval(), vocabulary=vocab, tokenizer={"context": 64, "rounded_means": True})
+    return tmp / "stamp", vocab
+
+
+def test_stamp_checkpoint_embeds_image_genes_and_fusion(toy_checkpoint, tmp_path):
+    from stamp_st.evaluation.embeddings_io import read_embedding_h5ad, write_embedding_h5ad
+    from stamp_st.inference.embed import embed_sample, load_embedder
+
+    path, vocab = toy_checkpoint
+    embedder = load_embedder(str(path), device="cpu")
+    adata = _sample(tmp_path, vocab)
+    out = embed_sample(embedder, adata, batch_size=4)
+    assert out["X_stamp_v"].shape == (6, 512) and out["X_stamp_g"].shape == (6, 512)
+    assert out["X_stamp_f"].shape == (6, 1024) and out["X_backbone"].shape[0] == 6
+    np.testing.assert_allclose(np.linalg.norm(out["X_stamp_v"], axis=1), 1.0, rtol=1e-4)
+    assert np.isnan(out["X_stamp_g"][-1]).all() and np.isfinite(out["X_stamp_g"][:-1]).all()
+    # the same spot's patch gives the same Stamp_V whatever the batch it falls in
+    again = embed_sample(embedder, adata, batch_size=1, with_genes=False)
+    np.testing.assert_allclose(again["X_stamp_v"], out["X_stamp_v"], atol=1e-4)
+
+    f = write_embedding_h5ad(tmp_path / "e.h5ad", out, ["toy"] * 6, list(adata.obs_names), xy_px=adata.obsm["spatial"])
+    back = read_embedding_h5ad(f, key="X_stamp_v")
+    np.testing.assert_allclose(back.emb, out["X_stamp_v"], atol=1e-6)
+
+
+def test_plain_backbone_is_the_baseline_and_has_no_gene_side(tmp_path):
+    from stamp_st.inference.embed import embed_sample, load_embedder
+
+    vocab = GeneVocabulary(tuple(f"ENSG{i:011d}" for i in range(10)), np.ones(10))
+    embedder = load_embedder("backbone:efficientnet_lite0", device="cpu")
+    out = embed_sample(embedder, _sample(tmp_path, vocab, n=3), batch_size=3)
+    assert set(out) == {"X_backbone"} and out["X_backbone"].shape == (3, 1280)
+
+
+def test_whole_slide_tiles_cover_tissue_only(data_root, tmp_path):
+    from stamp_st.inference.embed import embed_slide_tiles, load_embedder
+    from stamp_st.inference.tiling import tile_centers, tissue_mask
+    from stamp_st.readers.slide import open_slide
+
+    svs = data_root / "wsi" / "CMU-1-Small-Region.svs"
+    if not svs.is_file():
+        pytest.skip("CMU-1-Small-Region.svs absent from the data directory")
+    with open_slide(svs) as slide:
+        mask = tissue_mask(slide, thumb_max_px=512)
+        every = tile_centers(slide, 224.0, slide.um_per_px)
+        tissue = tile_centers(slide, 224.0, slide.um_per_px, mask)
+        assert 0 < len(tissue) < len(every)  # the slide has glass around its tissue
+        embedder = load_embedder("backbone:efficientnet_lite0", device="cpu", patch_um=224.0)
+        feats, coords = embed_slide_tiles(embedder, slide, slide.um_per_px, batch_size=16)
+    assert feats.shape == (len(tissue), 1280) and coords.shape == (len(tissue), 2)
+    assert (coords >= 0).all() and (coords[:, 0] < 2220).all() and (coords[:, 1] < 2967).all()
