@@ -12,7 +12,8 @@ Embeddings (all L2-normalised, in the 512-d shared space):
   weigh the same in any Euclidean or cosine method). The paper leaves the fusion undefined; this is ours.
 
 ``released=True`` reproduces the release: gene states pooled over positions 3.. with padding (its quirk),
-negatives not shared across ranks, no neighbour handling. Otherwise padding is excluded from the mean.
+negatives not shared across ranks, no neighbour handling, no standardisation of the pooled gene states
+(``gene_norm``). Otherwise padding is excluded from the mean.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class StampModel(nn.Module):
         self.spot_backbone = gene_encoder
         self.visual_backbone = PretextViT(backbone.model) if backbone.is_vit else PretextConvNet(backbone.model)
         d_img, d_gene = backbone.embed_dim, gene_encoder.config.d_model
+        # Pooled gene states share one dominant direction (cosine ~0.9999 between spots for a briefly
+        # trained encoder), which leaves the contrastive heads almost no spot-to-spot signal to learn from;
+        # standardising each feature over the batch (running statistics at inference) restores it. Off in
+        # released mode, whose weights were trained without it.
+        self.gene_norm = nn.Identity() if released else nn.BatchNorm1d(d_gene, affine=False)
         self.spot_projection = nn.Linear(d_gene, proj_dim)
         self.patch_projection = nn.Linear(d_img, proj_dim)
         self.region_projection = nn.Linear(d_img, proj_dim)
@@ -118,7 +124,8 @@ class StampModel(nn.Module):
         """Stamp_G: [N, 512] L2-normalised, from storage tokens or a cached pooled feature."""
         if gene_feat is None:
             gene_feat = self.gene_features(tokens)
-        return F.normalize(self.spot_projection(gene_feat.to(self.spot_projection.weight.dtype)), dim=-1)
+        gene_feat = self.gene_norm(gene_feat.to(self.spot_projection.weight.dtype))
+        return F.normalize(self.spot_projection(gene_feat), dim=-1)
 
     @staticmethod
     def fuse(stamp_v: torch.Tensor, stamp_g: torch.Tensor) -> torch.Tensor:
