@@ -113,3 +113,16 @@ def test_comma_separated_files_stack_slides_and_intersect_genes(tmp_path):
 
     b = ad.read_h5ad(paths[1])
     assert np.array_equal(s.counts[5:, 0].toarray().ravel(), b[:, "g1"].X.toarray().ravel())
+
+
+def test_training_curves_figure_reads_engine_metrics(tmp_path):
+    import pandas as pd
+
+    from stamp_st.evaluation.figures import training_curves
+
+    rows = [(s, 0, "val", m, v) for s in (0, 20, 40) for m, v in
+            (("recall@1", 0.01 * s), ("chance_recall@1", 0.006), ("csp_acc", 0.1 + s / 100))]
+    rows.append((10, 0, "train", "loss", 3.0))
+    pd.DataFrame(rows, columns=["step", "epoch", "split", "metric", "value"]).to_csv(tmp_path / "m.csv", index=False)
+    assert training_curves(tmp_path / "m.csv", "run")
+    assert training_curves(tmp_path / "absent.csv", "run") is None

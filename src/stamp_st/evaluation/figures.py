@@ -104,7 +104,7 @@ def expression_maps(xy: np.ndarray, true: np.ndarray, pred: np.ndarray, genes, p
                             vmax=vmax, alpha=0.85, linewidths=0)
         fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label="log1p CP10k")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1.04)
     return fig_to_b64(fig)
 
 
@@ -140,7 +140,7 @@ def cluster_maps(xy: np.ndarray, labels: np.ndarray, clusters: dict[str, np.ndar
         pts = _spot_axes(ax, xy, thumb, name)
         _scatter_categories(ax, pts, np.asarray(vals).astype(str), _spot_size(pts), legend=(i == 0))
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1.04)
     return fig_to_b64(fig)
 
 
@@ -191,7 +191,7 @@ def retrieval_examples(patches: np.ndarray, examples: list[dict], k: int = 5, ti
                 sp.set_linewidth(3)
             ax.set_title("query" if c == 0 else f"#{c}", fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1.04)
     return fig_to_b64(fig)
 
 
@@ -229,4 +229,36 @@ def metric_bars(rows: list[dict], task: str) -> str | None:
                bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(f"{task}: mean and 95% interval over held-out slides", fontsize=9, y=1.02)
     fig.subplots_adjust(bottom=0.18)
+    return fig_to_b64(fig)
+
+
+def training_curves(metrics_csv: str | Path, title: str, max_panels: int = 4) -> str | None:
+    """Validation curves of a training run from the engine's long-format ``metrics.csv`` (step, epoch,
+    split, metric, value): one panel per metric, chance level dashed where the run logged one."""
+    import pandas as pd
+
+    p = Path(metrics_csv)
+    if not p.is_file():
+        return None
+    df = pd.read_csv(p)
+    val = df[df["split"] == "val"]
+    if val.empty:
+        return None
+    names = [m for m in dict.fromkeys(val["metric"]) if not m.startswith("chance_") and m != "loss"]
+    recall = sorted((m for m in names if m.startswith("recall@")), key=lambda m: int(m.split("@")[1]))
+    names = recall + [m for m in names if not m.startswith("recall@")]
+    names = names[:max_panels]
+    fig = _figure(3.2 * len(names), 2.6)
+    for i, m in enumerate(names):
+        ax = fig.add_subplot(1, len(names), i + 1)
+        d = val[val["metric"] == m].sort_values("step")
+        ax.plot(d["step"], d["value"], marker="o", ms=3)
+        chance = val[val["metric"] == f"chance_{m}"].sort_values("step")
+        if not chance.empty:
+            ax.plot(chance["step"], chance["value"], ls="--", color="grey", label="chance")
+            ax.legend(fontsize=7)
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10, y=1.04)
     return fig_to_b64(fig)

@@ -89,7 +89,9 @@ def build_figures(results: dict, artifacts: dict, projection: str = "umap", max_
                   seed: int = 0) -> dict[str, list[str]]:
     """HTML snippets of figures per section; every figure is optional and omitted when its inputs are
     absent (no H&E path, no patches, task skipped)."""
-    out: dict[str, list[str]] = {"overview": [], "embeddings": []}
+    out: dict[str, list[str]] = {"overview": [], "embeddings": [], "training": []}
+    for title, csv in (artifacts.get("training_curves") or {}).items():
+        out["training"].append(_img(F.training_curves(csv, title), f"{title}: validation on held-out slides"))
     sources = artifacts.get("sources") or {}
     preds = artifacts.get("predictions") or {}
     labels = artifacts.get("labels")
@@ -174,6 +176,11 @@ def render_html(results: dict, figs: dict[str, list[str]] | None = None, title: 
         "expression prediction (their input is the target).</p>",
         metric_table_html(results),
     ]
+    for note in meta.get("notes", []):
+        parts.insert(-3, f"<p class='note'>{_esc(note)}</p>")
+    if any(figs.get("training", [])):
+        parts.append("<h2>Training</h2>")
+        parts.extend(figs["training"])
     for task in results["tasks"]:
         parts.append(f"<h2>{_esc(TASK_TITLES.get(task, task))}</h2>")
         parts.extend(figs.get(task, []))
