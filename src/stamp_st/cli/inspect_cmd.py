@@ -8,7 +8,6 @@ import json
 import sys
 
 FORMAT_CHOICES = ("spaceranger", "hest", "her2st", "h5ad")
-_MAPPERS: dict = {}  # vocabulary checksum -> SymbolMapper (building one reads ~60k rows; reuse in-process)
 
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,13 +45,10 @@ def load_vocab(path):
 
 def gene_mapping(adata, vocab):
     """Map the sample's genes onto ``vocab`` (by Ensembl id where known, else by symbol)."""
-    from ..preprocessing.vocab import SymbolMapper, map_genes
+    from ..preprocessing.vocab import map_genes
 
-    mapper = _MAPPERS.get(vocab.checksum)
-    if mapper is None:
-        mapper = _MAPPERS[vocab.checksum] = SymbolMapper.default(vocab)
     ids = adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None
-    return map_genes(list(adata.var_names), vocab, gene_ids=ids, mapper=mapper)
+    return map_genes(list(adata.var_names), vocab, gene_ids=ids)
 
 
 def inspect_sample(adata, vocab) -> dict:

@@ -128,14 +128,6 @@ def _load_vocab(path: str):
     return GeneVocabulary.from_tsv(path)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_mapper(path: str):
-    """Symbol -> Ensembl tables, read once per worker process (not once per slide)."""
-    from ..preprocessing.vocab import SymbolMapper
-
-    return SymbolMapper.default(_load_vocab(path))
-
-
 # ------------------------------------------------------------------ outputs of one slide
 def _slide_files(out: Path, slide_id: str) -> list[Path]:
     pat = re.compile(rf"^{re.escape(slide_id)}-\d{{5}}\.tar$")
@@ -257,7 +249,7 @@ def build_slide(entry_json: dict, config_json: dict, out_dir: str, settings_hash
     gene_ids = adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None
     if gene_ids is not None and not any(gene_ids):
         gene_ids = None
-    mapping = map_genes(list(map(str, adata.var_names)), vocab, gene_ids, mapper=_load_mapper(cfg.vocab_path))
+    mapping = map_genes(list(map(str, adata.var_names)), vocab, gene_ids)  # symbol tables: cached per process
     vc = mapping.to_vocab_counts(X)
     done["counts_checksum"] = qcmod.counts_checksum(X, adata.var_names)
     done["n_genes_input"], done["n_genes_kept"] = int(X.shape[1]), int(mapping.n_kept)

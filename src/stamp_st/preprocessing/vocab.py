@@ -161,9 +161,18 @@ class SymbolMapper:
 
     @classmethod
     def default(cls, vocab: GeneVocabulary | None = None, data_root: str | Path | None = None) -> SymbolMapper:
+        """The default tables for ``vocab``, built once per process and vocabulary (reading them takes a
+        second; every sample, slide task and command reuses them)."""
         from ..paths import data_dir
 
         root = Path(data_root) if data_root else data_dir(required=False)
+        key = (vocab.checksum if vocab is not None else None, str(root))
+        if key not in _DEFAULT_MAPPERS:
+            _DEFAULT_MAPPERS[key] = cls._build_default(vocab, root)
+        return _DEFAULT_MAPPERS[key]
+
+    @classmethod
+    def _build_default(cls, vocab: GeneVocabulary | None, root: Path | None) -> SymbolMapper:
         tables, sources = [], []
         if root is not None:
             release = root / "vocab" / "stamp_symbol_to_ensembl.tsv"
@@ -190,6 +199,9 @@ class SymbolMapper:
         """Ensembl id per symbol ('' where unknown)."""
         m = self._merged
         return np.array([m.get(str(s), "") for s in symbols], dtype=object)
+
+
+_DEFAULT_MAPPERS: dict[tuple, SymbolMapper] = {}
 
 
 def read_symbol_table(path: str | Path) -> dict[str, str]:
