@@ -205,7 +205,7 @@ def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path) -> dict
                                    seed=settings.seed, artifacts=artifacts, progress=lambda m: _say(f"evaluate: {m}"))
         results["meta"]["notes"] = [
             "Demo on 2 CPU cores: Stage 1 trains the tiny gene encoder for a few minutes and Stage 2 aligns "
-            "EfficientNet-Lite0 on two sections, far from the paper's millions of spots; read the table as a "
+            "EfficientNet-Lite0 on one section (B4), far from the paper's millions of spots; read the table as a "
             "working pipeline on real data, not as the method's ceiling.",
             "Held out: no training stage saw C2, C3 or C4 (Stage 1 trained on the other 29 sections' "
             "expression, Stage 2 on section B4). Folds: leave-one-section-out over patient C's sections."]
