@@ -36,3 +36,12 @@ def vocab(data_root):
     if not p.is_file():
         pytest.skip(f"released gene vocabulary absent under {data_root}")
     return GeneVocabulary.from_tsv(p)
+
+
+@pytest.fixture(scope="session")
+def visium_dir(data_root):
+    """The tiny real Space Ranger 1.0.0 output (scanpy test data)."""
+    p = data_root / "visium_fixtures" / "spaceranger_1.0.0"
+    if not p.is_dir():
+        pytest.skip(f"Visium fixture absent under {data_root}")
+    return p

@@ -11,14 +11,6 @@ import scipy.sparse as sp
 from stamp_st.cli import main
 
 
-@pytest.fixture(scope="module")
-def visium_dir(data_root):
-    p = data_root / "visium_fixtures" / "spaceranger_1.0.0"
-    if not p.is_dir():
-        pytest.skip("Visium fixture absent")
-    return p
-
-
 def inspect_json(capsys, *argv):
     rc = main(["inspect", *map(str, argv), "--json"])
     out = capsys.readouterr().out

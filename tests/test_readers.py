@@ -44,14 +44,6 @@ def median_neighbour_px(df, row, col, x, y, step):
     return float(np.median(np.hypot(m[x] - m[x + "_r"], m[y] - m[y + "_r"])))
 
 
-@pytest.fixture(scope="module")
-def visium_dir(data_root):
-    p = data_root / "visium_fixtures" / "spaceranger_1.0.0"
-    if not p.is_dir():
-        pytest.skip("Visium fixture absent")
-    return p
-
-
 def copy_visium(src, dst):
     shutil.copytree(src, dst)
     return dst

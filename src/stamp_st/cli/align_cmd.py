@@ -11,6 +11,8 @@ import json
 
 
 def register(subparsers) -> None:
+    from .options import add_set_option
+
     p = subparsers.add_parser("align", help="Stage 2: align an image backbone with the gene encoder",
                               description=__doc__.splitlines()[0])
     p.add_argument("corpus", help="corpus folder (or its manifest.json) built with --kind paired")
@@ -44,8 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU when present)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                   help="override a trainer setting, e.g. --set ckpt_every=500 (repeatable)")
+    add_set_option(p, "ckpt_every=500")
     r = p.add_mutually_exclusive_group()
     r.add_argument("--resume", dest="resume", action="store_const", const=True, default="auto")
     r.add_argument("--no-resume", dest="resume", action="store_const", const=False)
@@ -53,19 +54,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..errors import StampInputError
     from ..training.align import AlignConfig, run_align
+    from .options import parse_set_overrides
 
     trainer = {"max_steps": args.max_steps, "lr": args.lr, "weight_decay": args.weight_decay,
                "warmup_steps": args.warmup_steps, "precision": args.precision}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise StampInputError(f"--set {item!r} is not KEY=VALUE", hint="e.g. --set ckpt_every=500")
-        try:
-            trainer[key] = json.loads(value)
-        except json.JSONDecodeError:
-            trainer[key] = value
+    trainer.update(parse_set_overrides(args.set, "ckpt_every=500"))
     cfg = AlignConfig.from_dict({
         "backbone": args.backbone, "backbone_weights": args.backbone_weights,
         "image_px": args.image_px, "gene_encoder": args.gene_encoder,

@@ -6,10 +6,10 @@ resumes from the run folder's latest checkpoint and continues exactly where the 
 
 from __future__ import annotations
 
-import json
-
 
 def register(subparsers) -> None:
+    from .options import add_set_option
+
     p = subparsers.add_parser("pretrain-genes", help="Stage 1: pretrain the gene encoder on a genes corpus",
                               description=__doc__.splitlines()[0])
     p.add_argument("corpus", help="corpus folder (or its manifest.json) built with --kind genes")
@@ -28,17 +28,16 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, help="groups of 9 spots per micro-batch and process")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="override the precision")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU when present)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                   help="override a trainer setting, e.g. --set lr=3e-4 --set ckpt_every=500 (repeatable)")
+    add_set_option(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import os
 
-    from ..errors import StampInputError
     from ..preprocessing.vocab import GeneVocabulary
     from ..training.pretrain_genes import PretrainConfig, run_pretrain
+    from .options import parse_set_overrides
 
     cfg = PretrainConfig.load(args.config)
     if args.model:
@@ -54,14 +53,7 @@ def run(args) -> int:
         cfg.batch_size = args.batch_size
     if args.precision:
         cfg.trainer["precision"] = args.precision
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise StampInputError(f"--set {item!r} is not KEY=VALUE", hint="e.g. --set lr=3e-4")
-        try:
-            cfg.trainer[key] = json.loads(value)
-        except json.JSONDecodeError:
-            cfg.trainer[key] = value
+    cfg.trainer.update(parse_set_overrides(args.set))
     cfg = PretrainConfig.from_dict(cfg.to_json(), args.config)  # re-validate the overrides
     vocab = GeneVocabulary.from_tsv(args.vocab) if args.vocab else None
     result = run_pretrain(args.corpus, cfg, args.out, resume=args.resume, vocab=vocab, device=args.device)
