@@ -151,27 +151,26 @@ def embed(settings: DemoSettings, root: Path, stamp_run: Path) -> dict[str, Path
     files = {"stamp": emb_dir / "stamp.h5ad", "backbone": emb_dir / "backbone.h5ad"}
 
     def go():
+        import numpy as np
+        import scipy.sparse as sp
+
+        per = [(sec, read_sample(root, format="her2st", section=sec)) for sec in EVAL_SECTIONS]  # read once
+        genes = sorted(set.intersection(*[set(a.var_names) for _, a in per]))
+        slides = [sec for sec, a in per for _ in range(a.n_obs)]
+        spots = [s for _, a in per for s in a.obs_names]
+        xy = np.concatenate([np.asarray(a.obsm["spatial"]) for _, a in per])
+        counts = sp.vstack([sp.csr_matrix(a[:, genes].X) for _, a in per])
+        images = {sec: a.uns["stamp_st"].get("image_path", "") for sec, a in per}
         for kind, path in files.items():
             model = str(latest_checkpoint(stamp_run)) if kind == "stamp" else "backbone:efficientnet_lite0"
             embedder = load_embedder(model)
-            per = [(sec, read_sample(root, format="her2st", section=sec)) for sec in EVAL_SECTIONS]
-            embs, slides, spots, xy, counts, images = {}, [], [], [], [], {}
-            import numpy as np
-            import scipy.sparse as sp
-
-            genes = sorted(set.intersection(*[set(a.var_names) for _, a in per]))
-            for sec, a in per:
-                e = embed_sample(embedder, a)
-                for k, v in e.items():
+            embs: dict[str, list] = {}
+            for _, a in per:
+                for k, v in embed_sample(embedder, a).items():
                     embs.setdefault(k, []).append(v)
-                slides += [sec] * a.n_obs
-                spots += list(a.obs_names)
-                xy.append(np.asarray(a.obsm["spatial"]))
-                counts.append(sp.csr_matrix(a[:, genes].X))
-                images[sec] = a.uns["stamp_st"].get("image_path", "")
             write_embedding_h5ad(path, {k: np.concatenate(v) for k, v in embs.items()}, slides, spots,
-                                 xy_px=np.concatenate(xy), counts=sp.vstack(counts), gene_names=genes,
-                                 image_paths=images, extra_uns={"model": model})
+                                 xy_px=xy, counts=counts, gene_names=genes, image_paths=images,
+                                 extra_uns={"model": model})
         return {k: str(v) for k, v in files.items()}
 
     _stage(settings, "embed", go)
