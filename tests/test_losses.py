@@ -54,8 +54,13 @@ def _worker(rank: int, port: int, out_dir: str, radius):
         torch.save({"out": {k: v.detach() for k, v in out.items()},
                     "grads": {k: inp[k].grad for k in GRAD_KEYS}, "scale_grad": scale.grad},
                    os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
+        dist.barrier()
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # gloo's teardown at interpreter exit sometimes aborts ("terminate called without an active exception")
+    # after the work is done and saved: leave without running C++ destructors
+    os._exit(0)
 
 
 def _free_port() -> int:
