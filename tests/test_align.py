@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
 
 from stamp_st.models.stamp import load_stamp
@@ -56,6 +57,51 @@ def test_cache_returns_what_the_frozen_encoder_computes():
     torch.testing.assert_close(filled["gene_feat"], direct)
 
 
+def test_frozen_cnn_backbone_is_fully_frozen_and_its_cache_changes_nothing():
+    """A frozen CNN computes the same features in train and eval mode (BatchNorm statistics fixed), so its
+    cached patch features and region maps give the losses and gradients of the uncached model."""
+    from stamp_st.training.align import ImageFeatureCache, build_align_model, image_cache_applies
+
+    cfg = AlignConfig.from_dict({"backbone": "efficientnet_lite0", "gene_encoder": "random:tiny",
+                                 "freeze_gene_encoder": True, "freeze_backbone": True})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _ = build_align_model(cfg)
+    assert image_cache_applies(cfg, model)
+    batch = next(iter(SyntheticPairs(n_items=4, img_px=64, context=32, batch_size=4)))
+    x = model.prepare_images(batch["patch"][:, 0])
+    base = model.visual_backbone.base_model
+    with torch.no_grad():
+        train_f = base.train().forward_features(x)
+        eval_f = base.eval().forward_features(x)
+    torch.testing.assert_close(train_f, eval_f)
+    assert not any(p.requires_grad for p in base.parameters())
+
+    model.train()
+    torch.manual_seed(0)
+    direct = model(batch)
+    cached_batch = ImageFeatureCache().fill(GeneFeatureCache().fill(batch, model), model)
+    assert cached_batch["patch"] is None and cached_batch["region_map"].dtype == torch.float16
+    cached = model(cached_batch)
+    for k in direct:
+        torch.testing.assert_close(cached[k], direct[k], atol=5e-3, rtol=5e-3)
+    cached["loss"].backward()
+    assert model.visual_backbone.thumb_mlp[0].weight.grad is not None  # the pretext query still trains
+
+
+def test_cache_beyond_its_budget_computes_without_storing():
+    from stamp_st.models.backbones import create_backbone
+    from stamp_st.models.gene_encoder import GeneEncoder
+    from stamp_st.models.stamp import StampModel
+
+    model = StampModel(GeneEncoder("tiny"), create_backbone("efficientnet_lite0"), freeze_gene_encoder=True)
+    batch = next(iter(SyntheticPairs(n_items=4, context=32, batch_size=4)))
+    full, capped = GeneFeatureCache(), GeneFeatureCache(max_bytes=3 * 128 * 4)
+    a, b = full.fill(batch, model), capped.fill(batch, model)
+    torch.testing.assert_close(a["gene_feat"], b["gene_feat"])
+    assert len(full.features) == 8 and len(capped.features) == 3
+
+
 def test_lora_trains_adapters_only_and_reloads(tmp_path):
     from stamp_st.models.backbones import create_backbone
     from stamp_st.models.gene_encoder import GeneEncoder
@@ -96,6 +142,15 @@ def test_retrieval_recall_counts_the_true_spot_among_the_top_k():
     assert perfect["recall@1"] == 1.0 and perfect["chance_recall@1"] == 1 / 3
     shuffled = retrieval_recall(g[[1, 2, 0, 4, 5, 3]], g, ["a"] * 3 + ["b"] * 3, ks=(1, 3))
     assert shuffled["recall@1"] == 0.0 and shuffled["recall@3"] == 1.0
+
+
+def test_retrieval_recall_of_collapsed_embeddings_is_chance():
+    """Identical embeddings tie everywhere; counting only strictly better candidates would call that perfect."""
+    from stamp_st.training.align import retrieval_recall
+
+    same = torch.ones(20, 4)
+    r = retrieval_recall(torch.randn(20, 4), same, ["a"] * 20, ks=(1, 5))
+    assert r["recall@1"] == pytest.approx(1 / 20) and r["recall@5"] == pytest.approx(5 / 20)
 
 
 def test_partial_finetuning_freezes_early_blocks_and_keeps_features(tmp_path):

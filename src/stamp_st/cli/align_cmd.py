@@ -38,6 +38,14 @@ def register(subparsers) -> None:
     p.add_argument("--neighbour-mode", choices=["mask", "soft"], default="mask")
     p.add_argument("--released-mode", action="store_true",
                    help="the release's behaviour: its gene pooling, local negatives, no neighbour handling")
+    p.add_argument("--val-slides", type=lambda v: [x for x in v.split(",") if x], default=None, metavar="ID,ID",
+                   help="hold out these slide ids for validation and train on every other slide of the corpus, "
+                        "whatever split it gave them (cross-validation over one corpus)")
+    p.add_argument("--val-max-batches", type=int, default=20,
+                   help="validation batches per evaluation (0: every held-out spot)")
+    p.add_argument("--image-cache-gb", type=float, default=4.0,
+                   help="with --freeze-backbone on a CNN: cache patch features and region maps up to this size "
+                        "(0: off)")
     p.add_argument("--batch-size", type=int, default=16, help="items (2 spots each) per micro-batch and process")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=1000)
@@ -68,7 +76,9 @@ def run(args) -> int:
         "trainable_blocks": args.trainable_blocks,
         "neighbour_radius_um": args.neighbour_radius_um, "expr_sim_threshold": args.expr_sim_threshold,
         "neighbour_mode": args.neighbour_mode, "released_mode": args.released_mode,
-        "num_workers": args.num_workers, "trainer": trainer})
+        "num_workers": args.num_workers, "val_slides": args.val_slides,
+        "val_max_batches": args.val_max_batches or None, "image_cache_gb": args.image_cache_gb,
+        "trainer": trainer})
     result = run_align(args.corpus, cfg, args.out, resume=args.resume, device=args.device)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, default=str))
     return 0

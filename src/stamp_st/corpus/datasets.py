@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -68,13 +68,20 @@ class _ShardDataset(IterableDataset):
     def __init__(self, manifest: str | Path | dict, split: str | Sequence[str] | None = "train", seed: int = 0,
                  shuffle: bool = True, buffer_size: int = 1000, rank: int | None = None,
                  world_size: int | None = None, equalize: str | None = None, base_url: str | None = None,
-                 context: int | None = None):
+                 context: int | None = None, slides: Collection[str] | None = None,
+                 exclude_slides: Collection[str] = ()):
+        """``split`` (None: all), then ``slides`` (only these slide ids) and ``exclude_slides`` select shards,
+        e.g. to hold out slides for cross-validation whatever split the corpus gave them."""
         man, base = load_corpus_manifest(manifest)
         self.kind = man["kind"]
         splits = None if split is None else ({split} if isinstance(split, str) else set(split))
-        self.shards = [s for s in man["shards"] if splits is None or s["split"] in splits]
+        keep, drop = (None if slides is None else set(slides)), set(exclude_slides)
+        self.shards = [s for s in man["shards"] if (splits is None or s["split"] in splits)
+                       and (keep is None or s["slide_id"] in keep) and s["slide_id"] not in drop]
         if not self.shards:
-            raise StampInputError(f"the corpus has no shards in split {split!r}",
+            raise StampInputError(f"the corpus has no shards in split {split!r}"
+                                  + (f" among slides {sorted(keep)}" if keep is not None else "")
+                                  + (f" outside slides {sorted(drop)}" if drop else ""),
                                   hint=f"splits present: {sorted(man.get('splits', {}))}")
         self.base_url = base_url if base_url is not None else base
         self.context = int(context or man["tokenizer"]["context"])

@@ -284,6 +284,16 @@ def _create_backbone(name: str, weights, pretrained: bool, **kwargs) -> Backbone
     raise StampInputError(f"unknown backbone '{name}'", None, f"choose one of {', '.join(BACKBONE_NAMES)}")
 
 
+def freeze_backbone(model: nn.Module) -> None:
+    """A frozen backbone is frozen in full: no gradients and BatchNorm running statistics fixed (timm's
+    ``freeze`` swaps in FrozenBatchNorm2d), so train and eval mode compute the same features. With
+    ``requires_grad_(False)`` alone a CNN would keep normalising by batch statistics and drifting its
+    running means towards the few slides it is aligned on."""
+    from timm.utils.model import freeze
+
+    freeze(model)
+
+
 def freeze_early_layers(model: nn.Module, trainable_blocks: int) -> list[str]:
     """Partial fine-tuning: freeze a timm model up to its last ``trainable_blocks`` blocks (stem, early
     blocks; BatchNorm running statistics too, via timm's ``freeze``); the last blocks and the layers after

@@ -142,10 +142,16 @@ class PretextConvNet(nn.Module):
     def forward_patch(self, images: torch.Tensor) -> torch.Tensor:
         return self._map(images).mean(dim=(2, 3))
 
-    def forward_region(self, images: torch.Tensor, thumbs: torch.Tensor):
+    def region_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The region's feature map [N, C, h, w] (at least 3 x 3): all of the region pass that does not
+        depend on trainable pretext parameters, so a frozen CNN's maps can be computed once and cached."""
         fmap = self._map(images)
         if fmap.shape[-1] < 3 or fmap.shape[-2] < 3:  # small inputs: upsample so 3 x 3 windows exist
             fmap = F.interpolate(fmap, size=(max(3, fmap.shape[-2]), max(3, fmap.shape[-1])), mode="nearest")
+        return fmap
+
+    def region_from_map(self, fmap: torch.Tensor, thumbs: torch.Tensor):
+        """-> region feature [N, C], pretext output [N, C], the map itself (the token grid)."""
         if thumbs.shape[-1] != self.thumb_px:
             thumbs = F.interpolate(thumbs, size=(self.thumb_px, self.thumb_px), mode="bilinear",
                                    antialias=True, align_corners=False)
@@ -154,6 +160,9 @@ class PretextConvNet(nn.Module):
         attended, _ = self.pretext_attn(q, kv, kv, need_weights=False)
         pretext = self.pretext_norm(q + attended)[:, 0]
         return fmap.mean(dim=(2, 3)), pretext, fmap
+
+    def forward_region(self, images: torch.Tensor, thumbs: torch.Tensor):
+        return self.region_from_map(self.region_map(images), thumbs)
 
 
 def wrap_backbone(model: nn.Module, is_vit: bool) -> nn.Module:

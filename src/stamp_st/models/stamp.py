@@ -31,7 +31,10 @@ from .losses import LOGIT_SCALE_INIT, StampLoss
 from .pretext import PretextConvNet, PretextViT, csp_windows
 
 PROJ_DIM = 512
-SPOT_KEYS = ("patch", "region", "region_label", "region_valid", "thumb", "tokens", "xy_um", "gene_feat")
+# per-spot batch entries; ``gene_feat`` / ``patch_feat`` + ``region_map`` are cached outputs of a frozen gene
+# encoder / frozen CNN backbone that replace ``tokens`` / ``patch`` + ``region`` (training.align)
+SPOT_KEYS = ("patch", "region", "region_label", "region_valid", "thumb", "tokens", "xy_um", "gene_feat",
+             "patch_feat", "region_map")
 
 
 def slide_index(slide_ids) -> torch.Tensor:
@@ -137,7 +140,7 @@ class StampModel(nn.Module):
     def flatten_batch(batch: dict) -> dict:
         """Corpus items hold two same-slide spots: [B, 2, ...] -> [2B, ...]; slide ids repeated per spot."""
         out = dict(batch)
-        paired = batch["patch"].ndim == 5
+        paired = batch["thumb"].ndim == 5  # thumbnails are never replaced by cached features
         for k in SPOT_KEYS:
             if k in batch and batch[k] is not None and paired:
                 v = batch[k]
@@ -153,13 +156,18 @@ class StampModel(nn.Module):
     def forward(self, batch: dict) -> dict:
         b = self.flatten_batch(batch)
         dev = self.logit_scale.device
-        patch = self.prepare_images(b["patch"].to(dev, non_blocking=True))
-        region = self.prepare_images(b["region"].to(dev, non_blocking=True))
         t = self.transform
         thumb = normalise_images(b["thumb"].to(dev, non_blocking=True), t.mean, t.std, None)
-
-        patch_f = self.visual_backbone.forward_patch(patch)
-        region_f, pretext_f, token_map = self.visual_backbone.forward_region(region, thumb)
+        if b.get("patch_feat") is not None:
+            patch_f = b["patch_feat"].to(dev, non_blocking=True).float()
+        else:
+            patch_f = self.visual_backbone.forward_patch(self.prepare_images(b["patch"].to(dev, non_blocking=True)))
+        if b.get("region_map") is not None:
+            region_f, pretext_f, token_map = self.visual_backbone.region_from_map(
+                b["region_map"].to(dev, non_blocking=True).float(), thumb)
+        else:
+            region = self.prepare_images(b["region"].to(dev, non_blocking=True))
+            region_f, pretext_f, token_map = self.visual_backbone.forward_region(region, thumb)
         windows = csp_windows(token_map)
 
         gene_feat = b.get("gene_feat")

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import StampInputError
 from ..io_utils import atomic_write_json
+from ..models.pretext import PretextConvNet
 from ..models.stamp import StampModel, pool_gene_states, stamp_checkpoint_config
 from .engine import Trainer, TrainerConfig, dist_env
 
@@ -31,6 +32,7 @@ class AlignConfig:
     batch_size: int = 16  # items (2 spots each) per micro-batch and process
     freeze_gene_encoder: bool = False
     cache_gene_features: bool = True  # only with a frozen gene encoder
+    image_cache_gb: float = 4.0  # frozen CNN backbone: cache patch features and region maps (0: off)
     freeze_backbone: bool = False
     trainable_blocks: int | None = None  # partial fine-tuning: only the backbone's last N blocks (+ head) train
     lora: int = 0
@@ -41,7 +43,8 @@ class AlignConfig:
     released_mode: bool = False
     num_workers: int = 0
     shuffle_buffer: int = 500
-    val_max_batches: int = 20
+    val_max_batches: int | None = 20  # None: every held-out spot
+    val_slides: list[str] | None = None  # hold out these slides (any split) and train on all others
     trainer: dict = field(default_factory=lambda: {"lr": 1e-4, "weight_decay": 1e-3})
 
     @classmethod
@@ -96,7 +99,9 @@ def build_align_model(cfg: AlignConfig):
                        expr_sim_threshold=cfg.expr_sim_threshold, neighbour_mode=cfg.neighbour_mode,
                        freeze_gene_encoder=cfg.freeze_gene_encoder)
     if cfg.freeze_backbone:
-        model.visual_backbone.base_model.requires_grad_(False)
+        from ..models.backbones import freeze_backbone
+
+        freeze_backbone(model.visual_backbone.base_model)
     if cfg.trainable_blocks is not None:
         from ..models.backbones import freeze_early_layers
 
@@ -111,37 +116,92 @@ def build_align_model(cfg: AlignConfig):
     return model, enc_cfg
 
 
-class GeneFeatureCache:
-    """Pooled features of a frozen gene encoder per spot (key: slide id + spot id), computed on first sight.
+class SpotFeatureCache:
+    """Outputs of a frozen module per spot (key: slide id + spot id), computed on first sight and reused.
 
-    Exactly what the model would compute every step (it is frozen and in eval mode), at a fraction of the
-    cost: the gene encoder runs once per spot instead of once per spot and epoch."""
+    Exactly what the model would compute every step (the module is frozen and in eval mode), at a fraction
+    of the cost: it runs once per spot instead of once per spot and epoch. Subclasses say which batch
+    entries they read (``inputs``, [B, 2, ...]) and which they put in their place. Beyond ``max_bytes`` new
+    spots are computed but not stored, so a corpus too large to cache stays correct, only slower."""
 
-    def __init__(self):
-        self.features: dict[str, torch.Tensor] = {}
+    inputs: tuple[str, ...] = ()
+
+    def __init__(self, max_bytes: float = float("inf")):
+        self.features: dict[str, dict[str, torch.Tensor]] = {}
         self.hits = self.misses = 0
+        self.bytes, self.max_bytes = 0, max_bytes
+
+    def compute(self, model: StampModel, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
 
     def fill(self, batch: dict, model: StampModel) -> dict:
+        """``batch`` with the cached outputs in place of the inputs (fp32 features, outside any autocast)."""
+        with torch.autocast(model.logit_scale.device.type, enabled=False):
+            return self._fill(batch, model)
+
+    def _fill(self, batch: dict, model: StampModel) -> dict:
         keys = [f"{sid}\x00{spot}" for sid, pair in zip(batch["slide_id"], batch["spot_id"]) for spot in pair]
-        tokens = batch["tokens"].reshape(len(keys), -1)
+        shape = batch[self.inputs[0]].shape[:2]
         todo = [i for i, k in enumerate(keys) if k not in self.features]
+        fresh: dict[int, dict[str, torch.Tensor]] = {}
         if todo:
-            dev = model.logit_scale.device
+            flat = {n: batch[n].reshape(len(keys), *batch[n].shape[2:])[todo] for n in self.inputs}
             with torch.no_grad():
-                f = pool_gene_states(model.spot_backbone, tokens[todo].to(dev), model.pooling).float().cpu()
-            for i, row in zip(todo, f):
-                self.features[keys[i]] = row
+                out = self.compute(model, flat)
+            for j, i in enumerate(todo):
+                row = {n: v[j].clone() for n, v in out.items()}
+                fresh[i] = row
+                size = sum(v.numel() * v.element_size() for v in row.values())
+                if self.bytes + size <= self.max_bytes:
+                    self.features[keys[i]] = row
+                    self.bytes += size
         self.misses += len(todo)
         self.hits += len(keys) - len(todo)
-        feats = torch.stack([self.features[k] for k in keys]).reshape(*batch["tokens"].shape[:2], -1)
-        return {**batch, "gene_feat": feats, "tokens": None}
+        rows = [fresh[i] if i in fresh else self.features[k] for i, k in enumerate(keys)]
+        filled = {n: torch.stack([r[n] for r in rows]).reshape(*shape, *rows[0][n].shape) for n in rows[0]}
+        return {**batch, **filled, **{n: None for n in self.inputs}}
+
+    def stats(self) -> dict:
+        return {"spots": len(self.features), "hits": self.hits, "misses": self.misses, "bytes": self.bytes}
 
 
-class CachedGeneBatches:
-    """Wraps a loader: every batch gets ``gene_feat`` from the cache; epochs pass through."""
+class GeneFeatureCache(SpotFeatureCache):
+    """Pooled features of a frozen gene encoder (``tokens`` -> ``gene_feat``)."""
 
-    def __init__(self, loader, model: StampModel, cache: GeneFeatureCache):
-        self.loader, self.model, self.cache = loader, model, cache
+    inputs = ("tokens",)
+
+    def compute(self, model, inputs):
+        dev = model.logit_scale.device
+        feat = pool_gene_states(model.spot_backbone, inputs["tokens"].to(dev), model.pooling)
+        return {"gene_feat": feat.float().cpu()}
+
+
+class ImageFeatureCache(SpotFeatureCache):
+    """A frozen CNN backbone's patch feature and region feature map (``patch``, ``region`` ->
+    ``patch_feat``, ``region_map``): the pretext query, heads and temperature still train on top. Maps are
+    kept in float16 (EfficientNet-Lite0 at 224 px: 7 x 7 x 1280, 125 kB a spot)."""
+
+    inputs = ("patch", "region")
+
+    def compute(self, model, inputs):
+        dev = model.logit_scale.device
+        vb = model.visual_backbone
+        patch_f = vb.forward_patch(model.prepare_images(inputs["patch"].to(dev)))
+        fmap = vb.region_map(model.prepare_images(inputs["region"].to(dev)))
+        return {"patch_feat": patch_f.float().cpu(), "region_map": fmap.half().cpu()}
+
+
+def image_cache_applies(cfg: AlignConfig, model: StampModel) -> bool:
+    """Only a fully frozen CNN: a ViT's patch and region passes carry the trainable pretext token."""
+    return (cfg.freeze_backbone and not cfg.lora and cfg.image_cache_gb > 0
+            and isinstance(model.visual_backbone, PretextConvNet))
+
+
+class CachedBatches:
+    """Wraps a loader: every batch goes through the caches; epochs pass through."""
+
+    def __init__(self, loader, model: StampModel, caches: list[SpotFeatureCache]):
+        self.loader, self.model, self.caches = loader, model, caches
 
     def set_epoch(self, epoch: int) -> None:
         ds = getattr(self.loader, "dataset", self.loader)
@@ -150,33 +210,41 @@ class CachedGeneBatches:
 
     def __iter__(self):
         for batch in self.loader:
-            yield self.cache.fill(batch, self.model)
+            for cache in self.caches:
+                batch = cache.fill(batch, self.model)
+            yield batch
 
 
-def make_val_fn(loader, max_batches: int, ks: tuple[int, ...] = (1, 5, 10)):
+def make_val_fn(loader, max_batches: int | None, ks: tuple[int, ...] = (1, 5, 10)):
     """Mean of every loss and of CSP accuracy over held-out slides (rank-averaged), plus patch -> spot
-    retrieval recall@k among the anchor spots of each held-out slide (this rank's share of them)."""
+    retrieval recall@k among the anchor spots of each held-out slide (this rank's share of them, each spot
+    once). ``max_batches=None``: the whole validation split."""
 
     def val_fn(model) -> dict:
         import torch.distributed as dist
 
         raw = getattr(model, "module", model)
         sums, n = {}, 0
-        img, gene, slides = [], [], []
+        img, gene, slides, seen = [], [], [], set()
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(0)
         with torch.no_grad():
             for i, batch in enumerate(loader):
-                if i >= max_batches:
+                if max_batches is not None and i >= max_batches:
                     break
                 out = raw(batch)
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n += 1
                 v_emb, g_emb = anchor_embeddings(raw, batch)
-                img.append(v_emb)
-                gene.append(g_emb)
-                slides += list(batch["slide_id"])
+                keep = []
+                for j, (sid, pair) in enumerate(zip(batch["slide_id"], batch["spot_id"])):
+                    if (sid, pair[0]) not in seen:  # padded / wrapped epochs repeat spots
+                        seen.add((sid, pair[0]))
+                        keep.append(j)
+                img.append(v_emb[keep])
+                gene.append(g_emb[keep])
+                slides += [batch["slide_id"][j] for j in keep]
         vec = torch.tensor([sums.get(k, 0.0) for k in sorted(sums)] + [n], dtype=torch.float64)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(vec)
@@ -192,7 +260,10 @@ def make_val_fn(loader, max_batches: int, ks: tuple[int, ...] = (1, 5, 10)):
 def anchor_embeddings(model: StampModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Stamp_V and Stamp_G of each item's anchor spot (index 0 of the pair)."""
     dev = model.logit_scale.device
-    v = model.encode_image(batch["patch"][:, 0].to(dev))
+    if batch.get("patch_feat") is not None:
+        v = torch.nn.functional.normalize(model.patch_projection(batch["patch_feat"][:, 0].to(dev)), dim=-1)
+    else:
+        v = model.encode_image(batch["patch"][:, 0].to(dev))
     if batch.get("gene_feat") is not None:
         g = model.encode_genes(gene_feat=batch["gene_feat"][:, 0].to(dev))
     else:
@@ -202,18 +273,36 @@ def anchor_embeddings(model: StampModel, batch: dict) -> tuple[torch.Tensor, tor
 
 def retrieval_recall(img: torch.Tensor, gene: torch.Tensor, slides: list[str], ks=(1, 5, 10)) -> dict:
     """Mean over slides of patch -> spot recall@k (the true spot among the k most similar spots of the same
-    slide), with chance level beside it."""
+    slide; ties count by half, see ``evaluation.retrieval``), with chance level beside it."""
+    import numpy as np
+
+    from ..evaluation.retrieval import recall_from_ranks, true_match_ranks
+
     out: dict[str, list[float]] = {}
-    for sl in dict.fromkeys(slides):
-        idx = torch.tensor([i for i, s in enumerate(slides) if s == sl])
+    slides_arr = np.asarray(slides).astype(str)
+    for sl in dict.fromkeys(slides_arr.tolist()):
+        idx = np.flatnonzero(slides_arr == sl)
         if len(idx) < 2:
             continue
-        sim = img[idx] @ gene[idx].T
-        rank = (sim > sim.diagonal()[:, None]).sum(1)  # spots scored above the true one
-        for k in ks:
-            out.setdefault(f"recall@{k}", []).append(float((rank < k).float().mean()))
+        ranks = true_match_ranks(img[idx].numpy(), gene[idx].numpy())
+        for k, v in recall_from_ranks(ranks, ks).items():
+            out.setdefault(f"recall@{k}", []).append(v)
             out.setdefault(f"chance_recall@{k}", []).append(min(k, len(idx)) / len(idx))
     return {k: sum(v) / len(v) for k, v in out.items()}
+
+
+def check_val_slides(val_slides, manifest: dict, corpus) -> set[str] | None:
+    if not val_slides:
+        return None
+    present = {sh["slide_id"] for sh in manifest.get("shards", [])}
+    unknown = sorted(set(val_slides) - present)
+    if unknown:
+        raise StampInputError(f"--val-slides {unknown} are not in the corpus", corpus,
+                              f"slides in it: {', '.join(sorted(present)[:20])}{' ...' if len(present) > 20 else ''}")
+    if present <= set(val_slides):
+        raise StampInputError("--val-slides holds out every slide of the corpus: nothing is left to train on",
+                              corpus)
+    return set(val_slides)
 
 
 def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resume: str | bool = "auto",
@@ -242,23 +331,32 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
             raise StampInputError(f"corpus vocabulary {man_ck} differs from the gene encoder's "
                                   f"{vocab.get('checksum')}", corpus, "build the corpus with the same vocabulary")
 
+        holdout = check_val_slides(cfg.val_slides, manifest, corpus)
+
         def loader(split, shuffle, equalize):
-            ds = PairedSpotDataset(corpus, split=split, seed=tcfg.seed, shuffle=shuffle,
-                                   buffer_size=cfg.shuffle_buffer, rank=rank, world_size=world, equalize=equalize)
+            if holdout is not None:  # cross-validation over one corpus: its own split is ignored
+                sel = {"split": None, "slides": holdout} if split == "val" else {"split": None, "exclude_slides": holdout}
+            else:
+                sel = {"split": split}
+            ds = PairedSpotDataset(corpus, seed=tcfg.seed, shuffle=shuffle, buffer_size=cfg.shuffle_buffer,
+                                   rank=rank, world_size=world, equalize=equalize, **sel)
             return DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate_pairs,
                               drop_last=shuffle)
 
         train_data = loader("train", True, "drop" if world > 1 else None)
-        if manifest.get("splits", {}).get("val", {}).get("n_samples", 0) > 0:
+        if holdout is not None or manifest.get("splits", {}).get("val", {}).get("n_samples", 0) > 0:
             val_data = loader("val", False, "pad" if world > 1 else None)
     if train_data is None:
         raise StampInputError("no training data: give a corpus")
-    cache = None
+    caches: dict[str, SpotFeatureCache] = {}
     if cfg.freeze_gene_encoder and cfg.cache_gene_features:
-        cache = GeneFeatureCache()
-        train_data = CachedGeneBatches(train_data, model, cache)
+        caches["gene_cache"] = GeneFeatureCache()
+    if image_cache_applies(cfg, model):
+        caches["image_cache"] = ImageFeatureCache(max_bytes=cfg.image_cache_gb * 2**30)
+    if caches:
+        train_data = CachedBatches(train_data, model, list(caches.values()))
         if val_data is not None:
-            val_data = CachedGeneBatches(val_data, model, cache)
+            val_data = CachedBatches(val_data, model, list(caches.values()))
     val_fn = make_val_fn(val_data, cfg.val_max_batches) if val_data is not None else None
 
     def ck_config():
@@ -269,8 +367,7 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
         atomic_write_json(Path(out) / "align_config.json", {**cfg.to_json(), "corpus": str(corpus)})
     trainer = Trainer(model, tcfg, out, train_data, val_fn=val_fn, checkpoint_config=ck_config, device=device)
     result = trainer.fit(resume=resume)
-    if cache is not None:
-        result = {**result, "gene_cache": {"spots": len(cache.features), "hits": cache.hits, "misses": cache.misses}}
+    result = {**result, **{name: c.stats() for name, c in caches.items()}}
     return result
 
 
