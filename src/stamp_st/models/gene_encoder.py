@@ -121,6 +121,29 @@ class GeneEncoder(nn.Module):
         self.encoder = _Encoder(cfg)
         self.classifier_head = nn.Linear(cfg.d_model, cfg.n_tokens)
         self.cgr_head = nn.Linear(cfg.d_model, cfg.n_tokens) if cfg.cgr_head else None
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        """BERT's initialisation for training from scratch: embeddings and linear weights N(0, 0.02), biases
+        0, LayerNorm (1, 0). PyTorch's default N(0, 1) embeddings are 50 times larger than every other
+        weight, so the sum of gene and position embeddings starts far from the scale the layers expect.
+        Loaded weights (a checkpoint, the release) replace all of it."""
+        for m in self.modules():
+            if isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=std)
+                if m.padding_idx is not None:
+                    m.weight[m.padding_idx].zero_()
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=std)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.MultiheadAttention):
+                nn.init.normal_(m.in_proj_weight, std=std)
+                m.in_proj_bias.zero_()
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     # ------------------------------------------------------------------ encoding
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
