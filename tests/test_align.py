@@ -175,3 +175,16 @@ def test_partial_finetuning_freezes_early_blocks_and_keeps_features(tmp_path):
     with torch.no_grad():
         net(x)
     assert torch.allclose(seen[0], seen[-1], atol=1e-4)  # the frozen part computes what it did before
+
+
+def test_val_slides_must_exist_and_leave_something_to_train_on():
+    from stamp_st.errors import StampInputError
+    from stamp_st.training.align import check_val_slides
+
+    man = {"shards": [{"slide_id": "s1"}, {"slide_id": "s2"}, {"slide_id": "s2"}]}
+    assert check_val_slides(None, man, "c") is None
+    assert check_val_slides(["s2"], man, "c") == {"s2"}
+    with pytest.raises(StampInputError, match="not in the corpus"):
+        check_val_slides(["s3"], man, "c")
+    with pytest.raises(StampInputError, match="nothing is left"):
+        check_val_slides(["s1", "s2"], man, "c")

@@ -414,3 +414,20 @@ def test_png_and_qoi_shards_hold_the_same_pixels(slides, tmp_path):
     for x, y in zip(a, b):
         for f in ("patch", "region", "thumb"):
             assert np.array_equal(x[f"{f}.png"], y[f"{f}.qoi"])
+
+
+def test_slide_selection_holds_out_slides_whatever_their_split(built):
+    """Cross-validation over one corpus: ``slides`` / ``exclude_slides`` partition it by slide id."""
+    from stamp_st.corpus.datasets import PairedSpotDataset
+    from stamp_st.errors import StampInputError
+
+    every = {s["slide_id"] for s in PairedSpotDataset(built["paired"], split=None).shards}
+    held = sorted(every)[0]  # a train-split slide
+    val = PairedSpotDataset(built["paired"], split=None, slides=[held], shuffle=False)
+    train = PairedSpotDataset(built["paired"], split=None, exclude_slides=[held], shuffle=False)
+    val_ids = {it["slide_id"] for it in val}
+    train_ids = {it["slide_id"] for it in train}
+    assert val_ids == {held} and train_ids == every - {held}
+    assert len(val) + len(train) == PairedSpotDataset(built["paired"], split=None).total()
+    with pytest.raises(StampInputError, match="among slides"):
+        PairedSpotDataset(built["paired"], split=None, slides=["no_such_slide"])
