@@ -146,9 +146,9 @@ def main(argv=None) -> dict:
     print(f"{args.backbone}  batch {args.batch} items ({2 * args.batch} spots)  {args.img}px  gene encoder "
           f"{gene_config.name} (context {gene_config.context})  {'bf16' if args.bf16 else 'fp32'}  on {name}")
     mem_key = "peak_mem_gib" if device.type == "cuda" else "process_max_rss_gib"
-    print(f"{'mode':8s} {'step s':>8s} {'spots/s':>9s} {'trainable M':>12s} {mem_key:>20s}")
+    print(f"{'mode':14s} {'step s':>8s} {'spots/s':>9s} {'trainable M':>12s} {mem_key:>20s}")
     for r in rows:
-        print(f"{r['mode']:8s} {r['step_s']:8.3f} {r['spots_per_s']:9.1f} {r['trainable_params_m']:12.1f} "
+        print(f"{r['mode']:14s} {r['step_s']:8.3f} {r['spots_per_s']:9.1f} {r['trainable_params_m']:12.1f} "
               f"{r[mem_key]:20.2f}")
     ratio = rows[0]["step_s"] / rows[1]["step_s"]
     print(f"speed-up {rows[1]['mode']} vs {rows[0]['mode']}: {ratio:.2f}x")
