@@ -32,7 +32,7 @@ STAGES = ("corpus-genes", "corpus-paired", "pretrain", "align", "embed", "evalua
 class DemoSettings:
     out: Path = Path("stamp_st_demo")
     workers: int = 2
-    pretrain_steps: int = 600
+    pretrain_steps: int | None = None  # None: the demo_cpu config's 900
     align_steps: int = 200
     align_batch: int = 16
     seed: int = 0
@@ -107,13 +107,12 @@ def pretrain(settings: DemoSettings, genes_dir: Path) -> Path:
     run = settings.out / "gene_encoder"
 
     def go():
-        cfg = PretrainConfig.load("demo_cpu")
-        cfg.epochs = None
-        # IGR alone leaves the unigram plateau (val loss ~8.15 nats, the genes' frequency entropy) after about
-        # 400 steps here; CGR joins for the last third
-        n_igr = 2 * settings.pretrain_steps // 3
-        cfg.phases = [{"steps": n_igr, "cgr": False}, {"steps": settings.pretrain_steps - n_igr, "cgr": True}]
-        cfg.trainer = {**cfg.trainer, "max_steps": settings.pretrain_steps, "seed": settings.seed}
+        cfg = PretrainConfig.load("demo_cpu")  # 900 steps: 600 IGR, then 300 IGR + CGR
+        if settings.pretrain_steps is not None:  # same proportions at another length
+            n_igr = 2 * settings.pretrain_steps // 3
+            cfg.phases = [{"steps": n_igr, "cgr": False}, {"steps": settings.pretrain_steps - n_igr, "cgr": True}]
+            cfg.trainer = {**cfg.trainer, "max_steps": settings.pretrain_steps}
+        cfg.trainer = {**cfg.trainer, "seed": settings.seed}
         return {"run": str(run), "result": _jsonable(run_pretrain(genes_dir, cfg, run))}
 
     _stage(settings, "pretrain", go)
@@ -131,8 +130,8 @@ def align(settings: DemoSettings, paired_dir: Path, gene_run: Path) -> Path:
         cfg = AlignConfig(backbone="efficientnet_lite0", gene_encoder=str(gene_run), batch_size=settings.align_batch,
                           freeze_gene_encoder=True, freeze_backbone=True, val_max_batches=None,
                           trainer={"lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 10,
-                                   "max_steps": settings.align_steps, "seed": settings.seed, "val_every": 50,
-                                   "val_at_start": True, "ckpt_every": 50, "log_every": 10})
+                                   "max_steps": settings.align_steps, "seed": settings.seed, "val_every": 100,
+                                   "val_at_start": True, "ckpt_every": 100, "log_every": 10})
         return {"run": str(run), "result": _jsonable(run_align(paired_dir, cfg, run))}
 
     _stage(settings, "align", go)
