@@ -206,7 +206,7 @@ def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path) -> dict
         results = evaluate_sources(sources, labels, list(settings.tasks), baseline="EfficientNet-Lite0 (unaligned)",
                                    seed=settings.seed, artifacts=artifacts, progress=lambda m: _say(f"evaluate: {m}"))
         results["meta"]["notes"] = [
-            "Demo on 2 CPU cores: Stage 1 trains the tiny gene encoder for a few minutes and Stage 2 aligns "
+            "Demo on 2 CPU cores: Stage 1 trains the tiny gene encoder for about 13 minutes and Stage 2 aligns "
             "a frozen EfficientNet-Lite0 (heads, pretext query, temperature) on one section (B4), far from the "
             "paper's millions of spots; read the table as a working pipeline on real data, not as the method's "
             "ceiling.",
