@@ -52,6 +52,7 @@ def run_fold(corpus: Path, slide: str, args, out: Path) -> dict:
 
     cfg = AlignConfig(backbone="efficientnet_lite0", gene_encoder=args.gene_encoder, batch_size=args.batch,
                       freeze_gene_encoder=True, freeze_backbone=True, val_slides=[slide], val_max_batches=None,
+                      neighbour_radius_um=args.neighbour_radius_um, expr_sim_threshold=args.expr_sim_threshold,
                       trainer={"lr": args.lr, "weight_decay": args.weight_decay, "warmup_steps": 10,
                                "max_steps": args.steps, "seed": args.seed, "val_every": args.steps,
                                "val_at_start": True, "ckpt_every": args.steps, "log_every": 25,
@@ -72,6 +73,11 @@ def run_fold(corpus: Path, slide: str, args, out: Path) -> dict:
             **{f"chance_R@{k}": last[f"chance_recall@{k}"] for k in KS}}
 
 
+def tag(args) -> str:
+    return "".join(f"_{k}{v}" for k, v in (("nb", args.neighbour_radius_um), ("sim", args.expr_sim_threshold))
+                   if v is not None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, help="paired corpus holding the dev sections (built if absent)")
@@ -82,6 +88,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--neighbour-radius-um", type=float, help="ablation: neighbour-aware negatives (µm)")
+    ap.add_argument("--expr-sim-threshold", type=float, help="ablation: expression-similarity-aware negatives")
     ap.add_argument("--slides", help="comma-separated slide ids to hold out (default: every slide in turn)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -92,7 +100,7 @@ def main() -> None:
     folds = args.slides.split(",") if args.slides else slide_ids(corpus)
     results = []
     for slide in folds:
-        r = run_fold(corpus, slide, args, args.work / f"holdout_{slide}_seed{args.seed}")
+        r = run_fold(corpus, slide, args, args.work / f"holdout_{slide}_seed{args.seed}{tag(args)}")
         results.append(r)
         print(f"{slide:12s} " + "  ".join(f"R@{k} {r[f'untrained_R@{k}']:.3f} -> {r[f'aligned_R@{k}']:.3f} "
                                           f"(chance {r[f'chance_R@{k}']:.3f})" for k in KS)
