@@ -61,16 +61,15 @@ def run_fold(corpus: Path, slide: str, args, out: Path) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_align(corpus, cfg, out, resume=False)
-    rows = {}
-    for line in (out / "metrics.csv").read_text().splitlines()[1:]:
-        step, _, split, metric, value = line.split(",")
-        if split == "val":
-            rows.setdefault(int(step), {})[metric] = float(value)
-    first, last = rows[min(rows)], rows[max(rows)]
-    return {"slide": slide, "seconds": round(time.perf_counter() - t0, 1), "steps": max(rows),
-            **{f"untrained_R@{k}": first[f"recall@{k}"] for k in KS},
-            **{f"aligned_R@{k}": last[f"recall@{k}"] for k in KS},
-            **{f"chance_R@{k}": last[f"chance_recall@{k}"] for k in KS}}
+    import pandas as pd
+
+    val = pd.read_csv(out / "metrics.csv").query("split == 'val'")  # the engine's long format
+    by_step = val.pivot_table(index="step", columns="metric", values="value")
+    first, last = by_step.iloc[0], by_step.iloc[-1]
+    return {"slide": slide, "seconds": round(time.perf_counter() - t0, 1), "steps": int(by_step.index[-1]),
+            **{f"untrained_R@{k}": float(first[f"recall@{k}"]) for k in KS},
+            **{f"aligned_R@{k}": float(last[f"recall@{k}"]) for k in KS},
+            **{f"chance_R@{k}": float(last[f"chance_recall@{k}"]) for k in KS}}
 
 
 def tag(args) -> str:

@@ -77,8 +77,7 @@ def load_embedder(model: str, device: str = "auto", backbone_weights: str | None
     def image_fn(images):
         images = images.to(dev)
         feat = net.encode_image(images, space="backbone")
-        return {"X_stamp_v": torch.nn.functional.normalize(net.patch_projection(feat), dim=-1),
-                "X_backbone": feat}
+        return {"X_stamp_v": net.encode_image(patch_feat=feat), "X_backbone": feat}
 
     def gene_fn(tokens):
         return net.encode_genes(tokens.to(dev))

@@ -116,12 +116,15 @@ class StampModel(nn.Module):
         with ctx:
             return pool_gene_states(self.spot_backbone, tokens, self.pooling)
 
-    def encode_image(self, images: torch.Tensor, space: str = "shared") -> torch.Tensor:
-        """Stamp_V: [N, 512] L2-normalised (``space="backbone"``: the raw backbone feature)."""
-        f = self.visual_backbone.forward_patch(self.prepare_images(images))
+    def encode_image(self, images: torch.Tensor | None = None, space: str = "shared",
+                     patch_feat: torch.Tensor | None = None) -> torch.Tensor:
+        """Stamp_V: [N, 512] L2-normalised, from images or a backbone feature of the patch pass (cached, or
+        computed once for both outputs); ``space="backbone"``: the raw backbone feature."""
+        if patch_feat is None:
+            patch_feat = self.visual_backbone.forward_patch(self.prepare_images(images))
         if space == "backbone":
-            return f
-        return F.normalize(self.patch_projection(f), dim=-1)
+            return patch_feat
+        return F.normalize(self.patch_projection(patch_feat), dim=-1)
 
     def encode_genes(self, tokens: torch.Tensor | None = None, gene_feat: torch.Tensor | None = None) -> torch.Tensor:
         """Stamp_G: [N, 512] L2-normalised, from storage tokens or a cached pooled feature."""
@@ -181,7 +184,7 @@ class StampModel(nn.Module):
         xy = b.get("xy_um")
         slide_idx = b.get("slide_idx")
         return self.loss_fn(
-            patch=F.normalize(self.patch_projection(patch_f), dim=-1),
+            patch=self.encode_image(patch_feat=patch_f),
             region=F.normalize(self.region_projection(region_f), dim=-1),
             spot=spot,
             pretext=F.normalize(proj(pretext_f), dim=-1),

@@ -261,7 +261,7 @@ def anchor_embeddings(model: StampModel, batch: dict) -> tuple[torch.Tensor, tor
     """Stamp_V and Stamp_G of each item's anchor spot (index 0 of the pair)."""
     dev = model.logit_scale.device
     if batch.get("patch_feat") is not None:
-        v = torch.nn.functional.normalize(model.patch_projection(batch["patch_feat"][:, 0].to(dev)), dim=-1)
+        v = model.encode_image(patch_feat=batch["patch_feat"][:, 0].to(dev))
     else:
         v = model.encode_image(batch["patch"][:, 0].to(dev))
     if batch.get("gene_feat") is not None:
@@ -273,7 +273,7 @@ def anchor_embeddings(model: StampModel, batch: dict) -> tuple[torch.Tensor, tor
 
 def retrieval_recall(img: torch.Tensor, gene: torch.Tensor, slides: list[str], ks=(1, 5, 10)) -> dict:
     """Mean over slides of patch -> spot recall@k (the true spot among the k most similar spots of the same
-    slide; ties count by half, see ``evaluation.retrieval``), with chance level beside it."""
+    slide; ties broken at random in expectation, see ``evaluation.retrieval``), with chance level beside it."""
     import numpy as np
 
     from ..evaluation.retrieval import recall_from_ranks, true_match_ranks
