@@ -13,6 +13,22 @@ from stamp_st.training.align import AlignConfig, GeneFeatureCache, SyntheticPair
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def visium_paired_corpus(tmp_path_factory):
+    """A small synthetic paired corpus of two slides (built as in test_corpus)."""
+    from test_corpus import _config, _slide, _vocab
+
+    from stamp_st.corpus.build import build_corpus
+    from stamp_st.corpus.manifest import entries_from_records
+
+    tmp = tmp_path_factory.mktemp("paired_src")
+    rows = [_slide(tmp, f"S{i}", seed=i) for i in range(2)]
+    out = tmp_path_factory.mktemp("paired")
+    build_corpus(entries_from_records(rows), out, _config(_vocab(tmp), "paired"), workers=1, processes=False,
+                 progress=False)
+    return out
+
+
 def test_align_runs_with_cached_frozen_gene_encoder_and_writes_a_stamp_checkpoint(tmp_path):
     from safetensors.torch import save_file
 
@@ -188,3 +204,73 @@ def test_val_slides_must_exist_and_leave_something_to_train_on():
         check_val_slides(["s3"], man, "c")
     with pytest.raises(StampInputError, match="nothing is left"):
         check_val_slides(["s1", "s2"], man, "c")
+
+
+def test_trunk_cache_gives_the_uncached_losses_and_trains_the_tail():
+    """Partial fine-tuning of a CNN with its frozen trunk cached: same losses as running the whole CNN,
+    and gradients reach the last block and the conv head, not the trunk."""
+    from stamp_st.training.align import TrunkFeatureCache, build_align_model, trunk_cache_applies
+
+    cfg = AlignConfig.from_dict({"backbone": "efficientnet_lite0", "gene_encoder": "random:tiny",
+                                 "freeze_gene_encoder": True, "trainable_blocks": 1, "temperature_init": 1.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _ = build_align_model(cfg)
+    assert trunk_cache_applies(cfg, model)
+    assert float(model.logit_scale.detach().exp()) == pytest.approx(1.0)
+    batch = next(iter(SyntheticPairs(n_items=4, img_px=64, context=32, batch_size=4)))
+    model.eval()  # BatchNorm of the trainable tail: the same statistics on both paths
+    direct = model(batch)
+    cached_batch = TrunkFeatureCache().fill(GeneFeatureCache().fill(batch, model), model)
+    assert cached_batch["patch"] is None and cached_batch["patch_trunk"].dtype == torch.float16
+    cached = model(cached_batch)
+    for k in direct:
+        torch.testing.assert_close(cached[k], direct[k], atol=5e-3, rtol=5e-3)
+    model.train()
+    model(cached_batch)["loss"].backward()
+    base = model.visual_backbone.base_model
+    assert base.conv_head.weight.grad is not None and base.blocks[-1][0].conv_pw.weight.grad is not None
+    assert all(p.grad is None for p in base.blocks[0].parameters())
+
+
+def test_dihedral_augmentation_draws_each_of_the_eight_per_sample():
+    from stamp_st.models.pretext import DIHEDRAL, dihedral_augment
+
+    x = torch.arange(9.0).view(1, 1, 3, 3).repeat(64, 1, 1, 1)
+    torch.manual_seed(0)
+    y = dihedral_augment(x)
+    variants = {tuple(v.flatten().tolist()) for v in y}
+    expected = set()
+    for k, flip in DIHEDRAL:
+        r = torch.rot90(x[0], k, (-2, -1))
+        expected.add(tuple((r.flip(-1) if flip else r).flatten().tolist()))
+    assert variants == expected  # every output is one of the 8, and all 8 occur in 64 draws
+    assert torch.equal(y.sum(dim=(2, 3)), x.sum(dim=(2, 3)))
+
+
+def test_folds_train_one_model_per_held_out_slide_and_a_final_one(tmp_path, visium_paired_corpus):
+    from stamp_st.training.align import run_align_folds
+
+    cfg = AlignConfig.from_dict({
+        "backbone": "efficientnet_lite0", "gene_encoder": "random:tiny", "batch_size": 2, "image_px": 64,
+        "freeze_gene_encoder": True, "trainable_blocks": 1, "augment": "dihedral", "val_max_batches": None,
+        "trainer": {"max_steps": 2, "lr": 1e-3, "precision": "fp32", "progress": False, "tensorboard": False,
+                    "val_every": 2, "ckpt_every": 2}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = run_align_folds(visium_paired_corpus, cfg, tmp_path / "cv", device="cpu")
+    slides = res["slides"]
+    assert len(slides) >= 2
+    import json
+
+    for sl in slides:
+        saved = json.loads((tmp_path / "cv" / "folds" / sl / "align_config.json").read_text())
+        assert saved["val_slides"] == [sl]
+        assert (tmp_path / "cv" / "folds" / sl / "checkpoints" / "latest").is_file()
+    assert (tmp_path / "cv" / "checkpoints" / "latest").is_file()
+    assert json.loads((tmp_path / "cv" / "align_config.json").read_text())["val_slides"] is None
+    # one trunk cache for every run: its counts only grow from run to run, and no spot is stored twice
+    stats = [res["folds"][sl]["result"]["trunk_cache"] for sl in slides] + [res["final"]["result"]["trunk_cache"]]
+    assert all(a["misses"] <= b["misses"] and a["hits"] < b["hits"] for a, b in zip(stats, stats[1:]))
+    n_spots = json.loads((visium_paired_corpus / "manifest.json").read_text())["totals"]["n_spots"]
+    assert 0 < stats[-1]["spots"] <= n_spots

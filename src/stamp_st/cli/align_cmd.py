@@ -28,9 +28,18 @@ def register(subparsers) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--freeze-backbone", action="store_true", help="train only heads, pretext token and thumbnail map")
     g.add_argument("--trainable-blocks", type=int, default=None, metavar="N",
-                   help="partial fine-tuning: train only the backbone's last N blocks (and its head)")
+                   help="partial fine-tuning: train only the backbone's last N blocks (and its head); on a CNN the "
+                        "frozen trunk is computed once per crop and cached")
     g.add_argument("--lora", type=int, default=0, metavar="R", help="LoRA of rank R on the ViT attention (qkv)")
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the ViT blocks")
+    p.add_argument("--augment", choices=["none", "dihedral"], default="none",
+                   help="dihedral: random rotations / mirrorings of the patch (of its cached trunk map on a CNN)")
+    p.add_argument("--temperature-init", type=float, default=None,
+                   help="initial contrastive temperature (default: the release's 0.07; 1.0 suits a few thousand "
+                        "spots)")
+    p.add_argument("--folds", action="store_true",
+                   help="cross-validation: one model per slide held out (OUT/folds/<slide>/), then one final model "
+                        "on every slide (OUT/)")
     p.add_argument("--neighbour-radius-um", type=float,
                    help="mask same-slide negatives closer than this to the anchor (off by default)")
     p.add_argument("--expr-sim-threshold", type=float,
@@ -44,8 +53,8 @@ def register(subparsers) -> None:
     p.add_argument("--val-max-batches", type=int, default=20,
                    help="validation batches per evaluation (0: every held-out spot)")
     p.add_argument("--image-cache-gb", type=float, default=4.0,
-                   help="with --freeze-backbone on a CNN: cache patch features and region maps up to this size "
-                        "(0: off)")
+                   help="with --freeze-backbone or --trainable-blocks on a CNN: cache the frozen part's outputs "
+                        "up to this size (0: off)")
     p.add_argument("--batch-size", type=int, default=16, help="items (2 spots each) per micro-batch and process")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=1000)
@@ -73,12 +82,23 @@ def run(args) -> int:
         "image_px": args.image_px, "gene_encoder": args.gene_encoder,
         "batch_size": args.batch_size, "freeze_gene_encoder": args.freeze_gene_encoder,
         "freeze_backbone": args.freeze_backbone, "lora": args.lora, "grad_ckpt": args.grad_ckpt,
-        "trainable_blocks": args.trainable_blocks,
+        "trainable_blocks": args.trainable_blocks, "augment": args.augment,
+        "temperature_init": args.temperature_init,
         "neighbour_radius_um": args.neighbour_radius_um, "expr_sim_threshold": args.expr_sim_threshold,
         "neighbour_mode": args.neighbour_mode, "released_mode": args.released_mode,
         "num_workers": args.num_workers, "val_slides": args.val_slides,
         "val_max_batches": args.val_max_batches or None, "image_cache_gb": args.image_cache_gb,
         "trainer": trainer})
-    result = run_align(args.corpus, cfg, args.out, resume=args.resume, device=args.device)
+    if args.folds:
+        if args.val_slides:
+            from ..errors import StampInputError
+
+            raise StampInputError("--folds holds out every slide in turn: drop --val-slides")
+        from ..training.align import run_align_folds
+
+        result = run_align_folds(args.corpus, cfg, args.out, resume=args.resume, device=args.device,
+                                 progress=lambda m: print(f"[align] {m}", flush=True))
+    else:
+        result = run_align(args.corpus, cfg, args.out, resume=args.resume, device=args.device)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, default=str))
     return 0

@@ -122,12 +122,38 @@ class PretextViT(nn.Module):
         return self._pool(x), x[:, npt], token_map
 
 
+DIHEDRAL = tuple((k, flip) for k in range(4) for flip in (False, True))  # the 8 rotations / mirrorings
+
+
+def dihedral_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each map of ``x`` [N, C, H, W] under one of the 8 rotations / mirrorings, drawn per sample.
+
+    H&E has no preferred orientation, so these are label-preserving; applied to images or to cached
+    feature maps of a frozen trunk (where they stand in for rotating the image, which the cache forbids)."""
+    choice = torch.randint(0, len(DIHEDRAL), (x.shape[0],), generator=generator).tolist()
+    out = torch.empty_like(x) if x.shape[-1] == x.shape[-2] else None
+    if out is None:  # non-square maps: mirrorings only
+        flip = torch.tensor([c % 2 == 1 for c in choice], device=x.device)
+        return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    for c in set(choice):
+        idx = [i for i, ci in enumerate(choice) if ci == c]
+        k, flip = DIHEDRAL[c]
+        y = torch.rot90(x[idx], k, (-2, -1))
+        out[idx] = y.flip(-1) if flip else y
+    return out
+
+
 class PretextConvNet(nn.Module):
-    """The non-ViT equivalent (see the module docstring); ``base_model`` is a timm CNN with no head."""
+    """The non-ViT equivalent (see the module docstring); ``base_model`` is a timm CNN with no head.
+
+    Partial fine-tuning splits the CNN into a frozen ``trunk`` (stem + first blocks) and a trainable
+    ``tail`` (last ``tail_blocks`` blocks + conv head): ``_map = tail(trunk(x))``, so a frozen trunk's
+    output can be computed once per crop and cached (``training.align.TrunkFeatureCache``)."""
 
     def __init__(self, base_model: nn.Module, thumb_px: int = 16, heads: int = 4):
         super().__init__()
         self.base_model = base_model
+        self.tail_blocks: int | None = None  # set by set_tail_blocks for partial fine-tuning
         dim = base_model.num_features
         self.embed_dim = dim
         self.thumb_px = thumb_px
@@ -139,16 +165,50 @@ class PretextConvNet(nn.Module):
     def _map(self, images: torch.Tensor) -> torch.Tensor:
         return self.base_model.forward_features(images)  # [N, C, h, w]
 
+    def supports_trunk_split(self) -> bool:
+        """timm's EfficientNet family: forward_features = conv_stem, bn1, blocks, conv_head, bn2."""
+        b = self.base_model
+        return all(hasattr(b, n) for n in ("conv_stem", "bn1", "blocks", "conv_head", "bn2"))
+
+    def set_tail_blocks(self, n: int) -> None:
+        if not self.supports_trunk_split():
+            raise ValueError(f"{type(self.base_model).__name__} cannot be split into a trunk and a tail")
+        if not 0 <= n <= len(self.base_model.blocks):
+            raise ValueError(f"tail_blocks must be within 0..{len(self.base_model.blocks)}")
+        self.tail_blocks = n
+
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """Stem and the frozen blocks: everything that a cache may replace."""
+        b = self.base_model
+        x = b.bn1(b.conv_stem(images))
+        cut = len(b.blocks) - (self.tail_blocks or 0)
+        return b.blocks[:cut](x)
+
+    def tail(self, trunk_map: torch.Tensor) -> torch.Tensor:
+        """The trainable last blocks and conv head: trunk map -> feature map [N, C, h, w]."""
+        b = self.base_model
+        cut = len(b.blocks) - (self.tail_blocks or 0)
+        return b.bn2(b.conv_head(b.blocks[cut:](trunk_map)))
+
+    def patch_from_trunk(self, trunk_map: torch.Tensor) -> torch.Tensor:
+        return self.tail(trunk_map).mean(dim=(2, 3))
+
+    def region_map_from_trunk(self, trunk_map: torch.Tensor) -> torch.Tensor:
+        return self._at_least_3x3(self.tail(trunk_map))
+
     def forward_patch(self, images: torch.Tensor) -> torch.Tensor:
         return self._map(images).mean(dim=(2, 3))
+
+    @staticmethod
+    def _at_least_3x3(fmap: torch.Tensor) -> torch.Tensor:
+        if fmap.shape[-1] < 3 or fmap.shape[-2] < 3:  # small inputs: upsample so 3 x 3 windows exist
+            fmap = F.interpolate(fmap, size=(max(3, fmap.shape[-2]), max(3, fmap.shape[-1])), mode="nearest")
+        return fmap
 
     def region_map(self, images: torch.Tensor) -> torch.Tensor:
         """The region's feature map [N, C, h, w] (at least 3 x 3): all of the region pass that does not
         depend on trainable pretext parameters, so a frozen CNN's maps can be computed once and cached."""
-        fmap = self._map(images)
-        if fmap.shape[-1] < 3 or fmap.shape[-2] < 3:  # small inputs: upsample so 3 x 3 windows exist
-            fmap = F.interpolate(fmap, size=(max(3, fmap.shape[-2]), max(3, fmap.shape[-1])), mode="nearest")
-        return fmap
+        return self._at_least_3x3(self._map(images))
 
     def region_from_map(self, fmap: torch.Tensor, thumbs: torch.Tensor):
         """-> region feature [N, C], pretext output [N, C], the map itself (the token grid)."""
@@ -163,7 +223,3 @@ class PretextConvNet(nn.Module):
 
     def forward_region(self, images: torch.Tensor, thumbs: torch.Tensor):
         return self.region_from_map(self.region_map(images), thumbs)
-
-
-def wrap_backbone(model: nn.Module, is_vit: bool) -> nn.Module:
-    return PretextViT(model) if is_vit else PretextConvNet(model)

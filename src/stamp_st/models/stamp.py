@@ -28,13 +28,15 @@ from torch import nn
 from .backbones import Backbone, ImageTransform, normalise_images
 from .gene_encoder import GeneEncoder
 from .losses import LOGIT_SCALE_INIT, StampLoss
-from .pretext import PretextConvNet, PretextViT, csp_windows
+from .pretext import PretextConvNet, PretextViT, csp_windows, dihedral_augment
 
 PROJ_DIM = 512
-# per-spot batch entries; ``gene_feat`` / ``patch_feat`` + ``region_map`` are cached outputs of a frozen gene
-# encoder / frozen CNN backbone that replace ``tokens`` / ``patch`` + ``region`` (training.align)
+# per-spot batch entries; ``gene_feat`` / ``patch_feat`` + ``region_map`` / ``patch_trunk`` + ``region_trunk``
+# are cached outputs of a frozen gene encoder / frozen CNN backbone / frozen CNN trunk that replace
+# ``tokens`` / ``patch`` + ``region`` (training.align)
 SPOT_KEYS = ("patch", "region", "region_label", "region_valid", "thumb", "tokens", "xy_um", "gene_feat",
-             "patch_feat", "region_map")
+             "patch_feat", "region_map", "patch_trunk", "region_trunk")
+AUGMENTATIONS = ("none", "dihedral")
 
 
 def slide_index(slide_ids) -> torch.Tensor:
@@ -51,8 +53,14 @@ class StampModel(nn.Module):
     def __init__(self, gene_encoder: GeneEncoder, backbone: Backbone, proj_dim: int = PROJ_DIM,
                  released: bool = False, gather: bool = True, neighbour_radius_um: float | None = None,
                  expr_sim_threshold: float | None = None, neighbour_mode: str = "mask",
-                 freeze_gene_encoder: bool = False):
+                 freeze_gene_encoder: bool = False, temperature_init: float | None = None,
+                 augment: str = "none"):
         super().__init__()
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}")
+        # training-time augmentation of the patch pass (Stamp_V's input): random rotations / mirrorings of
+        # the patch, or of its cached trunk map; the region pass is left as is (its 3 x 3 label would move)
+        self.augment = augment
         self.spot_backbone = gene_encoder
         self.visual_backbone = PretextViT(backbone.model) if backbone.is_vit else PretextConvNet(backbone.model)
         d_img, d_gene = backbone.embed_dim, gene_encoder.config.d_model
@@ -65,7 +73,10 @@ class StampModel(nn.Module):
         self.patch_projection = nn.Linear(d_img, proj_dim)
         self.region_projection = nn.Linear(d_img, proj_dim)
         self.positioning_projection = nn.Linear(d_img, proj_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
+        # the release's 0.07; a few thousand spots overfit that sharp a softmax, and a warmer start
+        # (e.g. 1.0, closer to regression onto the gene features) transfers better to unseen sections
+        init = LOGIT_SCALE_INIT if temperature_init is None else float(-torch.log(torch.tensor(temperature_init)))
+        self.logit_scale = nn.Parameter(torch.tensor(init))
         self.backbone_name = backbone.name
         self.backbone_kwargs = dict(backbone.create_kwargs)
         self.transform: ImageTransform = backbone.transform
@@ -161,16 +172,25 @@ class StampModel(nn.Module):
         dev = self.logit_scale.device
         t = self.transform
         thumb = normalise_images(b["thumb"].to(dev, non_blocking=True), t.mean, t.std, None)
+        vb = self.visual_backbone
+        augment = self.augment == "dihedral" and self.training
         if b.get("patch_feat") is not None:
             patch_f = b["patch_feat"].to(dev, non_blocking=True).float()
+        elif b.get("patch_trunk") is not None:
+            trunk = b["patch_trunk"].to(dev, non_blocking=True).float()
+            patch_f = vb.patch_from_trunk(dihedral_augment(trunk) if augment else trunk)
         else:
-            patch_f = self.visual_backbone.forward_patch(self.prepare_images(b["patch"].to(dev, non_blocking=True)))
+            images = self.prepare_images(b["patch"].to(dev, non_blocking=True))
+            patch_f = vb.forward_patch(dihedral_augment(images) if augment else images)
         if b.get("region_map") is not None:
-            region_f, pretext_f, token_map = self.visual_backbone.region_from_map(
-                b["region_map"].to(dev, non_blocking=True).float(), thumb)
+            region_f, pretext_f, token_map = vb.region_from_map(b["region_map"].to(dev, non_blocking=True).float(),
+                                                                thumb)
+        elif b.get("region_trunk") is not None:
+            fmap = vb.region_map_from_trunk(b["region_trunk"].to(dev, non_blocking=True).float())
+            region_f, pretext_f, token_map = vb.region_from_map(fmap, thumb)
         else:
             region = self.prepare_images(b["region"].to(dev, non_blocking=True))
-            region_f, pretext_f, token_map = self.visual_backbone.forward_region(region, thumb)
+            region_f, pretext_f, token_map = vb.forward_region(region, thumb)
         windows = csp_windows(token_map)
 
         gene_feat = b.get("gene_feat")

@@ -35,6 +35,9 @@ class AlignConfig:
     image_cache_gb: float = 4.0  # frozen CNN backbone: cache patch features and region maps (0: off)
     freeze_backbone: bool = False
     trainable_blocks: int | None = None  # partial fine-tuning: only the backbone's last N blocks (+ head) train
+    cache_trunk: bool = True  # partial fine-tuning of a CNN: compute the frozen trunk once per crop, cache it
+    augment: str = "none"  # "dihedral": random rotations / mirrorings of the patch (or of its cached trunk map)
+    temperature_init: float | None = None  # None: the release's 0.07
     lora: int = 0
     grad_ckpt: bool = False
     neighbour_radius_um: float | None = None
@@ -59,6 +62,12 @@ class AlignConfig:
                                   "drop --neighbour-radius-um / --expr-sim-threshold or --released-mode")
         if sum([bool(cfg.freeze_backbone), bool(cfg.lora), cfg.trainable_blocks is not None]) > 1:
             raise StampInputError("choose one of --freeze-backbone, --lora, --trainable-blocks", source)
+        from ..models.stamp import AUGMENTATIONS
+
+        if cfg.augment not in AUGMENTATIONS:
+            raise StampInputError(f"unknown augmentation {cfg.augment!r}", source, f"choose one of {AUGMENTATIONS}")
+        if cfg.temperature_init is not None and not 0 < cfg.temperature_init <= 10:
+            raise StampInputError(f"temperature_init {cfg.temperature_init} is outside (0, 10]", source)
         TrainerConfig.from_dict(cfg.trainer, source)
         return cfg
 
@@ -97,7 +106,8 @@ def build_align_model(cfg: AlignConfig):
         bb.transform.size_px = int(cfg.image_px)
     model = StampModel(enc, bb, released=cfg.released_mode, neighbour_radius_um=cfg.neighbour_radius_um,
                        expr_sim_threshold=cfg.expr_sim_threshold, neighbour_mode=cfg.neighbour_mode,
-                       freeze_gene_encoder=cfg.freeze_gene_encoder)
+                       freeze_gene_encoder=cfg.freeze_gene_encoder, temperature_init=cfg.temperature_init,
+                       augment=cfg.augment)
     if cfg.freeze_backbone:
         from ..models.backbones import freeze_backbone
 
@@ -106,6 +116,8 @@ def build_align_model(cfg: AlignConfig):
         from ..models.backbones import freeze_early_layers
 
         freeze_early_layers(model.visual_backbone.base_model, cfg.trainable_blocks)
+        if isinstance(model.visual_backbone, PretextConvNet) and model.visual_backbone.supports_trunk_split():
+            model.visual_backbone.set_tail_blocks(cfg.trainable_blocks)
     if cfg.lora:
         from ..models.lora import apply_lora
 
@@ -191,10 +203,33 @@ class ImageFeatureCache(SpotFeatureCache):
         return {"patch_feat": patch_f.float().cpu(), "region_map": fmap.half().cpu()}
 
 
+class TrunkFeatureCache(SpotFeatureCache):
+    """Partial fine-tuning of a CNN: the frozen trunk's maps of the patch and the region (``patch``,
+    ``region`` -> ``patch_trunk``, ``region_trunk``, float16); the last blocks, conv head, pretext query and
+    heads train on top, so a step costs the tail's forward and backward only. Rotations / mirrorings are
+    then applied to the cached patch map (``augment="dihedral"``)."""
+
+    inputs = ("patch", "region")
+
+    def compute(self, model, inputs):
+        dev = model.logit_scale.device
+        vb = model.visual_backbone
+        return {"patch_trunk": vb.trunk(model.prepare_images(inputs["patch"].to(dev))).half().cpu(),
+                "region_trunk": vb.trunk(model.prepare_images(inputs["region"].to(dev))).half().cpu()}
+
+
 def image_cache_applies(cfg: AlignConfig, model: StampModel) -> bool:
     """Only a fully frozen CNN: a ViT's patch and region passes carry the trainable pretext token."""
     return (cfg.freeze_backbone and not cfg.lora and cfg.image_cache_gb > 0
             and isinstance(model.visual_backbone, PretextConvNet))
+
+
+def trunk_cache_applies(cfg: AlignConfig, model: StampModel) -> bool:
+    """A CNN fine-tuned in its last blocks whose trunk can be split off (a ViT's pretext token enters at
+    the first block, so no part of a ViT is independent of trainable parameters)."""
+    vb = model.visual_backbone
+    return (cfg.trainable_blocks is not None and cfg.cache_trunk and not cfg.lora and cfg.image_cache_gb > 0
+            and isinstance(vb, PretextConvNet) and vb.tail_blocks is not None)
 
 
 class CachedBatches:
@@ -262,6 +297,9 @@ def anchor_embeddings(model: StampModel, batch: dict) -> tuple[torch.Tensor, tor
     dev = model.logit_scale.device
     if batch.get("patch_feat") is not None:
         v = model.encode_image(patch_feat=batch["patch_feat"][:, 0].to(dev))
+    elif batch.get("patch_trunk") is not None:
+        trunk = batch["patch_trunk"][:, 0].to(dev).float()
+        v = model.encode_image(patch_feat=model.visual_backbone.patch_from_trunk(trunk))
     else:
         v = model.encode_image(batch["patch"][:, 0].to(dev))
     if batch.get("gene_feat") is not None:
@@ -306,8 +344,10 @@ def check_val_slides(val_slides, manifest: dict, corpus) -> set[str] | None:
 
 
 def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resume: str | bool = "auto",
-              device: str | None = None, train_data=None, val_data=None) -> dict:
-    """Train; ``train_data``/``val_data`` replace the corpus loaders (tests, synthetic data)."""
+              device: str | None = None, train_data=None, val_data=None,
+              caches: dict[str, SpotFeatureCache] | None = None) -> dict:
+    """Train; ``train_data``/``val_data`` replace the corpus loaders (tests, synthetic data). ``caches``: a
+    dict shared between runs with the same frozen parts (cross-validation folds), filled on first use."""
     rank, world, _ = dist_env()
     tcfg = TrainerConfig.from_dict(dict(cfg.trainer))
     torch.manual_seed(tcfg.seed)
@@ -348,11 +388,14 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
             val_data = loader("val", False, "pad" if world > 1 else None)
     if train_data is None:
         raise StampInputError("no training data: give a corpus")
-    caches: dict[str, SpotFeatureCache] = {}
+    shared = {} if caches is None else caches
+    caches = {}  # the ones this run uses
     if cfg.freeze_gene_encoder and cfg.cache_gene_features:
-        caches["gene_cache"] = GeneFeatureCache()
+        caches["gene_cache"] = shared.setdefault("gene_cache", GeneFeatureCache())
     if image_cache_applies(cfg, model):
-        caches["image_cache"] = ImageFeatureCache(max_bytes=cfg.image_cache_gb * 2**30)
+        caches["image_cache"] = shared.setdefault("image_cache", ImageFeatureCache(cfg.image_cache_gb * 2**30))
+    elif trunk_cache_applies(cfg, model):
+        caches["trunk_cache"] = shared.setdefault("trunk_cache", TrunkFeatureCache(cfg.image_cache_gb * 2**30))
     if caches:
         train_data = CachedBatches(train_data, model, list(caches.values()))
         if val_data is not None:
@@ -368,6 +411,43 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
     trainer = Trainer(model, tcfg, out, train_data, val_fn=val_fn, checkpoint_config=ck_config, device=device)
     result = trainer.fit(resume=resume)
     result = {**result, **{name: c.stats() for name, c in caches.items()}}
+    return result
+
+
+def corpus_slides(corpus) -> list[str]:
+    from ..corpus.datasets import load_corpus_manifest
+
+    manifest, _ = load_corpus_manifest(corpus)
+    return list(dict.fromkeys(sh["slide_id"] for sh in manifest.get("shards", [])))
+
+
+def run_align_folds(corpus: str | Path, cfg: AlignConfig, out: str | Path, slides: list[str] | None = None,
+                    resume: str | bool = "auto", device: str | None = None, final: bool = True,
+                    progress=None) -> dict:
+    """Cross-validation over the slides of one paired corpus: one model per held-out slide
+    (``OUT/folds/<slide>/``, trained on every other slide and validated on the held-out one, so each slide
+    has a model that never saw it), then, with ``final``, one model on every slide with the same recipe
+    (``OUT/``), the one to embed new slides with. The frozen parts' caches are shared between runs."""
+    slides = list(slides) if slides else corpus_slides(corpus)
+    if len(slides) < 2:
+        raise StampInputError(f"folds need at least 2 slides, the corpus has {len(slides)}", corpus)
+    out = Path(out)
+    caches: dict[str, SpotFeatureCache] = {}
+    say = progress or (lambda msg: None)
+    folds: dict = {}
+    for sl in slides:
+        say(f"fold: {sl} held out")
+        fold_cfg = AlignConfig.from_dict({**cfg.to_json(), "val_slides": [sl]})
+        res = run_align(corpus, fold_cfg, out / "folds" / sl, resume=resume, device=device, caches=caches)
+        folds[sl] = {"run": str(out / "folds" / sl), "result": res}
+    result = {"folds": folds, "slides": slides}
+    if final:
+        say("final model: every slide")
+        final_cfg = AlignConfig.from_dict({**cfg.to_json(), "val_slides": None})
+        result["final"] = {"run": str(out), "result": run_align(corpus, final_cfg, out, resume=resume,
+                                                               device=device, caches=caches)}
+    atomic_write_json(out / "folds.json", {"held_out": {sl: f"folds/{sl}" for sl in slides},
+                                           "final": "." if final else None})
     return result
 
 
