@@ -50,6 +50,10 @@ class EmbeddingSet:
     image_paths: dict[str, str] = field(default_factory=dict)
     patches: np.ndarray | None = None
     source_path: str = ""
+    # cross-validated models: held-out slide -> embedding of every spot by the model that never saw that
+    # slide (and its gene side); the evaluation then scores each held-out slide with its own model
+    fold_emb: dict[str, np.ndarray] | None = None
+    fold_gene_emb: dict[str, np.ndarray] | None = None
 
     def __post_init__(self):
         self.emb = np.asarray(self.emb, dtype=np.float32)
@@ -79,10 +83,14 @@ class EmbeddingSet:
         def take(a):
             return None if a is None else a[idx]
 
+        def take_folds(d):
+            return None if d is None else {k: v[idx] for k, v in d.items()}
+
         return replace(
             self, emb=self.emb[idx], slide_ids=self.slide_ids[idx], spot_ids=self.spot_ids[idx],
             xy_px=take(self.xy_px), gene_emb=take(self.gene_emb), counts=take(self.counts),
             obs=None if self.obs is None else self.obs.iloc[idx], patches=take(self.patches),
+            fold_emb=take_folds(self.fold_emb), fold_gene_emb=take_folds(self.fold_gene_emb),
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -101,65 +102,24 @@ def evaluate_sources(
     def skip(task, name, why):
         results["tasks"][task][name] = {"skipped": why}
 
+    ctx = _TaskContext(lab=lab, slide_ids=slide_ids, expr_log=expr_log, expr_src=expr_src, seed=seed,
+                       impute_k=impute_k, slide_labels=slide_labels)
     for name, s in aligned.items():
         for task in tasks:
             say(f"{task} / {name}")
-            if task in ("probe", "cluster") and lab is None:
-                skip(task, name, "no spot labels given")
+            if s.fold_emb is not None:
+                out = _task_foldwise(task, s, folds, ctx)
+            else:
+                out = _task_once(task, s, s.emb, s.gene_emb, folds, ctx)
+            if isinstance(out, str):
+                skip(task, name, out)
                 continue
-            if task == "probe":
-                from .probe import linear_probe
+            results["tasks"][task][name], preds[task][name] = out
+    if baseline is not None and baseline in aligned:
+        from .gains import task_gains
 
-                r = linear_probe(s.emb, lab, slide_ids, folds, seed=seed)
-                preds[task][name] = r.pop("predictions")
-            elif task == "cluster":
-                from .clustering import cluster_slides
-
-                r = cluster_slides(s.emb, lab, slide_ids, seed=seed)
-                preds[task][name] = r.pop("clusters")
-            elif task == "expression":
-                if expr_log is None:
-                    skip(task, name, "no expression counts in any source (h5ad X is empty)")
-                    continue
-                if s.modality != MODALITY_IMAGE:
-                    skip(task, name, f"{s.modality}-side embedding is computed from the expression it would "
-                                     "predict; image embeddings only")
-                    continue
-                from .expression import hest_ridge, retrieval_imputation
-
-                ridge = hest_ridge(s.emb, expr_log, slide_ids, expr_src.gene_names, folds, seed=seed)
-                ref = s.gene_emb if s.gene_emb is not None else s.emb
-                imp = retrieval_imputation(s.emb, ref, expr_log, slide_ids, expr_src.gene_names, folds,
-                                           k=impute_k)
-                preds[task][name] = {"ridge": ridge.pop("folds"), "impute": imp.pop("folds")}
-                r = {"metrics": {"ridge_pearson": ridge["metrics"]["pearson_mean"],
-                                 "ridge_mse": ridge["metrics"]["mse"],
-                                 "impute_pearson": imp["metrics"]["pearson_mean"],
-                                 "impute_mse": imp["metrics"]["mse"]},
-                     "per_fold": {"ridge": ridge["per_fold"], "impute": imp["per_fold"]},
-                     "impute_reference": "gene embedding" if s.gene_emb is not None else "image embedding"}
-            elif task == "retrieval":
-                if s.gene_emb is None:
-                    skip(task, name, "no gene-side embedding in the same space (cross-modal retrieval "
-                                     "needs an aligned model)")
-                    continue
-                from .retrieval import recall_at_k
-
-                r = recall_at_k(s.emb, s.gene_emb, slide_ids, seed=seed)
-                preds[task][name] = r.pop("examples")
-            elif task == "mil":
-                if not slide_labels:
-                    skip(task, name, "no slide labels given")
-                    continue
-                from .mil import abmil_cv, bags_by_slide
-
-                bag_names, bags = bags_by_slide(s.emb, slide_ids)
-                keep = [i for i, b in enumerate(bag_names) if b in slide_labels]
-                r = abmil_cv([bags[i] for i in keep], [slide_labels[bag_names[i]] for i in keep], seed=seed)
-                if "skipped" in r:
-                    skip(task, name, r["skipped"])
-                    continue
-            results["tasks"][task][name] = r
+        say("gains over the baseline (paired bootstrap)")
+        results["gains"] = task_gains(results, preds, lab, folds, baseline, sources=names, seed=seed)
 
     results["table"] = metric_table(results)
     if artifacts is not None:
@@ -167,6 +127,121 @@ def evaluate_sources(
                           "gene_names": None if expr_src is None else expr_src.gene_names,
                           "predictions": preds, "folds": folds})
     return results
+
+
+@dataclass
+class _TaskContext:
+    lab: np.ndarray | None
+    slide_ids: np.ndarray
+    expr_log: np.ndarray | None
+    expr_src: EmbeddingSet | None
+    seed: int
+    impute_k: int
+    slide_labels: Mapping | None
+
+
+def _task_once(task: str, s: EmbeddingSet, emb: np.ndarray, gene_emb: np.ndarray | None, folds, ctx: _TaskContext,
+               spots: np.ndarray | None = None):
+    """One task on one embedding: (result, predictions), or the reason it was skipped. ``spots`` restricts
+    per-slide tasks (clustering, retrieval) to those rows (the held-out slide of a cross-validated model)."""
+    sel = slice(None) if spots is None else spots
+    lab, slide_ids = (None if ctx.lab is None else ctx.lab[sel]), ctx.slide_ids[sel]
+    if task in ("probe", "cluster") and lab is None:
+        return "no spot labels given"
+    if task == "probe":
+        from .probe import linear_probe
+
+        r = linear_probe(emb, lab, slide_ids, folds, seed=ctx.seed)
+        return r, r.pop("predictions")
+    if task == "cluster":
+        from .clustering import cluster_slides
+
+        r = cluster_slides(emb[sel], lab, slide_ids, seed=ctx.seed)
+        return r, r.pop("clusters")
+    if task == "expression":
+        if ctx.expr_log is None:
+            return "no expression counts in any source (h5ad X is empty)"
+        if s.modality != MODALITY_IMAGE:
+            return (f"{s.modality}-side embedding is computed from the expression it would predict; image "
+                    "embeddings only")
+        from .expression import hest_ridge, retrieval_imputation
+
+        genes = ctx.expr_src.gene_names
+        ridge = hest_ridge(emb, ctx.expr_log, slide_ids, genes, folds, seed=ctx.seed)
+        ref = gene_emb if gene_emb is not None else emb
+        imp = retrieval_imputation(emb, ref, ctx.expr_log, slide_ids, genes, folds, k=ctx.impute_k)
+        r = {"metrics": {"ridge_pearson": ridge["metrics"]["pearson_mean"], "ridge_mse": ridge["metrics"]["mse"],
+                         "impute_pearson": imp["metrics"]["pearson_mean"], "impute_mse": imp["metrics"]["mse"]},
+             "per_fold": {"ridge": ridge["per_fold"], "impute": imp["per_fold"]},
+             "impute_reference": "gene embedding" if gene_emb is not None else "image embedding"}
+        return r, {"ridge": ridge.pop("folds"), "impute": imp.pop("folds")}
+    if task == "retrieval":
+        if gene_emb is None:
+            return "no gene-side embedding in the same space (cross-modal retrieval needs an aligned model)"
+        from .retrieval import recall_at_k
+
+        r = recall_at_k(emb[sel], gene_emb[sel], slide_ids, seed=ctx.seed)
+        return r, r.pop("examples")
+    if task == "mil":
+        if not ctx.slide_labels:
+            return "no slide labels given"
+        from .mil import abmil_cv, bags_by_slide
+
+        bag_names, bags = bags_by_slide(emb, slide_ids)
+        keep = [i for i, b in enumerate(bag_names) if b in ctx.slide_labels]
+        r = abmil_cv([bags[i] for i in keep], [ctx.slide_labels[bag_names[i]] for i in keep], seed=ctx.seed)
+        return r["skipped"] if "skipped" in r else (r, None)
+    raise StampInputError(f"unknown task {task!r}")
+
+
+# per_fold keys that each summarised metric is computed from, where the names differ
+_EXPRESSION_METRICS = {"ridge_pearson": ("ridge", "pearson_mean"), "ridge_mse": ("ridge", "mse"),
+                       "impute_pearson": ("impute", "pearson_mean"), "impute_mse": ("impute", "mse")}
+
+
+def _task_foldwise(task: str, s: EmbeddingSet, folds, ctx: _TaskContext):
+    """A cross-validated source: each held-out slide is scored with the embedding of its own model (trained
+    without it), training-side spots included; per-fold results are merged and summarised again."""
+    from .stats import summarise
+
+    if task == "mil":
+        return "slide classification needs one embedding for every slide (not a cross-validated source)"
+    missing = [f.name for f in folds if f.name not in s.fold_emb]
+    if missing:
+        return f"no cross-validated model for held-out slide(s) {missing}"
+    parts = []
+    for f in folds:
+        gene = s.fold_gene_emb.get(f.name) if s.fold_gene_emb else None
+        per_slide = task in ("cluster", "retrieval")
+        out = _task_once(task, s, s.fold_emb[f.name], gene, None if per_slide else [f], ctx,
+                         spots=f.test_idx if per_slide else None)
+        if isinstance(out, str):
+            return out
+        parts.append((f, *out))
+    first = parts[0][1]
+    n = len(s)
+    if task == "expression":
+        per_fold = {k: [row for _, r, _ in parts for row in r["per_fold"][k]] for k in ("ridge", "impute")}
+        metrics = {m: summarise([row[key] for row in per_fold[kind] if "skipped" not in row])
+                   for m, (kind, key) in _EXPRESSION_METRICS.items()}
+        preds = {k: [a for _, _, p in parts for a in p[k]] for k in ("ridge", "impute")}
+        return {**first, "metrics": metrics, "per_fold": per_fold, "cross_validated": True}, preds
+    per_fold = [row for _, r, _ in parts for row in r["per_fold"]]
+    ok = [row for row in per_fold if "skipped" not in row]
+    metrics = {m: summarise([row[m] for row in ok if m in row]) for m in first["metrics"]}
+    if task == "probe":
+        preds = np.full(n, "", dtype=object)
+        for f, _, p in parts:
+            preds[f.test_idx] = p[f.test_idx]
+    elif task == "cluster":
+        preds = {m: np.full(n, -1, dtype=np.int64) for m in parts[0][2]}
+        for f, _, p in parts:
+            for m, c in p.items():
+                preds[m][f.test_idx] = c
+    else:  # retrieval examples: indices within the held-out slide -> spot indices
+        preds = [{**e, "query": int(f.test_idx[e["query"]]), "retrieved": f.test_idx[e["retrieved"]].tolist()}
+                 for f, _, p in parts for e in p]
+    return {**first, "metrics": metrics, "per_fold": per_fold, "cross_validated": True}, preds
 
 
 def metric_table(results: dict) -> list[dict]:

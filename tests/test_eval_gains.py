@@ -1,0 +1,65 @@
+"""Gains over a baseline with paired intervals, and cross-validated (per-fold) embedding sources."""
+
+import numpy as np
+import pytest
+from test_eval_tasks import synthetic
+
+from stamp_st.evaluation.embeddings_io import EmbeddingSet
+from stamp_st.evaluation.gains import paired_bootstrap_gain
+from stamp_st.evaluation.tasks import evaluate_sources
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic(seed=1)
+
+
+def _src(name, emb, d, **kw):
+    return EmbeddingSet(name, emb, d["slide"], [f"p{i}" for i in range(len(emb))], counts=d["counts"],
+                        gene_names=d["genes"], **kw)
+
+
+def test_identical_sources_gain_exactly_nothing():
+    rng = np.random.default_rng(0)
+    t, p = rng.normal(size=(50, 5)), rng.normal(size=(50, 5))
+    g = paired_bootstrap_gain([(t, p, p), (t, p, p)], "pearson", n_boot=50)
+    assert g["gain"] == 0 and g["low"] == 0 and g["high"] == 0 and g["n_slides"] == 2
+
+
+def test_informative_source_gains_over_noise_with_an_interval_above_zero(data):
+    sources = {"good": _src("good", data["good"], data), "noise": _src("noise", data["noise"], data)}
+    res = evaluate_sources(sources, data["labels"], ["probe", "expression"], baseline="noise")
+    rows = {(r["task"], r["metric"]): r for r in res["gains"]}
+    for key in (("probe", "balanced_accuracy"), ("expression", "ridge_pearson")):
+        r = rows[key]
+        assert r["source"] == "good" and r["baseline"] == "noise" and r["n_slides"] == 3
+        assert 0 < r["low"] <= r["gain"] <= r["high"]
+    # and the other way round the interval lies below zero
+    back = evaluate_sources(sources, data["labels"], ["expression"], baseline="good")
+    r = {(x["task"], x["metric"]): x for x in back["gains"]}[("expression", "ridge_pearson")]
+    assert r["source"] == "noise" and r["high"] < 0
+
+
+def test_a_cross_validated_source_scores_each_slide_with_its_own_model(data):
+    """Each held-out slide must be scored with the embedding of the model that never saw it: here only
+    the fold embeddings carry signal, so reading the source's plain ``emb`` would score like noise."""
+    slides = list(dict.fromkeys(data["slide"].tolist()))
+    folds = {sl: data["good"] + np.random.default_rng(i).normal(0, 0.1, data["good"].shape)
+             for i, sl in enumerate(slides)}
+    cv = _src("cv", data["noise"], data, fold_emb=folds)
+    plain = _src("plain", data["noise"], data)
+    res = evaluate_sources({"cv": cv, "plain": plain}, data["labels"], ["probe", "expression", "cluster"],
+                           baseline="plain")
+    t = res["tasks"]
+    assert t["probe"]["cv"]["cross_validated"]
+    assert len(t["probe"]["cv"]["per_fold"]) == len(slides)
+    assert t["probe"]["cv"]["metrics"]["balanced_accuracy"]["mean"] > \
+        t["probe"]["plain"]["metrics"]["balanced_accuracy"]["mean"] + 0.2
+    assert t["expression"]["cv"]["metrics"]["ridge_pearson"]["n"] == len(slides)
+    assert t["expression"]["cv"]["metrics"]["ridge_pearson"]["mean"] > \
+        t["expression"]["plain"]["metrics"]["ridge_pearson"]["mean"] + 0.1
+    assert [r["slide"] for r in t["cluster"]["cv"]["per_fold"]] == slides
+    assert all(r["low"] > 0 for r in res["gains"] if r["metric"] in ("balanced_accuracy", "ridge_pearson"))
+    missing = _src("cv", data["noise"], data, fold_emb={slides[0]: folds[slides[0]]})
+    out = evaluate_sources({"cv": missing, "plain": plain}, data["labels"], ["probe"])
+    assert "no cross-validated model" in out["tasks"]["probe"]["cv"]["skipped"]
