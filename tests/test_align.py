@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -274,3 +275,20 @@ def test_folds_train_one_model_per_held_out_slide_and_a_final_one(tmp_path, visi
     assert all(a["misses"] <= b["misses"] and a["hits"] < b["hits"] for a, b in zip(stats, stats[1:]))
     n_spots = json.loads((visium_paired_corpus / "manifest.json").read_text())["totals"]["n_spots"]
     assert 0 < stats[-1]["spots"] <= n_spots
+
+    # every spot by every model at once, sharing the trunk and the gene encoder: equal to each model alone
+    from stamp_st.inference.corpus_embed import embed_corpus, iter_corpus_spots
+
+    cks = {sl: tmp_path / "cv" / "folds" / sl / "checkpoints" / "latest" for sl in slides}
+    cks = {k: v.parent / v.read_text().strip() for k, v in cks.items()}
+    emb = embed_corpus(cks, visium_paired_corpus, backbone="efficientnet_lite0", progress=False)
+    assert emb["shared_trunk"] and len(emb["spot_ids"]) == n_spots
+    patches = torch.from_numpy(np.stack([p for _, p, _ in iter_corpus_spots(visium_paired_corpus)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = load_stamp(cks[slides[0]])
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(emb["stamp_v"][slides[0]]), alone.encode_image(patches),
+                                   atol=2e-3, rtol=2e-3)
+    assert not np.allclose(emb["stamp_v"][slides[0]], emb["stamp_v"][slides[1]])  # each fold its own model
+    assert emb["backbone"].shape == (n_spots, 1280)

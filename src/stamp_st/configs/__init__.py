@@ -1,5 +1,5 @@
 """Registered configuration files (JSON), shipped with the package: ``gene_encoder/<name>.json`` and
-``pretrain/<name>.json``. One loader resolves a registered name or a user's JSON path."""
+``pretrain/<name>.json`` and ``align/<name>.json``. One loader resolves a registered name or a user's JSON path."""
 
 from __future__ import annotations
 

@@ -159,7 +159,7 @@ def read_embedding_h5ad(path: str | Path, key: str | None = None, name: str | No
         adata = ad.read_h5ad(path)
     except Exception as err:  # noqa: BLE001 - any parse failure is a bad input file
         raise StampInputError(f"not a readable .h5ad file ({err})", path) from err
-    candidates = [k for k in adata.obsm.keys() if k not in NON_EMBEDDING_OBSM]
+    candidates = [k for k in adata.obsm.keys() if k not in NON_EMBEDDING_OBSM and CV_SEP not in k]
     if key is None:
         key = next((k for k in DEFAULT_KEY_ORDER if k in adata.obsm), None)
         if key is None and len(candidates) == 1:
@@ -207,11 +207,24 @@ def read_embedding_h5ad(path: str | Path, key: str | None = None, name: str | No
                     if key in (OBSM_STAMP_V, OBSM_STAMP_F) and OBSM_STAMP_G in adata.obsm else None)
         if key == OBSM_STAMP_F:
             gene_emb = None  # fused rows already contain the gene side; no cross-modal retrieval
+    fold_emb, fold_gene = cross_validated_keys(adata.obsm, key), None
+    if fold_emb and gene_emb is not None:
+        fold_gene = cross_validated_keys(adata.obsm, OBSM_STAMP_G) or None
     return EmbeddingSet(
         name=name or f"{path.stem}:{key}", emb=emb, slide_ids=slide_ids, spot_ids=spot_ids, xy_px=xy,
         modality=_modality_for(key), gene_emb=gene_emb, counts=counts, gene_names=gene_names,
         obs=adata.obs.copy(), image_paths=image_paths, patches=patches, source_path=str(path),
+        fold_emb=fold_emb or None, fold_gene_emb=fold_gene,
     )
+
+
+CV_SEP = "@"  # obsm["<key>@<slide>"]: <key> of every spot by the cross-validated model that held <slide> out
+
+
+def cross_validated_keys(obsm, key: str) -> dict[str, np.ndarray]:
+    """Held-out slide -> embedding, from obsm entries named ``<key>@<slide>``."""
+    prefix = f"{key}{CV_SEP}"
+    return {k[len(prefix):]: np.asarray(obsm[k], dtype=np.float32) for k in obsm.keys() if k.startswith(prefix)}
 
 
 def write_embedding_h5ad(

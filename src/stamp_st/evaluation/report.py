@@ -78,6 +78,29 @@ def metric_table_html(results: dict) -> str:
     return "\n".join(out)
 
 
+def gains_table_html(results: dict) -> str:
+    """Gain of each source over the baseline, paired 95% interval; green where the interval is above 0,
+    red where it is below (lower-is-better metrics are not listed)."""
+    from .gains import format_gain
+
+    rows = results.get("gains") or []
+    if not rows:
+        return ""
+    out = [f"<h2>Gain over {_esc(rows[0]['baseline'])}</h2><p class='note'>Source minus baseline on the same "
+           "held-out spots, mean over held-out slides; 95% interval from a paired bootstrap over spots within "
+           "each held-out slide. Green: the interval lies above zero; red: below.</p>",
+           "<table><thead><tr><th>task</th><th>metric</th><th>source</th><th>gain [95% CI]</th>"
+           "<th>per held-out slide</th></tr></thead><tbody>"]
+    for r in rows:
+        colour = "#e3f4e3" if r["low"] > 0 else "#f8e0e0" if r["high"] < 0 else "transparent"
+        per = ", ".join(f"{v:+.3f}" for v in r.get("per_slide", []))
+        out.append(f"<tr><td>{_esc(r['task'])}</td><td>{_esc(r['metric'])}</td><td>{_esc(r['source'])}</td>"
+                   f"<td class='num' style='background:{colour}'>{_esc(format_gain(r))}</td>"
+                   f"<td class='num'>{_esc(per)}</td></tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
 def _img(b64: str | None, caption: str) -> str:
     if not b64:
         return ""
@@ -178,6 +201,7 @@ def render_html(results: dict, figs: dict[str, list[str]] | None = None, title: 
     ]
     for note in meta.get("notes", []):
         parts.insert(-3, f"<p class='note'>{_esc(note)}</p>")
+    parts.append(gains_table_html(results))
     if any(figs.get("training", [])):
         parts.append("<h2>Training</h2>")
         parts.extend(figs["training"])

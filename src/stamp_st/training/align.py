@@ -51,6 +51,16 @@ class AlignConfig:
     trainer: dict = field(default_factory=lambda: {"lr": 1e-4, "weight_decay": 1e-3})
 
     @classmethod
+    def load(cls, name_or_path: str | Path, **overrides) -> AlignConfig:
+        """A registered Stage-2 config (``configs/align/<name>.json``) or a JSON file, with overrides."""
+        from ..configs import load_config_json
+
+        d, source = load_config_json("align", name_or_path)
+        d = {k: v for k, v in d.items() if k != "description"}
+        trainer = {**d.get("trainer", {}), **overrides.pop("trainer", {})}
+        return cls.from_dict({**d, **overrides, "trainer": trainer}, source)
+
+    @classmethod
     def from_dict(cls, d: dict, source=None) -> AlignConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known

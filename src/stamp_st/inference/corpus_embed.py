@@ -1,0 +1,118 @@
+"""Embeddings of every spot of a ``paired`` corpus by several STAMP checkpoints at once, plus the unaligned
+backbone: what cross-validation needs (``stamp-st align --folds`` leaves one model per held-out slide and a
+final one, each to be applied to every spot).
+
+Models fine-tuned in their last blocks share the frozen trunk of the pretrained CNN, and frozen gene
+encoders are equal too, so the trunk and the gene encoder run once per spot and each model adds only its
+tail and heads; where weights differ, each model runs in full. The crops are the corpus's own, i.e. those
+that training saw."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def iter_corpus_spots(corpus: str | Path):
+    """Every sample of a paired corpus once, in manifest order: (meta, patch uint8 HWC, storage tokens)."""
+    from ..corpus.datasets import PairedSpotDataset, _image, load_corpus_manifest
+    from ..corpus.shards import iter_shard
+
+    manifest, _ = load_corpus_manifest(corpus)
+    if manifest.get("kind") != "paired":
+        from ..errors import StampInputError
+
+        raise StampInputError(f"needs a 'paired' corpus, this one is {manifest.get('kind')!r}", corpus)
+    ds = PairedSpotDataset(corpus, split=None, shuffle=False)  # its shard list and URL resolution
+    for shard in ds.shards:
+        for s in iter_shard(ds.url(shard)):
+            yield s["meta.json"], _image(s, "patch"), s["tokens.npy"]
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _trunk_modules(vb) -> torch.nn.ModuleList:
+    b = vb.base_model
+    cut = len(b.blocks) - (vb.tail_blocks or 0)
+    return torch.nn.ModuleList([b.conv_stem, b.bn1, b.blocks[:cut]])
+
+
+@torch.no_grad()
+def embed_corpus(checkpoints: dict[str, str | Path], corpus: str | Path, backbone: str | None = None,
+                 batch_size: int = 64, progress: bool = True) -> dict:
+    """``checkpoints``: name -> STAMP checkpoint folder. Returns spot identities and, per name, Stamp_V,
+    Stamp_G and Stamp_F [n, d] (float32), plus the unaligned ``backbone`` feature when one is named."""
+    from tqdm.auto import tqdm
+
+    from ..corpus.datasets import _pad
+    from ..models.backbones import create_backbone
+    from ..models.pretext import PretextConvNet
+    from ..models.stamp import StampModel, load_stamp
+
+    models = {name: load_stamp(path) for name, path in checkpoints.items()}
+    for m in models.values():
+        tb = (m.stamp_config.get("align") or {}).get("trainable_blocks")
+        vb = m.visual_backbone
+        if isinstance(vb, PretextConvNet) and vb.supports_trunk_split():
+            vb.set_tail_blocks(int(tb) if tb is not None else 0)
+    first = next(iter(models.values()))
+    base = None
+    if backbone:
+        base = StampModel(first.spot_backbone, create_backbone(backbone)).eval()
+        base.transform = first.transform  # the same input size and normalisation as the aligned models
+        if isinstance(base.visual_backbone, PretextConvNet) and base.visual_backbone.supports_trunk_split():
+            base.visual_backbone.set_tail_blocks(first.visual_backbone.tail_blocks or 0)
+    image_models = list(models.values()) + ([base] if base is not None else [])
+    share_trunk = all(isinstance(m.visual_backbone, PretextConvNet) and m.visual_backbone.tail_blocks is not None
+                      and m.visual_backbone.tail_blocks == first.visual_backbone.tail_blocks
+                      and m.transform == first.transform
+                      and _same_weights(_trunk_modules(m.visual_backbone), _trunk_modules(first.visual_backbone))
+                      for m in image_models)
+    share_genes = all(_same_weights(m.spot_backbone, first.spot_backbone) and m.pooling == first.pooling
+                      for m in models.values())
+    context = first.spot_backbone.config.context
+
+    ids: dict[str, list] = {"slide_ids": [], "spot_ids": [], "xy_px": []}
+    out: dict[str, dict[str, list]] = {k: {n: [] for n in models} for k in ("stamp_v", "stamp_g")}
+    bb: list[torch.Tensor] = []
+
+    def flush(patches, tokens):
+        x = torch.from_numpy(np.stack(patches))
+        toks = torch.from_numpy(np.stack([_pad(t, context) for t in tokens]))
+        trunk = first.visual_backbone.trunk(first.prepare_images(x)) if share_trunk else None
+        feat_g = first.gene_features(toks) if share_genes else None
+        for name, m in models.items():
+            pf = m.visual_backbone.patch_from_trunk(trunk) if share_trunk else None
+            out["stamp_v"][name].append(m.encode_image(x if pf is None else None, patch_feat=pf))
+            g = m.gene_features(toks) if feat_g is None else feat_g
+            out["stamp_g"][name].append(m.encode_genes(gene_feat=g))
+        if base is not None:
+            bb.append(base.visual_backbone.patch_from_trunk(trunk) if share_trunk
+                      else base.encode_image(x, space="backbone"))
+
+    patches, tokens = [], []
+    for meta, patch, tok in tqdm(iter_corpus_spots(corpus), desc="embed corpus", unit="spot", disable=not progress):
+        ids["slide_ids"].append(meta["slide_id"])
+        ids["spot_ids"].append(meta["spot_id"])
+        ids["xy_px"].append(meta["xy_px"])
+        patches.append(patch)
+        tokens.append(tok)
+        if len(patches) == batch_size:
+            flush(patches, tokens)
+            patches, tokens = [], []
+    if patches:
+        flush(patches, tokens)
+    result = {"slide_ids": np.asarray(ids["slide_ids"]), "spot_ids": np.asarray(ids["spot_ids"]),
+              "xy_px": np.asarray(ids["xy_px"], dtype=np.float64), "shared_trunk": share_trunk}
+    for k in ("stamp_v", "stamp_g"):
+        result[k] = {n: torch.cat(v).float().numpy() for n, v in out[k].items()}
+    result["stamp_f"] = {n: StampModel.fuse(torch.from_numpy(result["stamp_v"][n]),
+                                            torch.from_numpy(result["stamp_g"][n])).numpy() for n in models}
+    if base is not None:
+        result["backbone"] = torch.cat(bb).float().numpy()
+    return result
