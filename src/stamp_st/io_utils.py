@@ -19,9 +19,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
+    os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes 0600; give the mode a plain open() would
     try:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
@@ -30,6 +28,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def make_temp_dir(parent: str | Path, prefix: str) -> Path:
+    """A fresh temporary folder in ``parent`` with the mode a plain ``mkdir`` gives (``mkdtemp`` makes 0700,
+    which a folder renamed into place would keep)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -43,7 +43,7 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    from ..corpus.build import BuildConfig, build_corpus
+    from ..corpus.build import BuildConfig, build_corpus, check_corpus_out
     from ..corpus.manifest import her2st_manifest, read_manifest
     from ..corpus.qc import QCConfig, format_report
     from ..errors import StampInputError
@@ -52,6 +52,7 @@ def run(args) -> int:
     if bool(args.manifest) == bool(args.her2st):
         raise StampInputError("give either MANIFEST or --her2st ROOT", hint="see `stamp-st build-corpus --help`")
     out = Path(args.out)
+    check_corpus_out(out)  # before anything is written into it
     if args.her2st:
         sections = args.sections.split(",") if args.sections else None
         entries = her2st_manifest(args.her2st, sections=sections, with_image_only=args.kind == "paired",

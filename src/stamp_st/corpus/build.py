@@ -388,12 +388,49 @@ def _dedupe_paths(entries: list[SampleEntry]) -> tuple[list[SampleEntry], list[d
     return kept, skipped
 
 
+# names build-corpus writes into OUT (shards, done records, means, the manifests) and io_utils' temp files
+_OWN_FILE = re.compile(r"^(?:[A-Za-z0-9_\-]+-\d{5}\.tar|[A-Za-z0-9_\-]+\.done\.json|[A-Za-z0-9_\-]+\.means\.npy"
+                       r"|manifest\.json|gene_means\.tsv|input_manifest\.tsv)$")
+_OWN_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def check_corpus_out(out: str | Path) -> None:
+    """Refuse an OUT folder that holds files build-corpus did not write (it would overwrite or delete them)."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise StampInputError("the corpus output exists and is not a folder", out, hint="give a new folder name")
+    foreign = sorted(p.name for p in out.iterdir() if not _is_own_file(p))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise StampInputError(f"the corpus output folder holds files stamp-st did not write ({shown})", out,
+                              hint="give a new or empty folder (or one an earlier build-corpus wrote) as OUT")
+    man = out / MANIFEST_NAME
+    if man.is_file():
+        try:
+            ours = "settings_hash" in json.loads(man.read_text())
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise StampInputError("the corpus output folder holds a manifest.json that build-corpus did not write",
+                                  out, hint="give a new or empty folder as OUT (the input manifest goes elsewhere)")
+
+
+def _is_own_file(p: Path) -> bool:
+    m = _OWN_TEMP.match(p.name)
+    name = m.group("name") if m else p.name
+    return p.is_file() and not p.is_symlink() and bool(_OWN_FILE.match(name))
+
+
 def clean_stray_temps(out: Path) -> int:
-    """Delete temp files of an interrupted build (io_utils writes ``.<name>.<random>.tmp``)."""
+    """Delete temp files of an interrupted build (io_utils writes ``.<name>.<random>.tmp``), only those that
+    carry the name of a file build-corpus writes."""
     n = 0
     for p in Path(out).glob(".*.tmp"):
-        p.unlink(missing_ok=True)
-        n += 1
+        if _OWN_TEMP.match(p.name) and _is_own_file(p):
+            p.unlink(missing_ok=True)
+            n += 1
     return n
 
 
@@ -407,6 +444,7 @@ def build_corpus(manifest: str | Path | list[SampleEntry], out_dir: str | Path, 
     """
     entries = read_manifest(manifest) if not isinstance(manifest, list) else list(manifest)
     out = Path(out_dir)
+    check_corpus_out(out)
     out.mkdir(parents=True, exist_ok=True)
     vocab = _load_vocab(str(config.vocab_path))
     settings = config.settings(vocab.checksum)

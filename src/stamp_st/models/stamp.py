@@ -282,10 +282,11 @@ def stamp_checkpoint_config(model: StampModel, vocabulary=None, tokenizer: dict 
                                                 "stamp_f": "concat(stamp_v, stamp_g) [1024]"}, **extra)
 
 
-def save_stamp(directory, model: StampModel, **config_kwargs):
+def save_stamp(directory, model: StampModel, overwrite: bool = False, **config_kwargs):
     from .checkpoint import save_checkpoint
 
-    return save_checkpoint(directory, model.state_dict(), stamp_checkpoint_config(model, **config_kwargs))
+    return save_checkpoint(directory, model.state_dict(), stamp_checkpoint_config(model, **config_kwargs),
+                           overwrite=overwrite)
 
 
 def load_stamp(path, device: str | torch.device = "cpu", **model_kwargs) -> StampModel:

@@ -22,7 +22,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
@@ -34,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import StampInputError
-from ..io_utils import atomic_write_text
+from ..io_utils import atomic_write_text, make_temp_dir
 from ..models.checkpoint import replace_dir, write_checkpoint_files
 from .schedule import WarmupCosine
 
@@ -452,7 +451,7 @@ class Trainer:
             root = self.checkpoint_dir()
             root.mkdir(parents=True, exist_ok=True)
             name = f"step-{self.step:07d}"
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+            tmp = make_temp_dir(root, f".{name}.")
             try:
                 write_checkpoint_files(tmp, export, cfg)
                 torch.save({
