@@ -54,6 +54,8 @@ def register(subparsers) -> None:
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU when present)")
+    p.add_argument("--skip-sha256", action="store_true",
+                   help="do not hash every shard against manifest.json before training (sizes are still checked)")
     add_set_option(p, "ckpt_every=500")
     r = p.add_mutually_exclusive_group()
     r.add_argument("--resume", dest="resume", action="store_const", const=True, default="auto")
@@ -79,6 +81,7 @@ def run(args) -> int:
         "num_workers": args.num_workers, "val_slides": args.val_slides,
         "val_max_batches": args.val_max_batches or None, "image_cache_gb": args.image_cache_gb,
         "trainer": trainer})
-    result = run_align(args.corpus, cfg, args.out, resume=args.resume, device=args.device)
+    result = run_align(args.corpus, cfg, args.out, resume=args.resume, device=args.device,
+                       verify_sha256=not args.skip_sha256)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, default=str))
     return 0

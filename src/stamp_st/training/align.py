@@ -306,8 +306,9 @@ def check_val_slides(val_slides, manifest: dict, corpus) -> set[str] | None:
 
 
 def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resume: str | bool = "auto",
-              device: str | None = None, train_data=None, val_data=None) -> dict:
-    """Train; ``train_data``/``val_data`` replace the corpus loaders (tests, synthetic data)."""
+              device: str | None = None, train_data=None, val_data=None, verify_sha256: bool = True) -> dict:
+    """Train; ``train_data``/``val_data`` replace the corpus loaders (tests, synthetic data). ``verify_sha256``:
+    check every local shard against the manifest's checksum once before training (sizes are always checked)."""
     rank, world, _ = dist_env()
     tcfg = TrainerConfig.from_dict(dict(cfg.trainer))
     torch.manual_seed(tcfg.seed)
@@ -318,9 +319,10 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
     if corpus is not None:
         from torch.utils.data import DataLoader
 
-        from ..corpus.datasets import PairedSpotDataset, collate_pairs, load_corpus_manifest
+        from ..corpus.datasets import PairedSpotDataset, check_shards, collate_pairs, load_corpus_manifest
 
-        manifest, _ = load_corpus_manifest(corpus)
+        manifest, base = load_corpus_manifest(corpus)
+        check_shards(manifest, base, sha256=verify_sha256)
         if manifest.get("kind") != "paired":
             raise StampInputError(f"align needs a 'paired' corpus, this one is {manifest.get('kind')!r}", corpus,
                                   "build one with `stamp-st build-corpus MANIFEST OUT --kind paired`")

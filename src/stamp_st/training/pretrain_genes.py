@@ -135,14 +135,16 @@ def check_vocabulary(manifest: dict, enc_cfg: GeneEncoderConfig, vocab, corpus_p
 
 
 def run_pretrain(corpus: str | Path, config: PretrainConfig, out: str | Path, resume: str | bool = "auto",
-                 vocab=None, device: str | None = None) -> dict:
+                 vocab=None, device: str | None = None, verify_sha256: bool = True) -> dict:
     """Train; returns ``{"step", "epoch", "val"}``. ``vocab``: a ``GeneVocabulary`` (default: the released one
-    from the data directory), stored in every checkpoint."""
-    from ..corpus.datasets import load_corpus_manifest
+    from the data directory), stored in every checkpoint. ``verify_sha256``: check every local shard against
+    the manifest's checksum once before training (sizes are always checked)."""
+    from ..corpus.datasets import check_shards, load_corpus_manifest
     from ..preprocessing.vocab import GeneVocabulary
 
     corpus = Path(corpus)
-    manifest, _ = load_corpus_manifest(corpus)
+    manifest, base = load_corpus_manifest(corpus)
+    check_shards(manifest, base, sha256=verify_sha256)
     if manifest.get("kind") != "genes":
         raise StampInputError(f"pretrain-genes needs a 'genes' corpus, this one is {manifest.get('kind')!r}",
                               corpus, hint="build one with `stamp-st build-corpus MANIFEST OUT --kind genes`")
