@@ -167,3 +167,52 @@ def test_a_damaged_shard_read_anyway_names_the_shard(genes_corpus, tmp_path):
     shard.write_bytes(shard.read_bytes()[:1000])  # mid-member (tar blocks are 512 bytes)
     with pytest.raises(StampInputError, match=shard.name):
         list(iter_shard_raw(str(shard)))
+
+
+# ------------------------------------------------------------------ 4. counts are validated by every reader
+def _her2st_folder(root: Path, counts: np.ndarray, section: str = "Z1") -> Path:
+    """A minimal her2st-layout folder: ST-cnts/<section>.tsv.gz and ST-spotfiles/<section>_selection.tsv."""
+    import gzip
+
+    (root / "ST-cnts").mkdir(parents=True, exist_ok=True)
+    (root / "ST-spotfiles").mkdir(parents=True, exist_ok=True)
+    n, g = counts.shape
+    xs = [(2 + i % 5, 3 + i // 5) for i in range(n)]
+    lines = ["\t" + "\t".join(f"GENE{j}" for j in range(g))]
+    lines += [f"{x}x{y}\t" + "\t".join(repr(float(v)) if not float(v).is_integer() else str(int(v)) if np.isfinite(v)
+                                        else str(v) for v in row) for (x, y), row in zip(xs, counts)]
+    with gzip.open(root / "ST-cnts" / f"{section}.tsv.gz", "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+    spots = ["x\ty\tnew_x\tnew_y\tpixel_x\tpixel_y\tselected"]
+    spots += [f"{x}\t{y}\t{x}\t{y}\t{x * 200.0}\t{y * 200.0}\t1" for x, y in xs]
+    (root / "ST-spotfiles" / f"{section}_selection.tsv").write_text("\n".join(spots) + "\n")
+    return root
+
+
+def _raw_counts(seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).poisson(3.0, size=(20, 12)).astype(np.float64)
+
+
+@pytest.mark.parametrize("name,transform", [
+    ("log1p", np.log1p), ("scaled", lambda x: x / 7.0), ("negative", lambda x: x - 1.0),
+    ("nan", lambda x: np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x)),
+    ("inf", lambda x: np.where(np.arange(x.size).reshape(x.shape) == 5, np.inf, x)),
+])
+def test_her2st_reader_refuses_what_is_not_raw_counts(tmp_path, name, transform):
+    from stamp_st.readers import read_sample
+
+    ok = _her2st_folder(tmp_path / "ok", _raw_counts())
+    assert read_sample(ok, format="her2st", section="Z1").n_obs == 20
+    bad = _her2st_folder(tmp_path / "bad", transform(_raw_counts()))
+    with pytest.raises(StampInputError, match="not raw integer counts") as err:
+        read_sample(bad, format="her2st", section="Z1")
+    assert "Z1.tsv.gz" in str(err.value)
+
+
+def test_h5ad_and_her2st_share_one_counts_check():
+    from stamp_st.readers.common import counts_problem
+
+    assert counts_problem(_raw_counts()) is None
+    assert "non-integer" in counts_problem(np.log1p(_raw_counts()))
+    assert "negative" in counts_problem(np.array([[1, -2]], np.int32))
+    assert "NaN" in counts_problem(np.array([[1.0, np.nan]]))
