@@ -176,9 +176,9 @@ def open_url(url: str):
 
 def iter_shard_raw(url: str) -> Iterator[dict]:
     """Raw samples (``__key__`` + field -> bytes) of one shard, streamed in file order."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
     import tarfile
+
+    from webdataset.tariterators import group_by_keys, tar_file_expander
 
     from ..errors import StampInputError
 

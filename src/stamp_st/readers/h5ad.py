@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from ..errors import StampInputError
 from ..preprocessing.vocab import looks_like_ensembl
