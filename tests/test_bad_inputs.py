@@ -43,6 +43,14 @@ def test_convert_released_in_place_keeps_the_downloaded_weights(tmp_path, capsys
         assert "not a stamp-st checkpoint" in err and "Traceback" not in err
         assert (w / "pytorch_model.bin").read_bytes() == b"the user's only copy"
         assert sorted(p.name for p in w.iterdir()) == ["README.md", "pytorch_model.bin"]
+    # with a real (tiny) release file, which the old code loaded and then deleted with the folder
+    from stamp_st.models.released import convert_released
+
+    path, tiny = _tiny_release_file(w)
+    data = path.read_bytes()
+    with pytest.raises(StampInputError, match="not a stamp-st checkpoint"):
+        convert_released(path, w, model=tiny(), overwrite=True)
+    assert path.read_bytes() == data and (w / "README.md").is_file()
 
 
 def test_convert_released_replaces_its_own_checkpoint_only_with_overwrite(tmp_path):
@@ -216,3 +224,203 @@ def test_h5ad_and_her2st_share_one_counts_check():
     assert "non-integer" in counts_problem(np.log1p(_raw_counts()))
     assert "negative" in counts_problem(np.array([[1, -2]], np.int32))
     assert "NaN" in counts_problem(np.array([[1.0, np.nan]]))
+
+
+# ------------------------------------------------------------------ 11. the bad-input battery as a table
+BUILD = ["--threads", "--workers", "1", "--no-progress", "--context", "32", "--min-counts", "10", "--min-genes", "3",
+         "--shard-size", "20"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, genes_corpus):
+    """Shared good inputs: a vocabulary, two synthetic h5ad slides (one all-zero), a genes corpus, a gene encoder
+    checkpoint whose config.json disagrees with its weights."""
+    import anndata as ad
+    from test_corpus import _slide, _vocab
+
+    from stamp_st.models.checkpoint import checkpoint_config, save_checkpoint
+    from stamp_st.models.gene_encoder import GeneEncoder
+
+    tmp = tmp_path_factory.mktemp("inputs")
+    good = _slide(tmp, "good", 0)
+    zero = _slide(tmp, "zero", 1, image=False)
+    a = ad.read_h5ad(zero["path"])
+    a.X = a.X * 0
+    a.write_h5ad(zero["path"])
+    enc = GeneEncoder("tiny")
+    arch = {**enc.config.to_json(), "d_ff": enc.config.d_ff * 2}
+    bad_ck = save_checkpoint(tmp / "bad_ck", enc.state_dict(), checkpoint_config("gene_encoder", arch))
+    return {"tmp": tmp, "vocab": _vocab(tmp), "good": good, "zero": zero, "corpus": genes_corpus, "bad_ck": bad_ck}
+
+
+def _tsv(path: Path, rows: list[dict]) -> Path:
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
+    return path
+
+
+def _edit_manifest(corpus: Path, fn) -> Path:
+    man = json.loads((corpus / "manifest.json").read_text())
+    fn(man)
+    (corpus / "manifest.json").write_text(json.dumps(man))
+    return corpus
+
+
+def _flip_byte(corpus: Path) -> Path:
+    shard = sorted(corpus.glob("*.tar"))[0]
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    return corpus
+
+
+def _truncated_tiff(path: Path) -> Path:
+    import tifffile
+
+    img = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    tifffile.imwrite(path, img, tile=(64, 64), compression="zlib")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _pretrain(corpus, out, *extra):
+    return ["pretrain-genes", str(corpus), "--out", str(out), *extra]
+
+
+# (id, make(ctx, tmp) -> (argv, paths that must not exist afterwards), exit code, message fragment)
+CASES = [
+    ("convert-in-place",
+     lambda c, t: (["convert-released", str(_w(t) / "pytorch_model.bin"), str(_w(t))], []),
+     2, "not a stamp-st checkpoint"),
+    ("build-out-is-a-file",
+     lambda c, t: (["build-corpus", str(_tsv(t / "m.tsv", [c["good"]])), str(_file(t / "out")), "--kind", "genes",
+                    "--vocab", str(c["vocab"]), *BUILD], []),
+     2, "not a folder"),
+    ("build-out-holds-user-files",
+     lambda c, t: (["build-corpus", str(_tsv(t / "m.tsv", [c["good"]])), str(_userdir(t / "out")), "--kind",
+                    "genes", "--vocab", str(c["vocab"]), *BUILD], [t / "out" / "manifest.json"]),
+     2, "did not write"),
+    ("build-all-zero-sample",
+     lambda c, t: (["build-corpus", str(_tsv(t / "m.tsv", [c["zero"]])), str(t / "out"), "--kind", "genes",
+                    "--vocab", str(c["vocab"]), *BUILD], [t / "out" / "manifest.json"]),
+     2, "corpus would be empty"),
+    ("build-wrong-format-row",
+     lambda c, t: (["build-corpus", str(_tsv(t / "m.tsv", [c["good"], {**c["good"], "slide_id": "wrongfmt",
+                                                                       "format": "her2st"}])),
+                    str(t / "out"), "--kind", "genes", "--vocab", str(c["vocab"]), *BUILD],
+                   [t / "out" / "wrongfmt-00000.tar"]),
+     1, "wrongfmt: read_error"),
+    ("build-missing-section",
+     lambda c, t: (["build-corpus", str(_tsv(t / "m.tsv", [{"path": str(_her2st_folder(t / "h", _raw_counts())),
+                                                            "format": "her2st", "section": "Q9"}])),
+                    str(t / "out"), "--kind", "genes", "--vocab", str(c["vocab"]), *BUILD],
+                   [t / "out" / "manifest.json"]),
+     2, "section 'Q9' does not exist"),
+    ("build-truncated-tiff",
+     lambda c, t: (["build-corpus", str(_tsv(t / "m.tsv", [{**c["good"], "image_path": str(_truncated_tiff(
+                        t / "he.tif"))}])), str(t / "out"), "--kind", "paired", "--vocab", str(c["vocab"]),
+                    "--patch-um", "20", "--out-px", "16", *BUILD],
+                   [t / "out" / "manifest.json", t / "out" / "good-00000.tar"]),
+     2, "truncated or damaged"),
+    ("corpus-pipe-shard",
+     lambda c, t: (_pretrain(_edit_manifest(_copy_corpus(c["corpus"], t / "c"), lambda m: m["shards"][0].update(
+         url=f"pipe:touch {t / 'ran'}")), t / "run"), [t / "ran", t / "run"]),
+     2, "not a file inside the corpus folder"),
+    ("corpus-absolute-shard",
+     lambda c, t: (_pretrain(_edit_manifest(_copy_corpus(c["corpus"], t / "c"), lambda m: m["shards"][0].update(
+         url="/etc/passwd")), t / "run"), [t / "run"]),
+     2, "not a file inside the corpus folder"),
+    ("corpus-manifest-not-json",
+     lambda c, t: (_pretrain(_garble(_copy_corpus(c["corpus"], t / "c") / "manifest.json").parent, t / "run"),
+                   [t / "run"]),
+     2, "not valid JSON"),
+    ("corpus-manifest-wrong-types",
+     lambda c, t: (_pretrain(_edit_manifest(_copy_corpus(c["corpus"], t / "c"), lambda m: m["shards"][0].update(
+         n_samples="many")), t / "run"), [t / "run"]),
+     2, "'n_samples' is missing or not a int"),
+    ("corpus-shard-sha256",
+     lambda c, t: (_pretrain(_flip_byte(_copy_corpus(c["corpus"], t / "c")), t / "run", "--vocab",
+                             str(c["vocab"]), "--model", str(_micro_model(t))), [t / "run"]),
+     2, "differs from its sha256"),
+    ("set-wrong-type",
+     lambda c, t: (_pretrain(c["corpus"], t / "run", "--set", "lr=abc"), [t / "run"]),
+     2, "'lr' must be a number"),
+    ("config-wrong-type",
+     lambda c, t: (_pretrain(c["corpus"], t / "run", "--config", str(_json(t / "cfg.json", {"batch_size": "8"}))),
+                   [t / "run"]),
+     2, "'batch_size' must be an integer"),
+    ("config-not-an-object",
+     lambda c, t: (_pretrain(c["corpus"], t / "run", "--config", str(_json(t / "cfg.json", [1, 2]))), [t / "run"]),
+     2, "must be a JSON object"),
+    ("checkpoint-shape-mismatch",
+     lambda c, t: (["align", str(c["corpus"]), "--gene-encoder", str(c["bad_ck"]), "--out", str(t / "run")],
+                   [t / "run"]),
+     2, "do not fit the model"),
+    ("embed-output-is-a-folder",
+     lambda c, t: (["embed", "backbone:efficientnet_lite0", c["good"]["path"], "--out", str(_dir(t / "o.h5ad"))],
+                   []),
+     2, "the output is a folder"),
+    ("embed-output-under-a-file",
+     lambda c, t: (["embed", "backbone:efficientnet_lite0", c["good"]["path"], "--out",
+                    str(_file(t / "f") / "o.h5ad")], [t / "f" / "o.h5ad"]),
+     2, "is a file"),
+]
+
+
+def _w(t: Path) -> Path:
+    w = t / "W"
+    w.mkdir(exist_ok=True)
+    (w / "pytorch_model.bin").write_bytes(b"weights")
+    return w
+
+
+def _file(p: Path) -> Path:
+    p.write_text("user data")
+    return p
+
+
+def _dir(p: Path) -> Path:
+    p.mkdir()
+    return p
+
+
+def _userdir(p: Path) -> Path:
+    p.mkdir()
+    (p / "thesis.docx").write_text("user data")
+    return p
+
+
+def _garble(p: Path) -> Path:
+    p.write_text(p.read_text()[:-40])
+    return p
+
+
+def _json(p: Path, obj) -> Path:
+    p.write_text(json.dumps(obj))
+    return p
+
+
+def _micro_model(t: Path) -> Path:
+    from test_corpus import N_GENES
+
+    return _json(t / "micro.json", {"name": "micro", "vocab_size": N_GENES + 10, "d_model": 16, "n_layers": 1,
+                                    "n_heads": 2, "d_ff": 32, "context": 32})
+
+
+@pytest.mark.parametrize("make,rc,fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_battery(inputs, tmp_path, capsys, make, rc, fragment):
+    argv, absent = make(inputs, tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = main(argv)
+    cap = capsys.readouterr()
+    assert got == rc, cap.err[-2000:]
+    assert fragment in cap.err, cap.err[-2000:]
+    assert "Traceback" not in cap.err + cap.out
+    for p in absent:
+        assert not p.exists(), f"partial output left behind: {p}"
+    for p, data in before.items():  # nothing the user had was changed or deleted
+        assert p.is_file() and p.read_bytes() == data, f"input changed: {p}"

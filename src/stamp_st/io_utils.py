@@ -44,6 +44,25 @@ def make_temp_dir(parent: str | Path, prefix: str) -> Path:
     return tmp
 
 
+def check_output_file(path: str | Path) -> Path:
+    """Refuse, before any work, an output file path that is a folder or whose folder cannot be created."""
+    from .errors import StampInputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise StampInputError("the output is a folder; a file name is expected", path,
+                              hint=f"give a file path, e.g. {path / 'embeddings.h5ad'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise StampInputError(f"{parent} is a file, so the output's folder cannot be created", path,
+                              hint="give an output path inside a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StampInputError(f"no permission to write in {parent}", path, hint="choose a folder you can write")
+    return path
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

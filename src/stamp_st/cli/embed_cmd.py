@@ -30,10 +30,12 @@ def run(args) -> int:
     from ..errors import StampInputError
     from ..evaluation.embeddings_io import write_embedding_h5ad, write_trident_h5
     from ..inference.embed import embed_sample, embed_slide_tiles, load_embedder
+    from ..io_utils import check_output_file
 
     out = Path(args.out)
     if out.suffix not in (".h5ad", ".h5"):
         raise StampInputError("output must end in .h5ad or .h5", out)
+    check_output_file(out)
     embedder = load_embedder(args.model, device=args.device, backbone_weights=args.backbone_weights,
                              patch_um=args.patch_um)
     if args.tiles:

@@ -237,9 +237,18 @@ def build_slide(entry_json: dict, config_json: dict, out_dir: str, settings_hash
         return {k: v for k, v in done.items() if k != "shards"} | {"n_shards": len(done["shards"])}
 
     try:
-        adata = _read_entry(entry)
-    except StampInputError as err:
-        return finish("skipped", "read_error", str(err).splitlines()[0])
+        return _build_slide_body(entry, cfg, out, done, finish)
+    except StampInputError as err:  # the slide's input is bad: no partial output of it is left behind
+        remove_slide_outputs(out, sid)
+        done.update(shards=[], n_samples=0, n_spots=0, n_patches=0)
+        done.pop("means", None)
+        detail = str(err).splitlines()[0] + (f"; what to do: {err.hint}" if err.hint else "")
+        return finish("skipped", "read_error", detail)
+
+
+def _build_slide_body(entry: SampleEntry, cfg: BuildConfig, out: Path, done: dict, finish) -> dict:
+    sid = entry.slide_id
+    adata = _read_entry(entry)
     from ..preprocessing.tokenizer import RankTokenizer
     from ..preprocessing.vocab import map_genes
 
@@ -271,10 +280,7 @@ def build_slide(entry_json: dict, config_json: dict, out_dir: str, settings_hash
             return finish("skipped", "no_image", "the sample has no spot pixel coordinates")
         from ..readers.slide import open_slide
 
-        try:
-            slide = open_slide(image)
-        except StampInputError as err:
-            return finish("skipped", "read_error", str(err).splitlines()[0])
+        slide = open_slide(image)
         done["image_path"] = str(image)
         side_px = cfg.patch_um / float(um_per_px)
         outside = qcmod.patch_outside_fraction(xy_px, side_px, slide.width_px, slide.height_px)
@@ -459,11 +465,15 @@ def build_corpus(manifest: str | Path | list[SampleEntry], out_dir: str | Path, 
         summaries, failures = _run_tasks(todo, config, out, hashes, workers, scheduler, processes, progress,
                                          client)
     seconds = time.perf_counter() - t0
+    by_id = {e.slide_id: e for e in entries}
     if failures:
-        lines = "; ".join(f"{f['slide_id']}: {f['error']}" for f in failures[:5])
-        raise RuntimeError(f"{len(failures)} slide(s) failed ({lines}). Finished slides are kept: fix the cause "
-                           "and re-run the same command to resume.")
+        raise StampInputError(
+            f"{len(failures)} of {len(entries)} slide(s) failed; no manifest.json was written:\n"
+            + row_report([{**f, "reason": "error", "detail": f["error"]} for f in failures], by_id),
+            out, hint="fix those rows (or remove them from the manifest) and re-run the same command: finished "
+                      "slides are kept")
     man = assemble_manifest(out, entries, config, vocab, path_dups)
+    bad = [r for r in man["qc"]["skipped_slides"] if r["reason"] in ROW_ERRORS]
     n_spots = sum(s.get("n_spots", 0) for s in summaries)
     n_patches = sum(s.get("n_patches", 0) for s in summaries)
     build = {"seconds": seconds, "n_slides_built": len(todo), "n_slides_reused": len(entries) - len(todo),
@@ -471,7 +481,21 @@ def build_corpus(manifest: str | Path | list[SampleEntry], out_dir: str | Path, 
              "spots_per_s": n_spots / seconds if seconds > 0 else 0.0,
              "patches_per_s": n_patches / seconds if seconds > 0 else 0.0,
              "workers": workers if scheduler is None and client is None else None}
-    return {"manifest": man, "build": build}
+    return {"manifest": man, "build": build, "bad_rows": bad, "row_report": row_report(bad, by_id)}
+
+
+# reasons for which a manifest row gave nothing: the user's data or manifest is at fault (duplicates are not)
+ROW_ERRORS = ("read_error", "no_spots_left", "no_image", "no_pixel_size")
+
+
+def row_report(rows: list[dict], by_id: dict[str, SampleEntry]) -> str:
+    """One line per manifest row that gave nothing: slide id, path, section, reason."""
+    lines = []
+    for r in rows:
+        e = by_id.get(r["slide_id"])
+        where = f"{e.path}" + (f" section {e.section}" if e.section else "") if e else ""
+        lines.append(f"  {r['slide_id']}: {r['reason']}: {r.get('detail', '')}" + (f" [{where}]" if where else ""))
+    return "\n".join(lines)
 
 
 def _run_tasks(todo, config, out, hashes, workers, scheduler, processes, progress, client):
@@ -559,6 +583,10 @@ def assemble_manifest(out: Path, entries: list[SampleEntry], config: BuildConfig
         from .shards import decode_npy
 
         accs.append(decode_npy((out / d["means"]["file"]).read_bytes()))
+    if not ok_ids:
+        raise StampInputError("no slide gave any spot: the corpus would be empty, no manifest.json was written:\n"
+                              + row_report(skipped, by_id), out,
+                              hint="check the manifest rows (format, section, paths) and the QC thresholds")
     qc_slides = [dones[sid]["qc"] for sid in ok_ids]
     qc_slides += [dones[s["slide_id"]]["qc"] for s in skipped if s["slide_id"] in dones
                   and s["reason"] not in ("duplicate_counts", "duplicate_path")]

@@ -162,6 +162,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     return sd, cfg
 
 
+def load_state_checked(model: torch.nn.Module, sd: dict, path, strict: bool = False):
+    """``model.load_state_dict`` with a tensor of another shape reported as the checkpoint's fault (torch raises
+    a RuntimeError listing every tensor), naming the folder."""
+    own = model.state_dict()
+    bad = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+    if bad:
+        k = bad[0]
+        raise StampInputError(f"checkpoint tensors do not fit the model: {len(bad)} with other shapes (e.g. {k} "
+                              f"{tuple(sd[k].shape)}, the model expects {tuple(own[k].shape)})", path,
+                              hint="the weights and config.json do not belong together: use an intact checkpoint")
+    return model.load_state_dict(sd, strict=strict)
+
+
 def _checkpoint_dir(path: str | Path) -> Path:
     p = Path(path)
     if p.is_file() and p.name in (WEIGHTS_FILE, CONFIG_FILE):

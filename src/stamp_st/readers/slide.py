@@ -148,7 +148,15 @@ class Slide:
         ix0, iy0 = max(0, x0), max(0, y0)
         ix1, iy1 = min(lw, x0 + w), min(lh, y0 + h)
         if ix1 > ix0 and iy1 > iy0:
-            out[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = self._read_level(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
+            try:
+                pixels = self._read_level(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
+            except (StampInputError, MemoryError):
+                raise
+            except Exception as err:  # noqa: BLE001 - decoders raise many types for a damaged file
+                raise StampInputError(f"cannot decode the image at level {level}, box x {ix0}-{ix1}, y {iy0}-{iy1} "
+                                      f"({type(err).__name__}: {err})", self.path,
+                                      hint="the image file is truncated or damaged: copy it again") from err
+            out[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = pixels
         return out
 
     def read_region(self, x0_px: int, y0_px: int, w_px: int, h_px: int) -> np.ndarray:

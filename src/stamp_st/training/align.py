@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..config_types import check_config_types
 from ..errors import StampInputError
 from ..io_utils import atomic_write_json
 from ..models.pretext import PretextConvNet
@@ -53,6 +54,7 @@ class AlignConfig:
         unknown = set(d) - known
         if unknown:
             raise StampInputError(f"unknown align settings {sorted(unknown)}", source, f"allowed: {sorted(known)}")
+        check_config_types(cls, d, source, "align setting")
         cfg = cls(**d)
         if cfg.released_mode and (cfg.neighbour_radius_um is not None or cfg.expr_sim_threshold is not None):
             raise StampInputError("neighbour-aware negatives are off in released mode", source,
@@ -69,7 +71,7 @@ class AlignConfig:
 def load_gene_encoder(spec: str):
     """A Stage-1 checkpoint folder, a run folder (its latest checkpoint), or ``random:<config>`` (tests,
     demos). Returns (GeneEncoder, checkpoint config or None)."""
-    from ..models.checkpoint import load_checkpoint
+    from ..models.checkpoint import load_checkpoint, load_state_checked
     from ..models.gene_encoder import GeneEncoder
 
     if spec.startswith("random:"):
@@ -81,7 +83,7 @@ def load_gene_encoder(spec: str):
         p = p / "checkpoints" / latest.read_text().strip()
     sd, cfg = load_checkpoint(p, expect_kind="gene_encoder")
     enc = GeneEncoder(cfg["architecture"])
-    missing, unexpected = enc.load_state_dict(sd, strict=False)
+    missing, unexpected = load_state_checked(enc, sd, p)
     if missing or unexpected:
         raise StampInputError(f"gene encoder weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}",
                               p, "give a checkpoint written by `stamp-st pretrain-genes`")

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..config_types import check_config_types
 from ..errors import StampInputError
 from ..io_utils import atomic_write_text, make_temp_dir
 from ..models.checkpoint import replace_dir, write_checkpoint_files
@@ -76,6 +77,7 @@ class TrainerConfig:
         if unknown:
             raise StampInputError(f"unknown trainer settings {sorted(unknown)}", source,
                                   hint=f"allowed: {sorted(known)}")
+        check_config_types(cls, d, source or "--set / trainer settings", "trainer setting")
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
@@ -477,7 +479,7 @@ class Trainer:
             shutil.rmtree(p, ignore_errors=True)
 
     def load(self, path: str | Path) -> None:
-        from ..models.checkpoint import load_checkpoint
+        from ..models.checkpoint import load_checkpoint, load_state_checked
 
         path = Path(path)
         sd, _ = load_checkpoint(path)
@@ -497,7 +499,7 @@ class Trainer:
                            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False,
                                                     strict=False))  # idle params (e.g. a head) have no state
         else:
-            self.raw_model.load_state_dict(sd, strict=True)
+            load_state_checked(self.raw_model, sd, path, strict=True)
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])

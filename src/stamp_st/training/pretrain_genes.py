@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config_types import check_config_types
 from ..errors import StampInputError
 from ..io_utils import atomic_write_json
 from ..models.checkpoint import checkpoint_config, load_config
@@ -48,6 +49,7 @@ class PretrainConfig:
         if unknown:
             raise StampInputError(f"unknown pretraining settings {sorted(unknown)}", source,
                                   hint=f"allowed: {sorted(known)}")
+        check_config_types(cls, d, source, "pretraining setting")
         cfg = cls(**{k: v for k, v in d.items() if k in known})
         if cfg.phases is not None:
             cfg.phases = validate_phases(cfg.phases)
