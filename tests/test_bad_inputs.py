@@ -424,3 +424,26 @@ def test_bad_input_battery(inputs, tmp_path, capsys, make, rc, fragment):
         assert not p.exists(), f"partial output left behind: {p}"
     for p, data in before.items():  # nothing the user had was changed or deleted
         assert p.is_file() and p.read_bytes() == data, f"input changed: {p}"
+
+
+# ------------------------------------------------------------------ 10. ids that become paths
+@pytest.mark.parametrize("section", ["../../evil", "/etc/passwd", "a/b", "..", ".hidden", "B1\x00"])
+def test_section_ids_that_become_paths_are_plain(tmp_path, section):
+    import gzip
+
+    from stamp_st.readers import read_sample
+    from stamp_st.readers.labels import her2st_cluster_labels
+
+    root = _her2st_folder(tmp_path / "her2st", _raw_counts())
+    with gzip.open(tmp_path / "evil-cluster-annotation.tsv.gz", "wt") as fh:  # planted outside the folder
+        fh.write("x\ty\tlabel\n2\t3\t1\n")
+    (root / "ST-cluster" / "lbl").mkdir(parents=True)
+    with pytest.raises(StampInputError, match="not a plain id"):
+        her2st_cluster_labels(root, section)
+    with pytest.raises(StampInputError, match="not a plain id"):
+        read_sample(root, format="her2st", section=section)
+    hest = tmp_path / "hest"
+    (hest / "st").mkdir(parents=True)
+    (hest / "metadata").mkdir()
+    with pytest.raises(StampInputError, match="not a plain id"):
+        read_sample(hest, format="hest", section=section)

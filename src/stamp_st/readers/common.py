@@ -4,6 +4,7 @@ StampInputError naming the file and what to do, so a user never trains on silent
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,19 @@ def require_file(path: Path, what: str, hint: str) -> Path:
     if not Path(path).is_file():
         raise DataNotFoundError(f"{what} not found", path, hint=hint)
     return Path(path)
+
+
+_SECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def check_section_id(section, source=None) -> str:
+    """A section / sample id that becomes part of a file name: letters, digits, ``_ . -`` only, no ``..``, so
+    that it can never point outside its folder (``../../x``, an absolute path)."""
+    text = str(section)
+    if not _SECTION_ID.match(text) or ".." in text:
+        raise StampInputError(f"section id {text!r} is not a plain id (letters, digits, '_', '.', '-')", source,
+                              hint="give the id as listed in the dataset's folder, e.g. TENX95 or B1")
+    return text
 
 
 def check_user_um_per_px(um_per_px: float | None) -> float | None:
