@@ -447,3 +447,44 @@ def test_section_ids_that_become_paths_are_plain(tmp_path, section):
     (hest / "metadata").mkdir()
     with pytest.raises(StampInputError, match="not a plain id"):
         read_sample(hest, format="hest", section=section)
+
+
+# ------------------------------------------------------------------ 5. no silent NaN embeddings
+from test_embed import _sample, toy_checkpoint  # noqa: E402,F401 - the fixture is used below
+
+
+def test_embed_flags_spots_without_vocabulary_genes(toy_checkpoint, tmp_path):
+    from stamp_st.inference.embed import OBS_NO_VOCAB_GENES, embed_sample, load_embedder
+
+    path, vocab = toy_checkpoint
+    embedder = load_embedder(str(path), device="cpu")
+    adata = _sample(tmp_path, vocab)  # its last spot has no count
+    with pytest.warns(UserWarning, match="1 of 6 spots have no count in the model's vocabulary.*s5"):
+        out = embed_sample(embedder, adata, batch_size=8)
+    assert adata.obs[OBS_NO_VOCAB_GENES].tolist() == [False] * 5 + [True]
+    assert np.isnan(out["X_stamp_g"][-1]).all()
+
+    foreign = _sample(tmp_path, vocab)
+    foreign.var["gene_ids"] = [f"ENSMUSG{i:011d}" for i in range(foreign.n_vars)]  # no gene of the vocabulary
+    foreign.var_names = [f"Mouse{i}" for i in range(foreign.n_vars)]
+    with pytest.warns(UserWarning, match="no spot has a count for any gene"):
+        out = embed_sample(embedder, foreign, batch_size=8)
+    assert "X_stamp_g" not in out and "X_stamp_f" not in out and "X_stamp_v" in out
+    foreign.uns["stamp_st"]["image_path"] = ""
+    with pytest.raises(StampInputError, match="no spot has a count for any gene"):
+        embed_sample(embedder, foreign, batch_size=8)
+
+
+def test_evaluate_names_the_file_and_spots_with_nan_embeddings(tmp_path, capsys):
+    from stamp_st.evaluation.embeddings_io import write_embedding_h5ad
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(40, 8)).astype(np.float32)
+    emb[7] = np.nan
+    slides = ["a"] * 20 + ["b"] * 20
+    f = write_embedding_h5ad(tmp_path / "e.h5ad", {"X_stamp_g": emb}, slides, [f"s{i}" for i in range(40)])
+    rc = main(["evaluate", "--embeddings", f"{f}:X_stamp_g", "--tasks", "cluster", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert str(f) in err and "a/s7" in err and "1 of 40 spots" in err
+    assert not (tmp_path / "r").exists()

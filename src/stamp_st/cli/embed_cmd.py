@@ -68,7 +68,9 @@ def run(args) -> int:
         write_embedding_h5ad(out, embs, [sid] * adata.n_obs, list(adata.obs_names), xy_px=adata.obsm["spatial"],
                              counts=adata.X, gene_names=list(adata.var_names),
                              image_paths={sid: meta.get("image_path", "")} if meta.get("image_path") else None,
-                             extra_uns={"model": embedder.name, "um_per_px": float(meta.get("um_per_px") or 0)})
+                             extra_uns={"model": embedder.name, "um_per_px": float(meta.get("um_per_px") or 0)},
+                             obs_extra={k: adata.obs[k].to_numpy() for k in ("stamp_st_no_vocab_genes",)
+                                        if k in adata.obs})
     print(f"{adata.n_obs} spots, {', '.join(f'{k} {v.shape[1]}-d' for k, v in embs.items())} -> {out}",
           file=sys.stderr)
     return 0
