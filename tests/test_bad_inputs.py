@@ -453,7 +453,7 @@ def test_section_ids_that_become_paths_are_plain(tmp_path, section):
 from test_embed import _sample, toy_checkpoint  # noqa: E402,F401 - the fixture is used below
 
 
-def test_embed_flags_spots_without_vocabulary_genes(toy_checkpoint, tmp_path):
+def test_embed_flags_spots_without_vocabulary_genes(toy_checkpoint, tmp_path):  # noqa: F811
     from stamp_st.inference.embed import OBS_NO_VOCAB_GENES, embed_sample, load_embedder
 
     path, vocab = toy_checkpoint
