@@ -488,3 +488,30 @@ def test_evaluate_names_the_file_and_spots_with_nan_embeddings(tmp_path, capsys)
     assert rc == 2 and "Traceback" not in err
     assert str(f) in err and "a/s7" in err and "1 of 40 spots" in err
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------ 6. the recorded tokenizer covers the means
+def test_a_corpus_tokenized_with_other_means_is_refused(genes_corpus):
+    from stamp_st.corpus.datasets import load_corpus_manifest
+    from stamp_st.models.gene_encoder import GeneEncoderConfig
+    from stamp_st.preprocessing.tokenizer import (
+        RankTokenizer,
+        check_same_divisors,
+        recorded_divisors_checksum,
+    )
+    from stamp_st.preprocessing.vocab import GeneVocabulary
+    from stamp_st.training.pretrain_genes import check_vocabulary
+
+    built = GeneVocabulary.from_tsv(genes_corpus.parent / "vocab.tsv")
+    other = GeneVocabulary(built.gene_ids, built.mean_nonzero * 3.0, built.symbols)  # same ids, other means
+    assert other.checksum == built.checksum  # the id checksum alone cannot tell them apart
+    man, _ = load_corpus_manifest(genes_corpus)
+    enc = GeneEncoderConfig(name="m", vocab_size=len(built), d_model=16, n_layers=1, n_heads=2, d_ff=32, context=32)
+    check_vocabulary(man, enc, built, genes_corpus)
+    with pytest.raises(StampInputError, match="other gene means"):
+        check_vocabulary(man, enc, other, genes_corpus)
+    # align: a gene encoder whose checkpoint records the other means (old checkpoints: from its vocabulary)
+    for tok, voc in ((RankTokenizer(other).config(), None), ({"rounded_means": True}, other.to_json())):
+        with pytest.raises(StampInputError, match="other gene means"):
+            check_same_divisors(man["tokenizer"]["divisors_checksum"], recorded_divisors_checksum(tok, voc),
+                                genes_corpus, "the corpus", "the gene encoder's training corpus")

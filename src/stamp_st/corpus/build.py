@@ -93,11 +93,13 @@ class BuildConfig:
         d["qc"] = qcmod.QCConfig(**d.get("qc", {}))
         return cls(**d)
 
-    def settings(self, vocab_checksum: str) -> dict:
+    def settings(self, vocab_checksum: str, divisors_checksum: str | None = None) -> dict:
         """What decides the content of every shard (the vocabulary by checksum, not by path)."""
         d = self.to_json()
         d.pop("vocab_path")
         d["vocab_checksum"] = vocab_checksum
+        if divisors_checksum is not None:  # the means change tokens too
+            d["divisors_checksum"] = divisors_checksum
         d["format_version"] = FORMAT_VERSION
         if self.kind == "genes":
             for k in ("patch_um", "out_px", "region_factor", "thumb_px", "image_codec"):
@@ -453,7 +455,7 @@ def build_corpus(manifest: str | Path | list[SampleEntry], out_dir: str | Path, 
     check_corpus_out(out)
     out.mkdir(parents=True, exist_ok=True)
     vocab = _load_vocab(str(config.vocab_path))
-    settings = config.settings(vocab.checksum)
+    settings = config.settings(vocab.checksum, vocab.divisors_checksum(config.rounded_means))
     entries, path_dups = _dedupe_paths(entries)
     clean_stray_temps(out)
     hashes = {e.slide_id: slide_settings_hash(settings, e) for e in entries}
@@ -544,7 +546,7 @@ def assemble_manifest(out: Path, entries: list[SampleEntry], config: BuildConfig
     from .gene_means import means_from_accumulators, write_gene_means
 
     out = Path(out)
-    settings = config.settings(vocab.checksum)
+    settings = config.settings(vocab.checksum, vocab.divisors_checksum(config.rounded_means))
     by_id = {e.slide_id: e for e in entries}
     dones = {}
     for e in entries:
@@ -606,7 +608,8 @@ def assemble_manifest(out: Path, entries: list[SampleEntry], config: BuildConfig
         "settings": settings, "settings_hash": _sha(settings)[:24],
         "vocab": {"checksum": vocab.checksum, "n_genes": len(vocab), "source": Path(config.vocab_path).name},
         "tokenizer": {"context": config.context, "rounded_means": config.rounded_means, "storage_pad_id": 0,
-                      "token_offset": 30, "trimmed": True},
+                      "token_offset": 30, "trimmed": True,
+                      "divisors_checksum": vocab.divisors_checksum(config.rounded_means)},
         "crop_geometry": config.geometry().to_json() if config.kind == "paired" else None,
         "qc": {"config": config.qc.to_json(), "total": qc_total, "skipped_slides": skipped},
         "fields": (["tokens.npy", "spot_valid.npy", "meta.json"] if config.kind == "genes" else

@@ -334,6 +334,12 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
         if vocab is not None and man_ck and vocab.get("checksum") not in (None, man_ck):
             raise StampInputError(f"corpus vocabulary {man_ck} differs from the gene encoder's "
                                   f"{vocab.get('checksum')}", corpus, "build the corpus with the same vocabulary")
+        if enc_cfg is not None:
+            from ..preprocessing.tokenizer import check_same_divisors, recorded_divisors_checksum
+
+            check_same_divisors(manifest.get("tokenizer", {}).get("divisors_checksum"),
+                                recorded_divisors_checksum(enc_cfg.get("tokenizer"), vocab), corpus,
+                                "the corpus", "the gene encoder's training corpus")
 
         holdout = check_val_slides(cfg.val_slides, manifest, corpus)
 

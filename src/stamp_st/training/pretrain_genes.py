@@ -129,6 +129,12 @@ def check_vocabulary(manifest: dict, enc_cfg: GeneEncoderConfig, vocab, corpus_p
     if vocab is not None and checksum and vocab.checksum != checksum:
         raise StampInputError(f"vocabulary checksum {vocab.checksum} differs from the corpus's {checksum}",
                               corpus_path, hint="pass --vocab with the vocabulary the corpus was built with")
+    if vocab is not None:
+        from ..preprocessing.tokenizer import check_same_divisors
+
+        tok = manifest.get("tokenizer", {})
+        check_same_divisors(tok.get("divisors_checksum"), vocab.divisors_checksum(bool(tok.get("rounded_means", True))),
+                            corpus_path, "the corpus", f"vocabulary {vocab.source or vocab.checksum}")
     n = man_vocab.get("n_genes")
     if n is not None and int(n) != enc_cfg.vocab_size:
         raise StampInputError(f"gene encoder config {enc_cfg.name!r} has vocab_size {enc_cfg.vocab_size}, the "
@@ -181,7 +187,9 @@ def run_pretrain(corpus: str | Path, config: PretrainConfig, out: str | Path, re
     encoder = GeneEncoder(enc_cfg)
     first_cgr = True if not config.phases else bool(config.phases[0].get("cgr", True))
     model = GenePretrainModel(encoder, mask_prob=config.mask_prob, cgr=first_cgr, phases=config.phases)
-    tokenizer = {**manifest.get("tokenizer", {}), "vocab_checksum": vocab.checksum}
+    tokenizer = {**manifest.get("tokenizer", {}), "vocab_checksum": vocab.checksum,
+                 "divisors_checksum": vocab.divisors_checksum(bool(manifest.get("tokenizer", {}).get("rounded_means",
+                                                                                                     True)))}
     ck_cfg = checkpoint_config("gene_encoder", enc_cfg.to_json(), vocabulary=vocab.to_json(), tokenizer=tokenizer,
                                corpus={"path": str(corpus.resolve()), "settings_hash": manifest.get("settings_hash"),
                                        "splits": manifest.get("splits")},
