@@ -515,3 +515,37 @@ def test_a_corpus_tokenized_with_other_means_is_refused(genes_corpus):
         with pytest.raises(StampInputError, match="other gene means"):
             check_same_divisors(man["tokenizer"]["divisors_checksum"], recorded_divisors_checksum(tok, voc),
                                 genes_corpus, "the corpus", "the gene encoder's training corpus")
+
+
+# ------------------------------------------------------------------ 9. the decoded-image cache is bounded
+def test_decoded_image_cache_has_a_size_limit_and_evicts_lru(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from stamp_st.readers.slide import cache_files, open_slide
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "notes.npy").write_bytes(b"not ours")  # never evicted: not a cache file name
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"img{i}.jpg"
+        Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(p, quality=90)
+        paths.append(p)
+    one = 200 * 300 * 3 + 128
+    monkeypatch.setenv("STAMP_ST_CACHE_GB", str(2.5 * one / 1e9))  # room for two decoded images
+    for p in paths:
+        with open_slide(p, cache=cache, max_in_memory_px=1000) as s:
+            s.read_region(0, 0, 10, 10)
+    files = cache_files(cache)
+    assert len(files) == 2 and sum(f.stat().st_size for f in files) <= 2.5 * one
+    assert (cache / "notes.npy").read_bytes() == b"not ours"
+    monkeypatch.setenv("STAMP_ST_CACHE_GB", str(0.5 * one / 1e9))  # one image is over the limit: not cached
+    with open_slide(paths[0], cache=cache, max_in_memory_px=1000) as s, \
+            pytest.warns(UserWarning, match="over the cache limit"):
+        region = s.read_region(0, 0, 300, 200)
+    np.testing.assert_array_equal(region, np.asarray(Image.open(paths[0]).convert("RGB")))
+    monkeypatch.setenv("STAMP_ST_CACHE_GB", "lots")
+    with open_slide(paths[1], cache=tmp_path / "c2", max_in_memory_px=1000) as s, \
+            pytest.raises(StampInputError, match="STAMP_ST_CACHE_GB"):
+        s.read_region(0, 0, 10, 10)
