@@ -549,3 +549,22 @@ def test_decoded_image_cache_has_a_size_limit_and_evicts_lru(tmp_path, monkeypat
     with open_slide(paths[1], cache=tmp_path / "c2", max_in_memory_px=1000) as s, \
             pytest.raises(StampInputError, match="STAMP_ST_CACHE_GB"):
         s.read_region(0, 0, 10, 10)
+
+
+# ------------------------------------------------------------------ 7. the CLI answers file-system errors
+@pytest.mark.parametrize("err,fragment", [
+    (PermissionError(13, "Permission denied", "/data/out.h5ad"), "check the permissions"),
+    (IsADirectoryError(21, "Is a directory", "/data/out.h5ad"), "this is a folder"),
+    (FileExistsError(17, "File exists", "/data/eval"), "remove it or choose another name"),
+    (OSError(28, "No space left on device", "/data/out.h5ad"), "free disk space"),
+])
+def test_cli_reports_file_system_errors_without_a_traceback(monkeypatch, capsys, err, fragment):
+    from stamp_st.cli import inspect_cmd
+
+    def boom(args):
+        raise err
+
+    monkeypatch.setattr(inspect_cmd, "run", boom)
+    assert main(["inspect", "x"]) == 2
+    out = capsys.readouterr().err
+    assert err.filename in out and fragment in out and "Traceback" not in out
