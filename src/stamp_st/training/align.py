@@ -21,7 +21,7 @@ from ..errors import StampInputError
 from ..io_utils import atomic_write_json
 from ..models.pretext import PretextConvNet
 from ..models.stamp import StampModel, pool_gene_states, stamp_checkpoint_config
-from .engine import Trainer, TrainerConfig, dist_env
+from .engine import Trainer, TrainerConfig, check_run_folder, dist_env
 
 
 @dataclass
@@ -311,6 +311,7 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
               device: str | None = None, train_data=None, val_data=None, verify_sha256: bool = True) -> dict:
     """Train; ``train_data``/``val_data`` replace the corpus loaders (tests, synthetic data). ``verify_sha256``:
     check every local shard against the manifest's checksum once before training (sizes are always checked)."""
+    check_run_folder(out)
     rank, world, _ = dist_env()
     tcfg = TrainerConfig.from_dict(dict(cfg.trainer))
     torch.manual_seed(tcfg.seed)

@@ -44,6 +44,27 @@ TRAINER_STATE = "trainer_state.pt"
 METRICS_CSV = "metrics.csv"
 
 
+# what a run folder holds (the trainer's files and the commands' configs); metrics.csv is truncated on a restart
+RUN_FOLDER_ENTRIES = frozenset({CHECKPOINTS, METRICS_CSV, "tb", "trainer_config.json", "pretrain_config.json",
+                                "align_config.json"})
+
+
+def check_run_folder(run_dir: str | Path) -> None:
+    """Refuse a run folder holding files a training run did not write (it would overwrite or truncate them)."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise StampInputError("the run folder (--out) exists and is not a folder", run_dir,
+                              hint="give a new folder name")
+    foreign = sorted(p.name for p in run_dir.iterdir()
+                     if p.name not in RUN_FOLDER_ENTRIES and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise StampInputError(f"the run folder holds files stamp-st did not write ({shown})", run_dir,
+                              hint="give a new or empty folder as --out (or an earlier run's folder to resume it)")
+
+
 @dataclass
 class TrainerConfig:
     """Optimisation and bookkeeping. Steps are optimizer steps (after gradient accumulation)."""
@@ -231,6 +252,7 @@ class Trainer:
     def fit(self, resume: str | bool = "auto") -> dict:
         cfg = self.cfg
         if self.is_main:
+            check_run_folder(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = self.latest_checkpoint()
         if resume is True and ckpt is None:

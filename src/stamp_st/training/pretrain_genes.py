@@ -18,7 +18,7 @@ from ..errors import StampInputError
 from ..io_utils import atomic_write_json
 from ..models.checkpoint import checkpoint_config, load_config
 from ..models.gene_encoder import GeneEncoder, GeneEncoderConfig, GenePretrainModel
-from .engine import Trainer, TrainerConfig, dist_env
+from .engine import Trainer, TrainerConfig, check_run_folder, dist_env
 from .schedule import validate_phases
 
 
@@ -150,6 +150,7 @@ def run_pretrain(corpus: str | Path, config: PretrainConfig, out: str | Path, re
     from ..corpus.datasets import check_shards, load_corpus_manifest
     from ..preprocessing.vocab import GeneVocabulary
 
+    check_run_folder(out)
     corpus = Path(corpus)
     manifest, base = load_corpus_manifest(corpus)
     check_shards(manifest, base, sha256=verify_sha256)
