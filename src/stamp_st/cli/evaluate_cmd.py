@@ -35,6 +35,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     import pandas as pd
 
     from ..errors import StampInputError
@@ -42,8 +44,6 @@ def run(args) -> int:
     from ..evaluation.labels import load_labels
     from ..evaluation.report import write_report
     from ..evaluation.tasks import evaluate_sources
-
-    from pathlib import Path
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise StampInputError("--out exists and is a file; evaluate writes a folder", args.out,
