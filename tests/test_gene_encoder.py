@@ -194,7 +194,7 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
     m2.load_state_dict(sd)
     for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
         assert torch.equal(a, b), k
-    save_checkpoint(out, {"w": torch.zeros(2)}, cfg)  # replaces atomically
+    save_checkpoint(out, {"w": torch.zeros(2)}, cfg, overwrite=True)  # replaces atomically
     assert list(load_checkpoint(out)[0]) == ["w"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     with pytest.raises(StampInputError, match="expected"):

@@ -19,9 +19,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
+    os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes 0600; give the mode a plain open() would
     try:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
@@ -30,6 +28,39 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def make_temp_dir(parent: str | Path, prefix: str) -> Path:
+    """A fresh temporary folder in ``parent`` with the mode a plain ``mkdir`` gives (``mkdtemp`` makes 0700,
+    which a folder renamed into place would keep)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Refuse, before any work, an output file path that is a folder or whose folder cannot be created."""
+    from .errors import StampInputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise StampInputError("the output is a folder; a file name is expected", path,
+                              hint=f"give a file path, e.g. {path / 'embeddings.h5ad'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise StampInputError(f"{parent} is a file, so the output's folder cannot be created", path,
+                              hint="give an output path inside a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StampInputError(f"no permission to write in {parent}", path, hint="choose a folder you can write")
+    return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

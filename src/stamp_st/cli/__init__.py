@@ -50,10 +50,38 @@ def main(argv: list[str] | None = None) -> int:
     except StampInputError as err:
         print(f"stamp-st {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the file system said no: a path, not a bug, so no traceback
+        print(f"stamp-st {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume where supported", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+def describe_os_error(err: OSError) -> str:
+    """A file-system error as one message naming the path and what to do."""
+    import errno
+
+    path = err.filename if err.filename is not None else ""
+    if err.filename2 is not None:
+        path = f"{path} -> {err.filename2}"
+    what = err.strerror or str(err)
+    if isinstance(err, PermissionError):
+        hint = "check the permissions, or choose a path you can read/write"
+    elif isinstance(err, IsADirectoryError):
+        hint = "this is a folder: give a file path"
+    elif isinstance(err, NotADirectoryError):
+        hint = "a part of this path is a file: give a folder path"
+    elif isinstance(err, FileNotFoundError):
+        hint = "check the path (its folder must exist)"
+    elif isinstance(err, FileExistsError):
+        hint = "remove it or choose another name"
+    elif err.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "free disk space or write elsewhere"
+    else:
+        hint = "check the path and the disk"
+    return f"{path + ': ' if path else ''}{what}\nWhat to do: {hint}"
 
 
 if __name__ == "__main__":

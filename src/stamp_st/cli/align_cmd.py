@@ -63,6 +63,8 @@ def register(subparsers) -> None:
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU when present)")
+    p.add_argument("--skip-sha256", action="store_true",
+                   help="do not hash every shard against manifest.json before training (sizes are still checked)")
     add_set_option(p, "ckpt_every=500")
     r = p.add_mutually_exclusive_group()
     r.add_argument("--resume", dest="resume", action="store_const", const=True, default="auto")
@@ -97,8 +99,10 @@ def run(args) -> int:
         from ..training.align import run_align_folds
 
         result = run_align_folds(args.corpus, cfg, args.out, resume=args.resume, device=args.device,
+                                 verify_sha256=not args.skip_sha256,
                                  progress=lambda m: print(f"[align] {m}", flush=True))
     else:
-        result = run_align(args.corpus, cfg, args.out, resume=args.resume, device=args.device)
+        result = run_align(args.corpus, cfg, args.out, resume=args.resume, device=args.device,
+                           verify_sha256=not args.skip_sha256)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, default=str))
     return 0

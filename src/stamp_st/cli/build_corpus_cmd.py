@@ -36,14 +36,18 @@ def register(sub) -> None:
     p.add_argument("--shard-size", type=int, help="max samples per shard (default genes 2048, paired 512)")
     p.add_argument("--chunk-spots", type=int, default=256, help="spots processed at once in a task (memory bound)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-skipped", action="store_true",
+                   help="exit 0 even when manifest rows gave nothing (unreadable, no spot left after QC, no image); "
+                        "by default such a build writes the corpus of the good rows and exits 1 with a per-row report")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import json
+    import sys
     from pathlib import Path
 
-    from ..corpus.build import BuildConfig, build_corpus
+    from ..corpus.build import BuildConfig, build_corpus, check_corpus_out
     from ..corpus.manifest import her2st_manifest, read_manifest
     from ..corpus.qc import QCConfig, format_report
     from ..errors import StampInputError
@@ -52,6 +56,7 @@ def run(args) -> int:
     if bool(args.manifest) == bool(args.her2st):
         raise StampInputError("give either MANIFEST or --her2st ROOT", hint="see `stamp-st build-corpus --help`")
     out = Path(args.out)
+    check_corpus_out(out)  # before anything is written into it
     if args.her2st:
         sections = args.sections.split(",") if args.sections else None
         entries = her2st_manifest(args.her2st, sections=sections, with_image_only=args.kind == "paired",
@@ -75,4 +80,10 @@ def run(args) -> int:
           f"({b['spots_per_s']:.1f} spots/s" + (f", {b['patches_per_s']:.1f} patches/s" if args.kind == "paired"
                                                 else "") + ")")
     print(json.dumps({"splits": man["splits"]}))
+    if res["bad_rows"]:
+        print(f"stamp-st build-corpus: error: {len(res['bad_rows'])} manifest row(s) gave nothing; the corpus holds "
+              f"the other {man['totals']['n_slides']} slide(s):\n{res['row_report']}\nWhat to do: fix or remove "
+              "those rows and re-run (finished slides are kept), or pass --allow-skipped to accept the corpus as is",
+              file=sys.stderr)
+        return 0 if args.allow_skipped else 1
     return 0

@@ -9,7 +9,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("convert-released", help="convert the released STAMP weights to a stamp-st checkpoint",
                               description=__doc__.splitlines()[0])
     p.add_argument("input", metavar="IN", help="released pytorch_model.bin / .ckpt / .safetensors")
-    p.add_argument("output", metavar="OUT", help="checkpoint folder to write (replaced atomically)")
+    p.add_argument("output", metavar="OUT", help="checkpoint folder to write: new or empty (an existing stamp-st checkpoint only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT when it already holds a stamp-st checkpoint (never a folder with other files)")
     p.add_argument("--vocab", default=None,
                    help="gene vocabulary TSV (default: the released vocabulary in the data directory)")
     p.set_defaults(func=run)
@@ -20,6 +22,6 @@ def run(args) -> int:
     from ..preprocessing.vocab import GeneVocabulary
 
     vocab = GeneVocabulary.from_tsv(args.vocab) if args.vocab else None
-    out = convert_released(args.input, args.output, vocabulary=vocab)
+    out = convert_released(args.input, args.output, vocabulary=vocab, overwrite=args.overwrite)
     print(f"wrote {out} (load it with stamp_st.models.stamp.load_stamp)")
     return 0

@@ -30,10 +30,12 @@ def run(args) -> int:
     from ..errors import StampInputError
     from ..evaluation.embeddings_io import write_embedding_h5ad, write_trident_h5
     from ..inference.embed import embed_sample, embed_slide_tiles, load_embedder
+    from ..io_utils import check_output_file
 
     out = Path(args.out)
     if out.suffix not in (".h5ad", ".h5"):
         raise StampInputError("output must end in .h5ad or .h5", out)
+    check_output_file(out)
     embedder = load_embedder(args.model, device=args.device, backbone_weights=args.backbone_weights,
                              patch_um=args.patch_um)
     if args.tiles:
@@ -66,7 +68,9 @@ def run(args) -> int:
         write_embedding_h5ad(out, embs, [sid] * adata.n_obs, list(adata.obs_names), xy_px=adata.obsm["spatial"],
                              counts=adata.X, gene_names=list(adata.var_names),
                              image_paths={sid: meta.get("image_path", "")} if meta.get("image_path") else None,
-                             extra_uns={"model": embedder.name, "um_per_px": float(meta.get("um_per_px") or 0)})
+                             extra_uns={"model": embedder.name, "um_per_px": float(meta.get("um_per_px") or 0)},
+                             obs_extra={k: adata.obs[k].to_numpy() for k in ("stamp_st_no_vocab_genes",)
+                                        if k in adata.obs})
     print(f"{adata.n_obs} spots, {', '.join(f'{k} {v.shape[1]}-d' for k, v in embs.items())} -> {out}",
           file=sys.stderr)
     return 0

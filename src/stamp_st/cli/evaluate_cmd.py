@@ -35,6 +35,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     import pandas as pd
 
     from ..errors import StampInputError
@@ -43,6 +45,9 @@ def run(args) -> int:
     from ..evaluation.report import write_report
     from ..evaluation.tasks import evaluate_sources
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise StampInputError("--out exists and is a file; evaluate writes a folder", args.out,
+                              hint="give a folder path for results.json and report.html")
     names = args.names or []
     if names and len(names) != len(args.embeddings):
         raise StampInputError(f"{len(args.embeddings)} --embeddings but {len(names)} --names",

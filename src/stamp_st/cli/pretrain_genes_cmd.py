@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, help="groups of 9 spots per micro-batch and process")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="override the precision")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU when present)")
+    p.add_argument("--skip-sha256", action="store_true",
+                   help="do not hash every shard against manifest.json before training (sizes are still checked)")
     add_set_option(p)
     p.set_defaults(func=run)
 
@@ -56,7 +58,8 @@ def run(args) -> int:
     cfg.trainer.update(parse_set_overrides(args.set))
     cfg = PretrainConfig.from_dict(cfg.to_json(), args.config)  # re-validate the overrides
     vocab = GeneVocabulary.from_tsv(args.vocab) if args.vocab else None
-    result = run_pretrain(args.corpus, cfg, args.out, resume=args.resume, vocab=vocab, device=args.device)
+    result = run_pretrain(args.corpus, cfg, args.out, resume=args.resume, vocab=vocab, device=args.device,
+                          verify_sha256=not args.skip_sha256)
     if os.environ.get("RANK", "0") != "0":
         return 0
     val = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.get("val", {}).items()))

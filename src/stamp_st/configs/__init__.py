@@ -24,6 +24,10 @@ def load_config_json(kind: str, name_or_path: str | Path) -> tuple[dict, str]:
         raise StampInputError(f"no {kind.replace('_', ' ')} config named {str(name_or_path)!r}", path,
                               hint=f"use one of {', '.join(names)} or a JSON file path")
     try:
-        return json.loads(path.read_text()), str(path)
-    except json.JSONDecodeError as err:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise StampInputError(f"invalid JSON ({err})", path) from err
+    if not isinstance(d, dict):
+        raise StampInputError(f"the config must be a JSON object, got {type(d).__name__}", path,
+                              hint='write it as {"name": value, ...}')
+    return d, str(path)

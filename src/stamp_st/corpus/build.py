@@ -93,11 +93,13 @@ class BuildConfig:
         d["qc"] = qcmod.QCConfig(**d.get("qc", {}))
         return cls(**d)
 
-    def settings(self, vocab_checksum: str) -> dict:
+    def settings(self, vocab_checksum: str, divisors_checksum: str | None = None) -> dict:
         """What decides the content of every shard (the vocabulary by checksum, not by path)."""
         d = self.to_json()
         d.pop("vocab_path")
         d["vocab_checksum"] = vocab_checksum
+        if divisors_checksum is not None:  # the means change tokens too
+            d["divisors_checksum"] = divisors_checksum
         d["format_version"] = FORMAT_VERSION
         if self.kind == "genes":
             for k in ("patch_um", "out_px", "region_factor", "thumb_px", "image_codec"):
@@ -237,9 +239,18 @@ def build_slide(entry_json: dict, config_json: dict, out_dir: str, settings_hash
         return {k: v for k, v in done.items() if k != "shards"} | {"n_shards": len(done["shards"])}
 
     try:
-        adata = _read_entry(entry)
-    except StampInputError as err:
-        return finish("skipped", "read_error", str(err).splitlines()[0])
+        return _build_slide_body(entry, cfg, out, done, finish)
+    except StampInputError as err:  # the slide's input is bad: no partial output of it is left behind
+        remove_slide_outputs(out, sid)
+        done.update(shards=[], n_samples=0, n_spots=0, n_patches=0)
+        done.pop("means", None)
+        detail = str(err).splitlines()[0] + (f"; what to do: {err.hint}" if err.hint else "")
+        return finish("skipped", "read_error", detail)
+
+
+def _build_slide_body(entry: SampleEntry, cfg: BuildConfig, out: Path, done: dict, finish) -> dict:
+    sid = entry.slide_id
+    adata = _read_entry(entry)
     from ..preprocessing.tokenizer import RankTokenizer
     from ..preprocessing.vocab import map_genes
 
@@ -271,10 +282,7 @@ def build_slide(entry_json: dict, config_json: dict, out_dir: str, settings_hash
             return finish("skipped", "no_image", "the sample has no spot pixel coordinates")
         from ..readers.slide import open_slide
 
-        try:
-            slide = open_slide(image)
-        except StampInputError as err:
-            return finish("skipped", "read_error", str(err).splitlines()[0])
+        slide = open_slide(image)
         done["image_path"] = str(image)
         side_px = cfg.patch_um / float(um_per_px)
         outside = qcmod.patch_outside_fraction(xy_px, side_px, slide.width_px, slide.height_px)
@@ -388,12 +396,49 @@ def _dedupe_paths(entries: list[SampleEntry]) -> tuple[list[SampleEntry], list[d
     return kept, skipped
 
 
+# names build-corpus writes into OUT (shards, done records, means, the manifests) and io_utils' temp files
+_OWN_FILE = re.compile(r"^(?:[A-Za-z0-9_\-]+-\d{5}\.tar|[A-Za-z0-9_\-]+\.done\.json|[A-Za-z0-9_\-]+\.means\.npy"
+                       r"|manifest\.json|gene_means\.tsv|input_manifest\.tsv)$")
+_OWN_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def check_corpus_out(out: str | Path) -> None:
+    """Refuse an OUT folder that holds files build-corpus did not write (it would overwrite or delete them)."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise StampInputError("the corpus output exists and is not a folder", out, hint="give a new folder name")
+    foreign = sorted(p.name for p in out.iterdir() if not _is_own_file(p))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise StampInputError(f"the corpus output folder holds files stamp-st did not write ({shown})", out,
+                              hint="give a new or empty folder (or one an earlier build-corpus wrote) as OUT")
+    man = out / MANIFEST_NAME
+    if man.is_file():
+        try:
+            ours = "settings_hash" in json.loads(man.read_text())
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise StampInputError("the corpus output folder holds a manifest.json that build-corpus did not write",
+                                  out, hint="give a new or empty folder as OUT (the input manifest goes elsewhere)")
+
+
+def _is_own_file(p: Path) -> bool:
+    m = _OWN_TEMP.match(p.name)
+    name = m.group("name") if m else p.name
+    return p.is_file() and not p.is_symlink() and bool(_OWN_FILE.match(name))
+
+
 def clean_stray_temps(out: Path) -> int:
-    """Delete temp files of an interrupted build (io_utils writes ``.<name>.<random>.tmp``)."""
+    """Delete temp files of an interrupted build (io_utils writes ``.<name>.<random>.tmp``), only those that
+    carry the name of a file build-corpus writes."""
     n = 0
     for p in Path(out).glob(".*.tmp"):
-        p.unlink(missing_ok=True)
-        n += 1
+        if _OWN_TEMP.match(p.name) and _is_own_file(p):
+            p.unlink(missing_ok=True)
+            n += 1
     return n
 
 
@@ -407,9 +452,10 @@ def build_corpus(manifest: str | Path | list[SampleEntry], out_dir: str | Path, 
     """
     entries = read_manifest(manifest) if not isinstance(manifest, list) else list(manifest)
     out = Path(out_dir)
+    check_corpus_out(out)
     out.mkdir(parents=True, exist_ok=True)
     vocab = _load_vocab(str(config.vocab_path))
-    settings = config.settings(vocab.checksum)
+    settings = config.settings(vocab.checksum, vocab.divisors_checksum(config.rounded_means))
     entries, path_dups = _dedupe_paths(entries)
     clean_stray_temps(out)
     hashes = {e.slide_id: slide_settings_hash(settings, e) for e in entries}
@@ -421,11 +467,15 @@ def build_corpus(manifest: str | Path | list[SampleEntry], out_dir: str | Path, 
         summaries, failures = _run_tasks(todo, config, out, hashes, workers, scheduler, processes, progress,
                                          client)
     seconds = time.perf_counter() - t0
+    by_id = {e.slide_id: e for e in entries}
     if failures:
-        lines = "; ".join(f"{f['slide_id']}: {f['error']}" for f in failures[:5])
-        raise RuntimeError(f"{len(failures)} slide(s) failed ({lines}). Finished slides are kept: fix the cause "
-                           "and re-run the same command to resume.")
+        raise StampInputError(
+            f"{len(failures)} of {len(entries)} slide(s) failed; no manifest.json was written:\n"
+            + row_report([{**f, "reason": "error", "detail": f["error"]} for f in failures], by_id),
+            out, hint="fix those rows (or remove them from the manifest) and re-run the same command: finished "
+                      "slides are kept")
     man = assemble_manifest(out, entries, config, vocab, path_dups)
+    bad = [r for r in man["qc"]["skipped_slides"] if r["reason"] in ROW_ERRORS]
     n_spots = sum(s.get("n_spots", 0) for s in summaries)
     n_patches = sum(s.get("n_patches", 0) for s in summaries)
     build = {"seconds": seconds, "n_slides_built": len(todo), "n_slides_reused": len(entries) - len(todo),
@@ -433,7 +483,21 @@ def build_corpus(manifest: str | Path | list[SampleEntry], out_dir: str | Path, 
              "spots_per_s": n_spots / seconds if seconds > 0 else 0.0,
              "patches_per_s": n_patches / seconds if seconds > 0 else 0.0,
              "workers": workers if scheduler is None and client is None else None}
-    return {"manifest": man, "build": build}
+    return {"manifest": man, "build": build, "bad_rows": bad, "row_report": row_report(bad, by_id)}
+
+
+# reasons for which a manifest row gave nothing: the user's data or manifest is at fault (duplicates are not)
+ROW_ERRORS = ("read_error", "no_spots_left", "no_image", "no_pixel_size")
+
+
+def row_report(rows: list[dict], by_id: dict[str, SampleEntry]) -> str:
+    """One line per manifest row that gave nothing: slide id, path, section, reason."""
+    lines = []
+    for r in rows:
+        e = by_id.get(r["slide_id"])
+        where = f"{e.path}" + (f" section {e.section}" if e.section else "") if e else ""
+        lines.append(f"  {r['slide_id']}: {r['reason']}: {r.get('detail', '')}" + (f" [{where}]" if where else ""))
+    return "\n".join(lines)
 
 
 def _run_tasks(todo, config, out, hashes, workers, scheduler, processes, progress, client):
@@ -482,7 +546,7 @@ def assemble_manifest(out: Path, entries: list[SampleEntry], config: BuildConfig
     from .gene_means import means_from_accumulators, write_gene_means
 
     out = Path(out)
-    settings = config.settings(vocab.checksum)
+    settings = config.settings(vocab.checksum, vocab.divisors_checksum(config.rounded_means))
     by_id = {e.slide_id: e for e in entries}
     dones = {}
     for e in entries:
@@ -521,6 +585,10 @@ def assemble_manifest(out: Path, entries: list[SampleEntry], config: BuildConfig
         from .shards import decode_npy
 
         accs.append(decode_npy((out / d["means"]["file"]).read_bytes()))
+    if not ok_ids:
+        raise StampInputError("no slide gave any spot: the corpus would be empty, no manifest.json was written:\n"
+                              + row_report(skipped, by_id), out,
+                              hint="check the manifest rows (format, section, paths) and the QC thresholds")
     qc_slides = [dones[sid]["qc"] for sid in ok_ids]
     qc_slides += [dones[s["slide_id"]]["qc"] for s in skipped if s["slide_id"] in dones
                   and s["reason"] not in ("duplicate_counts", "duplicate_path")]
@@ -540,7 +608,8 @@ def assemble_manifest(out: Path, entries: list[SampleEntry], config: BuildConfig
         "settings": settings, "settings_hash": _sha(settings)[:24],
         "vocab": {"checksum": vocab.checksum, "n_genes": len(vocab), "source": Path(config.vocab_path).name},
         "tokenizer": {"context": config.context, "rounded_means": config.rounded_means, "storage_pad_id": 0,
-                      "token_offset": 30, "trimmed": True},
+                      "token_offset": 30, "trimmed": True,
+                      "divisors_checksum": vocab.divisors_checksum(config.rounded_means)},
         "crop_geometry": config.geometry().to_json() if config.kind == "paired" else None,
         "qc": {"config": config.qc.to_json(), "total": qc_total, "skipped_slides": skipped},
         "fields": (["tokens.npy", "spot_valid.npy", "meta.json"] if config.kind == "genes" else

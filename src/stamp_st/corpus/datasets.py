@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
@@ -32,23 +33,90 @@ from .shards import IMAGE_CODECS, decode_sample, iter_shard_raw
 
 
 def load_corpus_manifest(manifest: str | Path | dict) -> tuple[dict, str]:
-    """(manifest dict, base URL of its shards). ``manifest`` is a path, a URL/``pipe:`` spec, or a dict."""
+    """(manifest dict, base URL of its shards). ``manifest`` is a path, a URL/``pipe:`` spec, or a dict.
+
+    Remote or piped storage is the caller's explicit choice (a URL or ``pipe:`` given here, on the command
+    line); the file itself is data that travels, so every shard it names must be a plain file name inside the
+    corpus folder (``check_corpus_manifest``)."""
     if isinstance(manifest, dict):
-        return manifest, ""
+        return check_corpus_manifest(manifest), ""
     spec = str(manifest)
     if "://" in spec or spec.startswith("pipe:"):
         from .shards import open_url
 
-        with open_url(spec) as fh:
-            man = json.loads(fh.read())
+        try:
+            with open_url(spec) as fh:
+                man = json.loads(fh.read())
+        except (OSError, ValueError) as err:
+            raise StampInputError(f"cannot read the corpus manifest ({err})", spec) from err
         base = spec.rsplit("/", 1)[0] if "/" in spec and not spec.startswith("pipe:") else ""
-        return man, base
+        return check_corpus_manifest(man, spec), base
     p = Path(spec)
     if p.is_dir():
         p = p / "manifest.json"
     if not p.is_file():
         raise StampInputError("corpus manifest not found", p, hint="build the corpus with `stamp-st build-corpus`")
-    return json.loads(p.read_text()), str(p.parent)
+    try:
+        man = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise StampInputError(f"the corpus manifest is not valid JSON ({err})", p,
+                              hint="the file is damaged: copy the corpus again or re-run build-corpus") from err
+    return check_corpus_manifest(man, p), str(p.parent)
+
+
+# a shard is a plain file of the corpus folder: no folder, URL, ``pipe:`` or ``..`` from the manifest
+_SHARD_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+def check_corpus_manifest(man, source: str | Path | None = None) -> dict:
+    """The fields the datasets use, with their types; shard names must resolve inside the corpus folder."""
+    hint = "the corpus manifest is damaged or was edited: re-run build-corpus"
+    if not isinstance(man, dict):
+        raise StampInputError("the corpus manifest is not a JSON object", source, hint)
+    if man.get("kind") not in ("genes", "paired"):
+        raise StampInputError(f"unknown corpus kind {man.get('kind')!r}", source, hint)
+    shards = man.get("shards")
+    if not isinstance(shards, list):
+        raise StampInputError("the corpus manifest has no 'shards' list", source, hint)
+    for i, sh in enumerate(shards):
+        if not isinstance(sh, dict):
+            raise StampInputError(f"shard {i} is not an object", source, hint)
+        url = sh.get("url")
+        if not isinstance(url, str) or not _SHARD_FILE.match(url) or ".." in url:
+            raise StampInputError(f"shard {i} names {url!r}, not a file inside the corpus folder (paths, URLs and "
+                                  "pipe: commands are never taken from a manifest)", source,
+                                  hint="keep the shards beside manifest.json; give remote storage on the command "
+                                       "line (the manifest's URL) instead")
+        for key, typ in (("n_samples", int), ("slide_id", str), ("split", str)):
+            if not isinstance(sh.get(key), typ) or isinstance(sh.get(key), bool):
+                raise StampInputError(f"shard {url}: {key!r} is missing or not a {typ.__name__}", source, hint)
+        if sh["n_samples"] < 0:
+            raise StampInputError(f"shard {url}: negative n_samples", source, hint)
+    tok = man.get("tokenizer")
+    ctx = tok.get("context") if isinstance(tok, dict) else None
+    if not isinstance(ctx, int) or isinstance(ctx, bool) or ctx < 1:
+        raise StampInputError("the corpus manifest has no valid tokenizer.context", source, hint)
+    return man
+
+
+def check_shards(man: dict, base: str, shards: Sequence[dict] | None = None, sha256: bool = False) -> None:
+    """Check local shards against what the manifest promises: present, the recorded size (cheap, always) and,
+    when ``sha256``, the recorded checksum. Remote or piped shards are not checked here."""
+    if not base or "://" in base or base.startswith("pipe:") or "{shard}" in base:
+        return
+    from .shards import sha256_file
+
+    hint = "the corpus was damaged or only partly copied: copy it again or re-run build-corpus"
+    for sh in man["shards"] if shards is None else shards:
+        p = Path(base) / sh["url"]
+        if not p.is_file():
+            raise StampInputError(f"shard {sh['url']} listed in manifest.json is missing", p, hint)
+        want = sh.get("bytes")
+        if want is not None and p.stat().st_size != int(want):
+            raise StampInputError(f"shard has {p.stat().st_size} bytes, manifest.json says {want} (truncated?)",
+                                  p, hint)
+        if sha256 and sh.get("sha256") and sha256_file(p) != sh["sha256"]:
+            raise StampInputError("shard content differs from its sha256 in manifest.json", p, hint)
 
 
 def _int_hash(text: str) -> int:
@@ -83,6 +151,8 @@ class _ShardDataset(IterableDataset):
                                   + (f" among slides {sorted(keep)}" if keep is not None else "")
                                   + (f" outside slides {sorted(drop)}" if drop else ""),
                                   hint=f"splits present: {sorted(man.get('splits', {}))}")
+        if base_url is None:
+            check_shards(man, base, self.shards)  # sizes: a truncated or missing shard fails here, by name
         self.base_url = base_url if base_url is not None else base
         self.context = int(context or man["tokenizer"]["context"])
         self.seed, self.shuffle, self.buffer_size = int(seed), bool(shuffle), int(buffer_size)
@@ -97,9 +167,7 @@ class _ShardDataset(IterableDataset):
         self.epoch = int(epoch)
 
     def url(self, shard: dict) -> str:
-        name = shard["url"]
-        if "://" in name or name.startswith(("/", "pipe:")):
-            return name
+        name = shard["url"]  # a plain file name (check_corpus_manifest)
         if "{shard}" in self.base_url:  # e.g. "pipe:aws s3 cp s3://bucket/corpus/{shard} -"
             return self.base_url.replace("{shard}", name)
         return f"{self.base_url}/{name}" if self.base_url else name

@@ -73,7 +73,13 @@ def entries_from_records(records: Iterable[Mapping], base_dir: str | Path | None
     """Validate manifest rows (dicts) into entries; relative paths are taken from ``base_dir``."""
     known = {f.name for f in fields(SampleEntry)}
     out: list[SampleEntry] = []
+    if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
+        raise StampInputError(f"the manifest must list rows, got {type(records).__name__}", source,
+                              hint='a JSON manifest is a list of objects: [{"path": ..., "format": ...}, ...]')
     for i, rec in enumerate(records):
+        if not isinstance(rec, Mapping):
+            raise StampInputError(f"row {i} is not an object of columns (got {type(rec).__name__})", source,
+                                  hint='each row is {"path": ..., "format": ..., "section": ...}')
         unknown = set(rec) - known
         if unknown:
             raise StampInputError(f"row {i}: unknown manifest columns {sorted(unknown)}", source,
@@ -128,7 +134,7 @@ def read_manifest(path: str | Path) -> list[SampleEntry]:
             sep = "," if path.suffix.lower() == ".csv" else "\t"
             df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
             records = df.to_dict(orient="records")
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, UnicodeDecodeError) as err:
         raise StampInputError(f"cannot parse the manifest ({err})", path) from err
     entries = entries_from_records(records, base_dir=path.parent, source=path)
     if not entries:

@@ -176,11 +176,21 @@ def open_url(url: str):
 
 def iter_shard_raw(url: str) -> Iterator[dict]:
     """Raw samples (``__key__`` + field -> bytes) of one shard, streamed in file order."""
+    import tarfile
+
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
-    stream = open_url(url)
+    from ..errors import StampInputError
+
+    try:
+        stream = open_url(url)
+    except OSError as err:
+        raise StampInputError(f"cannot open shard ({err})", url, hint="check that the corpus is complete") from err
     try:
         yield from group_by_keys(tar_file_expander([{"url": str(url), "stream": stream}]))
+    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+        raise StampInputError(f"shard is damaged or truncated ({type(err).__name__}: {err})", url,
+                              hint="copy the corpus again or re-run build-corpus") from err
     finally:
         stream.close()
 

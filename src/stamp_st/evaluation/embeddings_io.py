@@ -5,6 +5,7 @@ raw-expression PCA)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -70,6 +71,19 @@ class EmbeddingSet:
             self.gene_emb = np.asarray(self.gene_emb, dtype=np.float32)
             if self.gene_emb.shape[0] != n:
                 raise StampInputError(f"{self.name!r}: gene_emb has {self.gene_emb.shape[0]} rows, not {n}")
+        bad = ~np.isfinite(self.emb).all(axis=1)
+        if bad.any():
+            ids = ", ".join(f"{a}/{b}" for a, b in zip(self.slide_ids[bad][:5], self.spot_ids[bad][:5]))
+            raise StampInputError(
+                f"embedding source {self.name!r}: {int(bad.sum())} of {n} spots have NaN or infinite embeddings "
+                f"(e.g. {ids})", self.source_path or None,
+                hint="spots without any vocabulary gene have no gene embedding (obs['stamp_st_no_vocab_genes']): "
+                     "evaluate the image embedding (FILE.h5ad:X_stamp_v), or remove those spots")
+        if self.gene_emb is not None and not np.isfinite(self.gene_emb).all():
+            n_bad = int((~np.isfinite(self.gene_emb).all(axis=1)).sum())
+            warnings.warn(f"{self.source_path or self.name}: {n_bad} spots have no gene embedding (no vocabulary "
+                          "gene): image -> gene retrieval is skipped for this source", stacklevel=2)
+            self.gene_emb = None
 
     @property
     def keys(self) -> np.ndarray:
@@ -237,6 +251,7 @@ def write_embedding_h5ad(
     gene_names: Sequence[str] | None = None,
     image_paths: Mapping[str, str] | None = None,
     extra_uns: Mapping | None = None,
+    obs_extra: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Write embeddings (obsm key -> [n, d]) plus spot identity, optional counts and image paths,
     atomically, in the format :func:`read_embedding_h5ad` reads."""
@@ -248,6 +263,8 @@ def write_embedding_h5ad(
     n = len(spot_ids)
     obs = pd.DataFrame({OBS_SLIDE_ID: slide_ids, OBS_SPOT_ID: spot_ids})
     obs.index = pd.Index(np.char.add(np.char.add(slide_ids, "/"), spot_ids), dtype=str)
+    for k, v in (obs_extra or {}).items():
+        obs[k] = np.asarray(v)
     if counts is not None:
         x = sp.csr_matrix(counts, dtype=np.float32)
         var = pd.DataFrame(index=pd.Index(np.asarray(gene_names).astype(str)))

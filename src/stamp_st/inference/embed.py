@@ -7,6 +7,7 @@ are cut at the model's crop geometry (µm, not pixels), so slides at 20x and 40x
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,9 +118,14 @@ def embed_tokens(embedder: Embedder, tokens: np.ndarray, batch_size: int = 64) -
     return np.concatenate(out) if out else np.zeros((0, 512), np.float32)
 
 
+OBS_NO_VOCAB_GENES = "stamp_st_no_vocab_genes"  # obs flag: the spot has no count in the model's vocabulary
+
+
 def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bool = True) -> dict[str, np.ndarray]:
     """Per-spot embeddings of one sample (AnnData contract of ``stamp_st.readers``): obsm key -> [n, d].
-    Stamp_G and Stamp_F are computed for spots with counts in the vocabulary; empty spots get NaN rows."""
+    Stamp_G and Stamp_F are computed for spots with counts in the vocabulary; the others get NaN rows, a
+    warning and ``adata.obs['stamp_st_no_vocab_genes']`` (set on the given AnnData). A sample with no
+    vocabulary gene at all gets no Stamp_G / Stamp_F (an error when there is no image either)."""
     from ..readers.slide import open_slide
 
     meta = adata.uns.get("stamp_st", {})
@@ -139,12 +145,27 @@ def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bo
         gene_ids = adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None
         mapping = map_genes(list(adata.var_names), embedder.tokenizer.vocab, gene_ids=gene_ids)
         tok = embedder.tokenizer.tokenize(adata.X, mapping)
-        g = np.full((adata.n_obs, 512), np.nan, np.float32)
-        ok = ~tok.empty
-        if ok.any():
-            emb = embed_tokens(embedder, tok.tokens[ok])
-            g = np.full((adata.n_obs, emb.shape[1]), np.nan, np.float32)
-            g[ok] = emb
+        empty = np.asarray(tok.empty, bool)
+        adata.obs[OBS_NO_VOCAB_GENES] = empty  # the flag travels with the embeddings (embed writes it to obs)
+        ok = ~empty
+        where = meta.get("source_path") or meta.get("sample_id") or "sample"
+        if not ok.any():
+            msg = (f"{where}: no spot has a count for any gene of the model's vocabulary ({mapping.n_kept} of "
+                   f"{adata.n_vars} genes map to it)")
+            if "X_stamp_v" not in result:
+                raise StampInputError(msg, hint="check the gene names / var['gene_ids'] (human symbols or Ensembl "
+                                                "ids) and that the sample holds counts")
+            warnings.warn(msg + ": X_stamp_g and X_stamp_f are not written, only the image embedding",
+                          stacklevel=2)
+            return result
+        emb = embed_tokens(embedder, tok.tokens[ok])
+        g = np.full((adata.n_obs, emb.shape[1]), np.nan, np.float32)
+        g[ok] = emb
+        if empty.any():
+            ids = ", ".join(map(str, np.asarray(adata.obs_names)[empty][:5]))
+            warnings.warn(f"{where}: {int(empty.sum())} of {adata.n_obs} spots have no count in the model's "
+                          f"vocabulary (e.g. {ids}): their X_stamp_g / X_stamp_f rows are NaN, and "
+                          f"obs['{OBS_NO_VOCAB_GENES}'] marks them", stacklevel=2)
         result["X_stamp_g"] = g
         if "X_stamp_v" in result:
             v = result["X_stamp_v"]

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..errors import DataNotFoundError, StampInputError
-from ..io_utils import atomic_write_json
+from ..io_utils import atomic_write_json, current_umask, make_temp_dir
 
 FORMAT = "stamp-st-checkpoint"
 FORMAT_VERSION = 1
@@ -56,15 +55,19 @@ def write_checkpoint_files(directory: str | Path, model_state: dict, config: dic
         seen[ptr] = k
         tensors[k] = t
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT, "kind": str(config["kind"])})
+    os.chmod(directory / WEIGHTS_FILE, 0o666 & ~current_umask())  # safetensors writes 0600
     atomic_write_json(directory / CONFIG_FILE, config)
 
 
-def save_checkpoint(directory: str | Path, model_state: dict, config: dict) -> Path:
-    """Write a checkpoint folder atomically: built in a temporary sibling, then renamed into place (an existing
-    checkpoint there is replaced only once the new one is complete)."""
+def save_checkpoint(directory: str | Path, model_state: dict, config: dict, overwrite: bool = False) -> Path:
+    """Write a checkpoint folder atomically: built in a temporary sibling, then renamed into place.
+
+    Never deletes what stamp-st did not write: an existing ``directory`` must be empty, or a stamp-st checkpoint
+    holding only checkpoint files and ``overwrite=True`` (it is then replaced once the new one is complete)."""
     directory = Path(directory)
+    check_checkpoint_target(directory, overwrite)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    tmp = make_temp_dir(directory.parent, f".{directory.name}.")
     try:
         write_checkpoint_files(tmp, model_state, config)
         replace_dir(tmp, directory)
@@ -72,6 +75,40 @@ def save_checkpoint(directory: str | Path, model_state: dict, config: dict) -> P
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+# files a stamp-st checkpoint folder may hold (the engine adds its trainer state)
+CHECKPOINT_FILES = frozenset({WEIGHTS_FILE, CONFIG_FILE, "trainer_state.pt"})
+
+
+def check_checkpoint_target(directory: Path, overwrite: bool = False) -> None:
+    """Refuse an output folder whose replacement would lose data stamp-st did not write."""
+    directory = Path(directory)
+    if not directory.exists() and not directory.is_symlink():
+        return
+    if not directory.is_dir() or directory.is_symlink():
+        raise StampInputError("the output exists and is not a folder", directory,
+                              hint="give a new folder name for the checkpoint")
+    names = sorted(p.name for p in directory.iterdir())
+    if not names:
+        return
+    foreign = [n for n in names if n not in CHECKPOINT_FILES]
+    is_ckpt = CONFIG_FILE in names and _reads_as_checkpoint(directory / CONFIG_FILE)
+    if foreign or not is_ckpt:
+        shown = ", ".join((foreign or names)[:5]) + (" ..." if len(foreign or names) > 5 else "")
+        raise StampInputError(f"the output folder is not empty and is not a stamp-st checkpoint (holds {shown}); "
+                              "stamp-st never deletes files it did not write", directory,
+                              hint="give a new or empty folder as the output")
+    if not overwrite:
+        raise StampInputError("the output folder already holds a stamp-st checkpoint", directory,
+                              hint="pass --overwrite to replace it, or give another folder")
+
+
+def _reads_as_checkpoint(cfg_path: Path) -> bool:
+    try:
+        return json.loads(cfg_path.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -123,6 +160,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         raise StampInputError(f"cannot read weights ({err})", weights,
                               hint="the file is corrupt or truncated: use another checkpoint") from err
     return sd, cfg
+
+
+def load_state_checked(model: torch.nn.Module, sd: dict, path, strict: bool = False):
+    """``model.load_state_dict`` with a tensor of another shape reported as the checkpoint's fault (torch raises
+    a RuntimeError listing every tensor), naming the folder."""
+    own = model.state_dict()
+    bad = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+    if bad:
+        k = bad[0]
+        raise StampInputError(f"checkpoint tensors do not fit the model: {len(bad)} with other shapes (e.g. {k} "
+                              f"{tuple(sd[k].shape)}, the model expects {tuple(own[k].shape)})", path,
+                              hint="the weights and config.json do not belong together: use an intact checkpoint")
+    return model.load_state_dict(sd, strict=strict)
 
 
 def _checkpoint_dir(path: str | Path) -> Path:

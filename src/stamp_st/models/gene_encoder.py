@@ -55,6 +55,9 @@ class GeneEncoderConfig:
 
     @classmethod
     def from_json(cls, d: dict, source: str | Path | None = None) -> GeneEncoderConfig:
+        from ..config_types import check_config_types
+
+        check_config_types(cls, d, source, "gene encoder setting")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known - {"kind", "n_tokens"}
         if unknown:

@@ -108,15 +108,18 @@ def load_released(source, model=None, device: str | torch.device = "cpu"):
     return model.to(device).eval(), report
 
 
-def convert_released(in_path: str | Path, out_dir: str | Path, vocabulary=None, model=None) -> Path:
+def convert_released(in_path: str | Path, out_dir: str | Path, vocabulary=None, model=None,
+                     overwrite: bool = False) -> Path:
     """Released ``pytorch_model.bin``/``.ckpt`` -> a stamp-st checkpoint folder (kind ``stamp``, released mode).
 
     ``vocabulary`` defaults to the released vocabulary in the data directory (the one the weights use);
     ``model`` (tests) replaces the full-size released architecture."""
     from ..preprocessing.tokenizer import RankTokenizer
     from ..preprocessing.vocab import GeneVocabulary
+    from .checkpoint import check_checkpoint_target
     from .stamp import save_stamp
 
+    check_checkpoint_target(Path(out_dir), overwrite)  # before the slow load: OUT may hold the input itself
     model, report = load_released(in_path, model=model)
     if vocabulary is None:
         try:
@@ -124,6 +127,6 @@ def convert_released(in_path: str | Path, out_dir: str | Path, vocabulary=None, 
         except StampInputError:
             vocabulary = None
     tokenizer = RankTokenizer(vocabulary, context=1500, rounded_means=True).config() if vocabulary else None
-    return save_stamp(out_dir, model, vocabulary=vocabulary, tokenizer=tokenizer,
+    return save_stamp(out_dir, model, overwrite=overwrite, vocabulary=vocabulary, tokenizer=tokenizer,
                       source={"released_weights": str(in_path), "ignored_keys": report.ignored,
                               "prefix_removed": report.prefix_removed})

@@ -302,20 +302,25 @@ def stamp_checkpoint_config(model: StampModel, vocabulary=None, tokenizer: dict 
                                                 "stamp_f": "concat(stamp_v, stamp_g) [1024]"}, **extra)
 
 
-def save_stamp(directory, model: StampModel, **config_kwargs):
+def save_stamp(directory, model: StampModel, overwrite: bool = False, **config_kwargs):
     from .checkpoint import save_checkpoint
 
-    return save_checkpoint(directory, model.state_dict(), stamp_checkpoint_config(model, **config_kwargs))
+    return save_checkpoint(directory, model.state_dict(), stamp_checkpoint_config(model, **config_kwargs),
+                           overwrite=overwrite)
 
 
 def load_stamp(path, device: str | torch.device = "cpu", **model_kwargs) -> StampModel:
     """A STAMP checkpoint folder -> StampModel in eval mode (config and weights from the folder only)."""
     from ..errors import StampInputError
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, load_state_checked
 
     sd, cfg = load_checkpoint(path, device="cpu", expect_kind="stamp")
-    model = build_stamp_model(cfg["architecture"], **model_kwargs)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    try:
+        model = build_stamp_model(cfg["architecture"], **model_kwargs)
+    except (KeyError, TypeError, AttributeError) as err:  # a hand-edited or damaged config.json
+        raise StampInputError(f"config.json does not describe a STAMP model ({type(err).__name__}: {err})", path,
+                              "the checkpoint's config.json is damaged: use an intact checkpoint") from err
+    missing, unexpected = load_state_checked(model, sd, path)
     # BatchNorm layers frozen during training (partial fine-tuning) carry no batch counter
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:

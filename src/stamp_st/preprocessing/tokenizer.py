@@ -53,7 +53,8 @@ class RankTokenizer:
 
     def config(self) -> dict:
         return {"context": self.context, "rounded_means": self.rounded_means, "target_sum": self.target_sum,
-                "token_offset": TOKEN_OFFSET, "vocab_checksum": self.vocab.checksum}
+                "token_offset": TOKEN_OFFSET, "vocab_checksum": self.vocab.checksum,
+                "divisors_checksum": self.vocab.divisors_checksum(self.rounded_means)}
 
     def normalise(self, vocab_counts: sp.csr_matrix) -> sp.csr_matrix:
         """x * (target_sum / spot total) / divisor, float64, on the non-zeros only."""
@@ -117,3 +118,27 @@ def tokenize_spot_reference(vocab_counts_row: np.ndarray, divisors: np.ndarray, 
     for pos, (gene, _) in enumerate(ranked):
         out[pos] = gene + TOKEN_OFFSET
     return out
+
+
+def recorded_divisors_checksum(tokenizer: dict | None, vocabulary: dict | None = None) -> str | None:
+    """The divisors checksum a tokenizer config records (newer files), else computed from the recorded
+    vocabulary and ``rounded_means`` (older checkpoints), else None."""
+    tokenizer = tokenizer or {}
+    if tokenizer.get("divisors_checksum"):
+        return str(tokenizer["divisors_checksum"])
+    if vocabulary and vocabulary.get("mean_nonzero") is not None:
+        from .vocab import GeneVocabulary
+
+        return GeneVocabulary.from_json(vocabulary).divisors_checksum(bool(tokenizer.get("rounded_means", True)))
+    return None
+
+
+def check_same_divisors(a: str | None, b: str | None, source, what_a: str, what_b: str) -> None:
+    """Refuse two tokenizations whose per-gene means differ (tokens of the same counts would differ)."""
+    from ..errors import StampInputError
+
+    if a and b and a != b:
+        raise StampInputError(f"{what_a} was tokenized with other gene means than {what_b} (divisors {a} vs {b}): "
+                              "the same counts give other tokens", source,
+                              hint="build the corpus with the vocabulary (and --unrounded-means setting) the model "
+                                   "was trained with")

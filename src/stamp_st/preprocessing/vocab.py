@@ -123,6 +123,11 @@ class GeneVocabulary:
         h = hashlib.sha256("\n".join(self.gene_ids).encode())
         return "sha256:" + h.hexdigest()[:16]
 
+    def divisors_checksum(self, rounded: bool = True) -> str:
+        """sha256 over the per-gene divisors the tokenizer uses: with ``checksum`` it covers everything in the
+        vocabulary that changes tokens (same ids with other means rank genes differently)."""
+        return "sha256:" + hashlib.sha256(self.divisors(rounded).astype("<f8").tobytes()).hexdigest()[:16]
+
     def index_of(self, gene_ids: Sequence[str]) -> np.ndarray:
         """Vocabulary index of each id, -1 where absent."""
         idx = self._index

@@ -4,6 +4,7 @@ StampInputError naming the file and what to do, so a user never trains on silent
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,19 @@ def require_file(path: Path, what: str, hint: str) -> Path:
     if not Path(path).is_file():
         raise DataNotFoundError(f"{what} not found", path, hint=hint)
     return Path(path)
+
+
+_SECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def check_section_id(section, source=None) -> str:
+    """A section / sample id that becomes part of a file name: letters, digits, ``_ . -`` only, no ``..``, so
+    that it can never point outside its folder (``../../x``, an absolute path)."""
+    text = str(section)
+    if not _SECTION_ID.match(text) or ".." in text:
+        raise StampInputError(f"section id {text!r} is not a plain id (letters, digits, '_', '.', '-')", source,
+                              hint="give the id as listed in the dataset's folder, e.g. TENX95 or B1")
+    return text
 
 
 def check_user_um_per_px(um_per_px: float | None) -> float | None:
@@ -121,6 +135,38 @@ def check_image(image_path: str | Path, xy_px: np.ndarray, positions_path=None) 
     return w, h
 
 
+def counts_problem(M) -> str | None:
+    """Why ``M`` is not a raw count matrix (None when it is): the tokenizer's normalisation assumes raw
+    counts, so log-transformed, scaled, negative or non-finite values would give garbage ranks. Every reader
+    checks its counts here (``build_sample``), the h5ad reader also to pick the layer that holds counts."""
+    data = np.asarray(M.data if sp.issparse(M) else M).ravel()
+    if data.size == 0:
+        return None
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        return f"non-numeric values (dtype {data.dtype})"
+    if np.issubdtype(data.dtype, np.integer):
+        return "negative values" if (data < 0).any() else None
+    finite = np.isfinite(data)
+    if not finite.all():
+        n_nan = int(np.isnan(data).sum())
+        return f"{n_nan} NaN and {int((~finite).sum()) - n_nan} infinite values"
+    if (data < 0).any():
+        return f"negative values (min {float(data.min()):g})"
+    frac = data != np.round(data)
+    if frac.any():
+        return (f"non-integer values (e.g. {float(data[np.argmax(frac)]):g}: normalised or log-transformed "
+                "data?)")
+    return None
+
+
+def check_raw_counts(M, path) -> None:
+    problem = counts_problem(M)
+    if problem is not None:
+        raise StampInputError(f"the counts are not raw integer counts: {problem}", path,
+                              hint="give the raw (UMI) count matrix, not normalised, scaled or log-transformed "
+                                   "data")
+
+
 def to_csr_counts(X) -> sp.csr_matrix:
     X = sp.csr_matrix(X, dtype=np.float32)
     X.eliminate_zeros()
@@ -158,6 +204,7 @@ def build_sample(
     import anndata as ad
 
     obs_names = [str(s) for s in obs_names]
+    check_raw_counts(X, source_path)
     if len(set(obs_names)) != len(obs_names):
         raise StampInputError("spot ids are not unique", source_path,
                               hint="make spot (barcode) ids unique before reading")

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from ..errors import StampInputError
 from ..preprocessing.vocab import looks_like_ensembl
-from .common import build_sample, require_file
+from .common import build_sample, counts_problem, require_file
 from .constants import (
     FORMAT_H5AD,
     GRID_HEX,
@@ -50,14 +49,6 @@ def read_anndata_file(path: Path):
                               hint="check that the file is a complete AnnData .h5ad") from err
 
 
-def _is_integer_valued(M) -> bool:
-    data = M.data if sp.issparse(M) else np.asarray(M)
-    if data.size == 0:
-        return True
-    sample = data.ravel()[: 1_000_000]
-    return bool(np.all(np.isfinite(sample)) and np.all(sample >= 0) and np.all(np.mod(sample, 1) == 0))
-
-
 def raw_counts(adata, path) -> tuple[object, pd.Index, pd.DataFrame, str]:
     """(counts, var_names, var, where): X when it holds integer counts, else layers['counts'], else raw.X.
     The tokenizer's normalisation assumes raw counts; a log-normalised X would silently shift every rank."""
@@ -67,7 +58,7 @@ def raw_counts(adata, path) -> tuple[object, pd.Index, pd.DataFrame, str]:
     if adata.raw is not None:
         candidates.append(("raw.X", adata.raw.X, adata.raw.var_names, adata.raw.var))
     for where, M, names, var in candidates:
-        if M is not None and _is_integer_valued(M):
+        if M is not None and counts_problem(M) is None:
             return M, names, var, where
     raise StampInputError(
         f"no raw counts found (checked {', '.join(c[0] for c in candidates)}: they hold non-integer or negative "

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataNotFoundError, StampInputError
-from .common import build_sample, match_spot_ids, require_file
+from .common import build_sample, check_section_id, match_spot_ids, require_file
 from .constants import (
     FORMAT_HER2ST,
     GRID_SQUARE,
@@ -58,7 +58,7 @@ def spot_id(x, y) -> str:
 
 def section_image(root: str | Path, section: str) -> Path | None:
     """The full-resolution H&E of a section, or None where the study publishes none."""
-    d = Path(root) / HER2ST_IMAGES_DIR / section[:1] / section
+    d = Path(root) / HER2ST_IMAGES_DIR / section[:1] / check_section_id(section, root)
     found = sorted(d.glob(HER2ST_IMAGE_GLOB)) if d.is_dir() else []
     if len(found) > 1:
         raise StampInputError(f"several images for section {section}: {[f.name for f in found]}", d,
@@ -88,10 +88,7 @@ def read_counts_tsv(path: Path) -> tuple[np.ndarray, list[str], list[str]]:
     if bad:
         raise StampInputError(f"non-numeric counts in {len(bad)} gene columns (e.g. {bad[0]})", path,
                               hint="the table must hold raw integer counts")
-    X = df.to_numpy(np.float32)
-    if np.isnan(X).any() or (X < 0).any():
-        raise StampInputError("counts hold missing or negative values", path,
-                              hint="the table must hold raw integer counts")
+    X = df.to_numpy(np.float32)  # values are checked with every reader's in build_sample
     return X, [str(i) for i in df.index], genes
 
 
@@ -115,6 +112,8 @@ def read_her2st(root: str | Path, section: str | None = None, image_path: str | 
     """One her2st section as the sample AnnData of the contract. Spots without a selected position are
     dropped and counted in ``uns['stamp_st']['qc']``."""
     root = Path(root)
+    if section is not None:
+        check_section_id(section, root)
     sections = her2st_sections(root)
     if section is None or str(section) not in sections:
         what = "no section given" if section is None else f"section '{section}' does not exist"

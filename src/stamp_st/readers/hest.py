@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import StampInputError
+from .common import check_section_id
 from .constants import (
     FORMAT_HEST,
     GRID_HEX,
@@ -46,7 +47,9 @@ def hest_paths(path: str | Path, section: str | None) -> tuple[Path, str]:
     """(HEST root, sample id) from a root + section, or from the path of ``st/<id>.h5ad``."""
     p = Path(path)
     if p.suffix == H5AD_SUFFIX:
-        return p.parent.parent, p.name[: -len(H5AD_SUFFIX)]
+        return p.parent.parent, check_section_id(p.name[: -len(H5AD_SUFFIX)], p)
+    if section is not None:
+        check_section_id(section, p)
     sections = hest_sections(p)
     if section is None or str(section) not in sections:
         what = "no sample id given" if section is None else f"sample '{section}' does not exist"

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataNotFoundError, StampInputError
+from .common import check_section_id
 from .constants import (
     HER2ST_CLUSTER_COL_LABEL,
     HER2ST_CLUSTER_DIR,
@@ -60,7 +61,7 @@ def her2st_cluster_labels(root: str | Path, section: str) -> pd.Series:
     """Expression-cluster name per spot of ``section`` (index = spot ids "<x>x<y>")."""
     root = Path(root)
     d = root.joinpath(*HER2ST_CLUSTER_DIR)
-    path = d / f"{section}{HER2ST_CLUSTER_SUFFIX}"
+    path = d / f"{check_section_id(section, d)}{HER2ST_CLUSTER_SUFFIX}"
     if not path.is_file():
         raise StampInputError(f"no cluster labels for section '{section}'", path,
                               hint=f"sections with cluster labels: {', '.join(_available(d, HER2ST_CLUSTER_SUFFIX))}")
@@ -84,7 +85,7 @@ def her2st_cluster_labels(root: str | Path, section: str) -> pd.Series:
 def her2st_pathologist_labels(root: str | Path, section: str) -> pd.Series:
     """Pathologist region per spot (index = spot ids). Only one section per patient has these labels."""
     d = Path(root).joinpath(*HER2ST_PATHOLOGIST_DIR)
-    path = d / f"{section}{HER2ST_PATHOLOGIST_SUFFIX}"
+    path = d / f"{check_section_id(section, d)}{HER2ST_PATHOLOGIST_SUFFIX}"
     if not path.is_file():
         raise StampInputError(
             f"no pathologist labels for section '{section}'", path,

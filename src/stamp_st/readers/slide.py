@@ -21,6 +21,7 @@ import hashlib
 import math
 import os
 import re
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -148,7 +149,15 @@ class Slide:
         ix0, iy0 = max(0, x0), max(0, y0)
         ix1, iy1 = min(lw, x0 + w), min(lh, y0 + h)
         if ix1 > ix0 and iy1 > iy0:
-            out[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = self._read_level(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
+            try:
+                pixels = self._read_level(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
+            except (StampInputError, MemoryError):
+                raise
+            except Exception as err:  # noqa: BLE001 - decoders raise many types for a damaged file
+                raise StampInputError(f"cannot decode the image at level {level}, box x {ix0}-{ix1}, y {iy0}-{iy1} "
+                                      f"({type(err).__name__}: {err})", self.path,
+                                      hint="the image file is truncated or damaged: copy it again") from err
+            out[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = pixels
         return out
 
     def read_region(self, x0_px: int, y0_px: int, w_px: int, h_px: int) -> np.ndarray:
@@ -407,6 +416,52 @@ def cache_dir() -> Path:
     return base / "slides"
 
 
+CACHE_LIMIT_ENV = "STAMP_ST_CACHE_GB"
+DEFAULT_CACHE_LIMIT_GB = 20.0
+_CACHE_FILE = re.compile(r"^[0-9a-f]{20}_x\d+\.npy$")  # the only names the cache writes (and may evict)
+
+
+def cache_limit_bytes() -> int:
+    """Size limit of the decoded-image cache: ``STAMP_ST_CACHE_GB`` (GB, default 20)."""
+    raw = os.environ.get(CACHE_LIMIT_ENV, "")
+    try:
+        gb = float(raw) if raw.strip() else DEFAULT_CACHE_LIMIT_GB
+    except ValueError:
+        gb = -1.0
+    if not gb >= 0 or gb == float("inf"):
+        raise StampInputError(f"{CACHE_LIMIT_ENV}={raw!r} is not a size in GB", hint=f"e.g. {CACHE_LIMIT_ENV}=20")
+    return int(gb * 1e9)
+
+
+def cache_files(directory: Path) -> list[Path]:
+    """The cache's own files in ``directory`` (nothing else there is ever touched)."""
+    if not directory.is_dir():
+        return []
+    return [p for p in directory.iterdir() if _CACHE_FILE.match(p.name) and p.is_file() and not p.is_symlink()]
+
+
+def make_cache_room(directory: Path, need_bytes: int, limit_bytes: int | None = None) -> bool:
+    """Evict least recently used cache files until ``need_bytes`` more fit under the limit; False when the new
+    file alone is over the limit (it is then not cached)."""
+    limit = cache_limit_bytes() if limit_bytes is None else int(limit_bytes)
+    if need_bytes > limit:
+        return False
+    files = []
+    for p in cache_files(directory):
+        try:
+            st = p.stat()
+        except FileNotFoundError:  # evicted by another process meanwhile
+            continue
+        files.append((st.st_mtime, st.st_size, p))
+    total = sum(f[1] for f in files)
+    for _, size, p in sorted(files):
+        if total + need_bytes <= limit:
+            break
+        p.unlink(missing_ok=True)  # a process that has it memmapped keeps reading it: Linux frees it after
+        total -= size
+    return True
+
+
 class ImageSlide(Slide):
     """Plain JPEG/PNG. Images over ``max_in_memory_px`` pixels are decoded once to a memmapped cache."""
 
@@ -486,16 +541,27 @@ class ImageSlide(Slide):
             return self._arrays[level]
         scale = self._scales[level]
         lw, lh = self.level_dimensions[level]
-        if self._in_memory:
-            arr = np.asarray(self._decode(scale))
-        else:
-            target = self._cache / f"{self._key()}_x{scale}.npy"
-            if not target.exists():
+        target = self._cache / f"{self._key()}_x{scale}.npy"
+        if not self._in_memory and not target.exists():
+            need = 3 * lw * lh + 128
+            if make_cache_room(self._cache, need):
                 self._write_cache(target, scale)
-            arr = np.load(target, mmap_mode="r")
-            if arr.shape != (lh, lw, 3):
-                target.unlink(missing_ok=True)
-                raise StampInputError(f"stale slide cache {target}", self.path, hint="run again")
+            else:
+                warnings.warn(f"{self.path}: its decoded image ({need / 1e9:.1f} GB) is over the cache limit "
+                              f"({cache_limit_bytes() / 1e9:.1f} GB, {CACHE_LIMIT_ENV}): decoded in memory instead",
+                              stacklevel=2)
+        arr = None
+        if not self._in_memory and target.exists():
+            try:
+                os.utime(target)  # recently used: evicted last
+                arr = np.load(target, mmap_mode="r")
+            except FileNotFoundError:  # evicted by another process just now
+                arr = None
+        if arr is None:
+            arr = np.asarray(self._decode(scale))
+        elif arr.shape != (lh, lw, 3):
+            target.unlink(missing_ok=True)
+            raise StampInputError(f"stale slide cache {target}", self.path, hint="run again")
         self._arrays[level] = arr
         return arr
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
+from ..config_types import check_config_types
 from ..errors import StampInputError
 from ..io_utils import atomic_write_json
 from ..models.pretext import PretextConvNet
 from ..models.stamp import StampModel, pool_gene_states, stamp_checkpoint_config
-from .engine import Trainer, TrainerConfig, dist_env
+from .engine import Trainer, TrainerConfig, check_run_folder, dist_env
 
 
 @dataclass
@@ -66,6 +67,7 @@ class AlignConfig:
         unknown = set(d) - known
         if unknown:
             raise StampInputError(f"unknown align settings {sorted(unknown)}", source, f"allowed: {sorted(known)}")
+        check_config_types(cls, d, source, "align setting")
         cfg = cls(**d)
         if cfg.released_mode and (cfg.neighbour_radius_um is not None or cfg.expr_sim_threshold is not None):
             raise StampInputError("neighbour-aware negatives are off in released mode", source,
@@ -88,7 +90,7 @@ class AlignConfig:
 def load_gene_encoder(spec: str):
     """A Stage-1 checkpoint folder, a run folder (its latest checkpoint), or ``random:<config>`` (tests,
     demos). Returns (GeneEncoder, checkpoint config or None)."""
-    from ..models.checkpoint import load_checkpoint
+    from ..models.checkpoint import load_checkpoint, load_state_checked
     from ..models.gene_encoder import GeneEncoder
 
     if spec.startswith("random:"):
@@ -100,7 +102,7 @@ def load_gene_encoder(spec: str):
         p = p / "checkpoints" / latest.read_text().strip()
     sd, cfg = load_checkpoint(p, expect_kind="gene_encoder")
     enc = GeneEncoder(cfg["architecture"])
-    missing, unexpected = enc.load_state_dict(sd, strict=False)
+    missing, unexpected = load_state_checked(enc, sd, p)
     if missing or unexpected:
         raise StampInputError(f"gene encoder weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}",
                               p, "give a checkpoint written by `stamp-st pretrain-genes`")
@@ -354,10 +356,13 @@ def check_val_slides(val_slides, manifest: dict, corpus) -> set[str] | None:
 
 
 def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resume: str | bool = "auto",
-              device: str | None = None, train_data=None, val_data=None,
+              device: str | None = None, train_data=None, val_data=None, verify_sha256: bool = True,
               caches: dict[str, SpotFeatureCache] | None = None) -> dict:
-    """Train; ``train_data``/``val_data`` replace the corpus loaders (tests, synthetic data). ``caches``: a
-    dict shared between runs with the same frozen parts (cross-validation folds), filled on first use."""
+    """Train; ``train_data``/``val_data`` replace the corpus loaders (tests, synthetic data). ``verify_sha256``:
+    check every local shard against the manifest's checksum once before training (sizes are always checked).
+    ``caches``: a dict shared between runs with the same frozen parts (cross-validation folds), filled on
+    first use."""
+    check_run_folder(out)
     rank, world, _ = dist_env()
     tcfg = TrainerConfig.from_dict(dict(cfg.trainer))
     torch.manual_seed(tcfg.seed)
@@ -368,9 +373,10 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
     if corpus is not None:
         from torch.utils.data import DataLoader
 
-        from ..corpus.datasets import PairedSpotDataset, collate_pairs, load_corpus_manifest
+        from ..corpus.datasets import PairedSpotDataset, check_shards, collate_pairs, load_corpus_manifest
 
-        manifest, _ = load_corpus_manifest(corpus)
+        manifest, base = load_corpus_manifest(corpus)
+        check_shards(manifest, base, sha256=verify_sha256)
         if manifest.get("kind") != "paired":
             raise StampInputError(f"align needs a 'paired' corpus, this one is {manifest.get('kind')!r}", corpus,
                                   "build one with `stamp-st build-corpus MANIFEST OUT --kind paired`")
@@ -380,6 +386,12 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
         if vocab is not None and man_ck and vocab.get("checksum") not in (None, man_ck):
             raise StampInputError(f"corpus vocabulary {man_ck} differs from the gene encoder's "
                                   f"{vocab.get('checksum')}", corpus, "build the corpus with the same vocabulary")
+        if enc_cfg is not None:
+            from ..preprocessing.tokenizer import check_same_divisors, recorded_divisors_checksum
+
+            check_same_divisors(manifest.get("tokenizer", {}).get("divisors_checksum"),
+                                recorded_divisors_checksum(enc_cfg.get("tokenizer"), vocab), corpus,
+                                "the corpus", "the gene encoder's training corpus")
 
         holdout = check_val_slides(cfg.val_slides, manifest, corpus)
 
@@ -433,7 +445,7 @@ def corpus_slides(corpus) -> list[str]:
 
 def run_align_folds(corpus: str | Path, cfg: AlignConfig, out: str | Path, slides: list[str] | None = None,
                     resume: str | bool = "auto", device: str | None = None, final: bool = True,
-                    progress=None) -> dict:
+                    verify_sha256: bool = True, progress=None) -> dict:
     """Cross-validation over the slides of one paired corpus: one model per held-out slide
     (``OUT/folds/<slide>/``, trained on every other slide and validated on the held-out one, so each slide
     has a model that never saw it), then, with ``final``, one model on every slide with the same recipe
@@ -448,14 +460,15 @@ def run_align_folds(corpus: str | Path, cfg: AlignConfig, out: str | Path, slide
     for sl in slides:
         say(f"fold: {sl} held out")
         fold_cfg = AlignConfig.from_dict({**cfg.to_json(), "val_slides": [sl]})
-        res = run_align(corpus, fold_cfg, out / "folds" / sl, resume=resume, device=device, caches=caches)
+        res = run_align(corpus, fold_cfg, out / "folds" / sl, resume=resume, device=device, caches=caches,
+                        verify_sha256=verify_sha256 and not folds)  # the shards are hashed once
         folds[sl] = {"run": str(out / "folds" / sl), "result": res}
     result = {"folds": folds, "slides": slides}
     if final:
         say("final model: every slide")
         final_cfg = AlignConfig.from_dict({**cfg.to_json(), "val_slides": None})
         result["final"] = {"run": str(out), "result": run_align(corpus, final_cfg, out, resume=resume,
-                                                               device=device, caches=caches)}
+                                                               device=device, caches=caches, verify_sha256=False)}
     atomic_write_json(out / "folds.json", {"held_out": {sl: f"folds/{sl}" for sl in slides},
                                            "final": "." if final else None})
     return result

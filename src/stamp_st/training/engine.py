@@ -22,7 +22,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
@@ -33,8 +32,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..config_types import check_config_types
 from ..errors import StampInputError
-from ..io_utils import atomic_write_text
+from ..io_utils import atomic_write_text, make_temp_dir
 from ..models.checkpoint import replace_dir, write_checkpoint_files
 from .schedule import WarmupCosine
 
@@ -42,6 +42,27 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.pt"
 METRICS_CSV = "metrics.csv"
+
+
+# what a run folder holds (the trainer's files and the commands' configs); metrics.csv is truncated on a restart
+RUN_FOLDER_ENTRIES = frozenset({CHECKPOINTS, METRICS_CSV, "tb", "trainer_config.json", "pretrain_config.json",
+                                "align_config.json", "folds", "folds.json"})  # folds: align --folds
+
+
+def check_run_folder(run_dir: str | Path) -> None:
+    """Refuse a run folder holding files a training run did not write (it would overwrite or truncate them)."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise StampInputError("the run folder (--out) exists and is not a folder", run_dir,
+                              hint="give a new folder name")
+    foreign = sorted(p.name for p in run_dir.iterdir()
+                     if p.name not in RUN_FOLDER_ENTRIES and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise StampInputError(f"the run folder holds files stamp-st did not write ({shown})", run_dir,
+                              hint="give a new or empty folder as --out (or an earlier run's folder to resume it)")
 
 
 @dataclass
@@ -77,6 +98,7 @@ class TrainerConfig:
         if unknown:
             raise StampInputError(f"unknown trainer settings {sorted(unknown)}", source,
                                   hint=f"allowed: {sorted(known)}")
+        check_config_types(cls, d, source or "--set / trainer settings", "trainer setting")
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
@@ -230,6 +252,7 @@ class Trainer:
     def fit(self, resume: str | bool = "auto") -> dict:
         cfg = self.cfg
         if self.is_main:
+            check_run_folder(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = self.latest_checkpoint()
         if resume is True and ckpt is None:
@@ -452,7 +475,7 @@ class Trainer:
             root = self.checkpoint_dir()
             root.mkdir(parents=True, exist_ok=True)
             name = f"step-{self.step:07d}"
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+            tmp = make_temp_dir(root, f".{name}.")
             try:
                 write_checkpoint_files(tmp, export, cfg)
                 torch.save({
@@ -478,7 +501,7 @@ class Trainer:
             shutil.rmtree(p, ignore_errors=True)
 
     def load(self, path: str | Path) -> None:
-        from ..models.checkpoint import load_checkpoint
+        from ..models.checkpoint import load_checkpoint, load_state_checked
 
         path = Path(path)
         sd, _ = load_checkpoint(path)
@@ -498,7 +521,7 @@ class Trainer:
                            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False,
                                                     strict=False))  # idle params (e.g. a head) have no state
         else:
-            self.raw_model.load_state_dict(sd, strict=True)
+            load_state_checked(self.raw_model, sd, path, strict=True)
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])

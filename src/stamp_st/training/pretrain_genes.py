@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config_types import check_config_types
 from ..errors import StampInputError
 from ..io_utils import atomic_write_json
 from ..models.checkpoint import checkpoint_config, load_config
 from ..models.gene_encoder import GeneEncoder, GeneEncoderConfig, GenePretrainModel
-from .engine import Trainer, TrainerConfig, dist_env
+from .engine import Trainer, TrainerConfig, check_run_folder, dist_env
 from .schedule import validate_phases
 
 
@@ -48,6 +49,7 @@ class PretrainConfig:
         if unknown:
             raise StampInputError(f"unknown pretraining settings {sorted(unknown)}", source,
                                   hint=f"allowed: {sorted(known)}")
+        check_config_types(cls, d, source, "pretraining setting")
         cfg = cls(**{k: v for k, v in d.items() if k in known})
         if cfg.phases is not None:
             cfg.phases = validate_phases(cfg.phases)
@@ -127,6 +129,12 @@ def check_vocabulary(manifest: dict, enc_cfg: GeneEncoderConfig, vocab, corpus_p
     if vocab is not None and checksum and vocab.checksum != checksum:
         raise StampInputError(f"vocabulary checksum {vocab.checksum} differs from the corpus's {checksum}",
                               corpus_path, hint="pass --vocab with the vocabulary the corpus was built with")
+    if vocab is not None:
+        from ..preprocessing.tokenizer import check_same_divisors
+
+        tok = manifest.get("tokenizer", {})
+        check_same_divisors(tok.get("divisors_checksum"), vocab.divisors_checksum(bool(tok.get("rounded_means", True))),
+                            corpus_path, "the corpus", f"vocabulary {vocab.source or vocab.checksum}")
     n = man_vocab.get("n_genes")
     if n is not None and int(n) != enc_cfg.vocab_size:
         raise StampInputError(f"gene encoder config {enc_cfg.name!r} has vocab_size {enc_cfg.vocab_size}, the "
@@ -135,14 +143,17 @@ def check_vocabulary(manifest: dict, enc_cfg: GeneEncoderConfig, vocab, corpus_p
 
 
 def run_pretrain(corpus: str | Path, config: PretrainConfig, out: str | Path, resume: str | bool = "auto",
-                 vocab=None, device: str | None = None) -> dict:
+                 vocab=None, device: str | None = None, verify_sha256: bool = True) -> dict:
     """Train; returns ``{"step", "epoch", "val"}``. ``vocab``: a ``GeneVocabulary`` (default: the released one
-    from the data directory), stored in every checkpoint."""
-    from ..corpus.datasets import load_corpus_manifest
+    from the data directory), stored in every checkpoint. ``verify_sha256``: check every local shard against
+    the manifest's checksum once before training (sizes are always checked)."""
+    from ..corpus.datasets import check_shards, load_corpus_manifest
     from ..preprocessing.vocab import GeneVocabulary
 
+    check_run_folder(out)
     corpus = Path(corpus)
-    manifest, _ = load_corpus_manifest(corpus)
+    manifest, base = load_corpus_manifest(corpus)
+    check_shards(manifest, base, sha256=verify_sha256)
     if manifest.get("kind") != "genes":
         raise StampInputError(f"pretrain-genes needs a 'genes' corpus, this one is {manifest.get('kind')!r}",
                               corpus, hint="build one with `stamp-st build-corpus MANIFEST OUT --kind genes`")
@@ -177,7 +188,9 @@ def run_pretrain(corpus: str | Path, config: PretrainConfig, out: str | Path, re
     encoder = GeneEncoder(enc_cfg)
     first_cgr = True if not config.phases else bool(config.phases[0].get("cgr", True))
     model = GenePretrainModel(encoder, mask_prob=config.mask_prob, cgr=first_cgr, phases=config.phases)
-    tokenizer = {**manifest.get("tokenizer", {}), "vocab_checksum": vocab.checksum}
+    tokenizer = {**manifest.get("tokenizer", {}), "vocab_checksum": vocab.checksum,
+                 "divisors_checksum": vocab.divisors_checksum(bool(manifest.get("tokenizer", {}).get("rounded_means",
+                                                                                                     True)))}
     ck_cfg = checkpoint_config("gene_encoder", enc_cfg.to_json(), vocabulary=vocab.to_json(), tokenizer=tokenizer,
                                corpus={"path": str(corpus.resolve()), "settings_hash": manifest.get("settings_hash"),
                                        "splits": manifest.get("splits")},
