@@ -83,10 +83,15 @@ def run(args) -> int:
         write_trident_h5(out, embs[key], corners, slide_id=sid, spot_ids=list(adata.obs_names),
                          coords_attrs=attrs, encoder=embedder.name, kind="spots", obsm_key=key, um_per_px=um)
     else:
+        from ..inference.scanpy_uns import spatial_uns
+
+        obs_cols = {k: adata.obs[k].to_numpy() for k in ("array_row", "array_col", "in_tissue") if k in adata.obs}
+        var_cols = {"gene_ids": adata.var["gene_ids"].astype(str).to_numpy()} if "gene_ids" in adata.var else None
         write_embedding_h5ad(out, embs, [sid] * adata.n_obs, list(adata.obs_names), xy_px=adata.obsm["spatial"],
                              counts=adata.X, gene_names=list(adata.var_names),
                              image_paths={sid: meta.get("image_path", "")} if meta.get("image_path") else None,
-                             extra_uns={"model": embedder.name, "um_per_px": float(meta.get("um_per_px") or 0)})
+                             extra_uns={"model": embedder.name, "um_per_px": float(meta.get("um_per_px") or 0)},
+                             obs_columns=obs_cols, var_columns=var_cols, spatial=spatial_uns(adata, sid))
     print(f"{adata.n_obs} spots, {', '.join(f'{k} {v.shape[1]}-d' for k, v in embs.items())} -> {out}",
           file=sys.stderr)
     return 0

@@ -216,9 +216,14 @@ def write_embedding_h5ad(
     gene_names: Sequence[str] | None = None,
     image_paths: Mapping[str, str] | None = None,
     extra_uns: Mapping | None = None,
+    obs_columns: Mapping[str, Sequence] | None = None,
+    var_columns: Mapping[str, Sequence] | None = None,
+    spatial: Mapping | None = None,
 ) -> Path:
     """Write embeddings (obsm key -> [n, d]) plus spot identity, optional counts and image paths,
-    atomically, in the format :func:`read_embedding_h5ad` reads."""
+    atomically, in the format :func:`read_embedding_h5ad` reads. ``obs_columns`` (e.g. array_row,
+    array_col, in_tissue), ``var_columns`` (gene_ids) and ``spatial`` (scanpy's ``uns["spatial"]``) make
+    the file scanpy-ready."""
     import anndata as ad
     import scipy.sparse as sp
 
@@ -233,7 +238,13 @@ def write_embedding_h5ad(
     else:
         x = sp.csr_matrix((n, 0), dtype=np.float32)
         var = pd.DataFrame(index=pd.Index([], dtype=str))
+    for k, v in dict(obs_columns or {}).items():
+        obs[k] = np.asarray(v)
+    for k, v in dict(var_columns or {}).items():
+        var[k] = np.asarray(v)
     adata = ad.AnnData(X=x, obs=obs, var=var)
+    if spatial:
+        adata.uns["spatial"] = dict(spatial)
     for k, v in embeddings.items():
         adata.obsm[k] = np.asarray(v, dtype=np.float32)
     if xy_px is not None:
