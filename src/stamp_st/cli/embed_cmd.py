@@ -12,10 +12,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("embed", help="embed a sample's spots (or a whole slide's tiles)",
                               description=__doc__.splitlines()[0])
     p.add_argument("model", help="STAMP checkpoint folder, or backbone:NAME for a plain backbone "
-                   "(efficientnet_lite0, uni, conch_vit_b16, timm:<name>)")
+                   "(efficientnet_lite0, uni, conch_vit_b16, timm:<name>; from the Hugging Face hub: uni_v1, uni_v2, "
+                   "conch_v1, virchow2, hoptimus0, hoptimus1, gigapath, timm:hf-hub:ORG/NAME)")
     add_sample_arguments(p)
     p.add_argument("--out", required=True, help="output .h5ad (per-spot obsm keys) or .h5 (TRIDENT-style)")
-    p.add_argument("--backbone-weights", default=None, help="local weight file for backbone:NAME")
+    p.add_argument("--backbone-weights", default=None, help="local weight file for backbone:NAME (wins "
+                   "over the hub)")
     p.add_argument("--patch-um", type=float, default=112.0, help="patch side in µm for backbone:NAME")
     p.add_argument("--tiles", action="store_true", help="embed tissue tiles of the whole slide instead of spots "
                    "(SAMPLE: a slide file, a HEST root with --section, or any sample with an image); writes "
