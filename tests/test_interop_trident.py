@@ -140,7 +140,7 @@ def test_hest_root_needs_a_section(tmp_path, capsys):
     assert rc == 2 and "TENX99" in capsys.readouterr().err
 
 
-def test_spot_h5_uses_the_same_corner_convention(tmp_path):
+def test_spot_h5_uses_the_same_corner_convention(tmp_path, capsys):
     import anndata as ad
     import pandas as pd
     import scipy.sparse as sp
@@ -156,8 +156,10 @@ def test_spot_h5_uses_the_same_corner_convention(tmp_path):
     a.write_h5ad(tmp_path / "spots.h5ad")
     out = tmp_path / "spots.h5"
     rc = main(["embed", "backbone:efficientnet_lite0", str(tmp_path / "spots.h5ad"), "--image", str(slide),
-               "--um-per-px", str(TRUE_UM_PER_PX), "--out", str(out), "--device", "cpu"])
+               "--um-per-px", str(TRUE_UM_PER_PX), "--out", str(out), "--device", "cpu", "--json"])
     assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary == {"out": str(out), "kind": "spots", "n_spots": 3, "keys": {"X_backbone": 1280}}
     with h5py.File(out, "r") as f:
         corners = f["coords"][:]
         assert f["coords"].attrs["patch_size_level0"] == 224

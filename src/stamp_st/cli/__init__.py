@@ -36,7 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         mod.register(sub)
+        _whole_description(sub, mod.__doc__ or "")
     return parser
+
+
+def _whole_description(sub, doc: str) -> None:
+    """A command whose description is the first line of its module docstring gets the whole first paragraph,
+    so that ``--help`` never stops mid-sentence."""
+    lines = doc.strip().splitlines()
+    if not lines:
+        return
+    paragraph = " ".join(line.strip() for line in doc.strip().split("\n\n")[0].splitlines())
+    for parser in sub.choices.values():
+        if parser.description == lines[0]:
+            parser.description = paragraph
 
 
 def main(argv: list[str] | None = None) -> int:

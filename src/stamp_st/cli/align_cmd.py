@@ -59,6 +59,8 @@ def register(subparsers) -> None:
     r = p.add_mutually_exclusive_group()
     r.add_argument("--resume", dest="resume", action="store_const", const=True, default="auto")
     r.add_argument("--no-resume", dest="resume", action="store_const", const=False)
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object (the default "
+                   "for align; accepted for the same flag on every command)")
     p.set_defaults(func=run)
 
 

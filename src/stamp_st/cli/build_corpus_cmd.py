@@ -36,6 +36,7 @@ def register(sub) -> None:
     p.add_argument("--shard-size", type=int, help="max samples per shard (default genes 2048, paired 512)")
     p.add_argument("--chunk-spots", type=int, default=256, help="spots processed at once in a task (memory bound)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
     p.set_defaults(func=run)
 
 
@@ -68,6 +69,11 @@ def run(args) -> int:
     res = build_corpus(entries, out, cfg, workers=args.workers, scheduler=args.scheduler,
                        processes=not args.threads, progress=not args.no_progress)
     man, b = res["manifest"], res["build"]
+    if args.json:
+        print(json.dumps({"manifest": str(out / "manifest.json"), "totals": man["totals"], "splits": man["splits"],
+                          "qc": man["qc"]["total"], "skipped_slides": man["qc"]["skipped_slides"], "build": b},
+                         default=str))
+        return 0
     print(format_report(man["qc"]["total"], man["qc"]["skipped_slides"]))
     print(f"corpus: {man['totals']['n_slides']} slides, {man['totals']['n_shards']} shards, "
           f"{man['totals']['n_samples']} samples, {man['totals']['n_spots']} spots -> {out / 'manifest.json'}")

@@ -12,6 +12,7 @@ def register(subparsers) -> None:
     p.add_argument("output", metavar="OUT", help="checkpoint folder to write (replaced atomically)")
     p.add_argument("--vocab", default=None,
                    help="gene vocabulary TSV (default: the released vocabulary in the data directory)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
     p.set_defaults(func=run)
 
 
@@ -21,5 +22,10 @@ def run(args) -> int:
 
     vocab = GeneVocabulary.from_tsv(args.vocab) if args.vocab else None
     out = convert_released(args.input, args.output, vocabulary=vocab)
+    if args.json:
+        import json
+
+        print(json.dumps({"checkpoint": str(out)}))
+        return 0
     print(f"wrote {out} (load it with stamp_st.models.stamp.load_stamp)")
     return 0

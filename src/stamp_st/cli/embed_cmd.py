@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--min-tissue-fraction", type=float, default=0.5,
                    help="with --tiles: keep tiles at least this fraction tissue (default 0.5)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
     p.set_defaults(func=run)
 
@@ -62,7 +63,9 @@ def run(args) -> int:
         attrs = trident_coords_attrs(slide_id, g.out_px, g.patch_side_px(um), um, *size_px)
         write_trident_h5(out, feats, coords, slide_id=slide_id, coords_attrs=attrs, encoder=embedder.name,
                          kind="tiles", um_per_px=um, um_per_px_source=um_source, patch_um=g.patch_um)
-        print(f"{len(feats)} tiles -> {out}", file=sys.stderr)
+        _summary(args, {"out": str(out), "kind": "tiles", "n_tiles": int(len(feats)),
+                        "dim": int(feats.shape[1]), "um_per_px": um, "um_per_px_source": um_source},
+                 f"{len(feats)} tiles -> {out}")
         return 0
 
     from .inspect_cmd import read_sample_from_args
@@ -94,8 +97,9 @@ def run(args) -> int:
                              image_paths={sid: meta.get("image_path", "")} if meta.get("image_path") else None,
                              extra_uns={"model": embedder.name, "um_per_px": float(meta.get("um_per_px") or 0)},
                              obs_columns=obs_cols, var_columns=var_cols, spatial=spatial_uns(adata, sid))
-    print(f"{adata.n_obs} spots, {', '.join(f'{k} {v.shape[1]}-d' for k, v in embs.items())} -> {out}",
-          file=sys.stderr)
+    _summary(args, {"out": str(out), "kind": "spots", "n_spots": int(adata.n_obs),
+                    "keys": {k: int(v.shape[1]) for k, v in embs.items()}},
+             f"{adata.n_obs} spots, {', '.join(f'{k} {v.shape[1]}-d' for k, v in embs.items())} -> {out}")
     return 0
 
 
@@ -135,3 +139,12 @@ def tile_source(args) -> tuple[str, float | None, str, str]:
     if um is None and meta.get("um_per_px"):
         um, source = float(meta["um_per_px"]), f"sample ({meta.get('um_per_px_source')})"
     return str(image), um, source, str(meta.get("sample_id") or Path(image).stem)
+
+
+def _summary(args, summary: dict, text: str) -> None:
+    if args.json:
+        import json
+
+        print(json.dumps(summary))
+    else:
+        print(text, file=sys.stderr)

@@ -29,6 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="override the precision")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU when present)")
     add_set_option(p)
+    p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
     p.set_defaults(func=run)
 
 
@@ -58,6 +59,12 @@ def run(args) -> int:
     vocab = GeneVocabulary.from_tsv(args.vocab) if args.vocab else None
     result = run_pretrain(args.corpus, cfg, args.out, resume=args.resume, vocab=vocab, device=args.device)
     if os.environ.get("RANK", "0") != "0":
+        return 0
+    if args.json:
+        import json
+
+        print(json.dumps({"step": result["step"], "epoch": result["epoch"], "val": result.get("val", {}),
+                          "checkpoints": f"{args.out}/checkpoints"}, default=str))
         return 0
     val = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.get("val", {}).items()))
     print(f"done: step {result['step']}, epoch {result['epoch']}" + (f"; held-out slides: {val}" if val else ""))
