@@ -1,7 +1,8 @@
 """Where the data lives: one configurable data directory, never committed into the repository.
 
 Resolution order: the ``STAMP_ST_DATA`` environment variable; else ``../shared/data`` next to the current
-working directory or next to the repository that holds this package (the project's development layout).
+working directory or next to the repository that holds this package (the project's development layout);
+else the download cache (``stamp-st download``: ``$STAMP_ST_DATA_CACHE``, default ``~/.cache/stamp_st/data``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ DATA_ENV = "STAMP_ST_DATA"
 def _candidates() -> list[Path]:
     here = Path(__file__).resolve()
     repo = here.parents[2]  # src/stamp_st/paths.py -> repository root
-    return [Path.cwd() / ".." / "shared" / "data", repo / ".." / "shared" / "data"]
+    from .download import cache_dir
+
+    # last: the folder `stamp-st download` fills (her2st/, hest/)
+    return [Path.cwd() / ".." / "shared" / "data", repo / ".." / "shared" / "data", cache_dir()]
 
 
 def data_dir(required: bool = True) -> Path | None:

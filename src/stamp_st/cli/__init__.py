@@ -13,7 +13,7 @@ from ..errors import StampInputError
 # command module names, in the order shown by --help (data flows one way through them)
 COMMAND_MODULES = [
     "inspect_cmd", "tokenize_cmd", "build_corpus_cmd", "pretrain_genes_cmd", "align_cmd",
-    "convert_released_cmd", "embed_cmd", "evaluate_cmd", "demo_cmd", "doctor_cmd",
+    "convert_released_cmd", "embed_cmd", "evaluate_cmd", "demo_cmd", "doctor_cmd", "download_cmd",
 ]
 
 
@@ -36,7 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         mod.register(sub)
+        _whole_description(sub, mod.__doc__ or "")
     return parser
+
+
+def _whole_description(sub, doc: str) -> None:
+    """A command whose description is the first line of its module docstring gets the whole first paragraph,
+    so that ``--help`` never stops mid-sentence."""
+    lines = doc.strip().splitlines()
+    if not lines:
+        return
+    paragraph = " ".join(line.strip() for line in doc.strip().split("\n\n")[0].splitlines())
+    for parser in sub.choices.values():
+        if parser.description == lines[0]:
+            parser.description = paragraph
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,8 @@ def register(subparsers) -> None:
                               description=__doc__.splitlines()[0])
     p.add_argument("corpus", help="corpus folder (or its manifest.json) built with --kind paired")
     p.add_argument("--backbone", default="efficientnet_lite0",
-                   help="efficientnet_lite0 (offline default), uni, conch_vit_b16 or timm:<name>")
+                   help="efficientnet_lite0 (offline default), uni, conch_vit_b16, timm:<name>, or a hub "
+                   "model: uni_v1, uni_v2, conch_v1, virchow2, hoptimus0, hoptimus1, gigapath, timm:hf-hub:ORG/NAME")
     p.add_argument("--backbone-weights", help="local weight file of the backbone (UNI, CONCH, timm models)")
     p.add_argument("--image-px", type=int, help="model input side in px (default: the backbone's, 224)")
     p.add_argument("--gene-encoder", required=True,
@@ -69,6 +70,8 @@ def register(subparsers) -> None:
     r = p.add_mutually_exclusive_group()
     r.add_argument("--resume", dest="resume", action="store_const", const=True, default="auto")
     r.add_argument("--no-resume", dest="resume", action="store_const", const=False)
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object (the default "
+                   "for align; accepted for the same flag on every command)")
     p.set_defaults(func=run)
 
 

@@ -39,6 +39,7 @@ def register(sub) -> None:
     p.add_argument("--allow-skipped", action="store_true",
                    help="exit 0 even when manifest rows gave nothing (unreadable, no spot left after QC, no image); "
                         "by default such a build writes the corpus of the good rows and exits 1 with a per-row report")
+    p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
     p.set_defaults(func=run)
 
 
@@ -73,6 +74,11 @@ def run(args) -> int:
     res = build_corpus(entries, out, cfg, workers=args.workers, scheduler=args.scheduler,
                        processes=not args.threads, progress=not args.no_progress)
     man, b = res["manifest"], res["build"]
+    if args.json:
+        print(json.dumps({"manifest": str(out / "manifest.json"), "totals": man["totals"], "splits": man["splits"],
+                          "qc": man["qc"]["total"], "skipped_slides": man["qc"]["skipped_slides"], "build": b},
+                         default=str))
+        return 0
     print(format_report(man["qc"]["total"], man["qc"]["skipped_slides"]))
     print(f"corpus: {man['totals']['n_slides']} slides, {man['totals']['n_shards']} shards, "
           f"{man['totals']['n_samples']} samples, {man['totals']['n_spots']} spots -> {out / 'manifest.json'}")

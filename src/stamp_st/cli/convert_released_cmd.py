@@ -14,6 +14,7 @@ def register(subparsers) -> None:
                    help="replace OUT when it already holds a stamp-st checkpoint (never a folder with other files)")
     p.add_argument("--vocab", default=None,
                    help="gene vocabulary TSV (default: the released vocabulary in the data directory)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
     p.set_defaults(func=run)
 
 
@@ -23,5 +24,10 @@ def run(args) -> int:
 
     vocab = GeneVocabulary.from_tsv(args.vocab) if args.vocab else None
     out = convert_released(args.input, args.output, vocabulary=vocab, overwrite=args.overwrite)
+    if args.json:
+        import json
+
+        print(json.dumps({"checkpoint": str(out)}))
+        return 0
     print(f"wrote {out} (load it with stamp_st.models.stamp.load_stamp)")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def register(subparsers) -> None:
     from ..demo import STAGES
@@ -22,6 +24,7 @@ def run(args) -> int:
 
     from ..demo import DemoSettings, run_demo
 
+    ensure_her2st()
     s = DemoSettings(out=Path(args.out), workers=args.workers, force=tuple(args.force))
     if args.pretrain_steps:
         s.pretrain_steps = args.pretrain_steps
@@ -29,3 +32,36 @@ def run(args) -> int:
         s.align_steps = args.align_steps
     run_demo(s)
     return 0
+
+
+def ensure_her2st() -> None:
+    """No her2st in any data directory: fetch it from Zenodo into the download cache (saying what and where),
+    and where that fails stop with the exact command and folder."""
+    from ..download import cache_dir, download_her2st
+    from ..errors import StampInputError
+    from ..paths import DATA_ENV, data_dir
+
+    root = data_dir(required=False)
+    if root is not None and (root / "her2st" / "ST-cnts").is_dir():
+        return _require_vocab(root)
+    dest = cache_dir()
+    print(f"demo: no her2st data found (STAMP_ST_DATA, ../shared/data, {dest}); fetching Zenodo record 3957257 "
+          f"into {dest / 'her2st'}", file=sys.stderr)
+    try:
+        download_her2st(dest)
+    except StampInputError as err:
+        raise StampInputError(
+            f"the her2st data is missing and could not be fetched ({err})", dest / "her2st",
+            hint=f"where the network works run `stamp-st download her2st --dest {dest}` (copy {dest} here "
+                 f"if needed), or set {DATA_ENV} to a folder holding her2st/ and vocab/") from err
+    _require_vocab(data_dir(required=False) or dest)
+
+
+def _require_vocab(root) -> None:
+    """The released gene vocabulary is not on Zenodo: say where it must go."""
+    from ..errors import StampInputError
+
+    vocab = root / "vocab" / "stamp_gene_vocab.tsv"
+    if not vocab.is_file():
+        raise StampInputError("the released STAMP gene vocabulary is missing", vocab,
+                              hint="copy stamp_gene_vocab.tsv from the STAMP release into that folder")

@@ -12,20 +12,28 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("embed", help="embed a sample's spots (or a whole slide's tiles)",
                               description=__doc__.splitlines()[0])
     p.add_argument("model", help="STAMP checkpoint folder, or backbone:NAME for a plain backbone "
-                   "(efficientnet_lite0, uni, conch_vit_b16, timm:<name>)")
+                   "(efficientnet_lite0, uni, conch_vit_b16, timm:<name>; from the Hugging Face hub: uni_v1, uni_v2, "
+                   "conch_v1, virchow2, hoptimus0, hoptimus1, gigapath, timm:hf-hub:ORG/NAME)")
     add_sample_arguments(p)
     p.add_argument("--out", required=True, help="output .h5ad (per-spot obsm keys) or .h5 (TRIDENT-style)")
-    p.add_argument("--backbone-weights", default=None, help="local weight file for backbone:NAME")
+    p.add_argument("--backbone-weights", default=None, help="local weight file for backbone:NAME (wins "
+                   "over the hub)")
     p.add_argument("--patch-um", type=float, default=112.0, help="patch side in µm for backbone:NAME")
-    p.add_argument("--tiles", action="store_true", help="embed tissue tiles of the whole slide (SAMPLE may be a "
-                   "slide file) instead of spots")
+    p.add_argument("--tiles", action="store_true", help="embed tissue tiles of the whole slide instead of spots "
+                   "(SAMPLE: a slide file, a HEST root with --section, or any sample with an image); writes "
+                   "TRIDENT's .h5 layout")
+    p.add_argument("--min-tissue-fraction", type=float, default=0.5,
+                   help="with --tiles: keep tiles at least this fraction tissue (default 0.5)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from pathlib import Path
+
+    import numpy as np
 
     from ..errors import StampInputError
     from ..evaluation.embeddings_io import write_embedding_h5ad, write_trident_h5
@@ -39,19 +47,27 @@ def run(args) -> int:
     embedder = load_embedder(args.model, device=args.device, backbone_weights=args.backbone_weights,
                              patch_um=args.patch_um)
     if args.tiles:
+        from ..evaluation.embeddings_io import trident_coords_attrs
         from ..readers.slide import open_slide
 
-        slide_path = args.image or args.sample
+        slide_path, um, um_source, slide_id = tile_source(args)
         with open_slide(slide_path) as slide:
-            um = args.um_per_px or slide.um_per_px
+            if um is None and slide.um_per_px:
+                um, um_source = float(slide.um_per_px), "slide"
             if not um:
-                raise StampInputError("slide has no pixel size in its metadata", slide_path,
-                                      hint="pass --um-per-px")
-            feats, coords = embed_slide_tiles(embedder, slide, float(um), args.batch_size)
-        side = round(embedder.geometry.patch_side_px(float(um)))
-        write_trident_h5(out, feats, coords, slide_id=Path(slide_path).stem, encoder=embedder.name,
-                         patch_size_level0=side, um_per_px=float(um), patch_um=embedder.geometry.patch_um)
-        print(f"{len(feats)} tiles -> {out}", file=sys.stderr)
+                raise StampInputError("no pixel size: neither the sample's metadata nor the slide carry one",
+                                      slide_path, hint="pass --um-per-px")
+            print(f"{slide_id}: {um:g} µm/px (from {um_source})", file=sys.stderr)
+            feats, coords = embed_slide_tiles(embedder, slide, um, args.batch_size,
+                                              min_tissue_fraction=args.min_tissue_fraction)
+            size_px = (slide.width_px, slide.height_px)
+        g = embedder.geometry
+        attrs = trident_coords_attrs(slide_id, g.out_px, g.patch_side_px(um), um, *size_px)
+        write_trident_h5(out, feats, coords, slide_id=slide_id, coords_attrs=attrs, encoder=embedder.name,
+                         kind="tiles", um_per_px=um, um_per_px_source=um_source, patch_um=g.patch_um)
+        _summary(args, {"out": str(out), "kind": "tiles", "n_tiles": int(len(feats)),
+                        "dim": int(feats.shape[1]), "um_per_px": um, "um_per_px_source": um_source},
+                 f"{len(feats)} tiles -> {out}")
         return 0
 
     from .inspect_cmd import read_sample_from_args
@@ -61,16 +77,77 @@ def run(args) -> int:
     meta = adata.uns["stamp_st"]
     sid = str(meta.get("sample_id", "sample"))
     if out.suffix == ".h5":
+        from ..evaluation.embeddings_io import trident_coords_attrs
+
         key = next(k for k in ("X_stamp_v", "X_backbone", "X_stamp_g") if k in embs)
-        write_trident_h5(out, embs[key], adata.obsm["spatial"], slide_id=sid, spot_ids=list(adata.obs_names),
-                         encoder=embedder.name, obsm_key=key, um_per_px=float(meta.get("um_per_px") or 0))
+        um = float(meta.get("um_per_px") or 0)
+        g = embedder.geometry
+        size_px = meta.get("image_size_px") or (0, 0)
+        side0 = g.patch_side_px(um) if um else 0.0
+        attrs = trident_coords_attrs(sid, g.out_px, side0, um, *size_px) if um else None
+        # TRIDENT's convention: coords are the top-left corner of the patch the feature was computed on
+        corners = np.asarray(adata.obsm["spatial"], np.float64) - side0 / 2
+        write_trident_h5(out, embs[key], corners, slide_id=sid, spot_ids=list(adata.obs_names),
+                         coords_attrs=attrs, encoder=embedder.name, kind="spots", obsm_key=key, um_per_px=um)
     else:
+        from ..inference.scanpy_uns import spatial_uns
+
+        obs_cols = {k: adata.obs[k].to_numpy() for k in ("array_row", "array_col", "in_tissue",
+                                                           "stamp_st_no_vocab_genes") if k in adata.obs}
+        var_cols = {"gene_ids": adata.var["gene_ids"].astype(str).to_numpy()} if "gene_ids" in adata.var else None
         write_embedding_h5ad(out, embs, [sid] * adata.n_obs, list(adata.obs_names), xy_px=adata.obsm["spatial"],
                              counts=adata.X, gene_names=list(adata.var_names),
                              image_paths={sid: meta.get("image_path", "")} if meta.get("image_path") else None,
                              extra_uns={"model": embedder.name, "um_per_px": float(meta.get("um_per_px") or 0)},
-                             obs_extra={k: adata.obs[k].to_numpy() for k in ("stamp_st_no_vocab_genes",)
-                                        if k in adata.obs})
-    print(f"{adata.n_obs} spots, {', '.join(f'{k} {v.shape[1]}-d' for k, v in embs.items())} -> {out}",
-          file=sys.stderr)
+                             obs_columns=obs_cols, var_columns=var_cols, spatial=spatial_uns(adata, sid))
+    _summary(args, {"out": str(out), "kind": "spots", "n_spots": int(adata.n_obs),
+                    "keys": {k: int(v.shape[1]) for k, v in embs.items()}},
+             f"{adata.n_obs} spots, {', '.join(f'{k} {v.shape[1]}-d' for k, v in embs.items())} -> {out}")
     return 0
+
+
+def tile_source(args) -> tuple[str, float | None, str, str]:
+    """(slide path, pixel size or None, where it came from, slide name) for ``--tiles``. The pixel size of
+    the sample's own metadata wins over the slide's TIFF tag (HEST's WSIs, written with current libvips,
+    carry a resolution tag 10x off); ``--um-per-px`` wins over both."""
+    from pathlib import Path
+
+    from ..errors import StampInputError
+    from ..readers.constants import HEST_WSI_DIR
+
+    p = Path(args.sample)
+    um, source = (float(args.um_per_px), "user") if args.um_per_px else (None, "")
+    if p.is_file() and p.suffix.lower() != ".h5ad":  # a slide file
+        return str(args.image or p), um, source, (Path(args.image) if args.image else p).stem
+    if p.is_dir() and (p / HEST_WSI_DIR).is_dir() and args.format in (None, "hest"):
+        from ..readers.hest import hest_sections, metadata_pixel_size, read_metadata, wsi_path
+
+        wsis = sorted(q.name.split(".")[0] for q in (p / HEST_WSI_DIR).iterdir() if q.is_file())
+        if not args.section or (not args.image and wsi_path(p, args.section) is None):
+            what = "no --section given" if not args.section else f"no slide for '{args.section}'"
+            known = sorted(set(wsis) | set(hest_sections(p) if (p / "st").is_dir() else []))
+            raise StampInputError(f"HEST root: {what}; slides in {HEST_WSI_DIR}/: {', '.join(known[:30]) or 'none'}",
+                                  p, hint="pass --section ID")
+        meta, meta_path = read_metadata(p, args.section)
+        if um is None:
+            um = metadata_pixel_size(meta, meta_path)
+            source = f"metadata {meta_path.name}" if um else ""
+        return str(args.image or wsi_path(p, args.section)), um, source, str(args.section)
+    from .inspect_cmd import read_sample_from_args
+
+    meta = read_sample_from_args(args).uns["stamp_st"]
+    image = args.image or meta.get("image_path")
+    if not image:
+        raise StampInputError("the sample has no image to tile", p, hint="pass --image SLIDE")
+    if um is None and meta.get("um_per_px"):
+        um, source = float(meta["um_per_px"]), f"sample ({meta.get('um_per_px_source')})"
+    return str(image), um, source, str(meta.get("sample_id") or Path(image).stem)
+
+
+def _summary(args, summary: dict, text: str) -> None:
+    if args.json:
+        import json
+
+        print(json.dumps(summary))
+    else:
+        print(text, file=sys.stderr)

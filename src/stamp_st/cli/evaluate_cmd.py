@@ -31,10 +31,13 @@ def register(subparsers) -> None:
     p.add_argument("--projection", choices=("umap", "pca"), default="umap", help="2-D projection in figures")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for results.json, report.html")
+    p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import json
+    import sys
     from pathlib import Path
 
     import pandas as pd
@@ -77,8 +80,14 @@ def run(args) -> int:
     artifacts: dict = {}
     results = evaluate_sources(sources, labels, tasks, slide_labels=slide_labels, test_slides=args.test_slides,
                                baseline=args.baseline, impute_k=args.impute_k, seed=args.seed,
-                               artifacts=artifacts, progress=lambda m: print(f"[evaluate] {m}", flush=True))
+                               artifacts=artifacts,
+                               progress=lambda m: print(f"[evaluate] {m}", flush=True,
+                                                        file=sys.stderr if args.json else sys.stdout))
     json_path, html_path = write_report(args.out, results, artifacts, projection=args.projection)
+    if args.json:
+        print(json.dumps({"results": str(json_path), "report": str(html_path),
+                          "table": [r for r in results["table"] if "mean" in r]}, default=str))
+        return 0
     for r in results["table"]:
         if "mean" in r:
             print(f"{r['task']:<11} {r['metric']:<22} {r['source']:<24} {r['text']}")

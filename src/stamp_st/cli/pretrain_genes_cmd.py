@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--skip-sha256", action="store_true",
                    help="do not hash every shard against manifest.json before training (sizes are still checked)")
     add_set_option(p)
+    p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
     p.set_defaults(func=run)
 
 
@@ -61,6 +62,12 @@ def run(args) -> int:
     result = run_pretrain(args.corpus, cfg, args.out, resume=args.resume, vocab=vocab, device=args.device,
                           verify_sha256=not args.skip_sha256)
     if os.environ.get("RANK", "0") != "0":
+        return 0
+    if args.json:
+        import json
+
+        print(json.dumps({"step": result["step"], "epoch": result["epoch"], "val": result.get("val", {}),
+                          "checkpoints": f"{args.out}/checkpoints"}, default=str))
         return 0
     val = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.get("val", {}).items()))
     print(f"done: step {result['step']}, epoch {result['epoch']}" + (f"; held-out slides: {val}" if val else ""))

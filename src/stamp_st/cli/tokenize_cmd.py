@@ -20,6 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--context", type=int, default=DEFAULT_CONTEXT, help="tokens per spot (default %(default)s)")
     p.add_argument("--unrounded-means", action="store_true",
                    help="divide by the real per-gene means instead of the release's rounded integers")
+    p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
     p.set_defaults(func=run)
 
 
@@ -76,6 +77,13 @@ def run(args) -> int:
     with atomic_path(args.out) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
     t = arrays["tokens"]
+    if args.json:
+        import json
+
+        print(json.dumps({"out": str(args.out), "n_spots": int(t.shape[0]), "context": int(t.shape[1]),
+                          "n_empty_spots": n_empty, "vocabulary_checksum": vocab.checksum,
+                          "median_genes_per_spot": int(np.median(arrays["n_genes"]))}))
+        return 0
     print(f"wrote {args.out}: {t.shape[0]} spots x {t.shape[1]} tokens (vocabulary {vocab.checksum}, "
           f"median {int(np.median(arrays['n_genes']))} genes per spot)")
     return 0

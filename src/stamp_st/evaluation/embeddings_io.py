@@ -251,10 +251,14 @@ def write_embedding_h5ad(
     gene_names: Sequence[str] | None = None,
     image_paths: Mapping[str, str] | None = None,
     extra_uns: Mapping | None = None,
-    obs_extra: Mapping[str, np.ndarray] | None = None,
+    obs_columns: Mapping[str, Sequence] | None = None,
+    var_columns: Mapping[str, Sequence] | None = None,
+    spatial: Mapping | None = None,
 ) -> Path:
     """Write embeddings (obsm key -> [n, d]) plus spot identity, optional counts and image paths,
-    atomically, in the format :func:`read_embedding_h5ad` reads."""
+    atomically, in the format :func:`read_embedding_h5ad` reads. ``obs_columns`` (e.g. array_row,
+    array_col, in_tissue), ``var_columns`` (gene_ids) and ``spatial`` (scanpy's ``uns["spatial"]``) make
+    the file scanpy-ready."""
     import anndata as ad
     import scipy.sparse as sp
 
@@ -263,15 +267,19 @@ def write_embedding_h5ad(
     n = len(spot_ids)
     obs = pd.DataFrame({OBS_SLIDE_ID: slide_ids, OBS_SPOT_ID: spot_ids})
     obs.index = pd.Index(np.char.add(np.char.add(slide_ids, "/"), spot_ids), dtype=str)
-    for k, v in (obs_extra or {}).items():
-        obs[k] = np.asarray(v)
     if counts is not None:
         x = sp.csr_matrix(counts, dtype=np.float32)
         var = pd.DataFrame(index=pd.Index(np.asarray(gene_names).astype(str)))
     else:
         x = sp.csr_matrix((n, 0), dtype=np.float32)
         var = pd.DataFrame(index=pd.Index([], dtype=str))
+    for k, v in dict(obs_columns or {}).items():
+        obs[k] = np.asarray(v)
+    for k, v in dict(var_columns or {}).items():
+        var[k] = np.asarray(v)
     adata = ad.AnnData(X=x, obs=obs, var=var)
+    if spatial:
+        adata.uns["spatial"] = dict(spatial)
     for k, v in embeddings.items():
         adata.obsm[k] = np.asarray(v, dtype=np.float32)
     if xy_px is not None:
@@ -288,16 +296,53 @@ def write_embedding_h5ad(
 
 
 # ------------------------------------------------------------------ TRIDENT-style HDF5
+def _magnification(um_per_px: float) -> float | int:
+    """TRIDENT's magnification of a pixel size: 10 / µm per px (its patcher inverts exactly this); an
+    integer when it is one (0.25 µm/px -> 40), else the exact float, so that patch_size x level0 / target
+    magnification gives back the level-0 tile side."""
+    mag = 10.0 / float(um_per_px)
+    return int(round(mag)) if abs(mag - round(mag)) < 1e-6 else mag
+
+
+def trident_coords_attrs(name: str, patch_size_px: int, patch_side_level0_px: float, um_per_px: float,
+                         level0_width_px: int, level0_height_px: int, overlap_px: int = 0) -> dict:
+    """The attributes TRIDENT writes on (and its slide encoders and patchers read from) ``coords``:
+    ``patch_size`` (px at the target magnification, i.e. the model's input side), ``patch_size_level0``
+    (the same tile in level-0 px), the two magnifications (10 / µm per px), the level-0 slide size,
+    ``overlap`` (target-magnification px) and the slide ``name``."""
+    side0 = int(round(float(patch_side_level0_px)))
+    return {
+        "patch_size": int(patch_size_px),
+        "patch_size_level0": side0,
+        "level0_magnification": _magnification(um_per_px),
+        "target_magnification": _magnification(float(um_per_px) * side0 / int(patch_size_px)),
+        "level0_width": int(level0_width_px),
+        "level0_height": int(level0_height_px),
+        "overlap": int(overlap_px),
+        "name": str(name),
+    }
+
+
 def write_trident_h5(path: str | Path, features: np.ndarray, coords: np.ndarray, slide_id: str,
-                     spot_ids: Sequence[str] | None = None, **attrs) -> Path:
-    """TRIDENT-style HDF5: ``features`` float32 [n, d], ``coords`` [n, 2] (level-0 px, x, y),
-    optional ``barcodes`` (spot ids); attributes on ``features``/root (``slide_id``, encoder, ...)."""
+                     spot_ids: Sequence[str] | None = None, coords_attrs: Mapping | None = None,
+                     encoder: str | None = None, **attrs) -> Path:
+    """TRIDENT-style HDF5 (docs/embeddings.md): ``features`` float32 [n, d] with attributes ``encoder`` and
+    ``name``; ``coords`` int64 [n, 2] = (x, y) **top-left** corner of each tile in level-0 px with
+    ``coords_attrs`` (:func:`trident_coords_attrs`); optional ``barcodes`` (spot ids); root attributes
+    ``slide_id``, ``encoder`` and ``attrs`` (``um_per_px``, ...) for stamp-st's own reader."""
     import h5py
 
     path = Path(path)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("features", data=np.asarray(features, dtype=np.float32))
-        f.create_dataset("coords", data=np.asarray(coords))
+        feats = f.create_dataset("features", data=np.asarray(features, dtype=np.float32))
+        crd = f.create_dataset("coords", data=np.round(np.asarray(coords, dtype=np.float64)).astype(np.int64)
+                               .reshape(-1, 2))
+        for k, v in dict(coords_attrs or {}).items():
+            crd.attrs[k] = v
+        feats.attrs["name"] = str(slide_id)
+        if encoder is not None:
+            feats.attrs["encoder"] = str(encoder)
+            f.attrs["encoder"] = str(encoder)
         if spot_ids is not None:
             f.create_dataset("barcodes", data=np.asarray(spot_ids).astype("S"))
         f.attrs["slide_id"] = str(slide_id)
@@ -307,7 +352,9 @@ def write_trident_h5(path: str | Path, features: np.ndarray, coords: np.ndarray,
 
 
 def read_trident_h5(path: str | Path, name: str | None = None, slide_id: str | None = None) -> EmbeddingSet:
-    """Read a TRIDENT-style ``features`` + ``coords`` HDF5 (one slide) as an image-side source."""
+    """Read a TRIDENT-style ``features`` + ``coords`` HDF5 (one slide) as an image-side source. With
+    ``coords.attrs['patch_size_level0']`` (TRIDENT's and stamp-st's files) coords are top-left corners and
+    ``xy_px`` is the tile centre; without it coords are taken as centres (older stamp-st spot files)."""
     import h5py
 
     path = Path(path)
@@ -319,18 +366,20 @@ def read_trident_h5(path: str | Path, name: str | None = None, slide_id: str | N
                                   hint="write TRIDENT-style features + coords datasets")
         feats = np.asarray(f["features"])
         coords = np.asarray(f["coords"], dtype=np.float64)
+        side0 = f["coords"].attrs.get("patch_size_level0")
         if feats.ndim == 3 and feats.shape[0] == 1:  # some tools store [1, n, d]
             feats = feats[0]
         if coords.ndim == 3 and coords.shape[0] == 1:
             coords = coords[0]
-        sid = slide_id or f.attrs.get("slide_id") or path.stem
+        sid = slide_id or f.attrs.get("slide_id") or f["coords"].attrs.get("name") or path.stem
         sid = sid.decode() if isinstance(sid, bytes) else str(sid)
         if "barcodes" in f:
             spots = np.asarray([b.decode() if isinstance(b, bytes) else str(b) for b in np.ravel(f["barcodes"])])
         else:
             spots = np.array([f"{int(round(x))}x{int(round(y))}" for x, y in coords[:, :2]])
+    xy = coords[:, :2] + (float(side0) / 2 if side0 is not None else 0.0)
     return EmbeddingSet(name=name or path.stem, emb=feats, slide_ids=np.full(len(feats), sid), spot_ids=spots,
-                        xy_px=coords[:, :2], source_path=str(path))
+                        xy_px=xy, source_path=str(path))
 
 
 def read_source(spec: str, name: str | None = None) -> EmbeddingSet:

@@ -10,6 +10,32 @@ from pathlib import Path
 import numpy as np
 
 HIGHER_IS_BETTER_EXCEPT = ("mse",)
+# the range a metric can take, by a part of its name; intervals are drawn and printed inside it
+METRIC_RANGES = (("mse", (0.0, np.inf)), ("pearson", (-1.0, 1.0)), ("ari", (-1.0, 1.0)),
+                 ("recall", (0.0, 1.0)), ("accuracy", (0.0, 1.0)), ("f1", (0.0, 1.0)), ("auc", (0.0, 1.0)),
+                 ("nmi", (0.0, 1.0)), ("chance", (0.0, 1.0)))
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    name = metric.lower()
+    return next((r for key, r in METRIC_RANGES if key in name), (-np.inf, np.inf))
+
+
+def clipped_interval(row: dict) -> tuple[float, float]:
+    """(low, high) of a result row clipped to its metric's range: a t-interval over few folds can reach past
+    it (recall below 0, F1 above 1), which the metric itself never does."""
+    lo, hi = metric_range(row["metric"])
+    return float(np.clip(row["low"], lo, hi)), float(np.clip(row["high"], lo, hi))
+
+
+def interval_text(row: dict, digits: int = 3) -> str:
+    mean = row.get("mean", np.nan)
+    if not np.isfinite(mean):
+        return "n/a"
+    if not (np.isfinite(row.get("low", np.nan)) and np.isfinite(row.get("high", np.nan))):
+        return f"{mean:.{digits}f}"
+    lo, hi = clipped_interval(row)
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def _figure(w: float, h: float):
@@ -108,17 +134,30 @@ def expression_maps(xy: np.ndarray, true: np.ndarray, pred: np.ndarray, genes, p
     return fig_to_b64(fig)
 
 
-def _categorical_colors(values: np.ndarray):
-    cats = [c for c in dict.fromkeys(values.tolist()) if c not in ("", "-1")]
+def _natural_key(c: str):
+    return (0, int(c), "") if c.lstrip("-").isdigit() else (1, 0, c)
+
+
+def category_palette(values) -> dict:
+    """Category -> colour, fixed by the sorted set of categories, so that a label (or a cluster id) has the
+    same colour in every panel and on every slide it is drawn with this palette."""
     from matplotlib import colormaps
 
+    cats = sorted({str(c) for c in np.asarray(values).astype(str).tolist()} - {"", "-1"}, key=_natural_key)
     cmap = colormaps["tab20"]
-    return cats, {c: cmap(i % 20) for i, c in enumerate(cats)}
+    return {c: cmap(i % 20) for i, c in enumerate(cats)}
 
 
-def _scatter_categories(ax, pts, values, s, legend=True):
+def _categorical_colors(values: np.ndarray, palette: dict | None = None):
+    palette = palette or category_palette(values)
+    present = set(values.tolist())
+    cats = [c for c in palette if c in present]
+    return cats, palette
+
+
+def _scatter_categories(ax, pts, values, s, legend=True, palette: dict | None = None):
     values = np.asarray(values).astype(str)
-    cats, colors = _categorical_colors(values)
+    cats, colors = _categorical_colors(values, palette)
     blank = ~np.isin(values, cats)
     if blank.any():
         ax.scatter(pts[blank, 0], pts[blank, 1], s=s, c="lightgrey", linewidths=0, alpha=0.5)
@@ -131,14 +170,15 @@ def _scatter_categories(ax, pts, values, s, legend=True):
 
 
 def cluster_maps(xy: np.ndarray, labels: np.ndarray, clusters: dict[str, np.ndarray], thumb=None,
-                 title: str = "") -> str:
-    """Labels and each clustering over the H&E of one slide."""
+                 title: str = "", label_palette: dict | None = None) -> str:
+    """Labels (coloured by ``label_palette``, shared by every slide) and each clustering over the H&E."""
     panels = [("labels", labels)] + [(m, c) for m, c in clusters.items()]
     fig = _figure(4.2 * len(panels), 4.0)
     for i, (name, vals) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         pts = _spot_axes(ax, xy, thumb, name)
-        _scatter_categories(ax, pts, np.asarray(vals).astype(str), _spot_size(pts), legend=(i == 0))
+        _scatter_categories(ax, pts, np.asarray(vals).astype(str), _spot_size(pts), legend=(i == 0),
+                            palette=label_palette if i == 0 else None)
     if title:
         fig.suptitle(title, fontsize=10, y=1.04)
     return fig_to_b64(fig)
@@ -160,12 +200,13 @@ def projection_2d(emb: np.ndarray, method: str = "umap", seed: int = 0) -> np.nd
 
 
 def embedding_scatter(xy2: np.ndarray, labels: np.ndarray | None, slide_ids: np.ndarray, title: str,
-                      method: str) -> str:
+                      method: str, label_palette: dict | None = None) -> str:
     panels = ([("by label", labels)] if labels is not None else []) + [("by slide", slide_ids)]
     fig = _figure(4.8 * len(panels), 4.0)
     for i, (name, vals) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        _scatter_categories(ax, xy2, np.asarray(vals).astype(str), 4)
+        _scatter_categories(ax, xy2, np.asarray(vals).astype(str), 4,
+                            palette=label_palette if name == "by label" else None)
         ax.set_title(f"{title}: {method.upper()} {name}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -196,14 +237,19 @@ def retrieval_examples(patches: np.ndarray, examples: list[dict], k: int = 5, ti
 
 
 def metric_bars(rows: list[dict], task: str) -> str | None:
-    """One small panel per metric (own scale), a bar per source with its 95% interval."""
+    """One small panel per metric (own scale), a bar per source with its 95% interval (clipped to the
+    metric's range). A source has the same colour in every task's chart: colours follow the order of the
+    sources over all rows (or ``sources``), not of those this task scores."""
+    all_sources = list(dict.fromkeys(r["source"] for r in rows if r.get("source")))
     rows = [r for r in rows if r["task"] == task and "mean" in r and not r["metric"].startswith("chance")]
     if not rows:
         return None
     from matplotlib import colormaps
 
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    sources = list(dict.fromkeys(r["source"] for r in rows))
+    scored = {r["source"] for r in rows}
+    sources = [s for s in all_sources if s in scored]
+    colour_index = {s: all_sources.index(s) for s in sources}
     cmap = colormaps["tab10"]
     ncol = min(4, len(metrics))
     nrow = -(-len(metrics) // ncol)
@@ -215,16 +261,16 @@ def metric_bars(rows: list[dict], task: str) -> str | None:
             if r is None or not np.isfinite(r["mean"]):
                 continue
             ok = np.isfinite(r["low"]) and np.isfinite(r["high"])
-            err = [[r["mean"] - r["low"]], [r["high"] - r["mean"]]] if ok else None
-            ax.bar([j], [r["mean"]], color=cmap(j % 10), yerr=err, capsize=3, label=s)
+            lo, hi = clipped_interval(r) if ok else (np.nan, np.nan)
+            err = [[max(r["mean"] - lo, 0.0)], [max(hi - r["mean"], 0.0)]] if ok else None
+            ax.bar([j], [r["mean"]], color=cmap(colour_index[s] % 10), yerr=err, capsize=3, label=s)
         ax.set_xticks([])
         ax.axhline(0, color="black", linewidth=0.5)
         ax.set_title(m, fontsize=8)
         ax.tick_params(labelsize=7)
     from matplotlib.patches import Patch
 
-    handles = [Patch(color=cmap(j % 10), label=s)
-               for j, s in enumerate(sources)]
+    handles = [Patch(color=cmap(colour_index[s] % 10), label=s) for s in sources]
     fig.legend(handles=handles, loc="lower center", ncol=min(4, len(sources)), fontsize=7, frameon=False,
                bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(f"{task}: mean and 95% interval over held-out slides", fontsize=9, y=1.02)

@@ -68,7 +68,8 @@ def metric_table_html(results: dict) -> str:
                 if s in by_src:
                     r = by_src[s]
                     cls = "num best" if s == best else "num"
-                    cells.append(f"<td class='{cls}' title='n={r['n']} ({_esc(r['method'])})'>{_esc(r['text'])}</td>")
+                    cells.append(f"<td class='{cls}' title='n={r['n']} ({_esc(r['method'])})'>"
+                                 f"{_esc(F.interval_text(r))}</td>")
                 else:
                     cells.append(f"<td class='skip'>{_esc(skipped.get(s, 'n/a'))}</td>")
             note = METRIC_NOTES.get(m, "lower is better" if _lower_is_better(m) else "")
@@ -125,6 +126,7 @@ def build_figures(results: dict, artifacts: dict, projection: str = "umap", max_
         return out
     first = next(iter(sources.values()))
     slides = list(dict.fromkeys(first.slide_ids.tolist()))[:max_slides]
+    palette = F.category_palette(labels) if labels is not None else None  # one colour per label everywhere
     thumbs = {}
     for sl in slides:
         p = next((s.image_paths.get(sl) for s in sources.values() if s.image_paths.get(sl)), None)
@@ -153,7 +155,7 @@ def build_figures(results: dict, artifacts: dict, projection: str = "umap", max_
                 continue
             out["cluster"].append(_img(
                 F.cluster_maps(xy[idx], labels[idx], {m: c[idx] for m, c in cl.items()}, thumbs.get(sl),
-                               title=f"{name}, slide {sl}"),
+                               title=f"{name}, slide {sl}", label_palette=palette),
                 f"{name}: labels and clusters over the H&E, slide {sl}"))
     # retrieval examples
     for name, ex in (preds.get("retrieval") or {}).items():
@@ -171,7 +173,8 @@ def build_figures(results: dict, artifacts: dict, projection: str = "umap", max_
     for name, s in sources.items():
         xy2 = F.projection_2d(s.emb[sub], projection, seed)
         out["embeddings"].append(_img(
-            F.embedding_scatter(xy2, None if labels is None else labels[sub], s.slide_ids[sub], name, projection),
+            F.embedding_scatter(xy2, None if labels is None else labels[sub], s.slide_ids[sub], name, projection,
+                                label_palette=palette),
             f"{name}: {projection.upper()} of the embeddings coloured by label and by slide"))
     return out
 

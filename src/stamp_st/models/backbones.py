@@ -227,6 +227,10 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
 def _create_backbone(name: str, weights, pretrained: bool, **kwargs) -> Backbone:
     import timm
 
+    from .hub import create_hub_backbone, is_hub_name
+
+    if is_hub_name(name):  # uni_v1, uni_v2, virchow2, ... and timm:hf-hub:ORG/NAME (models/hub.py)
+        return create_hub_backbone(name, weights, pretrained, **kwargs)
     if name in ("efficientnet_lite0", "default"):
         num_classes = kwargs.pop("num_classes", 0)
         model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes, **kwargs)

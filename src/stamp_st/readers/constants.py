@@ -51,6 +51,11 @@ SR_SPATIAL_DIR = "spatial"
 SR_FILTERED_H5 = "filtered_feature_bc_matrix.h5"
 SR_POSITIONS_V1 = "tissue_positions_list.csv"  # Space Ranger 1.x: no header
 SR_POSITIONS_V2 = "tissue_positions.csv"  # Space Ranger >= 2.0: header row
+SR_POSITIONS_PARQUET = "tissue_positions.parquet"  # Space Ranger >= 3 (Visium HD bins)
+SR_BINNED_DIR = "binned_outputs"  # Visium HD: binned_outputs/square_002um|square_008um|square_016um/
+SR_DEFAULT_BIN = "square_016um"
+SF_BIN_SIZE_UM = "bin_size_um"  # Visium HD scale factors
+SF_MICRONS_PER_PIXEL = "microns_per_pixel"
 SR_SCALEFACTORS = "scalefactors_json.json"
 SR_HIRES_IMAGE = "tissue_hires_image.png"
 SR_LOWRES_IMAGE = "tissue_lowres_image.png"

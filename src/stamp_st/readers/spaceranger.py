@@ -1,7 +1,11 @@
 """10x Space Ranger output (Visium): counts from ``filtered_feature_bc_matrix.h5``, spot centres from
-``spatial/tissue_positions_list.csv`` (1.x, no header) or ``spatial/tissue_positions.csv`` (>= 2.0, header),
-scale factors from ``spatial/scalefactors_json.json``. The full-resolution H&E is not part of the output
-folder, so its path comes from the user."""
+``spatial/tissue_positions_list.csv`` (1.x, no header), ``spatial/tissue_positions.csv`` (>= 2.0, header) or
+``spatial/tissue_positions.parquet`` (>= 3), scale factors from ``spatial/scalefactors_json.json``. The
+full-resolution H&E is not part of the output folder, so its path comes from the user.
+
+Visium HD: a bin folder ``outs/binned_outputs/square_016um`` (or ``square_008um``, ...) reads as spots on a
+square grid whose pitch is the bin size (``bin_size_um``) and whose pixel size is Space Ranger's
+``microns_per_pixel``; ``outs/`` itself reads its 16 µm bins."""
 
 from __future__ import annotations
 
@@ -16,18 +20,24 @@ from .common import build_sample, match_spot_ids, require_file
 from .constants import (
     FORMAT_SPACERANGER,
     GRID_HEX,
+    GRID_SQUARE,
+    SF_BIN_SIZE_UM,
+    SF_MICRONS_PER_PIXEL,
     SF_SPOT_DIAMETER,
+    SR_BINNED_DIR,
     SR_COL_ARRAY_COL,
     SR_COL_ARRAY_ROW,
     SR_COL_BARCODE,
     SR_COL_IN_TISSUE,
     SR_COL_PXL_COL,
     SR_COL_PXL_ROW,
+    SR_DEFAULT_BIN,
     SR_FILTERED_H5,
     SR_H5_SOFTWARE_ATTR,
     SR_IMAGE_KEYS,
     SR_OUTS_DIR,
     SR_POSITION_COLUMNS,
+    SR_POSITIONS_PARQUET,
     SR_POSITIONS_V1,
     SR_POSITIONS_V2,
     SR_SCALEFACTORS,
@@ -49,10 +59,16 @@ def spaceranger_outs(path: str | Path) -> Path:
     p = Path(path)
     if p.is_file() and p.name == SR_FILTERED_H5:
         return p.parent
-    if (p / SR_FILTERED_H5).is_file() or (p / SR_SPATIAL_DIR).is_dir():
+    if (p / SR_FILTERED_H5).is_file():
+        return p
+    if (p / SR_BINNED_DIR / SR_DEFAULT_BIN / SR_FILTERED_H5).is_file():  # Visium HD outs/: 16 µm bins
+        return p / SR_BINNED_DIR / SR_DEFAULT_BIN
+    if (p / SR_SPATIAL_DIR).is_dir():
         return p
     if (p / SR_OUTS_DIR / SR_FILTERED_H5).is_file():
         return p / SR_OUTS_DIR
+    if (p / SR_OUTS_DIR / SR_BINNED_DIR / SR_DEFAULT_BIN / SR_FILTERED_H5).is_file():
+        return p / SR_OUTS_DIR / SR_BINNED_DIR / SR_DEFAULT_BIN
     return p
 
 
@@ -63,22 +79,25 @@ def is_spaceranger(path: str | Path) -> bool:
 
 def positions_file(outs: Path) -> Path:
     spatial = outs / SR_SPATIAL_DIR
-    for name in (SR_POSITIONS_V2, SR_POSITIONS_V1):
+    for name in (SR_POSITIONS_PARQUET, SR_POSITIONS_V2, SR_POSITIONS_V1):
         if (spatial / name).is_file():
             return spatial / name
     raise DataNotFoundError(
-        f"no spot positions file ({SR_POSITIONS_V2} or {SR_POSITIONS_V1})", spatial,
+        f"no spot positions file ({SR_POSITIONS_PARQUET}, {SR_POSITIONS_V2} or {SR_POSITIONS_V1})", spatial,
         hint="point to the Space Ranger 'outs' folder that holds spatial/ (positions, scale factors)")
 
 
 def read_positions(path: Path) -> pd.DataFrame:
     """Positions table with the standard column names, index = barcode; header auto-detected (1.x files have
     none, >= 2.0 files have one)."""
-    first = path.open().readline().strip().split(",")
-    has_header = first[0] == SR_COL_BARCODE
     try:
-        df = pd.read_csv(path, header=0 if has_header else None,
-                         names=None if has_header else list(SR_POSITION_COLUMNS), engine="c")
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            first = path.open().readline().strip().split(",")
+            has_header = first[0] == SR_COL_BARCODE
+            df = pd.read_csv(path, header=0 if has_header else None,
+                             names=None if has_header else list(SR_POSITION_COLUMNS), engine="c")
     except Exception as err:  # noqa: BLE001 - any parse failure is the user's file
         raise StampInputError(f"cannot parse spot positions ({err})", path) from err
     missing = set(SR_POSITION_COLUMNS) - set(df.columns)
@@ -129,6 +148,8 @@ def _load_spatial_images(outs: Path) -> dict:
     images = {}
     for key, name in SR_IMAGE_KEYS.items():
         p = outs / SR_SPATIAL_DIR / name
+        if not p.is_file() and outs.parent.name == SR_BINNED_DIR:  # Visium HD: images in outs/spatial/
+            p = outs.parent.parent / SR_SPATIAL_DIR / name
         if p.is_file():
             with Image.open(p) as im:
                 images[key] = np.asarray(im.convert("RGB"))
@@ -149,22 +170,33 @@ def read_spaceranger(path: str | Path, image_path: str | Path | None = None, um_
     match_spot_ids(counts.obs_names, positions.index, h5, pos_path, min_fraction=1.0)
     pos = positions.loc[counts.obs_names.astype(str)]
     xy = np.column_stack([pos[SR_COL_PXL_COL].to_numpy(np.float64), pos[SR_COL_PXL_ROW].to_numpy(np.float64)])
-    lib = library_id or (outs.parent.name if outs.name == SR_OUTS_DIR else outs.name)
+    hd_bin_um = scalefactors.get(SF_BIN_SIZE_UM)
+    if outs.parent.name == SR_BINNED_DIR:  # Visium HD bin folder: name the sample after the run
+        run = outs.parent.parent
+        lib = library_id or f"{run.parent.name if run.name == SR_OUTS_DIR else run.name}_{outs.name}"
+    else:
+        lib = library_id or (outs.parent.name if outs.name == SR_OUTS_DIR else outs.name)
     spatial_uns = {lib: {UNS_SPATIAL_IMAGES: _load_spatial_images(outs) if load_images else {},
                          UNS_SPATIAL_SCALEFACTORS: scalefactors,
                          UNS_SPATIAL_METADATA: {SR_H5_SOFTWARE_ATTR: _software_version(h5)}}}
+    grid, pitch_um, diameter_um, um_meta = GRID_HEX, VISIUM_SPOT_PITCH_UM, VISIUM_SPOT_DIAMETER_UM, None
+    if hd_bin_um:  # Visium HD: square bins, side = pitch; Space Ranger states the pixel size
+        grid, pitch_um = GRID_SQUARE, float(hd_bin_um)
+        diameter_um = pitch_um
+        um_meta = scalefactors.get(SF_MICRONS_PER_PIXEL)
     # the pitch from every grid position (in and out of tissue), not only the spots that have counts
     pitch = um_per_px_from_pitch(positions[SR_COL_ARRAY_ROW], positions[SR_COL_ARRAY_COL],
-                                 positions[[SR_COL_PXL_COL, SR_COL_PXL_ROW]].to_numpy(np.float64), GRID_HEX,
-                                 VISIUM_SPOT_PITCH_UM)
+                                 positions[[SR_COL_PXL_COL, SR_COL_PXL_ROW]].to_numpy(np.float64), grid,
+                                 pitch_um)
     gene_ids = counts.var[VAR_GENE_IDS].astype(str).tolist() if VAR_GENE_IDS in counts.var else None
     return build_sample(
         counts.X, counts.obs_names, counts.var_names, gene_ids,
         pos[SR_COL_ARRAY_ROW].to_numpy(np.int64), pos[SR_COL_ARRAY_COL].to_numpy(np.int64),
         pos[SR_COL_IN_TISSUE].to_numpy() == 1, xy,
         sample_id=lib, fmt=FORMAT_SPACERANGER, source_path=outs, positions_path=pos_path,
-        image_path=image_path, grid=GRID_HEX, spot_pitch_um=VISIUM_SPOT_PITCH_UM,
-        spot_diameter_um=VISIUM_SPOT_DIAMETER_UM, um_per_px_user=um_per_px,
+        image_path=image_path, grid=grid, spot_pitch_um=pitch_um,
+        spot_diameter_um=diameter_um, um_per_px_user=um_per_px,
+        um_per_px_metadata=float(um_meta) if um_meta else None,
         spot_diameter_px=scalefactors.get(SF_SPOT_DIAMETER), um_per_px_pitch=pitch,
         qc={"n_positions": int(len(positions)), "positions_file": pos_path.name},
         uns_extra={UNS_SPATIAL: spatial_uns},

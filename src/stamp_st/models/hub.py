@@ -1,0 +1,199 @@
+"""Pathology foundation models from the Hugging Face hub, under TRIDENT's names, and ``timm:hf-hub:ORG/NAME``.
+
+Weights come, in order, from: an explicit local file (``--backbone-weights``), ``STAMP_ST_<KEY>_WEIGHTS`` or
+``~/.cache/stamp_st/weights/<key>/`` (``stamp_st.weights``), then the hub through timm's ``hf-hub:`` loader
+(huggingface_hub: the hub cache ``HF_HOME`` / ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE=1`` are honoured, a
+token from ``hf auth login`` or ``HF_TOKEN`` is used for gated repositories). Each entry carries the timm
+arguments and the normalisation of its model card; ``pretrained=False`` (rebuilding a STAMP checkpoint that
+carries the weights) never touches the network for a registry name.
+
+Features are the model's class token (``global_pool="token"``). Virchow2's card also shows a 2,560-d
+concatenation of the class token with the mean patch token; stamp-st uses the class token (1,280-d), as
+TRIDENT's ``return_cls`` option does, so that the same feature serves embedding and STAMP alignment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import StampInputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
+HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
+TIMM_HUB_PREFIX = "timm:hf-hub:"
+
+
+def _swiglu_args() -> dict:
+    """timm arguments that are classes, not JSON: built when a model is built."""
+    import timm.layers
+    import torch
+
+    return {"mlp_layer": timm.layers.SwiGLUPacked, "act_layer": torch.nn.SiLU}
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """One hub backbone: its repository, the timm graph that holds its weights, its card's preprocessing."""
+
+    repo: str
+    arch: str  # timm architecture for a local file / random init (the hub's config.json names it otherwise)
+    timm_args: dict
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    size_px: int = 224
+    um_per_px: float = 0.5  # 20x: the magnification all of these were trained at
+    weights_key: str = ""  # stamp_st.weights lookup key (default: the name)
+    extra_args: Callable[[], dict] | None = None
+    card: str = ""
+
+
+HUB_MODELS: dict[str, HubModel] = {
+    "uni_v1": HubModel(
+        "MahmoodLab/UNI", "vit_large_patch16_224",
+        {"img_size": 224, "patch_size": 16, "init_values": 1e-5, "num_classes": 0, "dynamic_img_size": True},
+        IMAGENET_MEAN, IMAGENET_STD, weights_key="uni", card="UNI ViT-L/16 (Chen et al. 2024)"),
+    "uni_v2": HubModel(
+        "MahmoodLab/UNI2-h", "vit_giant_patch14_224",
+        {"img_size": 224, "patch_size": 14, "depth": 24, "num_heads": 24, "init_values": 1e-5, "embed_dim": 1536,
+         "mlp_ratio": 2.66667 * 2, "num_classes": 0, "no_embed_class": True, "reg_tokens": 8,
+         "dynamic_img_size": True},
+        IMAGENET_MEAN, IMAGENET_STD, extra_args=_swiglu_args, card="UNI2-h ViT-H/14"),
+    "conch_v1": HubModel(
+        "MahmoodLab/CONCH", "vit_base_patch16_224", {"num_classes": 0, "dynamic_img_size": True},
+        OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, weights_key="conch",
+        card="CONCH ViT-B/16 visual trunk (Lu et al. 2024); its open_clip checkpoint pytorch_model.bin"),
+    "virchow2": HubModel(
+        "paige-ai/Virchow2", "vit_huge_patch14_224",
+        {"img_size": 224, "init_values": 1e-5, "num_classes": 0, "reg_tokens": 4, "mlp_ratio": 5.3375,
+         "global_pool": "token", "dynamic_img_size": True},
+        IMAGENET_MEAN, IMAGENET_STD, extra_args=_swiglu_args, card="Virchow2 ViT-H/14 (Zimmermann et al. 2024)"),
+    "hoptimus0": HubModel(
+        "bioptimus/H-optimus-0", "vit_giant_patch14_reg4_dinov2",
+        {"img_size": 224, "init_values": 1e-5, "num_classes": 0, "global_pool": "token", "dynamic_img_size": True},
+        HOPTIMUS_MEAN, HOPTIMUS_STD, card="H-optimus-0 ViT-g/14"),
+    "hoptimus1": HubModel(
+        "bioptimus/H-optimus-1", "vit_giant_patch14_reg4_dinov2",
+        {"img_size": 224, "init_values": 1e-5, "num_classes": 0, "global_pool": "token", "dynamic_img_size": True},
+        HOPTIMUS_MEAN, HOPTIMUS_STD, card="H-optimus-1 ViT-g/14"),
+    "gigapath": HubModel(
+        "prov-gigapath/prov-gigapath", "vit_giant_patch14_dinov2",
+        {"img_size": 224, "in_chans": 3, "patch_size": 16, "embed_dim": 1536, "depth": 40, "num_heads": 24,
+         "mlp_ratio": 5.33334, "num_classes": 0, "dynamic_img_size": True},
+        IMAGENET_MEAN, IMAGENET_STD, card="Prov-GigaPath tile encoder ViT-g/14 (Xu et al. 2024)"),
+}
+# TRIDENT's names for models stamp-st does not build (a different graph than a timm ViT's)
+UNSUPPORTED = {
+    "conch_v15": "CONCH v1.5 pools its ViT-L tokens with CONCH's own attention head, which stamp-st does not "
+                 "implement; use conch_v1, uni_v2, or a timm-loadable model as timm:hf-hub:ORG/NAME",
+}
+HUB_NAMES = tuple(HUB_MODELS) + tuple(UNSUPPORTED)
+
+
+def is_hub_name(name: str) -> bool:
+    """True for a name this module builds (TRIDENT-style names and ``timm:hf-hub:...``)."""
+    return name in HUB_MODELS or name in UNSUPPORTED or name.startswith(TIMM_HUB_PREFIX)
+
+
+def _hub_error(repo: str, err: Exception, weights_key: str | None) -> StampInputError:
+    """What went wrong with the hub, and the two ways out: access, or a local file."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    local = ("download its weights and pass --backbone-weights FILE"
+             + (f" (or set STAMP_ST_{weights_key.upper()}_WEIGHTS)" if weights_key else ""))
+    if isinstance(err, GatedRepoError):
+        what = (f"{repo} is gated on the Hugging Face hub and this machine has no access: request it at "
+                f"https://huggingface.co/{repo}, then log in with a token (`hf auth login` or HF_TOKEN)")
+    elif isinstance(err, RepositoryNotFoundError):
+        what = (f"{repo} was not found on the Hugging Face hub (or is gated and no token was given): check the "
+                f"name at https://huggingface.co/{repo} and log in (`hf auth login` or HF_TOKEN)")
+    else:
+        mode = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub is unreachable"
+        what = (f"{repo} is not in the hub cache ({constants.HF_HUB_CACHE}) and {mode} "
+                f"({type(err).__name__}): fetch it once where the network works (same HF_HOME)")
+    return StampInputError(f"{what}; or {local}", None,
+                           hint="stamp-st never needs the hub when a local weight file is given")
+
+
+def _hub_call(repo: str, weights_key: str | None, fn):
+    """Run a hub-touching call; hub and network failures become one clear StampInputError."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    try:
+        return fn()
+    except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, OSError) as err:
+        if isinstance(err, FileNotFoundError) and not isinstance(err, LocalEntryNotFoundError):
+            raise
+        raise _hub_error(repo, err, weights_key) from err
+
+
+def create_hub_backbone(name: str, weights: str | Path | None = None, pretrained: bool = True, **kwargs):
+    """A :class:`~stamp_st.models.backbones.Backbone` for a registry name or ``timm:hf-hub:ORG/NAME``."""
+    if name in UNSUPPORTED:
+        raise StampInputError(f"backbone '{name}' is not supported: {UNSUPPORTED[name]}")
+    if name.startswith(TIMM_HUB_PREFIX):
+        return _timm_hub_backbone(name, weights, pretrained, **kwargs)
+    return _registry_backbone(name, weights, pretrained, **kwargs)
+
+
+def _registry_backbone(name: str, weights, pretrained: bool, **kwargs):
+    import timm
+
+    from ..weights import find_weights
+    from .backbones import Backbone, ImageTransform, load_into, load_state_dict_file
+
+    spec = HUB_MODELS[name]
+    key = spec.weights_key or name
+    args = {**spec.timm_args, **(spec.extra_args() if spec.extra_args else {}), **kwargs}
+    path = find_weights(key, weights) if (pretrained or weights) else None
+    if path is not None and not Path(path).is_file():
+        raise StampInputError(f"weight file for '{name}' not found", path,
+                              hint=f"give an existing file, or unset STAMP_ST_{key.upper()}_WEIGHTS to use the hub")
+    transform = ImageTransform(spec.mean, spec.std, spec.size_px)
+    if name == "conch_v1":  # the open_clip checkpoint: its visual trunk goes into the timm ViT-B/16
+        from .backbones import create_backbone
+
+        if path is None and pretrained:
+            from huggingface_hub import hf_hub_download
+
+            path = _hub_call(spec.repo, key, lambda: hf_hub_download(spec.repo, "pytorch_model.bin"))
+        bb = create_backbone("conch_vit_b16", weights=path, pretrained=path is not None, **kwargs)
+        bb.name = name
+        return bb
+    if path is not None:
+        model = timm.create_model(spec.arch, pretrained=False, **args)
+        load_into(model, load_state_dict_file(path), path, ignore_prefixes=("head.",))
+        source = str(path)
+    elif pretrained:
+        model = _hub_call(spec.repo, key,
+                          lambda: timm.create_model(f"hf-hub:{spec.repo}", pretrained=True, **args))
+        source = f"hf-hub:{spec.repo}"
+    else:
+        model = timm.create_model(spec.arch, pretrained=False, **args)
+        source = None
+    return Backbone(name, model, transform, model.num_features, spec.um_per_px, True, source)
+
+
+def _timm_hub_backbone(name: str, weights, pretrained: bool, **kwargs):
+    """``timm:hf-hub:ORG/NAME``: architecture, arguments and preprocessing from the repository's config.json
+    (timm's own hub format); weights from the hub, or from a local file over the hub's graph."""
+    import timm
+
+    from .backbones import Backbone, _is_vit, _transform_from_timm, load_into, load_state_dict_file
+
+    repo = name[len(TIMM_HUB_PREFIX):]
+    if repo.count("/") != 1:
+        raise StampInputError(f"'{name}' is not timm:hf-hub:ORG/NAME")
+    kwargs.setdefault("num_classes", 0)
+    load_weights = pretrained and not weights
+    model = _hub_call(repo, None, lambda: timm.create_model(f"hf-hub:{repo}", pretrained=load_weights, **kwargs))
+    if weights:
+        load_into(model, load_state_dict_file(weights), weights, ignore_prefixes=("head.", "fc.", "classifier."))
+    source = str(weights) if weights else (f"hf-hub:{repo}" if pretrained else None)
+    return Backbone(name, model, _transform_from_timm(model), model.num_features, None, _is_vit(model), source)
