@@ -141,3 +141,84 @@ def test_released_patches_equal_the_release_crops(her2st_root):
         assert ok[i]
         np.testing.assert_array_equal(ours[i], cv2.resize(img, (224, 224)), err_msg=f"spot {i}")
     assert ok.sum() >= len(centers) - 2
+
+
+def test_tokenize_cli_released_pipeline_writes_the_release_tokens(tmp_path, her2st_root, release_assets):
+    import json
+
+    from stamp_st.cli import main
+    from stamp_st.readers import read_sample
+
+    vocab, symbol_map = release_assets
+    out = tmp_path / "c3.npz"
+    assert main(["tokenize", str(her2st_root), "--section", "C3", "--out", str(out), "--pipeline", "released"]) == 0
+    d = np.load(out)
+    a = read_sample(her2st_root, section="C3")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = _release_tokens(a.X, list(a.var_names), symbol_map, list(vocab.gene_ids), vocab.mean_nonzero)
+    rows = pd.Index(a.obs_names).get_indexer(d["spot_ids"])
+    np.testing.assert_array_equal(d["tokens"], ref[rows, :1500])
+    assert json.loads(str(d["tokenizer_config"]))["pipeline"] == "released"
+
+
+def _release_region_label(x, y, ps, w, h, rng):
+    """The release's ``get_safe_region``: a random valid cell of the 6ps x 6ps region, -1 if none."""
+    valid = []
+    for grid_id in range(9):
+        row, col = grid_id // 3, grid_id % 3
+        x1, y1 = x - (col * 2 + 1) * ps, y - (row * 2 + 1) * ps
+        if x1 >= 0 and y1 >= 0 and x1 + 6 * ps <= w and y1 + 6 * ps <= h:
+            valid.append(grid_id)
+    if not valid:
+        return -1, None
+    g = rng.choice(valid)
+    x1, y1 = x - (g % 3 * 2 + 1) * ps, y - (g // 3 * 2 + 1) * ps
+    return g, (int(x1), int(y1), int(x1 + 6 * ps), int(y1 + 6 * ps))
+
+
+def test_paired_corpus_released_pipeline_holds_the_release_tokens_and_crops(her2st_root, release_assets, tmp_path):
+    """A paired corpus built with ``pipeline="released"`` stores, per spot, the release's tokens, its BGR patch
+    and its region at the cell its ``random.seed(42)`` sequence picks (over every spot in input order)."""
+    import random
+
+    cv2 = pytest.importorskip("cv2", reason="the released pipeline needs OpenCV: pip install 'stamp-st[release]'")
+    pytest.importorskip("distributed")
+    from stamp_st.corpus.build import BuildConfig, build_corpus
+    from stamp_st.corpus.manifest import her2st_manifest
+    from stamp_st.corpus.shards import iter_shard
+    from stamp_st.readers import read_sample
+
+    vocab, symbol_map = release_assets
+    cfg = BuildConfig(kind="paired", vocab_path=vocab.source, pipeline="released", shard_size=512)
+    man = build_corpus(her2st_manifest(her2st_root, sections=["B4"]), tmp_path, cfg, workers=1, processes=False,
+                       progress=False)["manifest"]
+    assert man["settings"]["pipeline"] == "released"
+    a = read_sample(her2st_root, section="B4")
+    wsi = cv2.imread(str(a.uns["stamp_st"]["image_path"]))
+    h, w = wsi.shape[:2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref_tokens = _release_tokens(a.X, list(a.var_names), symbol_map, list(vocab.gene_ids), vocab.mean_nonzero)
+    rng = random.Random(42)
+    regions = [_release_region_label(x, y, 112, w, h, rng) for x, y in np.asarray(a.obsm["spatial"], float)]
+    row_of = {s: i for i, s in enumerate(a.obs_names)}
+    n = 0
+    for sh in man["shards"]:
+        for item in iter_shard(str(tmp_path / sh["url"])):
+            meta = item["meta.json"]
+            i = row_of[meta["spot_id"]]
+            x, y = a.obsm["spatial"][i]
+            t = item["tokens.npy"]
+            np.testing.assert_array_equal(t, ref_tokens[i, :t.shape[-1]])
+            assert not ref_tokens[i, t.shape[-1]:1500].any()
+            patch = cv2.resize(wsi[int(y - 112):int(y + 112), int(x - 112):int(x + 112)], (224, 224))
+            np.testing.assert_array_equal(item["patch.png"], patch)
+            label, box = regions[i]
+            assert meta["region_valid"] == (label >= 0)
+            if label >= 0:
+                assert meta["region_label"] == label
+                x0, y0, x1, y1 = box
+                np.testing.assert_array_equal(item["region.png"], cv2.resize(wsi[y0:y1, x0:x1], (224, 224)))
+            n += 1
+    assert n == man["totals"]["n_spots"] > 200

@@ -36,6 +36,12 @@ def register(sub) -> None:
     p.add_argument("--shard-size", type=int, help="max samples per shard (default genes 2048, paired 512)")
     p.add_argument("--chunk-spots", type=int, default=256, help="spots processed at once in a task (memory bound)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--pipeline", choices=["default", "released"], default="default",
+                   help="released: the authors' tokens and crops (BGR, 224 px at native resolution, their "
+                        "region placement with seed 42), to continue training from the released weights")
+    p.add_argument("--magnification", type=float, default=None,
+                   help="--pipeline released: the slides' magnification (patch side 2 x 112 x mag / 20 px; "
+                        "default 112 px)")
     p.set_defaults(func=run)
 
 
@@ -64,7 +70,7 @@ def run(args) -> int:
                       qc=QCConfig(min_counts=args.min_counts, min_genes=args.min_genes,
                                   require_in_tissue=not args.keep_off_tissue),
                       seed=args.seed, shard_size=args.shard_size, chunk_spots=args.chunk_spots,
-                      image_codec=args.image_codec)
+                      image_codec=args.image_codec, pipeline=args.pipeline, magnification=args.magnification)
     res = build_corpus(entries, out, cfg, workers=args.workers, scheduler=args.scheduler,
                        processes=not args.threads, progress=not args.no_progress)
     man, b = res["manifest"], res["build"]

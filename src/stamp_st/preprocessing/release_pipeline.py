@@ -106,21 +106,17 @@ class ReleaseTokenizer:
 
     def normalised(self, counts, mapping: GeneMapping) -> sp.csr_matrix:
         """The values whose order gives the tokens (steps 2-4), as the release's CSR rows hold them."""
-        X = sp.csr_matrix(counts).astype(np.float32)
-        keep = np.flatnonzero(mapping.var_to_vocab >= 0)
-        # every vocabulary id has at most one column (names are unique): a column permutation, no sums
-        order = np.full(mapping.n_vocab, -1, np.int64)
-        order[mapping.var_to_vocab[keep]] = keep
-        present = np.flatnonzero(order >= 0)
-        sub = X[:, order[present]].tocoo()
-        x = sp.csr_matrix((sub.data, (sub.row, present[sub.col])), shape=(X.shape[0], mapping.n_vocab),
-                          dtype=np.float32)
-        x.sum_duplicates()
-        x.eliminate_zeros()
+        return self.normalise_vocab_counts(mapping.to_vocab_counts(counts))
+
+    def normalise_vocab_counts(self, vocab_counts: sp.csr_matrix) -> sp.csr_matrix:
+        """Steps 3-4 on vocabulary-aligned counts (``GeneMapping.to_vocab_counts`` of a release mapping: each
+        vocabulary id has at most one column, so that is a column permutation, no sums)."""
         # the release's matrix reaches sf_normalize as float64 (its concat with the float64 template; the
         # float32 cast lands on a view; np.nan_to_num leaves a sparse matrix as it is). sf_normalize: totals,
         # 0 -> 1, 10000 / total, rows scaled in place (sklearn's row scale). Totals of counts are exact.
-        x = x.astype(np.float64)
+        x = sp.csr_matrix(vocab_counts, dtype=np.float64, copy=True)
+        x.eliminate_zeros()
+        x.sort_indices()
         totals = np.array(x.sum(axis=1))
         totals += totals == 0.0
         scale = 10000.0 / totals
@@ -130,8 +126,9 @@ class ReleaseTokenizer:
             out = sp.csr_matrix(out)
         return out.tocsr()
 
-    def tokenize(self, counts, mapping: GeneMapping) -> TokenizedSpots:
-        x = self.normalised(counts, mapping)
+    def tokenize_vocab_counts(self, vocab_counts) -> TokenizedSpots:
+        """Step 5: per spot, numpy's argsort of the negated values in the release's storage order."""
+        x = self.normalise_vocab_counts(vocab_counts)
         n = x.shape[0]
         keep_n = min(self.context, RELEASE_STORED_TOKENS)
         tokens = np.full((n, self.context), STORAGE_PAD_ID, dtype=np.int32)
@@ -141,6 +138,9 @@ class ReleaseTokenizer:
             top = np.argsort(-x.data[a:b])[:RELEASE_STORED_TOKENS][:keep_n]
             tokens[i, :len(top)] = (x.indices[a:b][top] + TOKEN_OFFSET).astype(np.int32)
         return TokenizedSpots(tokens, nnz.astype(np.int32), nnz == 0)
+
+    def tokenize(self, counts, mapping: GeneMapping) -> TokenizedSpots:
+        return self.tokenize_vocab_counts(mapping.to_vocab_counts(counts))
 
     def tokenize_sample(self, counts, var_names: Sequence[str]) -> tuple[TokenizedSpots, GeneMapping]:
         mapping = self.mapping(var_names)
@@ -202,3 +202,52 @@ def release_patches(slide, centers_xy_px, half_side_px: float = RELEASE_HALF_SID
         out[i] = cv2.resize(bgr, (out_px, out_px))
         ok[i] = True
     return out, ok
+
+
+RELEASE_SEED = 42  # the release's set_seed(42): Python's random, one choice per spot in input order
+
+
+def release_region_labels(centers_xy_px, half_side_px: float, width_px: int, height_px: int,
+                          seed: int = RELEASE_SEED) -> np.ndarray:
+    """The release's ``get_safe_region`` cell per spot (-1 where no 6ps x 6ps region fits inside the slide):
+    ``random.choice`` among the valid cells, from ``random.seed(seed)``, over the spots in input order (the
+    release calls it for every spot, those it later skips included)."""
+    import random
+
+    rng = random.Random(seed)
+    ps = float(half_side_px)
+    labels = np.full(len(centers_xy_px), -1, np.int64)
+    for i, (x, y) in enumerate(np.asarray(centers_xy_px, np.float64).reshape(-1, 2)):
+        valid = [g for g in range(9)
+                 if x - (g % 3 * 2 + 1) * ps >= 0 and y - (g // 3 * 2 + 1) * ps >= 0
+                 and x - (g % 3 * 2 + 1) * ps + 6 * ps <= width_px and y - (g // 3 * 2 + 1) * ps + 6 * ps <= height_px]
+        if valid:
+            labels[i] = rng.choice(valid)
+    return labels
+
+
+def release_spot_crops(slide, centers_xy_px, region_labels: np.ndarray, half_side_px: float = RELEASE_HALF_SIDE_PX,
+                       out_px: int = RELEASE_OUT_PX, thumb_px: int = 16):
+    """Stage-2 crops the release's way (BGR): its patch, its region ``wsi[int(y1):int(y1 + 6ps),
+    int(x1):int(x1 + 6ps)]`` for the given cell, both through ``cv2.resize``. Spots without a cell (-1; the
+    release crashes on them) get a white region and ``region_valid`` False; spots without a patch (the
+    release skips them) are flagged in the second return value. The thumbnail (the release's ``ref_processor``
+    is not in its code) is our resize of the patch."""
+    from .crops import WHITE, SpotCrops, resize_batch
+
+    cv2 = _cv2()
+    centers = np.asarray(centers_xy_px, np.float64).reshape(-1, 2)
+    patch, has_patch = release_patches(slide, centers, half_side_px, out_px)
+    labels = np.asarray(region_labels, np.int64)
+    region = np.full((len(centers), out_px, out_px, 3), WHITE, np.uint8)
+    ps = float(half_side_px)
+    for i, ((x, y), g) in enumerate(zip(centers, labels)):
+        if g < 0:
+            continue
+        x1, y1 = x - (g % 3 * 2 + 1) * ps, y - (g // 3 * 2 + 1) * ps
+        x0, y0, x2, y2 = int(x1), int(y1), int(x1 + 6 * ps), int(y1 + 6 * ps)
+        bgr = np.ascontiguousarray(slide.read_region(x0, y0, x2 - x0, y2 - y0)[..., ::-1])
+        region[i] = cv2.resize(bgr, (out_px, out_px))
+    crops = SpotCrops(patch=patch, region=region, region_label=np.maximum(labels, 0), region_valid=labels >= 0,
+                      thumb=resize_batch(patch, thumb_px))
+    return crops, has_patch
