@@ -222,3 +222,14 @@ def test_paired_corpus_released_pipeline_holds_the_release_tokens_and_crops(her2
                 np.testing.assert_array_equal(item["region.png"], cv2.resize(wsi[y0:y1, x0:x1], (224, 224)))
             n += 1
     assert n == man["totals"]["n_spots"] > 200
+
+
+def test_default_corpus_settings_are_unchanged_by_the_pipeline_option():
+    """Corpora built before ``pipeline`` existed keep their settings hash (no rebuild on resume); a released
+    corpus records its pipeline."""
+    from stamp_st.corpus.build import BuildConfig
+
+    default = BuildConfig(kind="paired", vocab_path="v.tsv").settings("sha256:x")
+    assert "pipeline" not in default and "magnification" not in default
+    released = BuildConfig(kind="paired", vocab_path="v.tsv", pipeline="released", magnification=40).settings("s")
+    assert released["pipeline"] == "released" and released["magnification"] == 40
