@@ -101,3 +101,50 @@ def test_whole_slide_tiles_cover_tissue_only(data_root, tmp_path):
         feats, coords = embed_slide_tiles(embedder, slide, slide.um_per_px, batch_size=16)
     assert feats.shape == (len(tissue), 1280) and coords.shape == (len(tissue), 2)
     assert (coords >= 0).all() and (coords[:, 0] < 2220).all() and (coords[:, 1] < 2967).all()
+
+
+def test_precision_auto_is_fp32_for_released_models_and_bf16_is_applied(toy_checkpoint, tmp_path):
+    from stamp_st.inference.embed import embed_sample, load_embedder, resolve_precision
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_precision("auto", cuda, released=True) == "fp32"
+    assert resolve_precision("auto", cuda, released=False) == "bf16"
+    assert resolve_precision("auto", cpu, released=False) == "fp32"
+    assert resolve_precision("fp32", cuda, released=False) == "fp32"
+    path, vocab = toy_checkpoint
+    adata = _sample(tmp_path, vocab, n=3)
+    fp32 = embed_sample(load_embedder(str(path), device="cpu", precision="fp32"), adata, with_genes=False)
+    bf16 = embed_sample(load_embedder(str(path), device="cpu", precision="bf16"), adata, with_genes=False)
+    assert not np.array_equal(fp32["X_stamp_v"], bf16["X_stamp_v"])  # the autocast really ran
+    np.testing.assert_allclose(fp32["X_stamp_v"], bf16["X_stamp_v"], atol=0.1)
+
+
+def test_released_pipeline_feeds_the_release_crops_and_tokens(toy_checkpoint, tmp_path, data_root):
+    """Stamp_V of ``pipeline="released"`` is the model on the release's crops (cv2.imread: BGR, 224 px cut,
+    cv2.resize); Stamp_G on its tokens; both differ from the default pipeline's."""
+    cv2 = pytest.importorskip("cv2", reason="the released pipeline needs OpenCV: pip install 'stamp-st[release]'")
+    from stamp_st.inference.embed import embed_sample, load_embedder
+    from stamp_st.models.stamp import load_stamp
+    from stamp_st.preprocessing.release_pipeline import ReleaseTokenizer
+
+    path, vocab = toy_checkpoint
+    adata = _sample(tmp_path, vocab)
+    adata.var_names = list(vocab.gene_ids)  # names the release's map does not know are kept: ids match as is
+    embedder = load_embedder(str(path), device="cpu")
+    rel = embed_sample(embedder, adata, batch_size=4, pipeline="released")
+    ours = embed_sample(embedder, adata, batch_size=4)
+
+    wsi = cv2.imread(adata.uns["stamp_st"]["image_path"])
+    crops = np.stack([cv2.resize(wsi[int(y - 112):int(y + 112), int(x - 112):int(x + 112)], (224, 224))
+                      for x, y in adata.obsm["spatial"]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = load_stamp(path)
+    tok, _ = ReleaseTokenizer(vocab, context=64).tokenize_sample(adata.X, list(adata.var_names))
+    with torch.no_grad():
+        ref_v = net.encode_image(torch.from_numpy(crops)).numpy()
+        ref_g = net.encode_genes(torch.from_numpy(tok.tokens[:-1].astype(np.int64))).numpy()
+    np.testing.assert_allclose(rel["X_stamp_v"], ref_v, atol=1e-5)
+    np.testing.assert_allclose(rel["X_stamp_g"][:-1], ref_g, atol=1e-5)
+    assert np.isnan(rel["X_stamp_g"][-1]).all()
+    assert not np.allclose(rel["X_stamp_v"], ours["X_stamp_v"], atol=1e-3)

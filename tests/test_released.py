@@ -133,3 +133,101 @@ def test_full_size_release_state_dict_loads_and_embeds(released_table):
         g_emb = model.encode_genes(torch.randint(30, 20_340, (1, 1500)))
     assert v.shape == g_emb.shape == (1, 512) and torch.isfinite(v).all() and torch.isfinite(g_emb).all()
     assert float(model.logit_scale.detach()) == 4.0
+
+
+def _lightning():
+    for name in ("lightning.pytorch", "pytorch_lightning"):
+        try:
+            return __import__(name, fromlist=["Trainer"])
+        except ImportError:
+            continue
+    pytest.skip("neither lightning nor pytorch-lightning is installed (pip install -e '.[dev]')")
+
+
+def test_a_checkpoint_written_by_lightning_converts(tmp_path):
+    """``Trainer.save_checkpoint`` after a few steps under the release's cosine-warmup scheduler (its learning
+    rates are numpy float64: ``np.cos``) holds numpy scalars and dtypes in the optimizer and scheduler state;
+    ``torch.load(weights_only=True)`` alone refuses them. The module's own names are the release's (no prefix)."""
+    import numpy as np
+    from torch import optim
+
+    pl = _lightning()
+
+    class CosineWarmup(optim.lr_scheduler.LRScheduler):  # the release's schedule, numpy maths included
+        def __init__(self, optimizer, warmup, max_epochs):
+            self.warmup, self.max_num_epochs = warmup, max_epochs
+            super().__init__(optimizer)
+
+        def get_lr(self):
+            f = 0.5 * (1 + np.cos(np.pi * self.last_epoch / self.max_num_epochs))
+            if self.last_epoch <= self.warmup:
+                f *= self.last_epoch * 1.0 / self.warmup
+            return [max(1e-5, b * f) for b in self.base_lrs]
+
+    src = _tiny_released(seed=4)
+
+    class ReleaseLike(pl.LightningModule):
+        def __init__(self, lr: float = 1e-4, warmup: int = 2, max_epochs: int = 10):
+            super().__init__()
+            self.save_hyperparameters()
+            for name, child in src.named_children():
+                self.add_module(name, child)
+            self.logit_scale = src.logit_scale
+
+        def training_step(self, batch, _):
+            return self.patch_projection(batch[0]).pow(2).mean() + self.logit_scale * 0
+
+        def configure_optimizers(self):
+            opt = optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=0.001)
+            return [opt], [{"scheduler": CosineWarmup(opt, self.hparams.warmup, self.hparams.max_epochs),
+                            "interval": "step"}]
+
+    module = ReleaseLike()
+    d = src.patch_projection.in_features
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, d)), batch_size=2)
+    trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, loader)
+    ckpt = tmp_path / "epoch=0-step=3.ckpt"
+    trainer.save_checkpoint(ckpt)
+    raw = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert isinstance(raw["lr_schedulers"][0]["_last_lr"][0], np.floating)  # what made it fail before
+    with pytest.raises(Exception, match="numpy"):
+        torch.load(ckpt, map_location="cpu", weights_only=True)
+
+    model, report = load_released(ckpt, model=_tiny_released(seed=5))
+    assert report.prefix_removed == ""
+    with torch.no_grad():
+        for k, v in module.state_dict().items():
+            assert torch.equal(model.state_dict()[k], v), k
+    out = convert_released(ckpt, tmp_path / "conv", vocabulary=None, model=_tiny_released(seed=6))
+    assert (out / "model.safetensors").is_file()
+
+
+def test_a_pickle_naming_any_other_global_is_refused(tmp_path):
+    import os
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    sd = _as_release_file(_tiny_released())
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": sd, "callbacks": {"x": Payload()}}, bad)
+    with pytest.raises(StampInputError, match="evil.ckpt"):
+        load_released(bad, model=_tiny_released())
+    assert not marker.exists()
+
+
+def test_a_wrong_shape_is_reported_with_expected_and_found_shapes():
+    sd = _as_release_file(_tiny_released())
+    w = sd["module.patch_projection.weight"]
+    sd["module.patch_projection.weight"] = torch.zeros(w.shape[0] + 1, w.shape[1])
+    with pytest.raises(StampInputError) as err:
+        load_released(sd, model=_tiny_released())
+    expected = f"patch_projection.weight: expected {list(w.shape)}, found {[w.shape[0] + 1, w.shape[1]]}"
+    assert expected in str(err.value)

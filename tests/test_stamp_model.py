@@ -181,3 +181,44 @@ def test_checkpoint_roundtrip(tmp_path):
 def test_slide_index_is_stable():
     a, b = slide_index(["x", "y", "x"]), slide_index(["x", "y", "x"])
     assert torch.equal(a, b) and a[0] == a[2] != a[1]
+
+
+def _release_vit_grid_pooling(vit_output, grid_size=(3, 3), kernel_size=6, stride=4):
+    """The release's ``vit_grid_pooling`` (models/_utils.py), re-implemented as the reference: [B, 196, D]
+    region tokens -> 6 x 6 windows at stride 4 -> [B, D, 3, 3] means -> ``.view(B, -1, D)``."""
+    b, _, d = vit_output.shape
+    x = vit_output.reshape(b, 14, 14, d).permute(0, 3, 1, 2)
+    patches = x.unfold(2, kernel_size, stride).unfold(3, kernel_size, stride)
+    patches = patches.contiguous().view(b, d, grid_size[0], grid_size[1], -1)
+    return patches.mean(dim=-1).view(b, -1, d)
+
+
+def test_released_mode_csp_logits_equal_the_release_pooling():
+    """At 224 px (14 x 14 region tokens, the release's geometry) the released-mode CSP windows are the
+    release's reshape, bit for bit, and the CSP loss of ``forward`` is the cross-entropy of its logits."""
+    import torch.nn.functional as F
+
+    from stamp_st.models.backbones import normalise_images
+    from stamp_st.models.losses import scale_from_param
+
+    m = tiny_model(img=224, released=True).eval()
+    batch = tiny_batch(B=2, img=224, seed=3)
+    with torch.no_grad():
+        out = m(batch)
+        b = m.flatten_batch(batch)
+        t = m.transform
+        thumb = normalise_images(b["thumb"], t.mean, t.std, None)
+        _, pretext, tmap = m.visual_backbone.forward_region(m.prepare_images(b["region"]), thumb)
+        tokens = tmap.flatten(2).transpose(1, 2)  # [N, 196, D]: the release's region tokens
+        ref_windows = _release_vit_grid_pooling(tokens)
+        assert torch.equal(csp_windows(tmap, released=True), ref_windows)
+        assert not torch.allclose(csp_windows(tmap), ref_windows)  # the intended pooling differs
+        proj = m.positioning_projection
+        logits = scale_from_param(m.logit_scale) * torch.einsum(
+            "nkd,nd->nk", F.normalize(proj(ref_windows), dim=-1), F.normalize(proj(pretext), dim=-1))
+        valid = b["region_valid"].bool()
+        ce = F.cross_entropy(logits, b["region_label"].long(), reduction="none")
+        torch.testing.assert_close(out["loss_csp"], (ce * valid).sum() / valid.sum())
+        # our default (intended) pooling gives another loss on the same inputs
+        m.released = False
+        assert not torch.allclose(m(batch)["loss_csp"], out["loss_csp"])

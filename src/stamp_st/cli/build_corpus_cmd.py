@@ -40,6 +40,12 @@ def register(sub) -> None:
                    help="exit 0 even when manifest rows gave nothing (unreadable, no spot left after QC, no image); "
                         "by default such a build writes the corpus of the good rows and exits 1 with a per-row report")
     p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
+    p.add_argument("--pipeline", choices=["default", "released"], default="default",
+                   help="released: the authors' tokens and crops (BGR, 224 px at native resolution, their "
+                        "region placement with seed 42), to continue training from the released weights")
+    p.add_argument("--magnification", type=float, default=None,
+                   help="--pipeline released: the slides' magnification (patch side 2 x 112 x mag / 20 px; "
+                        "default 112 px)")
     p.set_defaults(func=run)
 
 
@@ -70,7 +76,7 @@ def run(args) -> int:
                       qc=QCConfig(min_counts=args.min_counts, min_genes=args.min_genes,
                                   require_in_tissue=not args.keep_off_tissue),
                       seed=args.seed, shard_size=args.shard_size, chunk_spots=args.chunk_spots,
-                      image_codec=args.image_codec)
+                      image_codec=args.image_codec, pipeline=args.pipeline, magnification=args.magnification)
     res = build_corpus(entries, out, cfg, workers=args.workers, scheduler=args.scheduler,
                        processes=not args.threads, progress=not args.no_progress)
     man, b = res["manifest"], res["build"]

@@ -1,6 +1,7 @@
 """``stamp-st convert-released IN OUT``: the authors' released STAMP weights (``pytorch_model.bin`` or a
 Lightning ``.ckpt``) -> a stamp-st checkpoint folder (``model.safetensors`` + ``config.json``, kind ``stamp``,
-released mode: their gene pooling, so embeddings equal theirs)."""
+released mode: their gene pooling and CSP pooling). Embed with ``--pipeline released`` to feed it the release's
+own tokens and crops."""
 
 from __future__ import annotations
 

@@ -27,6 +27,14 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="image pass: auto = bf16 autocast on CUDA except for released-mode models (fp32)")
+    p.add_argument("--pipeline", choices=["default", "released"], default="default",
+                   help="released: the authors' tokens and crops (BGR, 224 px at native resolution), for the "
+                        "released weights (README: Differences from the authors' release)")
+    p.add_argument("--magnification", type=float, default=None,
+                   help="--pipeline released: the slide's magnification as in HEST's metadata (patch side "
+                        "2 x 112 x mag / 20 px; default 112 px, the release's default)")
     p.set_defaults(func=run)
 
 
@@ -45,10 +53,14 @@ def run(args) -> int:
         raise StampInputError("output must end in .h5ad or .h5", out)
     check_output_file(out)
     embedder = load_embedder(args.model, device=args.device, backbone_weights=args.backbone_weights,
-                             patch_um=args.patch_um)
+                             patch_um=args.patch_um, precision=args.precision)
     if args.tiles:
         from ..evaluation.embeddings_io import trident_coords_attrs
         from ..readers.slide import open_slide
+
+        if args.pipeline == "released":
+            raise StampInputError("--pipeline released embeds spots (the release has no tiling)",
+                                  hint="drop --tiles, or use the default pipeline for tiles")
 
         slide_path, um, um_source, slide_id = tile_source(args)
         with open_slide(slide_path) as slide:
@@ -73,7 +85,8 @@ def run(args) -> int:
     from .inspect_cmd import read_sample_from_args
 
     adata = read_sample_from_args(args)
-    embs = embed_sample(embedder, adata, batch_size=args.batch_size)
+    embs = embed_sample(embedder, adata, batch_size=args.batch_size, pipeline=args.pipeline,
+                        magnification=args.magnification)
     meta = adata.uns["stamp_st"]
     sid = str(meta.get("sample_id", "sample"))
     if out.suffix == ".h5":
@@ -98,7 +111,8 @@ def run(args) -> int:
         write_embedding_h5ad(out, embs, [sid] * adata.n_obs, list(adata.obs_names), xy_px=adata.obsm["spatial"],
                              counts=adata.X, gene_names=list(adata.var_names),
                              image_paths={sid: meta.get("image_path", "")} if meta.get("image_path") else None,
-                             extra_uns={"model": embedder.name, "um_per_px": float(meta.get("um_per_px") or 0)},
+                             extra_uns={"model": embedder.name, "um_per_px": float(meta.get("um_per_px") or 0),
+                                        "pipeline": args.pipeline, "precision": embedder.precision},
                              obs_columns=obs_cols, var_columns=var_cols, spatial=spatial_uns(adata, sid))
     _summary(args, {"out": str(out), "kind": "spots", "n_spots": int(adata.n_obs),
                     "keys": {k: int(v.shape[1]) for k, v in embs.items()}},

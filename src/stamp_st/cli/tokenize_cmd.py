@@ -21,10 +21,13 @@ def register(subparsers) -> None:
     p.add_argument("--unrounded-means", action="store_true",
                    help="divide by the real per-gene means instead of the release's rounded integers")
     p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
+    p.add_argument("--pipeline", choices=["default", "released"], default="default",
+                   help="released: the authors' tokens exactly (their symbol map only, numpy's tie order), for "
+                        "the released weights")
     p.set_defaults(func=run)
 
 
-def tokenize_sample(adata, vocab, context: int, rounded_means: bool = True) -> dict:
+def tokenize_sample(adata, vocab, context: int, rounded_means: bool = True, pipeline: str = "default") -> dict:
     """Arrays of the output file: non-empty spots only, empty ones listed."""
     import json
 
@@ -34,9 +37,15 @@ def tokenize_sample(adata, vocab, context: int, rounded_means: bool = True) -> d
     from ..preprocessing.vocab import coverage_report
     from .inspect_cmd import gene_mapping
 
-    mapping = gene_mapping(adata, vocab)
-    tokenizer = RankTokenizer(vocab, context=context, rounded_means=rounded_means)
-    tok = tokenizer.tokenize(adata.X, mapping)
+    if pipeline == "released":
+        from ..preprocessing.release_pipeline import ReleaseTokenizer
+
+        tokenizer = ReleaseTokenizer(vocab, context=context)
+        tok, mapping = tokenizer.tokenize_sample(adata.X, list(adata.var_names))
+    else:
+        mapping = gene_mapping(adata, vocab)
+        tokenizer = RankTokenizer(vocab, context=context, rounded_means=rounded_means)
+        tok = tokenizer.tokenize(adata.X, mapping)
     keep = ~tok.empty
     spot_ids = np.asarray(adata.obs_names, dtype=str)
     cov = coverage_report(adata.X, mapping, adata.obs_names)
@@ -64,7 +73,10 @@ def run(args) -> int:
         raise StampInputError(f"--context must be a positive number of tokens, got {args.context}")
     adata = read_sample_from_args(args)
     vocab = load_vocab(args.vocab)
-    arrays = tokenize_sample(adata, vocab, args.context, rounded_means=not args.unrounded_means)
+    if args.pipeline == "released" and args.unrounded_means:
+        raise StampInputError("--unrounded-means is not the release's rule", hint="drop it with --pipeline released")
+    arrays = tokenize_sample(adata, vocab, args.context, rounded_means=not args.unrounded_means,
+                             pipeline=args.pipeline)
     n_empty = len(arrays["empty_spot_ids"])
     if n_empty:
         shown = ", ".join(arrays["empty_spot_ids"][:10]) + (" ..." if n_empty > 10 else "")

@@ -66,6 +66,8 @@ class BuildConfig:
     shard_size: int | None = None
     chunk_spots: int = 256
     image_codec: str = "png"
+    pipeline: str = "default"  # "released": the release's tokens and crops (preprocessing.release_pipeline)
+    magnification: float | None = None  # released pipeline: patch side 2 x 112 x mag / 20 px
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -76,6 +78,8 @@ class BuildConfig:
             raise StampInputError(f"unknown image codec {self.image_codec!r}", hint=f"use one of {IMAGE_CODECS}")
         if self.shard_size < 1 or self.chunk_spots < 1:
             raise StampInputError("shard_size and chunk_spots must be >= 1")
+        if self.pipeline not in ("default", "released"):
+            raise StampInputError(f"unknown pipeline {self.pipeline!r}", hint="use default or released")
 
     def geometry(self):
         from ..preprocessing.crops import CropGeometry
@@ -101,6 +105,9 @@ class BuildConfig:
         if divisors_checksum is not None:  # the means change tokens too
             d["divisors_checksum"] = divisors_checksum
         d["format_version"] = FORMAT_VERSION
+        if self.pipeline == "default":  # corpora built before the option existed keep their hash
+            d.pop("pipeline")
+            d.pop("magnification")
         if self.kind == "genes":
             for k in ("patch_um", "out_px", "region_factor", "thumb_px", "image_codec"):
                 d.pop(k)
@@ -260,7 +267,14 @@ def _build_slide_body(entry: SampleEntry, cfg: BuildConfig, out: Path, done: dic
     gene_ids = adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None
     if gene_ids is not None and not any(gene_ids):
         gene_ids = None
-    mapping = map_genes(list(map(str, adata.var_names)), vocab, gene_ids)  # symbol tables: cached per process
+    if cfg.pipeline == "released":
+        from ..preprocessing.release_pipeline import ReleaseTokenizer
+
+        tokenizer = ReleaseTokenizer(vocab, context=cfg.context)
+        mapping = tokenizer.mapping(list(map(str, adata.var_names)))
+    else:
+        tokenizer = RankTokenizer(vocab, context=cfg.context, rounded_means=cfg.rounded_means)
+        mapping = map_genes(list(map(str, adata.var_names)), vocab, gene_ids)  # symbol tables: cached per process
     vc = mapping.to_vocab_counts(X)
     done["counts_checksum"] = qcmod.counts_checksum(X, adata.var_names)
     done["n_genes_input"], done["n_genes_kept"] = int(X.shape[1]), int(mapping.n_kept)
@@ -285,6 +299,10 @@ def _build_slide_body(entry: SampleEntry, cfg: BuildConfig, out: Path, done: dic
         slide = open_slide(image)
         done["image_path"] = str(image)
         side_px = cfg.patch_um / float(um_per_px)
+        if cfg.pipeline == "released":
+            from ..preprocessing.release_pipeline import release_half_side_px
+
+            side_px = 2 * release_half_side_px(cfg.magnification)
         outside = qcmod.patch_outside_fraction(xy_px, side_px, slide.width_px, slide.height_px)
 
     try:
@@ -298,7 +316,6 @@ def _build_slide_body(entry: SampleEntry, cfg: BuildConfig, out: Path, done: dic
             with open(tmp, "wb") as fh:
                 fh.write(encode_npy(acc))
         done["means"] = {"file": f"{sid}{MEANS_SUFFIX}", "sha256": sha256_file(out / f"{sid}{MEANS_SUFFIX}")}
-        tokenizer = RankTokenizer(vocab, context=cfg.context, rounded_means=cfg.rounded_means)
         spot_ids = np.asarray(adata.obs_names.astype(str))
         if cfg.kind == "genes":
             _write_gene_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, _gene_groups(adata, kept), done)
@@ -345,6 +362,18 @@ def _write_paired_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, xy_px, um
     from ..preprocessing.crops import extract_spot_crops
 
     geometry = cfg.geometry()
+
+    def crop(idx, k, j):
+        return extract_spot_crops(slide, xy_px[idx], um_per_px, geometry, _seed_for(cfg.seed, sid, 1, k, j))
+
+    if cfg.pipeline == "released":
+        from ..preprocessing import release_pipeline as rp
+
+        ps = rp.release_half_side_px(cfg.magnification)
+        labels = rp.release_region_labels(xy_px, ps, slide.width_px, slide.height_px)  # every spot, input order
+
+        def crop(idx, k, j):  # noqa: F811 - the release's crops replace ours
+            return rp.release_spot_crops(slide, xy_px[idx], labels[idx], ps, cfg.out_px, cfg.thumb_px)[0]
     ext = cfg.image_codec
     order = kept[_seed_for(cfg.seed, sid, 0).permutation(len(kept))]
     start = 0
@@ -355,7 +384,7 @@ def _write_paired_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, xy_px, um
         def samples(part=part, k=k):
             for j, c in enumerate(range(0, len(part), cfg.chunk_spots)):
                 idx = part[c:c + cfg.chunk_spots]
-                crops = extract_spot_crops(slide, xy_px[idx], um_per_px, geometry, _seed_for(cfg.seed, sid, 1, k, j))
+                crops = crop(idx, k, j)
                 tok = tokenizer.tokenize_vocab_counts(vc[idx]).tokens
                 for i, s in enumerate(idx):
                     xy = xy_px[s]

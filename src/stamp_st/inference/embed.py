@@ -3,6 +3,11 @@
 A model is either a STAMP checkpoint folder (``stamp-st align`` / ``convert-released`` output) or
 ``backbone:NAME`` (a plain image backbone: the unaligned baseline every result is set beside). Spot patches
 are cut at the model's crop geometry (µm, not pixels), so slides at 20x and 40x give the same tissue area.
+
+``pipeline="released"`` feeds a model what the authors' script feeds it instead (their tokens, BGR patches of
+224 px at the slide's native resolution, OpenCV's resize: ``preprocessing.release_pipeline``), for the released
+weights. Precision: ``auto`` runs the image pass under bf16 autocast on CUDA, except for a released-mode model
+(fp32, as the release runs); ``fp32`` / ``bf16`` force it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from ..errors import StampInputError
 from ..preprocessing.crops import CropGeometry
 
 BACKBONE_PREFIX = "backbone:"
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -39,10 +45,24 @@ class Embedder:
     tokenizer: object | None  # RankTokenizer of the model's vocabulary
     device: torch.device
     info: dict
+    precision: str = "fp32"  # "fp32" or "bf16": autocast of the image pass
+
+
+def resolve_precision(precision: str, device: torch.device, released: bool) -> str:
+    """``auto`` -> bf16 on CUDA, fp32 elsewhere and for released-mode models (fp32 is what the release ran)."""
+    if precision not in PRECISIONS:
+        raise StampInputError(f"unknown precision {precision!r}", hint=f"use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and not released else "fp32"
+    return precision
+
+
+def _autocast(embedder: Embedder):
+    return torch.autocast(embedder.device.type, dtype=torch.bfloat16, enabled=embedder.precision == "bf16")
 
 
 def load_embedder(model: str, device: str = "auto", backbone_weights: str | None = None,
-                  patch_um: float = 112.0) -> Embedder:
+                  patch_um: float = 112.0, precision: str = "auto") -> Embedder:
     """``model`` = STAMP checkpoint folder, or ``backbone:NAME`` (with optional local weights)."""
     dev = pick_device(device)
     if model.startswith(BACKBONE_PREFIX):
@@ -59,7 +79,8 @@ def load_embedder(model: str, device: str = "auto", backbone_weights: str | None
             return {"X_backbone": net(x)}
 
         geom = CropGeometry(patch_um=patch_um, out_px=t.size_px)
-        return Embedder(model, geom, image_fn, None, None, dev, {"kind": "backbone", **bb.to_json()})
+        return Embedder(model, geom, image_fn, None, None, dev, {"kind": "backbone", **bb.to_json()},
+                        resolve_precision(precision, dev, released=False))
 
     from ..models.stamp import load_stamp
     from ..preprocessing.tokenizer import RankTokenizer
@@ -83,7 +104,8 @@ def load_embedder(model: str, device: str = "auto", backbone_weights: str | None
     def gene_fn(tokens):
         return net.encode_genes(tokens.to(dev))
 
-    return Embedder(Path(model).name, geom, image_fn, gene_fn, tokenizer, dev, {"kind": "stamp", **cfg})
+    return Embedder(Path(model).name, geom, image_fn, gene_fn, tokenizer, dev, {"kind": "stamp", **cfg},
+                    resolve_precision(precision, dev, released=bool(net.released)))
 
 
 def _batches(n: int, size: int):
@@ -99,14 +121,35 @@ def embed_patches(embedder: Embedder, slide, centers_xy_px: np.ndarray, um_per_p
     side_px = g.patch_side_px(um_per_px)
     out: dict[str, list[np.ndarray]] = {}
     centers = np.asarray(centers_xy_px, np.float64).reshape(-1, 2)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if embedder.device.type == "cuda" else \
-        torch.autocast("cpu", enabled=False)
     for sl in tqdm(list(_batches(len(centers), batch_size)), desc=desc, leave=False):
         imgs = np.stack([slide.read_square(c, side_px, g.out_px) for c in centers[sl]])
-        with autocast:
+        with _autocast(embedder):
             feats = embedder.image_fn(torch.from_numpy(imgs))
         for k, v in feats.items():
             out.setdefault(k, []).append(v.float().cpu().numpy())
+    return {k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in out.items()}
+
+
+@torch.inference_mode()
+def embed_release_patches(embedder: Embedder, slide, centers_xy_px: np.ndarray, batch_size: int = 32,
+                          magnification: float | None = None, desc: str = "embed patches") -> dict[str, np.ndarray]:
+    """Image embeddings of the release's own patches (BGR, 2 x 112 px x mag/20 at native resolution, OpenCV
+    resize); spots the release would skip (empty slice) get NaN rows."""
+    from ..preprocessing.release_pipeline import release_half_side_px, release_patches
+
+    centers = np.asarray(centers_xy_px, np.float64).reshape(-1, 2)
+    ps = release_half_side_px(magnification)
+    out: dict[str, list[np.ndarray]] = {}
+    oks = []
+    for sl in tqdm(list(_batches(len(centers), batch_size)), desc=desc, leave=False):
+        imgs, ok = release_patches(slide, centers[sl], ps)
+        oks.append(ok)
+        with _autocast(embedder):
+            feats = embedder.image_fn(torch.from_numpy(imgs))
+        for k, v in feats.items():
+            v = v.float().cpu().numpy()
+            v[~ok] = np.nan
+            out.setdefault(k, []).append(v)
     return {k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in out.items()}
 
 
@@ -121,18 +164,25 @@ def embed_tokens(embedder: Embedder, tokens: np.ndarray, batch_size: int = 64) -
 OBS_NO_VOCAB_GENES = "stamp_st_no_vocab_genes"  # obs flag: the spot has no count in the model's vocabulary
 
 
-def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bool = True) -> dict[str, np.ndarray]:
+def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bool = True,
+                 pipeline: str = "default", magnification: float | None = None) -> dict[str, np.ndarray]:
     """Per-spot embeddings of one sample (AnnData contract of ``stamp_st.readers``): obsm key -> [n, d].
     Stamp_G and Stamp_F are computed for spots with counts in the vocabulary; the others get NaN rows, a
     warning and ``adata.obs['stamp_st_no_vocab_genes']`` (set on the given AnnData). A sample with no
-    vocabulary gene at all gets no Stamp_G / Stamp_F (an error when there is no image either)."""
+    vocabulary gene at all gets no Stamp_G / Stamp_F (an error when there is no image either).
+    ``pipeline="released"``: the release's tokens and patches (module docstring)."""
+    released = pipeline == "released"
     from ..readers.slide import open_slide
 
     meta = adata.uns.get("stamp_st", {})
     image_path = meta.get("image_path") or ""
     um = meta.get("um_per_px")
     result: dict[str, np.ndarray] = {}
-    if image_path:
+    if image_path and released:
+        with open_slide(image_path) as slide:
+            result.update(embed_release_patches(embedder, slide, np.asarray(adata.obsm["spatial"]), batch_size,
+                                                magnification, desc=f"{meta.get('sample_id', 'sample')} patches"))
+    elif image_path:
         if not um:
             raise StampInputError("sample has an image but no pixel size", image_path,
                                   hint="pass --um-per-px, or give spot pitch/diameter so it can be inferred")
@@ -142,9 +192,15 @@ def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bo
     if with_genes and embedder.gene_fn is not None and embedder.tokenizer is not None:
         from ..preprocessing.vocab import map_genes
 
-        gene_ids = adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None
-        mapping = map_genes(list(adata.var_names), embedder.tokenizer.vocab, gene_ids=gene_ids)
-        tok = embedder.tokenizer.tokenize(adata.X, mapping)
+        if released:
+            from ..preprocessing.release_pipeline import ReleaseTokenizer
+
+            rt = ReleaseTokenizer(embedder.tokenizer.vocab, context=embedder.tokenizer.context)
+            tok, mapping = rt.tokenize_sample(adata.X, list(adata.var_names))
+        else:
+            gene_ids = adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None
+            mapping = map_genes(list(adata.var_names), embedder.tokenizer.vocab, gene_ids=gene_ids)
+            tok = embedder.tokenizer.tokenize(adata.X, mapping)
         empty = np.asarray(tok.empty, bool)
         adata.obs[OBS_NO_VOCAB_GENES] = empty  # the flag travels with the embeddings (embed writes it to obs)
         ok = ~empty

@@ -102,6 +102,17 @@ class Backbone:
 # ------------------------------------------------------------------------------------------- weights
 
 
+def checkpoint_safe_globals() -> list:
+    """The only globals a weight pickle may name beyond torch's own: numpy scalars and dtypes, which a
+    Lightning ``.ckpt`` carries in its optimizer and scheduler state (e.g. a scheduler's ``_last_lr`` computed
+    with ``np.cos``). They rebuild plain numbers and run no code; anything else is still refused."""
+    import numpy as np
+
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    dtype_classes = [getattr(np.dtypes, n) for n in dir(getattr(np, "dtypes", None)) if n.endswith("DType")]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtype_classes]
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from safetensors or a torch pickle (``weights_only=True``: never runs code).
 
@@ -115,7 +126,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         sd = load_file(str(path), device="cpu")
     else:
         try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(checkpoint_safe_globals()):
+                sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - pickles with code, truncated files, ...
             raise StampInputError(f"cannot read weights ({type(err).__name__}: {err})", path,
                                   "give a safetensors file or a plain PyTorch state dict") from err
@@ -125,6 +137,14 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise StampInputError("file does not hold a state dict of tensors", path)
     return dict(sd)
+
+
+def shape_mismatches(expected: dict, found: dict, keys: list[str], limit: int = 3) -> str:
+    """' (e.g. name: expected [a, b], found [c, d]; ...)' for the first ``limit`` keys, '' when none."""
+    if not keys:
+        return ""
+    items = [f"{k}: expected {list(expected[k].shape)}, found {list(found[k].shape)}" for k in keys[:limit]]
+    return f" (e.g. {'; '.join(items)})"
 
 
 def _strip_prefixes(sd: dict, prefixes: tuple[str, ...]) -> dict:
@@ -145,8 +165,8 @@ def load_into(model: nn.Module, sd: dict, path: str | Path, ignore_prefixes: tup
     if missing or unexpected or bad_shape:
         raise StampInputError(
             f"weights do not fit the model: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(bad_shape)} with other shapes "
-            f"(e.g. {bad_shape[:3]})", path, "check that the file belongs to this backbone")
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(bad_shape)} with other shapes"
+            f"{shape_mismatches(own, sd, sorted(bad_shape))}", path, "check that the file belongs to this backbone")
     model.load_state_dict(sd, strict=True)
 
 

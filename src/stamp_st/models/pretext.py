@@ -20,6 +20,12 @@ CSP windows (``csp_windows``): the release pools its 14 x 14 token map with 6 x 
 (windows start at 0, 4, 8). Generalised per axis from the actual grid g: stride s = max(1, ceil(g/3) - 1)
 and window w = g - 2s, so three windows tile the axis exactly, overlap symmetrically and reproduce
 (6, 4) at g = 14 (g = 12: (6, 3); g = 16: (6, 5); g = 7: (3, 2)). Window k = row*3 + col, the label order.
+
+The window *means* are the release's; how they become nine D-vectors is not. The release's
+``vit_grid_pooling`` ends with ``.view(B, -1, D)`` on its [B, D, 3, 3] means: a reshape, not a transpose,
+so each of its nine "windows" is a run of D consecutive numbers of the channel-major block (mixing channels
+and windows). Our default is the intended transpose; ``released=True`` (a model in released mode) reproduces
+the reshape literally, because the released weights were trained with it (METHOD.md §5).
 """
 
 from __future__ import annotations
@@ -39,10 +45,17 @@ def csp_window_geometry(grid: int) -> tuple[int, int]:
     return grid - 2 * stride, stride
 
 
-def csp_windows(token_map: torch.Tensor) -> torch.Tensor:
-    """[N, D, gh, gw] -> [N, 9, D]: mean of each of the 3 x 3 windows, row-major (label = row*3 + col)."""
-    _, _, gh, gw = token_map.shape
+def csp_windows(token_map: torch.Tensor, released: bool = False) -> torch.Tensor:
+    """[N, D, gh, gw] -> [N, 9, D]: mean of each of the 3 x 3 windows, row-major (label = row*3 + col).
+
+    ``released=True``: the release's arithmetic (unfold, mean over the window) and its final reshape of the
+    channel-major [N, D, 3, 3] block into [N, 9, D] (see the module docstring)."""
+    n, d, gh, gw = token_map.shape
     (wh, sh), (ww, sw) = csp_window_geometry(gh), csp_window_geometry(gw)
+    if released:
+        patches = token_map.unfold(2, wh, sh).unfold(3, ww, sw)  # [N, D, 3, 3, wh, ww]
+        pooled = patches.contiguous().view(n, d, 3, 3, -1).mean(dim=-1)
+        return pooled.view(n, -1, d)
     pooled = F.avg_pool2d(token_map, kernel_size=(wh, ww), stride=(sh, sw))
     assert pooled.shape[-2:] == (3, 3), pooled.shape
     return pooled.flatten(2).transpose(1, 2)

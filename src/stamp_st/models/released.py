@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import StampInputError
-from .backbones import load_state_dict_file
+from .backbones import load_state_dict_file, shape_mismatches
 
 RELEASED_ROOTS = ("spot_backbone.", "spot_projection.", "visual_backbone.", "patch_projection.",
                   "region_projection.", "positioning_projection.", "logit_scale")
@@ -102,8 +102,8 @@ def load_released(source, model=None, device: str | torch.device = "cpu"):
     if missing or unexpected or bad:
         raise StampInputError(
             f"released state dict does not match STAMP: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(bad)} with other shapes (e.g. {bad[:3]})",
-            where, "give the authors' pytorch_model.bin for the UNI backbone")
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(bad)} with other shapes"
+            f"{shape_mismatches(own, sd, bad)}", where, "give the authors' pytorch_model.bin for the UNI backbone")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
     return model.to(device).eval(), report
 

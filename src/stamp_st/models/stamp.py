@@ -12,7 +12,8 @@ Embeddings (all L2-normalised, in the 512-d shared space):
   weigh the same in any Euclidean or cosine method). The paper leaves the fusion undefined; this is ours.
 
 ``released=True`` reproduces the release: gene states pooled over positions 3.. with padding (its quirk),
-negatives not shared across ranks, no neighbour handling, no standardisation of the pooled gene states
+CSP windows reshaped rather than transposed (its ``vit_grid_pooling``: ``pretext.csp_windows``), negatives
+not shared across ranks, no neighbour handling, no standardisation of the pooled gene states
 (``gene_norm``). Otherwise padding is excluded from the mean.
 """
 
@@ -191,7 +192,7 @@ class StampModel(nn.Module):
         else:
             region = self.prepare_images(b["region"].to(dev, non_blocking=True))
             region_f, pretext_f, token_map = vb.forward_region(region, thumb)
-        windows = csp_windows(token_map)
+        windows = csp_windows(token_map, released=self.released)
 
         gene_feat = b.get("gene_feat")
         if gene_feat is None:
