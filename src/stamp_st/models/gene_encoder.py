@@ -333,6 +333,8 @@ def _ce_and_acc(logits: torch.Tensor, target: torch.Tensor, anchor: torch.Tensor
     """Mean cross-entropy (fp32) and accuracy; a zero that keeps the graph when nothing is selected."""
     if target.numel() == 0:
         return anchor.sum() * 0.0, torch.zeros((), device=anchor.device)
-    loss = F.cross_entropy(logits.float(), target)
+    logits = logits.float()
+    loss = F.cross_entropy(logits, target)
+    # argmax of the fp32 copy (the same values, the same first maximum): CPU argmax over bf16 is 2-3x slower
     acc = (logits.detach().argmax(-1) == target).float().mean()
     return loss, acc
