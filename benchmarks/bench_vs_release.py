@@ -6,7 +6,8 @@ The authors' code is imported from ``--release-src`` (a clone of https://github.
 ``src/`` folder, or the clone's root) and never copied into this repository. Each case runs two persistent
 worker processes, one per implementation, so that each one's peak RSS is its own; the parent sends them steps
 in turn (ours, release, release, ours, ...: the order alternates every round), so machine noise hits both
-alike, and prints the ratio of the median step times. Results go to ``benchmarks/results/vs_release_<host>.json``
+alike, and prints the ratio of the median step times (wall clock, and the workers' CPU time, which is steadier
+on a busy machine; run ``--threads 1`` there so that it counts work, not threads spinning). Results go to ``benchmarks/results/vs_release_<host>.json``
 (or ``--json``).
 
 Cases (defaults: the reference gene encoder, 12 x 512, context 1,500; full-length spots):
@@ -429,9 +430,9 @@ def worker_main(args) -> int:
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "step":
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             w.step()
-            send({"s": time.perf_counter() - t})
+            send({"s": time.perf_counter() - t, "cpu_s": time.process_time() - c})
         elif cmd.startswith("finish"):
             w.finish(cmd.split(" ", 1)[1])
             send({"peak_rss_gib": rss_gib()})
@@ -509,25 +510,31 @@ def run_case(case: str, args) -> dict:
         for impl, pr in procs.items():
             print(f"  {impl}: ready, setup {pr.ready['setup_s']:.1f} s, {json.dumps({k: v for k, v in pr.ready.items() if k not in ('ready', 'setup_s', 'rss_gib')})}", flush=True)
         times = {"ours": [], "release": []}
+        cpu = {"ours": [], "release": []}
         for r in range(args.warmup + args.steps):
             order = ("ours", "release") if r % 2 == 0 else ("release", "ours")
             for impl in order:
-                s = procs[impl].ask("step")["s"]
+                ans = procs[impl].ask("step")
                 if r >= args.warmup:
-                    times[impl].append(s)
+                    times[impl].append(ans["s"])
+                    cpu[impl].append(ans["cpu_s"])
             last = {k: (f"{v[-1]:.3f} s" if r >= args.warmup else "warm-up") for k, v in times.items()}
             print(f"  round {r + 1}/{args.warmup + args.steps}: ours {last['ours']}, release {last['release']}",
                   flush=True)
         fin = {impl: pr.close(tmp) for impl, pr in procs.items()}
         check = check_tokens(Path(tmp)) if case == "tokenizer" else None
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     res = {"case": case, "median_s": med, "times_s": times, "ratio_release_over_ours": med["release"] / med["ours"],
+           "median_cpu_s": med_cpu, "cpu_times_s": cpu,
+           "cpu_ratio_release_over_ours": med_cpu["release"] / med_cpu["ours"],
            "peak_rss_gib": {k: fin[k]["peak_rss_gib"] for k in fin},
            "info": {k: {kk: vv for kk, vv in procs[k].ready.items() if kk != "ready"} for k in procs},
            "flops_per_spot": flops_per_spot(case)}
     if check is not None:
         res["output_check"] = check
-    print(f"  median ours {med['ours']:.3f} s, release {med['release']:.3f} s -> {res['ratio_release_over_ours']:.2f}x;"
+    print(f"  median ours {med['ours']:.3f} s, release {med['release']:.3f} s -> {res['ratio_release_over_ours']:.2f}x "
+          f"(CPU time {med_cpu['ours']:.3f} vs {med_cpu['release']:.3f} s -> {res['cpu_ratio_release_over_ours']:.2f}x);"
           f" peak RSS ours {res['peak_rss_gib']['ours']:.2f} GiB, release {res['peak_rss_gib']['release']:.2f} GiB"
           + (f"; tokens {check}" if check else ""), flush=True)
     return res
@@ -567,15 +574,16 @@ def main(argv=None) -> int:
                "torch": torch.__version__, "threads": args.threads, "release_precision": args.release_precision,
                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "started": time.strftime("%FT%TZ", time.gmtime()),
                "cases": []}
-    for case in cases:
-        results["cases"].append(run_case(case, args))
-    print("\ncase          ours s   release s   release/ours   peak RSS ours / release GiB")
-    for r in results["cases"]:
-        print(f"{r['case']:12s} {r['median_s']['ours']:8.3f} {r['median_s']['release']:10.3f} "
-              f"{r['ratio_release_over_ours']:13.2f}x   {r['peak_rss_gib']['ours']:.2f} / {r['peak_rss_gib']['release']:.2f}")
     out = Path(args.json) if args.json else HERE / "results" / f"vs_release_{platform.node() or 'host'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    for case in cases:
+        results["cases"].append(run_case(case, args))
+        out.write_text(json.dumps(results, indent=2) + "\n")  # after every case: a long run keeps what it did
+    print("\ncase          ours s   release s   release/ours   CPU-time ratio   peak RSS ours / release GiB")
+    for r in results["cases"]:
+        print(f"{r['case']:12s} {r['median_s']['ours']:8.3f} {r['median_s']['release']:10.3f} "
+              f"{r['ratio_release_over_ours']:13.2f}x {r['cpu_ratio_release_over_ours']:15.2f}x   "
+              f"{r['peak_rss_gib']['ours']:.2f} / {r['peak_rss_gib']['release']:.2f}")
     print(f"wrote {out}")
     return 0
 
