@@ -204,3 +204,37 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
         load_checkpoint(out)
     with pytest.raises(StampInputError):
         load_checkpoint(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_fused_head_loss_matches_the_logits_path(bf16):
+    """head_ce_and_acc (chunked, no [N x vocabulary] logits kept) = cross-entropy of head(h): loss, accuracy and
+    the gradients of h, the weight and the bias; fp32 and under bf16 autocast."""
+    from stamp_st.models import gene_encoder as ge
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 300)
+    h = torch.randn(70, 16)
+    target = torch.randint(0, 300, (70,))
+    target[:5] = head(h[:5]).argmax(-1)  # some right answers: the accuracy is not trivially 0
+    res = {}
+    for name in ("logits", "fused"):
+        hh = h.clone().requires_grad_(True)
+        head.zero_grad()
+        old = ge.HEAD_CE_CHUNK_ROWS
+        ge.HEAD_CE_CHUNK_ROWS = 32  # several chunks, the last one partial
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                if name == "logits":
+                    loss, acc = ge._ce_and_acc(head(hh), target, hh)
+                else:
+                    loss, acc = ge.head_ce_and_acc(head, hh, target, hh)
+            (loss * 0.5).backward()
+        finally:
+            ge.HEAD_CE_CHUNK_ROWS = old
+        res[name] = (loss.detach(), acc, hh.grad, head.weight.grad.clone(), head.bias.grad.clone())
+    tol = {"atol": 2e-2, "rtol": 2e-2} if bf16 else {"atol": 1e-6, "rtol": 1e-5}
+    for a, b in zip(res["logits"], res["fused"]):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a.float(), b.float(), **tol)
+    assert res["fused"][1] > 0
