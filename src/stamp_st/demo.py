@@ -163,22 +163,22 @@ def embed(settings: DemoSettings, root: Path, stamp_run: Path, paired_dir: Path)
         cks = {f"her2st_{s}": latest_checkpoint(stamp_run / "folds" / f"her2st_{s}") for s in IMAGED_SECTIONS}
         cks["final"] = latest_checkpoint(stamp_run)
         res = embed_corpus(cks, paired_dir, backbone="efficientnet_lite0")
-        slides, spots = res["slide_ids"], res["spot_ids"]
+        # slides are named by section (C2 ...) as the label tables are; corpus ids carry a "her2st_" prefix
+        slides, spots = np.char.replace(res["slide_ids"].astype(str), "her2st_", ""), res["spot_ids"]
         per = {sec: read_sample(root, format="her2st", section=sec) for sec in IMAGED_SECTIONS}
         genes = sorted(set.intersection(*[set(a.var_names) for a in per.values()]))
         blocks, images = [], {}
         for sec, a in per.items():
-            sid = f"her2st_{sec}"
-            rows = pd.Index(a.obs_names).get_indexer(spots[slides == sid])
+            rows = pd.Index(a.obs_names).get_indexer(spots[slides == sec])
             blocks.append(sp.csr_matrix(a[:, genes].X)[rows])
-            images[sid] = a.uns["stamp_st"].get("image_path", "")
-        order = np.concatenate([np.flatnonzero(slides == f"her2st_{s}") for s in IMAGED_SECTIONS])
+            images[sec] = a.uns["stamp_st"].get("image_path", "")
+        order = np.concatenate([np.flatnonzero(slides == s) for s in IMAGED_SECTIONS])
         counts = sp.vstack(blocks).tocsr()
         embs = {f"X_{k}": res[k]["final"][order] for k in ("stamp_v", "stamp_g", "stamp_f")}
         for k in ("stamp_v", "stamp_g", "stamp_f"):
             for name, arr in res[k].items():
-                if name != "final":
-                    embs[f"X_{k}{CV_SEP}{name}"] = arr[order]
+                if name != "final":  # the fold model that held this section out
+                    embs[f"X_{k}{CV_SEP}{name.replace('her2st_', '')}"] = arr[order]
         common = dict(slide_ids=slides[order], spot_ids=spots[order], xy_px=res["xy_px"][order], counts=counts,
                       gene_names=genes, image_paths=images)
         write_embedding_h5ad(files["stamp"], embs, extra_uns={"model": str(cks["final"]),

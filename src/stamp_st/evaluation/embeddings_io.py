@@ -139,7 +139,7 @@ def expression_pca_source(base: EmbeddingSet, name: str = "expression PCA", n_co
         raise StampInputError(f"source {base.name!r} carries no expression counts for an expression PCA",
                               base.source_path or None, hint="write counts into the h5ad X")
     return replace(base, name=name, emb=raw_expression_pca(base.counts, n_comps), modality=MODALITY_GENE,
-                   gene_emb=None)
+                   gene_emb=None, fold_emb=None, fold_gene_emb=None)
 
 
 # ------------------------------------------------------------------ h5ad format
