@@ -18,6 +18,7 @@ N_BOOT = 1000
 # (task, metric) -> how a per-slide metric is computed from (truth, prediction) rows of one held-out slide
 METRIC_FNS: dict[tuple[str, str], str] = {
     ("expression", "ridge_pearson"): "pearson",
+    ("expression", "ridge_cv_pearson"): "pearson",
     ("expression", "impute_pearson"): "pearson",
     ("probe", "balanced_accuracy"): "balanced_accuracy",
     ("cluster", "kmeans_ari"): "ari",
@@ -92,7 +93,7 @@ def task_gains(results: dict, predictions: dict, labels: np.ndarray | None, fold
                 continue
             per_slide = []
             if task == "expression":
-                key = "ridge" if metric.startswith("ridge") else "impute"
+                key = {"ridge_pearson": "ridge", "ridge_cv_pearson": "ridge_cv"}.get(metric, "impute")
                 a, b = _expression_rows(per_task[src], key), _expression_rows(per_task[baseline], key)
                 per_slide = [(a[f][0], a[f][1], b[f][1]) for f in a if f in b]
             elif task == "probe" and labels is not None:

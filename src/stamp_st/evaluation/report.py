@@ -221,6 +221,8 @@ def render_html(results: dict, figs: dict[str, list[str]] | None = None, title: 
                  "slide; Leiden on a 15-NN graph, resolution bisected to about k clusters.</li>"
                  "<li>Expression: HEST-Benchmark (standardise, PCA 256 fit on train when samples allow, ridge "
                  "alpha = 100/(features x genes), Pearson per gene on the 50 most variable training genes); "
+                 "ridge_cv: the same genes, standardised features, alpha by leave-one-out CV on the training "
+                 "spots; "
                  "imputation: similarity-weighted mean of the top-k training spots (BLEEP).</li>"
                  "<li>Retrieval: recall@k within each slide between image and gene embeddings; chance = k/n.</li>"
                  "<li>MIL: gated attention MIL (Ilse et al. 2018), stratified k-fold over slides, AUC.</li></ul>")

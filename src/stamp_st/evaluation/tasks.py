@@ -168,13 +168,15 @@ def _task_once(task: str, s: EmbeddingSet, emb: np.ndarray, gene_emb: np.ndarray
 
         genes = ctx.expr_src.gene_names
         ridge = hest_ridge(emb, ctx.expr_log, slide_ids, genes, folds, seed=ctx.seed)
+        ridge_cv = hest_ridge(emb, ctx.expr_log, slide_ids, genes, folds, seed=ctx.seed, alpha="cv")
         ref = gene_emb if gene_emb is not None else emb
         imp = retrieval_imputation(emb, ref, ctx.expr_log, slide_ids, genes, folds, k=ctx.impute_k)
         r = {"metrics": {"ridge_pearson": ridge["metrics"]["pearson_mean"], "ridge_mse": ridge["metrics"]["mse"],
+                         "ridge_cv_pearson": ridge_cv["metrics"]["pearson_mean"],
                          "impute_pearson": imp["metrics"]["pearson_mean"], "impute_mse": imp["metrics"]["mse"]},
-             "per_fold": {"ridge": ridge["per_fold"], "impute": imp["per_fold"]},
+             "per_fold": {"ridge": ridge["per_fold"], "ridge_cv": ridge_cv["per_fold"], "impute": imp["per_fold"]},
              "impute_reference": "gene embedding" if gene_emb is not None else "image embedding"}
-        return r, {"ridge": ridge.pop("folds"), "impute": imp.pop("folds")}
+        return r, {"ridge": ridge.pop("folds"), "ridge_cv": ridge_cv.pop("folds"), "impute": imp.pop("folds")}
     if task == "retrieval":
         if gene_emb is None:
             return "no gene-side embedding in the same space (cross-modal retrieval needs an aligned model)"
@@ -196,7 +198,9 @@ def _task_once(task: str, s: EmbeddingSet, emb: np.ndarray, gene_emb: np.ndarray
 
 # per_fold keys that each summarised metric is computed from, where the names differ
 _EXPRESSION_METRICS = {"ridge_pearson": ("ridge", "pearson_mean"), "ridge_mse": ("ridge", "mse"),
+                       "ridge_cv_pearson": ("ridge_cv", "pearson_mean"),
                        "impute_pearson": ("impute", "pearson_mean"), "impute_mse": ("impute", "mse")}
+_EXPRESSION_KINDS = ("ridge", "ridge_cv", "impute")
 
 
 def _task_foldwise(task: str, s: EmbeddingSet, folds, ctx: _TaskContext):
@@ -221,10 +225,10 @@ def _task_foldwise(task: str, s: EmbeddingSet, folds, ctx: _TaskContext):
     first = parts[0][1]
     n = len(s)
     if task == "expression":
-        per_fold = {k: [row for _, r, _ in parts for row in r["per_fold"][k]] for k in ("ridge", "impute")}
+        per_fold = {k: [row for _, r, _ in parts for row in r["per_fold"][k]] for k in _EXPRESSION_KINDS}
         metrics = {m: summarise([row[key] for row in per_fold[kind] if "skipped" not in row])
                    for m, (kind, key) in _EXPRESSION_METRICS.items()}
-        preds = {k: [a for _, _, p in parts for a in p[k]] for k in ("ridge", "impute")}
+        preds = {k: [a for _, _, p in parts for a in p[k]] for k in _EXPRESSION_KINDS}
         return {**first, "metrics": metrics, "per_fold": per_fold, "cross_validated": True}, preds
     per_fold = [row for _, r, _ in parts for row in r["per_fold"]]
     ok = [row for row in per_fold if "skipped" not in row]
