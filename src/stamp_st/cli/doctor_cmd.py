@@ -26,6 +26,7 @@ OPTIONAL = {  # distribution -> (import name, what it is for); the extras of pyp
     "leidenalg": ("leidenalg", "Leiden clustering (pip install 'stamp-st[eval]')"),
     "igraph": ("igraph", "graphs for Leiden clustering (pip install 'stamp-st[eval]')"),
     "peft": ("peft", "LoRA tuning of the backbone (pip install 'stamp-st[lora]')"),
+    "opencv-python-headless": ("cv2", "--pipeline released: the release's crops (pip install 'stamp-st[release]')"),
 }
 
 
