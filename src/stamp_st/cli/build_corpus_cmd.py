@@ -40,12 +40,9 @@ def register(sub) -> None:
                    help="exit 0 even when manifest rows gave nothing (unreadable, no spot left after QC, no image); "
                         "by default such a build writes the corpus of the good rows and exits 1 with a per-row report")
     p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
-    p.add_argument("--pipeline", choices=["default", "released"], default="default",
-                   help="released: the authors' tokens and crops (BGR, 224 px at native resolution, their "
-                        "region placement with seed 42), to continue training from the released weights")
-    p.add_argument("--magnification", type=float, default=None,
-                   help="--pipeline released: the slides' magnification (patch side 2 x 112 x mag / 20 px; "
-                        "default 112 px)")
+    from .options import add_pipeline_options
+
+    add_pipeline_options(p, 'their region placement with seed 42, to continue training from the released weights')
     p.set_defaults(func=run)
 
 

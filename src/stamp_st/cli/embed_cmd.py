@@ -29,12 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="image pass: auto = bf16 autocast on CUDA except for released-mode models (fp32)")
-    p.add_argument("--pipeline", choices=["default", "released"], default="default",
-                   help="released: the authors' tokens and crops (BGR, 224 px at native resolution), for the "
-                        "released weights (README: Differences from the authors' release)")
-    p.add_argument("--magnification", type=float, default=None,
-                   help="--pipeline released: the slide's magnification as in HEST's metadata (patch side "
-                        "2 x 112 x mag / 20 px; default 112 px, the release's default)")
+    from .options import add_pipeline_options
+
+    add_pipeline_options(p, "for the released weights (README: Differences from the authors' release)")
     p.set_defaults(func=run)
 
 

@@ -1,4 +1,4 @@
-"""Options shared by the training commands."""
+"""Options shared by several commands."""
 
 from __future__ import annotations
 
@@ -24,3 +24,12 @@ def parse_set_overrides(items: list[str], example: str = "lr=3e-4") -> dict:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def add_pipeline_options(p, why: str) -> None:
+    """``--pipeline`` / ``--magnification`` of the commands that tokenize and crop; ``why``: when to pick released."""
+    p.add_argument("--pipeline", choices=["default", "released"], default="default",
+                   help=f"released: the authors' tokens and crops (BGR, 224 px at native resolution), {why}")
+    p.add_argument("--magnification", type=float, default=None,
+                   help="--pipeline released: the slides' magnification as in HEST's metadata (patch side "
+                        "2 x 112 x mag / 20 px; default 112 px, the release's default)")
