@@ -57,14 +57,21 @@ def toy_checkpoint(tmp_path_factory):
 def test_stamp_checkpoint_embeds_image_genes_and_fusion(toy_checkpoint, tmp_path):
     from stamp_st.evaluation.embeddings_io import read_embedding_h5ad, write_embedding_h5ad
     from stamp_st.inference.embed import embed_sample, load_embedder
+    from stamp_st.models.stamp import load_stamp
 
     path, vocab = toy_checkpoint
     embedder = load_embedder(str(path), device="cpu")
     adata = _sample(tmp_path, vocab)
     out = embed_sample(embedder, adata, batch_size=4)
-    assert out["X_stamp_v"].shape == (6, 512) and out["X_stamp_g"].shape == (6, 512)
-    assert out["X_stamp_f"].shape == (6, 1024) and out["X_backbone"].shape[0] == 6
-    np.testing.assert_allclose(np.linalg.norm(out["X_stamp_v"], axis=1), 1.0, rtol=1e-4)
+    # Stamp_V: the image encoder's own feature; its joint-space projection beside it; no duplicate X_backbone
+    assert out["X_stamp_v"].shape == (6, 1280) and out["X_stamp_v_joint"].shape == (6, 512)
+    assert out["X_stamp_g"].shape == (6, 512) and out["X_stamp_f"].shape == (6, 1024) and "X_backbone" not in out
+    np.testing.assert_allclose(np.linalg.norm(out["X_stamp_v_joint"], axis=1), 1.0, rtol=1e-4)
+    net = load_stamp(path)
+    with torch.no_grad():
+        joint = net.encode_image(patch_feat=torch.from_numpy(out["X_stamp_v"])).numpy()
+    np.testing.assert_allclose(out["X_stamp_v_joint"], joint, atol=1e-5)
+    np.testing.assert_allclose(out["X_stamp_f"][:, :512], out["X_stamp_v_joint"], atol=1e-5)
     assert np.isnan(out["X_stamp_g"][-1]).all() and np.isfinite(out["X_stamp_g"][:-1]).all()
     # the same spot's patch gives the same Stamp_V whatever the batch it falls in
     again = embed_sample(embedder, adata, batch_size=1, with_genes=False)
@@ -115,8 +122,8 @@ def test_precision_auto_is_fp32_for_released_models_and_bf16_is_applied(toy_chec
     adata = _sample(tmp_path, vocab, n=3)
     fp32 = embed_sample(load_embedder(str(path), device="cpu", precision="fp32"), adata, with_genes=False)
     bf16 = embed_sample(load_embedder(str(path), device="cpu", precision="bf16"), adata, with_genes=False)
-    assert not np.array_equal(fp32["X_stamp_v"], bf16["X_stamp_v"])  # the autocast really ran
-    np.testing.assert_allclose(fp32["X_stamp_v"], bf16["X_stamp_v"], atol=0.1)
+    assert not np.array_equal(fp32["X_stamp_v_joint"], bf16["X_stamp_v_joint"])  # the autocast really ran
+    np.testing.assert_allclose(fp32["X_stamp_v_joint"], bf16["X_stamp_v_joint"], atol=0.1)
 
 
 def test_released_pipeline_feeds_the_release_crops_and_tokens(toy_checkpoint, tmp_path, data_root):
@@ -144,7 +151,7 @@ def test_released_pipeline_feeds_the_release_crops_and_tokens(toy_checkpoint, tm
     with torch.no_grad():
         ref_v = net.encode_image(torch.from_numpy(crops)).numpy()
         ref_g = net.encode_genes(torch.from_numpy(tok.tokens[:-1].astype(np.int64))).numpy()
-    np.testing.assert_allclose(rel["X_stamp_v"], ref_v, atol=1e-5)
+    np.testing.assert_allclose(rel["X_stamp_v_joint"], ref_v, atol=1e-5)
     np.testing.assert_allclose(rel["X_stamp_g"][:-1], ref_g, atol=1e-5)
     assert np.isnan(rel["X_stamp_g"][-1]).all()
-    assert not np.allclose(rel["X_stamp_v"], ours["X_stamp_v"], atol=1e-3)
+    assert not np.allclose(rel["X_stamp_v_joint"], ours["X_stamp_v_joint"], atol=1e-3)

@@ -29,7 +29,7 @@ def _write(tmp_path, rng, n_per=60, patches=True):
     Image.fromarray(rng.integers(150, 255, (200, 300, 3), dtype=np.uint8)).save(img)
     extra = {"patches": rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8)} if patches else {}
     path = write_embedding_h5ad(
-        tmp_path / "emb.h5ad", {"X_stamp_v": good, "X_stamp_g": good + rng.normal(0, 0.3, good.shape),
+        tmp_path / "emb.h5ad", {"X_stamp_v_joint": good, "X_stamp_g": good + rng.normal(0, 0.3, good.shape),
                                 "X_backbone": rng.normal(size=(n, 16))},
         slide_ids=slides, spot_ids=[f"{i}x{i % 7}" for i in range(n)], xy_px=rng.uniform(0, 1000, (n, 2)),
         counts=counts, gene_names=[f"G{i}" for i in range(30)], image_paths={"S0": str(img)}, extra_uns=extra)
@@ -45,7 +45,7 @@ def test_h5ad_roundtrip_and_key_choice(tmp_path):
     rng = np.random.default_rng(0)
     path = _write(tmp_path, rng)
     s = read_embedding_h5ad(path)
-    assert s.name.endswith("X_stamp_v") and s.modality == "image" and s.gene_emb is not None
+    assert s.name.endswith("X_stamp_v_joint") and s.modality == "image" and s.gene_emb is not None
     assert s.counts.shape == (180, 30) and s.image_paths == {"S0": str(tmp_path / "he.png")}
     b = read_source(f"{path}:X_backbone", "bb")
     assert b.name == "bb" and b.gene_emb is None
@@ -76,7 +76,7 @@ def test_report_renders_and_cli(tmp_path, capsys):
 
     path = _write(tmp_path, np.random.default_rng(2))
     out = tmp_path / "out"
-    rc = main(["evaluate", "--embeddings", f"{path}:X_stamp_v", f"{path}:X_backbone", "--names", "stamp",
+    rc = main(["evaluate", "--embeddings", f"{path}:X_stamp_v_joint", f"{path}:X_backbone", "--names", "stamp",
                "backbone", "--baseline", "backbone", "--add-expression-pca", "--labels", "obs:region",
                "--tasks", "probe,cluster,expression,retrieval", "--projection", "pca", "--out", str(out)])
     assert rc == 0

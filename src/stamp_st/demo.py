@@ -26,6 +26,9 @@ from .io_utils import atomic_write_json
 IMAGED_SECTIONS = ("B4", "C2", "C3", "C4")
 GENE_VAL_SECTIONS = IMAGED_SECTIONS
 EVAL_SECTIONS = IMAGED_SECTIONS
+# evaluated sources: the aligned encoder's feature (what a user runs on H&E) and its joint-space projection
+STAMP_V = "STAMP_V (aligned encoder)"
+STAMP_V_JOINT = "STAMP_V joint (projected)"
 STAGES = ("corpus-genes", "corpus-paired", "pretrain", "align", "embed", "evaluate")
 
 
@@ -147,7 +150,8 @@ def latest_checkpoint(run: Path) -> Path:
 
 def embed(settings: DemoSettings, root: Path, stamp_run: Path, paired_dir: Path) -> dict[str, Path]:
     """Every imaged spot by each fold model (obsm ``X_stamp_v@<held-out slide>`` ...), by the final model
-    (``X_stamp_v`` ...) and by the unaligned backbone, on the corpus's own crops."""
+    (``X_stamp_v``, ``X_stamp_v_joint``, ``X_stamp_g``, ``X_stamp_f``) and by the unaligned backbone, on the
+    corpus's own crops."""
     from .evaluation.embeddings_io import CV_SEP, write_embedding_h5ad
     from .inference.corpus_embed import embed_corpus
     from .readers import read_sample
@@ -174,8 +178,9 @@ def embed(settings: DemoSettings, root: Path, stamp_run: Path, paired_dir: Path)
             images[sec] = a.uns["stamp_st"].get("image_path", "")
         order = np.concatenate([np.flatnonzero(slides == s) for s in IMAGED_SECTIONS])
         counts = sp.vstack(blocks).tocsr()
-        embs = {f"X_{k}": res[k]["final"][order] for k in ("stamp_v", "stamp_g", "stamp_f")}
-        for k in ("stamp_v", "stamp_g", "stamp_f"):
+        kinds = ("stamp_v", "stamp_v_joint", "stamp_g", "stamp_f")
+        embs = {f"X_{k}": res[k]["final"][order] for k in kinds}
+        for k in kinds:
             for name, arr in res[k].items():
                 if name != "final":  # the fold model that held this section out
                     embs[f"X_{k}{CV_SEP}{name.replace('her2st_', '')}"] = arr[order]
@@ -202,13 +207,14 @@ def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path) -> dict
 
     def go():
         sources = {  # cross-validated: each section scored with the fold model that never saw it
-            "STAMP_V (aligned)": read_source(f"{files['stamp']}:X_stamp_v", "STAMP_V (aligned)"),
+            STAMP_V: read_source(f"{files['stamp']}:X_stamp_v", STAMP_V),
+            STAMP_V_JOINT: read_source(f"{files['stamp']}:X_stamp_v_joint", STAMP_V_JOINT),
             "STAMP_F (fusion)": read_source(f"{files['stamp']}:X_stamp_f", "STAMP_F (fusion)"),
             "STAMP_G (genes)": read_source(f"{files['stamp']}:X_stamp_g", "STAMP_G (genes)"),
             "EfficientNet-Lite0 (unaligned)": read_source(f"{files['backbone']}:X_backbone",
                                                           "EfficientNet-Lite0 (unaligned)"),
         }
-        first = sources["STAMP_V (aligned)"]
+        first = sources[STAMP_V]
         pca = expression_pca_source(first)
         sources[pca.name] = pca
         labels = load_labels("her2st-cluster", first, root)
@@ -219,9 +225,13 @@ def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path) -> dict
         results = evaluate_sources(sources, labels, list(settings.tasks), baseline="EfficientNet-Lite0 (unaligned)",
                                    seed=settings.seed, artifacts=artifacts, progress=lambda m: _say(f"evaluate: {m}"))
         results["meta"]["notes"] = [
-            "Demo on 2 CPU cores: Stage 1 trains the tiny gene encoder for about 13 minutes; Stage 2 fine-tunes "
+            "Demo on 2 CPU cores: Stage 1 trains the tiny gene encoder for about 8 minutes; Stage 2 fine-tunes "
             "the last block and conv head of EfficientNet-Lite0 (its frozen trunk cached) with the heads, far "
             "from the paper's millions of spots.",
+            "STAMP_V (aligned encoder) is the fine-tuned image encoder's pooled feature (obsm X_stamp_v), the "
+            "representation for linear read-outs; STAMP_V joint (projected) is its L2-normalised projection into "
+            "the space shared with STAMP_G (X_stamp_v_joint, the release's img_emb), a linear map of the former "
+            "that serves retrieval and imputation.",
             "Held out: leave-one-section-out over B4, C2, C3, C4. Stage 1 trained on the other 28 sections' "
             "expression; Stage 2 is cross-validated, and each section's STAMP embeddings come from the fold "
             "model trained on the other three. Gains are paired (bootstrap over spots within held-out sections).",

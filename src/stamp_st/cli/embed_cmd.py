@@ -1,5 +1,5 @@
-"""``stamp-st embed MODEL SAMPLE --out FILE``: Stamp_V / Stamp_G / Stamp_F (or a plain backbone) per spot into
-.h5ad (obsm keys) or a TRIDENT-style .h5; ``--tiles`` embeds a whole slide's tissue tiles instead."""
+"""``stamp-st embed MODEL SAMPLE --out FILE``: Stamp_V (and its joint-space projection) / Stamp_G / Stamp_F (or a
+plain backbone) per spot into .h5ad (obsm keys) or a TRIDENT-style .h5; ``--tiles`` embeds a whole slide's tissue tiles instead."""
 
 from __future__ import annotations
 

@@ -16,12 +16,17 @@ import pandas as pd
 from ..errors import DataNotFoundError, StampInputError
 from ..io_utils import atomic_path
 
-# obsm keys written by the embed command; the first one present is the default image-side source
+# obsm keys written by the embed command; the first one present is the default image-side source.
+# X_stamp_v: the aligned image encoder's pooled features (before the heads), the representation for linear
+# read-outs, clustering and MIL (CONCH's convention for its own pre-projection features);
+# X_stamp_v_joint: the L2-normalised 512-d projection into the space shared with X_stamp_g (the release's
+# ``img_emb``), for cross-modal retrieval and imputation; X_stamp_f fuses X_stamp_v_joint and X_stamp_g.
 OBSM_STAMP_V = "X_stamp_v"
+OBSM_STAMP_V_JOINT = "X_stamp_v_joint"
 OBSM_STAMP_G = "X_stamp_g"
 OBSM_STAMP_F = "X_stamp_f"
 OBSM_BACKBONE = "X_backbone"
-DEFAULT_KEY_ORDER = (OBSM_STAMP_V, OBSM_STAMP_F, OBSM_BACKBONE, OBSM_STAMP_G)
+DEFAULT_KEY_ORDER = (OBSM_STAMP_V, OBSM_STAMP_V_JOINT, OBSM_STAMP_F, OBSM_BACKBONE, OBSM_STAMP_G)
 NON_EMBEDDING_OBSM = {"spatial", "X_umap", "X_pca", "X_tsne"}
 OBS_SLIDE_ID = "slide_id"
 OBS_SPOT_ID = "spot_id"
@@ -218,7 +223,7 @@ def read_embedding_h5ad(path: str | Path, key: str | None = None, name: str | No
                                   hint="name one of the keys listed as FILE.h5ad:KEY")
         emb = np.asarray(adata.obsm[key])
         gene_emb = (np.asarray(adata.obsm[OBSM_STAMP_G])
-                    if key in (OBSM_STAMP_V, OBSM_STAMP_F) and OBSM_STAMP_G in adata.obsm else None)
+                    if key in (OBSM_STAMP_V_JOINT, OBSM_STAMP_F) and OBSM_STAMP_G in adata.obsm else None)
         if key == OBSM_STAMP_F:
             gene_emb = None  # fused rows already contain the gene side; no cross-modal retrieval
     fold_emb, fold_gene = cross_validated_keys(adata.obsm, key), None

@@ -42,11 +42,15 @@ def _trunk_modules(vb) -> torch.nn.ModuleList:
     return torch.nn.ModuleList([b.conv_stem, b.bn1, b.blocks[:cut]])
 
 
+CORPUS_EMBEDDINGS = ("stamp_v", "stamp_v_joint", "stamp_g")
+
+
 @torch.no_grad()
 def embed_corpus(checkpoints: dict[str, str | Path], corpus: str | Path, backbone: str | None = None,
                  batch_size: int = 64, progress: bool = True) -> dict:
-    """``checkpoints``: name -> STAMP checkpoint folder. Returns spot identities and, per name, Stamp_V,
-    Stamp_G and Stamp_F [n, d] (float32), plus the unaligned ``backbone`` feature when one is named."""
+    """``checkpoints``: name -> STAMP checkpoint folder. Returns spot identities and, per name, Stamp_V (the
+    aligned encoder's feature), its joint-space projection, Stamp_G and Stamp_F [n, d] (float32), plus the
+    unaligned ``backbone`` feature when one is named."""
     from tqdm.auto import tqdm
 
     from ..corpus.datasets import _pad
@@ -78,7 +82,7 @@ def embed_corpus(checkpoints: dict[str, str | Path], corpus: str | Path, backbon
     context = first.spot_backbone.config.context
 
     ids: dict[str, list] = {"slide_ids": [], "spot_ids": [], "xy_px": []}
-    out: dict[str, dict[str, list]] = {k: {n: [] for n in models} for k in ("stamp_v", "stamp_g")}
+    out: dict[str, dict[str, list]] = {k: {n: [] for n in models} for k in CORPUS_EMBEDDINGS}
     bb: list[torch.Tensor] = []
 
     def flush(patches, tokens):
@@ -87,8 +91,10 @@ def embed_corpus(checkpoints: dict[str, str | Path], corpus: str | Path, backbon
         trunk = first.visual_backbone.trunk(first.prepare_images(x)) if share_trunk else None
         feat_g = first.gene_features(toks) if share_genes else None
         for name, m in models.items():
-            pf = m.visual_backbone.patch_from_trunk(trunk) if share_trunk else None
-            out["stamp_v"][name].append(m.encode_image(x if pf is None else None, patch_feat=pf))
+            pf = (m.visual_backbone.patch_from_trunk(trunk) if share_trunk
+                  else m.encode_image(x, space="backbone"))
+            out["stamp_v"][name].append(pf)
+            out["stamp_v_joint"][name].append(m.encode_image(patch_feat=pf))
             g = m.gene_features(toks) if feat_g is None else feat_g
             out["stamp_g"][name].append(m.encode_genes(gene_feat=g))
         if base is not None:
@@ -109,9 +115,9 @@ def embed_corpus(checkpoints: dict[str, str | Path], corpus: str | Path, backbon
         flush(patches, tokens)
     result = {"slide_ids": np.asarray(ids["slide_ids"]), "spot_ids": np.asarray(ids["spot_ids"]),
               "xy_px": np.asarray(ids["xy_px"], dtype=np.float64), "shared_trunk": share_trunk}
-    for k in ("stamp_v", "stamp_g"):
+    for k in CORPUS_EMBEDDINGS:
         result[k] = {n: torch.cat(v).float().numpy() for n, v in out[k].items()}
-    result["stamp_f"] = {n: StampModel.fuse(torch.from_numpy(result["stamp_v"][n]),
+    result["stamp_f"] = {n: StampModel.fuse(torch.from_numpy(result["stamp_v_joint"][n]),
                                             torch.from_numpy(result["stamp_g"][n])).numpy() for n in models}
     if base is not None:
         result["backbone"] = torch.cat(bb).float().numpy()

@@ -99,7 +99,7 @@ def load_embedder(model: str, device: str = "auto", backbone_weights: str | None
     def image_fn(images):
         images = images.to(dev)
         feat = net.encode_image(images, space="backbone")
-        return {"X_stamp_v": net.encode_image(patch_feat=feat), "X_backbone": feat}
+        return {"X_stamp_v": feat, "X_stamp_v_joint": net.encode_image(patch_feat=feat)}
 
     def gene_fn(tokens):
         return net.encode_genes(tokens.to(dev))
@@ -223,11 +223,11 @@ def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bo
                           f"vocabulary (e.g. {ids}): their X_stamp_g / X_stamp_f rows are NaN, and "
                           f"obs['{OBS_NO_VOCAB_GENES}'] marks them", stacklevel=2)
         result["X_stamp_g"] = g
-        if "X_stamp_v" in result:
-            v = result["X_stamp_v"]
-            vn = v / np.linalg.norm(v, axis=1, keepdims=True).clip(1e-12)
-            gn = g / np.linalg.norm(g, axis=1, keepdims=True).clip(1e-12)
-            result["X_stamp_f"] = np.concatenate([vn, gn], axis=1)
+        if "X_stamp_v_joint" in result:
+            from ..models.stamp import StampModel
+
+            result["X_stamp_f"] = StampModel.fuse(torch.from_numpy(result["X_stamp_v_joint"]),
+                                                  torch.from_numpy(g)).numpy()
     if not result:
         raise StampInputError("nothing to embed: the sample has no image and the model has no gene encoder",
                               meta.get("source_path"), hint="give --image, or use a STAMP model for Stamp_G")

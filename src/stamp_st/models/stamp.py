@@ -130,8 +130,9 @@ class StampModel(nn.Module):
 
     def encode_image(self, images: torch.Tensor | None = None, space: str = "shared",
                      patch_feat: torch.Tensor | None = None) -> torch.Tensor:
-        """Stamp_V: [N, 512] L2-normalised, from images or a backbone feature of the patch pass (cached, or
-        computed once for both outputs); ``space="backbone"``: the raw backbone feature."""
+        """The joint-space image embedding (Stamp_V projected: [N, 512] L2-normalised, the release's
+        ``img_emb``), from images or a backbone feature of the patch pass (cached, or computed once for both
+        outputs); ``space="backbone"``: the image encoder's pooled feature, which embed writes as Stamp_V."""
         if patch_feat is None:
             patch_feat = self.visual_backbone.forward_patch(self.prepare_images(images))
         if space == "backbone":
@@ -147,7 +148,7 @@ class StampModel(nn.Module):
 
     @staticmethod
     def fuse(stamp_v: torch.Tensor, stamp_g: torch.Tensor) -> torch.Tensor:
-        """Stamp_F = concat(L2norm(Stamp_V), L2norm(Stamp_G)), [N, 1024]."""
+        """Stamp_F = concat(L2norm(joint Stamp_V), L2norm(Stamp_G)), [N, 1024]: both sides of the shared space."""
         return torch.cat([F.normalize(stamp_v, dim=-1), F.normalize(stamp_g, dim=-1)], dim=-1)
 
     # ------------------------------------------------------------------ training
