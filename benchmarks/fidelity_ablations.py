@@ -2,16 +2,19 @@
 
 Runs Stage 2 cross-validated over the imaged sections of a paired corpus (one model per held-out section,
 ``run_align_folds(final=False)``) for several variants of the CPU recipe, embeds every spot with the model
-that never saw its section, and reports for each variant the gain of Stamp_V over the unaligned backbone
-on HEST-protocol ridge Pearson and on a linear probe of the study's expression clusters, with a paired 95%
-bootstrap interval over held-out spots (``stamp_st.evaluation.gains``).
+that never saw its section, and reports for each variant the gain over the unaligned backbone of Stamp_V
+(the aligned encoder's feature) and of its joint-space projection, on HEST-protocol ridge Pearson, ridge
+with alpha by inner CV and a linear probe of the study's expression clusters, with a paired 95% bootstrap
+interval over held-out spots (``stamp_st.evaluation.gains``). ``--reuse NAME=RUN`` scores fold models that
+exist already (e.g. the demo's ``stamp_st_demo/stamp_model``) instead of training that variant.
 
 Variants: the demo's recipe (last block + conv head fine-tuned over a cached trunk, dihedral augmentation,
 temperature 1.0); the same with a frozen backbone (heads only); without augmentation; with the release's
 temperature 0.07; with neighbour-aware negatives (250 µm).
 
     python benchmarks/fidelity_ablations.py --corpus stamp_st_demo/corpus_paired \
-        --gene-encoder stamp_st_demo/gene_encoder --out fidelity_runs
+        --gene-encoder stamp_st_demo/gene_encoder --out fidelity_runs \
+        --reuse "partial fine-tuning (demo recipe)=stamp_st_demo/stamp_model"
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ def evaluate_variant(run: Path, corpus: str, her2st: Path, slides: list[str], la
     def src(name, emb, folds=None):
         return EmbeddingSet(name, emb, sid, spot, counts=counts, gene_names=np.asarray(genes), fold_emb=folds)
 
-    first = next(iter(res["stamp_v"].values()))
-    sources = {"STAMP_V": src("STAMP_V", first, res["stamp_v"]), "backbone": src("backbone", res["backbone"])}
+    sources = {name: src(name, next(iter(res[k].values())), res[k])
+               for name, k in (("STAMP_V", "stamp_v"), ("STAMP_V joint", "stamp_v_joint"))}
+    sources["backbone"] = src("backbone", res["backbone"])
     ev = evaluate_sources(sources, labels, ["expression", "probe"], baseline="backbone")
     table = {(r["task"], r["metric"], r["source"]): r for r in ev["table"] if "mean" in r}
     return {"gains": ev["gains"],
@@ -77,6 +81,8 @@ def main() -> int:
     ap.add_argument("--out", default="fidelity_runs", help="work folder for the fold models")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant names")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's steps per model")
+    ap.add_argument("--reuse", action="append", default=[], metavar="NAME=RUN",
+                    help="score the fold models of RUN (RUN/folds/<slide>/) as variant NAME instead of training it")
     ap.add_argument("--json", default="benchmarks/results/fidelity_ablations_cpu.json")
     args = ap.parse_args()
 
@@ -85,26 +91,33 @@ def main() -> int:
     from stamp_st.training.align import AlignConfig, corpus_slides, run_align_folds
 
     slides = corpus_slides(args.corpus)
+    reuse = dict(r.split("=", 1) for r in args.reuse)
     out = {}
-    for name in [v for v in args.variants.split(",") if v]:
+    for name in list(dict.fromkeys([v for v in args.variants.split(",") if v] + list(reuse))):
         t0 = time.perf_counter()
-        trainer = {"max_steps": args.steps} if args.steps else {}
-        cfg = AlignConfig.load("demo_cpu", gene_encoder=args.gene_encoder, trainer=trainer, **VARIANTS[name])
-        run = Path(args.out) / name.split(",")[0].replace(" ", "_").replace("(", "").replace(")", "")
-        run_align_folds(args.corpus, cfg, run, slides=slides, final=False, verify_sha256=False,
-                        progress=lambda m, n=name: print(f"[{n}] {m}", flush=True))
+        if name in reuse:
+            run = Path(reuse[name])
+        else:
+            trainer = {"max_steps": args.steps} if args.steps else {}
+            cfg = AlignConfig.load("demo_cpu", gene_encoder=args.gene_encoder, trainer=trainer, **VARIANTS[name])
+            run = Path(args.out) / name.split(",")[0].replace(" ", "_").replace("(", "").replace(")", "")
+            run_align_folds(args.corpus, cfg, run, slides=slides, final=False, verify_sha256=False,
+                            progress=lambda m, n=name: print(f"[{n}] {m}", flush=True))
         out[name] = evaluate_variant(run, args.corpus, her2st_dir(), slides, her2st_dir())
         out[name]["seconds"] = round(time.perf_counter() - t0, 1)
         for g in out[name]["gains"]:
-            print(f"{name:<48} {g['task']:<10} {g['metric']:<18} gain {format_gain(g)}", flush=True)
+            print(f"{name:<48} {g['source']:<14} {g['task']:<10} {g['metric']:<18} gain {format_gain(g)}", flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"held_out": slides, "variants": out}, indent=1, default=float))
     print(f"\nwrote {args.json}")
-    print(f"{'variant':<48} {'ridge Pearson gain [95% CI]':<28} {'probe bal. acc. gain [95% CI]':<28}")
+    cols = (("expression", "ridge_pearson", "HEST ridge"), ("expression", "ridge_cv_pearson", "ridge, CV alpha"),
+            ("probe", "balanced_accuracy", "probe bal. acc."))
+    print(f"{'variant':<48} {'source':<14} " + " ".join(f"{c[2] + ' gain [95% CI]':<28}" for c in cols))
     for name, r in out.items():
-        g = {(x["task"], x["metric"]): x for x in r["gains"]}
-        ridge, probe = g.get(("expression", "ridge_pearson")), g.get(("probe", "balanced_accuracy"))
-        print(f"{name:<48} {format_gain(ridge) if ridge else 'n/a':<28} {format_gain(probe) if probe else 'n/a':<28}")
+        for source in ("STAMP_V", "STAMP_V joint"):
+            g = {(x["task"], x["metric"]): x for x in r["gains"] if x["source"] == source}
+            print(f"{name:<48} {source:<14} "
+                  + " ".join(f"{format_gain(g[c[:2]]) if c[:2] in g else 'n/a':<28}" for c in cols))
     return 0
 
 

@@ -63,3 +63,18 @@ def test_a_cross_validated_source_scores_each_slide_with_its_own_model(data):
     missing = _src("cv", data["noise"], data, fold_emb={slides[0]: folds[slides[0]]})
     out = evaluate_sources({"cv": missing, "plain": plain}, data["labels"], ["probe"])
     assert "no cross-validated model" in out["tasks"]["probe"]["cv"]["skipped"]
+
+
+def test_bootstrap_ari_equals_sklearn():
+    """The bootstrap's own ARI is sklearn's, on random, degenerate and string labels."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from stamp_st.evaluation.gains import _ari
+
+    rng = np.random.default_rng(0)
+    cases = [(rng.integers(0, k, n), rng.integers(0, m, n)) for n, k, m in ((300, 5, 7), (50, 2, 2), (9, 3, 9))]
+    cases += [(np.zeros(10, int), np.zeros(10, int)), (np.arange(10), np.arange(10)), (np.zeros(10, int), np.arange(10))]
+    t = rng.integers(0, 4, 200)
+    cases += [(np.array(["tumour", "stroma", "immune", "fat"])[t], np.where(rng.random(200) < 0.7, t, 0))]
+    for a, b in cases:
+        assert _ari(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)

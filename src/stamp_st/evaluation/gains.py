@@ -38,9 +38,23 @@ def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def _ari(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    from sklearn.metrics import adjusted_rand_score
-
-    return float(adjusted_rand_score(y_true, y_pred))
+    """sklearn's ``adjusted_rand_score`` (pair-confusion form, same special cases) without its input checks,
+    which cost 30x the arithmetic in a 1,000-replicate bootstrap over a few hundred spots."""
+    _, a = np.unique(y_true, return_inverse=True)
+    _, b = np.unique(y_pred, return_inverse=True)
+    n = a.size
+    nb = int(b.max()) + 1 if n else 1
+    cont = np.bincount(a * nb + b, minlength=(int(a.max()) + 1 if n else 1) * nb).astype(np.int64)
+    sum_sq = int((cont * cont).sum())
+    rows = np.bincount(a).astype(np.int64)
+    cols = np.bincount(b).astype(np.int64)
+    tp = sum_sq - n
+    fp = int((cols * cols).sum()) - sum_sq
+    fn = int((rows * rows).sum()) - sum_sq
+    tn = n * n - fp - fn - sum_sq
+    if fn == 0 and fp == 0:
+        return 1.0
+    return float(2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)))
 
 
 _FNS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
