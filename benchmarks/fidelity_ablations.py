@@ -79,7 +79,7 @@ def main() -> int:
     ap.add_argument("--corpus", required=True, help="paired corpus of the imaged sections")
     ap.add_argument("--gene-encoder", required=True, help="Stage-1 run folder")
     ap.add_argument("--out", default="fidelity_runs", help="work folder for the fold models")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant names")
+    ap.add_argument("--variants", default=";".join(VARIANTS), help="semicolon-separated variant names")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's steps per model")
     ap.add_argument("--reuse", action="append", default=[], metavar="NAME=RUN",
                     help="score the fold models of RUN (RUN/folds/<slide>/) as variant NAME instead of training it")
@@ -93,7 +93,7 @@ def main() -> int:
     slides = corpus_slides(args.corpus)
     reuse = dict(r.split("=", 1) for r in args.reuse)
     out = {}
-    for name in list(dict.fromkeys([v for v in args.variants.split(",") if v] + list(reuse))):
+    for name in list(dict.fromkeys([v for v in args.variants.split(";") if v] + list(reuse))):
         t0 = time.perf_counter()
         if name in reuse:
             run = Path(reuse[name])

@@ -36,8 +36,10 @@ STAGES = ("corpus-genes", "corpus-paired", "pretrain", "align", "embed", "evalua
 class DemoSettings:
     out: Path = Path("stamp_st_demo")
     workers: int = 2
-    pretrain_steps: int | None = None  # None: the demo_cpu config's 900
-    align_steps: int | None = None  # None: the demo_cpu align config's 200 per model
+    pretrain_config: str = "demo_cpu"  # a registered configs/pretrain/ name or a JSON file
+    align_config: str = "demo_cpu"  # a registered configs/align/ name or a JSON file
+    pretrain_steps: int | None = None  # None: the pretrain config's (demo_cpu: 900)
+    align_steps: int | None = None  # None: the align config's (demo_cpu: 200 per model)
     seed: int = 0
     tasks: tuple[str, ...] = ("probe", "cluster", "expression", "retrieval")
     force: tuple[str, ...] = ()
@@ -109,7 +111,7 @@ def pretrain(settings: DemoSettings, genes_dir: Path) -> Path:
     run = settings.out / "gene_encoder"
 
     def go():
-        cfg = PretrainConfig.load("demo_cpu")  # 900 steps: 600 IGR, then 300 IGR + CGR
+        cfg = PretrainConfig.load(settings.pretrain_config)  # demo_cpu: 600 IGR, then 300 IGR + CGR
         if settings.pretrain_steps is not None:  # same proportions at another length
             n_igr = 2 * settings.pretrain_steps // 3
             cfg.phases = [{"steps": n_igr, "cgr": False}, {"steps": settings.pretrain_steps - n_igr, "cgr": True}]
@@ -132,7 +134,7 @@ def align(settings: DemoSettings, paired_dir: Path, gene_run: Path) -> Path:
         trainer = {"seed": settings.seed}
         if settings.align_steps is not None:
             trainer["max_steps"] = settings.align_steps
-        cfg = AlignConfig.load("demo_cpu", gene_encoder=str(gene_run), trainer=trainer)
+        cfg = AlignConfig.load(settings.align_config, gene_encoder=str(gene_run), trainer=trainer)
         res = run_align_folds(paired_dir, cfg, run, slides=[f"her2st_{s}" for s in IMAGED_SECTIONS],
                               progress=lambda m: _say(f"align: {m}"))
         return {"run": str(run), "result": _jsonable(res)}

@@ -12,6 +12,10 @@ def register(subparsers) -> None:
                               description=__doc__.splitlines()[0])
     p.add_argument("--out", default="stamp_st_demo", help="output folder (re-runs reuse finished stages)")
     p.add_argument("--workers", type=int, default=2, help="Dask workers for the corpus builds")
+    p.add_argument("--pretrain-config", default="demo_cpu",
+                   help="Stage-1 config: demo_cpu, her2st_small_gpu, or a JSON file (default demo_cpu)")
+    p.add_argument("--align-config", default="demo_cpu",
+                   help="Stage-2 config: demo_cpu, her2st_gpu, or a JSON file (default demo_cpu)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="Stage-1 optimizer steps")
     p.add_argument("--align-steps", type=int, default=None, help="Stage-2 optimizer steps")
     p.add_argument("--force", action="append", default=[], choices=STAGES,
@@ -25,7 +29,8 @@ def run(args) -> int:
     from ..demo import DemoSettings, run_demo
 
     ensure_her2st()
-    s = DemoSettings(out=Path(args.out), workers=args.workers, force=tuple(args.force))
+    s = DemoSettings(out=Path(args.out), workers=args.workers, force=tuple(args.force),
+                     pretrain_config=args.pretrain_config, align_config=args.align_config)
     if args.pretrain_steps:
         s.pretrain_steps = args.pretrain_steps
     if args.align_steps:
