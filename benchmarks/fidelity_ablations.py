@@ -10,7 +10,9 @@ exist already (e.g. the demo's ``stamp_st_demo/stamp_model``) instead of trainin
 
 Variants: the demo's recipe (last block + conv head fine-tuned over a cached trunk, dihedral augmentation,
 temperature 1.0); the same with a frozen backbone (heads only); without augmentation; with the release's
-temperature 0.07; with neighbour-aware negatives (250 µm).
+temperature 0.07; with neighbour-aware negatives (250 µm); and a control, the demo's recipe on a copy of the
+corpus whose gene profiles are shuffled among the spots of each slide: what fine-tuning gains without the
+pairing (augmentation, batch-norm statistics of the new stain) is not gained from the genes.
 
     python benchmarks/fidelity_ablations.py --corpus stamp_st_demo/corpus_paired \
         --gene-encoder stamp_st_demo/gene_encoder --out fidelity_runs \
@@ -24,13 +26,42 @@ import json
 import time
 from pathlib import Path
 
+SHUFFLED = "_shuffle_genes"  # not an AlignConfig setting: the variant trains on a shuffled copy of the corpus
 VARIANTS = {
     "partial fine-tuning (demo recipe)": {},
     "frozen backbone, heads only": {"trainable_blocks": None, "freeze_backbone": True, "augment": "none"},
     "fine-tuning, no augmentation": {"augment": "none"},
     "fine-tuning, temperature 0.07": {"temperature_init": 0.07},
     "fine-tuning, neighbour-aware negatives 250 um": {"neighbour_radius_um": 250.0},
+    "control: gene profiles shuffled within slides": {SHUFFLED: True},
 }
+
+
+def shuffled_corpus(src: Path, dst: Path, seed: int = 0) -> Path:
+    """A copy of a paired corpus in which each shard's spots keep their images but receive the tokens of
+    another spot of the same shard (one slide per shard in the demo's corpus)."""
+    import io
+    import shutil
+    import tarfile
+
+    import numpy as np
+
+    if (dst / "manifest.json").is_file():
+        return dst
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.tar"))
+    rng = np.random.default_rng(seed)
+    for tar in sorted(src.glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            members = [(m, tf.extractfile(m).read()) for m in tf.getmembers() if m.isfile()]
+        tok = [i for i, (m, _) in enumerate(members) if m.name.endswith(".tokens.npy")]
+        perm = rng.permutation(len(tok))
+        payload = {tok[i]: members[tok[j]][1] for i, j in enumerate(perm)}
+        with tarfile.open(dst / tar.name, "w") as out:
+            for i, (m, data) in enumerate(members):
+                data = payload.get(i, data)
+                m.size = len(data)
+                out.addfile(m, io.BytesIO(data))
+    return dst
 
 
 def evaluate_variant(run: Path, corpus: str, her2st: Path, slides: list[str], labels_root: Path) -> dict:
@@ -99,9 +130,12 @@ def main() -> int:
             run = Path(reuse[name])
         else:
             trainer = {"max_steps": args.steps} if args.steps else {}
-            cfg = AlignConfig.load("demo_cpu", gene_encoder=args.gene_encoder, trainer=trainer, **VARIANTS[name])
-            run = Path(args.out) / name.split(",")[0].replace(" ", "_").replace("(", "").replace(")", "")
-            run_align_folds(args.corpus, cfg, run, slides=slides, final=False, verify_sha256=False,
+            settings = {k: v for k, v in VARIANTS[name].items() if k != SHUFFLED}
+            cfg = AlignConfig.load("demo_cpu", gene_encoder=args.gene_encoder, trainer=trainer, **settings)
+            run = Path(args.out) / name.split(",")[0].replace(" ", "_").replace("(", "").replace(")", "").replace(":", "")
+            corpus = (shuffled_corpus(Path(args.corpus), Path(args.out) / "corpus_shuffled")
+                      if VARIANTS[name].get(SHUFFLED) else args.corpus)
+            run_align_folds(corpus, cfg, run, slides=slides, final=False, verify_sha256=False,
                             progress=lambda m, n=name: print(f"[{n}] {m}", flush=True))
         out[name] = evaluate_variant(run, args.corpus, her2st_dir(), slides, her2st_dir())
         out[name]["seconds"] = round(time.perf_counter() - t0, 1)
