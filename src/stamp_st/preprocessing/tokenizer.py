@@ -179,19 +179,18 @@ def _lookup_ranks_py(indices, data, rank_of, row_of_gene, a, b, out):
 
 
 def _rank_tokens_py(indptr, indices, data, rank_of, row_of_gene, n_ranks, offset, tokens) -> None:
-    """Per spot, a counting sort of its non-zeros on their rank (0 = largest count / divisor): ranks are looked
-    up for a block of spots at once, a first pass counts each rank, the distinct ranks present (about a
-    hundred) are sorted to give each one its first position, a second pass in vocabulary order places the
-    genes (so ties keep index order), and the first ``context`` are kept. ``tokens`` must be zero-filled."""
+    """Per spot, a bucket sort of its non-zeros on their rank (0 = largest count / divisor): ranks are looked
+    up for a block of spots at once; one pass, backwards, links each non-zero into its rank's list (so every
+    list is in vocabulary order, the tie rule); the distinct ranks present (about a hundred) are sorted and
+    their lists read in that order until the context is full. ``tokens`` must be zero-filled."""
     context = tokens.shape[1]
     n = indptr.shape[0] - 1
-    count = np.zeros(n_ranks, np.int32)
-    start = np.zeros(n_ranks, np.int32)
+    head = np.full(n_ranks, -1, np.int32)  # per rank, its first non-zero in the spot (-1: none)
     longest = 0
     for i in range(n):
         longest = max(longest, indptr[i + 1] - indptr[i])
     rank_buf = np.empty(max(_BLOCK_NNZ, longest), rank_of.dtype)  # int16 where the ranks fit: half the cache
-    row = np.empty(longest, np.int32)
+    nxt = np.empty(longest, np.int32)  # per non-zero, the next one of the same rank
     present = np.empty(longest + 1, np.int32)  # the distinct ranks of a spot, then sorted
     i = 0
     while i < n:
@@ -203,39 +202,14 @@ def _rank_tokens_py(indptr, indices, data, rank_of, row_of_gene, n_ranks, offset
         for s in range(i, end):
             a = indptr[s] - first
             m = indptr[s + 1] - indptr[s]
-            if m == 0:
-                continue
-            # Counting, four non-zeros at a time: their counts are read before any is written back (equal
-            # ranks within the four are added up), so a run of equal ranks does not wait on each store.
             u = 0
-            e = a
-            stop = a + m
-            while e + 4 <= stop:
-                r0, r1, r2, r3 = rank_buf[e], rank_buf[e + 1], rank_buf[e + 2], rank_buf[e + 3]
-                c0, c1, c2, c3 = count[r0], count[r1], count[r2], count[r3]
-                d1 = r1 == r0
-                d2 = (r2 == r0) + (r2 == r1)
-                d3 = (r3 == r0) + (r3 == r1) + (r3 == r2)
-                present[u] = r0  # kept only where the rank is new
-                u += c0 == 0
-                present[u] = r1
-                u += (c1 == 0) & (d1 == 0)
-                present[u] = r2
-                u += (c2 == 0) & (d2 == 0)
-                present[u] = r3
-                u += (c3 == 0) & (d3 == 0)
-                count[r0] = c0 + 1
-                count[r1] = c1 + 1 + d1
-                count[r2] = c2 + 1 + d2
-                count[r3] = c3 + 1 + d3
-                e += 4
-            while e < stop:
-                r = rank_buf[e]
-                c = count[r]
-                present[u] = r
-                u += c == 0
-                count[r] = c + 1
-                e += 1
+            for j in range(m - 1, -1, -1):
+                r = rank_buf[a + j]
+                h = head[r]
+                present[u] = r  # kept only where the rank is new
+                u += h < 0
+                nxt[j] = h
+                head[r] = j
             for k in range(1, u):  # insertion sort: about a hundred values, no allocation
                 r = present[k]
                 j = k - 1
@@ -243,38 +217,16 @@ def _rank_tokens_py(indptr, indices, data, rank_of, row_of_gene, n_ranks, offset
                     present[j + 1] = present[j]
                     j -= 1
                 present[j + 1] = r
+            g = indptr[s]
             pos = 0
             for k in range(u):
                 r = present[k]
-                start[r] = pos
-                pos += count[r]
-                count[r] = 0
-            # Placing, four at a time in the same way (a later equal rank goes one place further).
-            g = indptr[s] - a
-            e = a
-            while e + 4 <= stop:
-                r0, r1, r2, r3 = rank_buf[e], rank_buf[e + 1], rank_buf[e + 2], rank_buf[e + 3]
-                p0 = start[r0]
-                p1 = start[r1] + (r1 == r0)
-                p2 = start[r2] + (r2 == r0) + (r2 == r1)
-                p3 = start[r3] + (r3 == r0) + (r3 == r1) + (r3 == r2)
-                row[p0] = indices[g + e]
-                row[p1] = indices[g + e + 1]
-                row[p2] = indices[g + e + 2]
-                row[p3] = indices[g + e + 3]
-                start[r0] = p0 + 1
-                start[r1] = p1 + 1
-                start[r2] = p2 + 1
-                start[r3] = p3 + 1
-                e += 4
-            while e < stop:
-                r = rank_buf[e]
-                p = start[r]
-                row[p] = indices[g + e]
-                start[r] = p + 1
-                e += 1
-            for j in range(min(m, context)):
-                tokens[s, j] = row[j] + offset
+                j = head[r]
+                head[r] = -1
+                while j >= 0 and pos < context:
+                    tokens[s, pos] = indices[g + j] + offset
+                    pos += 1
+                    j = nxt[j]
         i = end
 
 
