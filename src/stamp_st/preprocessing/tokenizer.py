@@ -10,12 +10,14 @@ spot, so it cannot change the order, but multiplying by it adds a rounding step 
 (3*s/3 vs 1*s/1) by floating-point noise. One correctly rounded division keeps equal ratios bit-equal, so the
 vocabulary-index tie rule is what actually decides.
 
-Counts are integers and the rounded divisors take few distinct values (86 in the released vocabulary), so a
-batch has few distinct keys (a few tens of thousands): the key of every (count, divisor) pair present is
-ranked once (one small ``np.unique``), and each spot is then a counting sort on that rank over its non-zeros
-only (a compiled loop, numba), which keeps the index order among ties by construction and stops placing genes
-at the context. Inputs outside that case (non-integer or negative values, huge counts, too many distinct
-divisors) take the plain path: one stable argsort per spot.
+Counts are integers and the rounded divisors take few distinct values (86 in the released vocabulary), so
+the keys are few: ``count / divisor`` for every count below K (512 for her2st) and every distinct divisor is
+ranked once per tokenizer (one small ``np.unique``), and each spot is then a bucket sort on that rank over its
+non-zeros only (compiled with numba): per-rank lists built in vocabulary order (the tie rule, by
+construction), read in rank order until the context is full. No dense rows, no float64 copies. Inputs outside
+that case (fractions, negative values, counts too large for the table, e.g. with unrounded means) take the
+plain path: one stable argsort per spot. On 5,000 her2st spots: 7.6x the release's own pipeline by CPU time
+(README, "Measured").
 """
 
 from __future__ import annotations
