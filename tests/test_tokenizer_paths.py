@@ -1,0 +1,83 @@
+"""The rank tokenizer's input cases beyond plain integer counts below 512: stored zeros, counts that need a
+larger rank table, values that are not counts (fractions, negatives, NaN), float64 and integer dtypes, empty
+input. Each against the plain per-spot reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from stamp_st.preprocessing.tokenizer import RankTokenizer, tokenize_spot_reference
+from stamp_st.preprocessing.vocab import GeneVocabulary
+
+
+def vocab(n=80, seed=0):
+    rng = np.random.default_rng(seed)
+    return GeneVocabulary(tuple(f"ENSG{i:011d}" for i in range(n)), rng.choice([np.nan, 0.4, 1.0, 2.2, 3.0, 7.6], n))
+
+
+def reference(dense, divisors, context):
+    return np.stack([tokenize_spot_reference(r, divisors, context) for r in dense])
+
+
+def counts(rng, n_spots, n_genes, high):
+    x = rng.integers(0, high, size=(n_spots, n_genes)).astype(np.float32)
+    x[rng.random(x.shape) < 0.5] = 0
+    return x
+
+
+@pytest.mark.parametrize("case", ["small", "large_counts", "stored_zeros", "fractions", "negative", "nan",
+                                  "float64", "int64", "unsorted_indices"])
+def test_matches_reference(case):
+    v = vocab()
+    rng = np.random.default_rng(3)
+    dense = counts(rng, 60, len(v), 5 if case != "large_counts" else 100_000)
+    if case == "fractions":
+        dense[::3] *= 0.37
+    if case == "negative":
+        dense[5, 7] = -2
+    X = sp.csr_matrix(dense)
+    if case == "stored_zeros":
+        X.data[::4] = 0  # kept in the structure, not genes of the spot
+        dense = X.toarray()
+    if case == "nan":
+        X.data[3] = np.nan
+        dense = X.toarray()
+    if case == "float64":
+        X = X.astype(np.float64)
+    if case == "int64":
+        X = X.astype(np.int64)
+    if case == "unsorted_indices":
+        X = sp.csr_matrix(sp.coo_matrix(dense).T.T)
+        X.indices, X.data = X.indices.copy(), X.data.copy()
+        for i in range(X.shape[0]):  # reverse each row's storage order
+            a, b = X.indptr[i], X.indptr[i + 1]
+            X.indices[a:b], X.data[a:b] = X.indices[a:b][::-1].copy(), X.data[a:b][::-1].copy()
+        X.has_sorted_indices = False
+    tok = RankTokenizer(v, context=30)
+    out = tok.tokenize_vocab_counts(X)
+    ref = reference(dense, v.divisors(), 30) if case != "nan" else None
+    if case == "nan":  # NaN is a non-zero that sorts last, as in the per-spot path
+        ref = reference(np.nan_to_num(dense, nan=1e-30), v.divisors(), 30)
+    np.testing.assert_array_equal(out.tokens, ref)
+    np.testing.assert_array_equal(out.n_genes, (np.nan_to_num(dense, nan=1) != 0).sum(1))
+    assert out.tokens.dtype == np.int32
+
+
+def test_table_grows_then_serves_smaller_batches():
+    v = vocab()
+    rng = np.random.default_rng(4)
+    tok = RankTokenizer(v, context=40)
+    for high in (3, 5_000, 7):
+        dense = counts(rng, 20, len(v), high)
+        np.testing.assert_array_equal(tok.tokenize_vocab_counts(sp.csr_matrix(dense)).tokens,
+                                      reference(dense, v.divisors(), 40))
+
+
+def test_empty_inputs():
+    v = vocab()
+    tok = RankTokenizer(v, context=10)
+    assert tok.tokenize_vocab_counts(sp.csr_matrix((0, len(v)), dtype=np.float32)).tokens.shape == (0, 10)
+    out = tok.tokenize_vocab_counts(sp.csr_matrix((3, len(v)), dtype=np.float32))
+    assert (out.tokens == 0).all() and out.empty.all()
