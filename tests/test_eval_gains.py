@@ -78,3 +78,14 @@ def test_bootstrap_ari_equals_sklearn():
     cases += [(np.array(["tumour", "stroma", "immune", "fat"])[t], np.where(rng.random(200) < 0.7, t, 0))]
     for a, b in cases:
         assert _ari(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+
+
+def test_report_lists_the_ablations_with_their_intervals():
+    from stamp_st.evaluation.report import ablations_table_html
+
+    assert ablations_table_html({}) == ""
+    row = {"task": "expression", "metric": "ridge_pearson", "source": "STAMP_V", "baseline": "backbone",
+           "gain": 0.045, "low": 0.022, "high": 0.058}
+    html = ablations_table_html({"ablations": {"what": "cv over 4 sections.", "command": "python x.py",
+                                               "variants": {"frozen <heads>": {"gains": [row]}}}})
+    assert "frozen &lt;heads&gt;" in html and "+0.045 [+0.022, +0.058]" in html and "#e3f4e3" in html

@@ -24,6 +24,7 @@ from .errors import StampInputError
 from .io_utils import atomic_write_json
 
 IMAGED_SECTIONS = ("B4", "C2", "C3", "C4")
+REPO_ROOT = Path(__file__).resolve().parents[2]  # src/stamp_st/demo.py in a source checkout
 GENE_VAL_SECTIONS = IMAGED_SECTIONS
 EVAL_SECTIONS = IMAGED_SECTIONS
 # evaluated sources: the aligned encoder's feature (what a user runs on H&E) and its joint-space projection
@@ -239,6 +240,9 @@ def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path) -> dict
             "model trained on the other three. Gains are paired (bootstrap over spots within held-out sections).",
             "The Stage-2 recipe (configs/align/demo_cpu.json) was chosen on these four sections; the check that "
             "counts is on sections nobody tuned on."]
+        ablations = REPO_ROOT / "benchmarks" / "results" / "fidelity_ablations_cpu.json"
+        if ablations.is_file():  # a source checkout: the separately measured Stage-2 ablations join the report
+            results["ablations"] = json.loads(ablations.read_text())
         results.setdefault("meta", {})["demo"] = {
             "gene_encoder_val_sections": GENE_VAL_SECTIONS, "align": "cross-validated over the imaged sections",
             "eval_sections": EVAL_SECTIONS,

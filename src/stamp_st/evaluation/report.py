@@ -102,6 +102,29 @@ def gains_table_html(results: dict) -> str:
     return "".join(out)
 
 
+def ablations_table_html(results: dict) -> str:
+    """Stage-2 ablations measured separately (``benchmarks/fidelity_ablations.py``): each variant's gains over
+    the unaligned backbone, with the same paired intervals as the gain table."""
+    from .gains import format_gain
+
+    abl = results.get("ablations") or {}
+    variants = abl.get("variants") or {}
+    if not variants:
+        return ""
+    out = [f"<h2>Ablations</h2><p class='note'>{_esc(abl.get('what', ''))} Command: "
+           f"<code>{_esc(abl.get('command', ''))}</code></p>",
+           "<table><thead><tr><th>variant</th><th>source</th><th>task</th><th>metric</th><th>gain [95% CI]</th>"
+           "</tr></thead><tbody>"]
+    for name, v in variants.items():
+        for r in v.get("gains", []):
+            colour = "#e3f4e3" if r["low"] > 0 else "#f8e0e0" if r["high"] < 0 else "transparent"
+            out.append(f"<tr><td>{_esc(name)}</td><td>{_esc(r['source'])}</td><td>{_esc(r['task'])}</td>"
+                       f"<td>{_esc(r['metric'])}</td><td class='num' style='background:{colour}'>"
+                       f"{_esc(format_gain(r))}</td></tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
 def _img(b64: str | None, caption: str) -> str:
     if not b64:
         return ""
@@ -205,6 +228,7 @@ def render_html(results: dict, figs: dict[str, list[str]] | None = None, title: 
     for note in meta.get("notes", []):
         parts.insert(-3, f"<p class='note'>{_esc(note)}</p>")
     parts.append(gains_table_html(results))
+    parts.append(ablations_table_html(results))
     if any(figs.get("training", [])):
         parts.append("<h2>Training</h2>")
         parts.extend(figs["training"])
