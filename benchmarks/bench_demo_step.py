@@ -28,8 +28,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from stamp_st.models.gene_encoder import GeneEncoder, GenePretrainModel
+    from stamp_st.models.gene_encoder import GeneEncoder
     from stamp_st.training.engine import TrainerConfig, build_optimizer, resolve_precision
+    from stamp_st.training.gene_objectives import GenePretrainModel
     from stamp_st.training.pretrain_genes import PretrainConfig
 
     torch.set_num_threads(args.threads)

@@ -31,7 +31,8 @@ def build(variant: str, config: str, device: str):
     import torch
     from torch import nn
 
-    from stamp_st.models.gene_encoder import GeneEncoder, GeneEncoderConfig, GenePretrainModel
+    from stamp_st.models.gene_encoder import GeneEncoder, GeneEncoderConfig
+    from stamp_st.training.gene_objectives import GenePretrainModel
 
     torch.manual_seed(0)
     cfg = GeneEncoderConfig.load(config)

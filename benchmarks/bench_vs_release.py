@@ -284,8 +284,9 @@ class Worker:
             self.batch = {"tokenized_gene": tokens[None] if cgr else tokens}
             self.amp = self.args.release_precision == "bf16"
         else:
-            from stamp_st.models.gene_encoder import GeneEncoder, GenePretrainModel
+            from stamp_st.models.gene_encoder import GeneEncoder
             from stamp_st.training.engine import TrainerConfig, build_optimizer, resolve_precision
+            from stamp_st.training.gene_objectives import GenePretrainModel
 
             self.model = GenePretrainModel(GeneEncoder("reference"), cgr=cgr).train()
             self.tcfg = TrainerConfig(lr=1e-4, weight_decay=1e-4)

@@ -29,7 +29,8 @@ def equality_checks(device: str) -> dict:
     import torch
     from torch import nn
 
-    from stamp_st.models.gene_encoder import GeneEncoder, GeneEncoderConfig, GenePretrainModel
+    from stamp_st.models.gene_encoder import GeneEncoder, GeneEncoderConfig
+    from stamp_st.training.gene_objectives import GenePretrainModel
 
     torch.manual_seed(0)
     cfg = GeneEncoderConfig(name="check", vocab_size=500, d_model=64, n_layers=2, n_heads=4, d_ff=128, context=96)

@@ -12,9 +12,8 @@ from stamp_st.models.gene_encoder import (
     REGISTERED_CONFIGS,
     GeneEncoder,
     GeneEncoderConfig,
-    GenePretrainModel,
-    mask_tokens,
 )
+from stamp_st.training.gene_objectives import GenePretrainModel, mask_tokens
 
 torch.set_num_threads(1)
 SMALL = GeneEncoderConfig(name="unit", vocab_size=120, d_model=32, n_layers=2, n_heads=4, d_ff=64, context=48)
@@ -210,7 +209,7 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
 def test_fused_head_loss_matches_the_logits_path(bf16):
     """head_ce_and_acc (chunked, no [N x vocabulary] logits kept) = cross-entropy of head(h): loss, accuracy and
     the gradients of h, the weight and the bias; fp32 and under bf16 autocast."""
-    from stamp_st.models import gene_encoder as ge
+    from stamp_st.training import gene_objectives as ge
 
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 300)

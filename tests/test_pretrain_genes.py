@@ -11,8 +11,9 @@ import torch
 
 from stamp_st.errors import StampInputError
 from stamp_st.models.checkpoint import load_checkpoint
-from stamp_st.models.gene_encoder import GeneEncoder, GeneEncoderConfig, GenePretrainModel
+from stamp_st.models.gene_encoder import GeneEncoder, GeneEncoderConfig
 from stamp_st.preprocessing.vocab import GeneVocabulary
+from stamp_st.training.gene_objectives import GenePretrainModel
 from stamp_st.training.pretrain_genes import PretrainConfig, SyntheticGeneGroups, run_pretrain
 
 torch.set_num_threads(1)

@@ -30,6 +30,15 @@ import scipy.sparse as sp
 from ..errors import StampInputError
 from ..io_utils import atomic_path, atomic_write_json
 from . import qc as qcmod
+from .gene_means import means_accumulators, means_from_accumulators, write_gene_means
+from .layout import (
+    DONE_SUFFIX,
+    FORMAT_VERSION,
+    GENE_MEANS_NAME,
+    MANIFEST_NAME,
+    MEANS_SUFFIX,
+    read_finished_manifest,
+)
 from .manifest import SampleEntry, read_manifest
 from .shards import (
     IMAGE_CODECS,
@@ -41,13 +50,8 @@ from .shards import (
     write_shard,
 )
 
-FORMAT_VERSION = 1
 KINDS = ("genes", "paired")
 DEFAULT_SHARD_SIZE = {"genes": 2048, "paired": 512}  # ~100 MB shards either way
-DONE_SUFFIX = ".done.json"
-MEANS_SUFFIX = ".means.npy"
-MANIFEST_NAME = "manifest.json"
-GENE_MEANS_NAME = "gene_means.tsv"
 log = logging.getLogger(__name__)
 
 
@@ -180,21 +184,6 @@ def _read_entry(entry: SampleEntry):
                        image_path=entry.image_path or None, um_per_px=entry.um_per_px)
 
 
-def _means_accumulators(vocab_counts: sp.csr_matrix, target_sum: float = 10_000.0) -> np.ndarray:
-    """float64 [3, k]: vocabulary index, sum of scaled expression, number of spots with a non-zero count,
-    over the genes present. Scaled = count x target_sum / the spot's vocabulary total (the tokenizer's unit)."""
-    X = sp.csr_matrix(vocab_counts, dtype=np.float64, copy=True)
-    X.eliminate_zeros()
-    totals = np.asarray(X.sum(axis=1)).ravel()
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    X = sp.diags(scale) @ X
-    X = sp.csc_matrix(X)
-    sums = np.asarray(X.sum(axis=0)).ravel()
-    nnz = np.diff(X.indptr).astype(np.float64)
-    idx = np.flatnonzero(nnz > 0)
-    return np.stack([idx.astype(np.float64), sums[idx], nnz[idx]])
-
-
 def _trim(tokens: np.ndarray) -> np.ndarray:
     """Drop trailing all-padding columns (datasets re-pad to the manifest's context)."""
     nz = np.flatnonzero((tokens != 0).any(axis=tuple(range(tokens.ndim - 1))))
@@ -311,7 +300,7 @@ def _build_slide_body(entry: SampleEntry, cfg: BuildConfig, out: Path, done: dic
         done["qc"] = {"n_spots_input": int(X.shape[0]), "n_spots_kept": int(len(kept)), "dropped": dropped}
         if len(kept) == 0:
             return finish("skipped", "no_spots_left", "every spot failed QC")
-        acc = _means_accumulators(vc[kept])
+        acc = means_accumulators(vc[kept])
         with atomic_path(out / f"{sid}{MEANS_SUFFIX}") as tmp:
             with open(tmp, "wb") as fh:
                 fh.write(encode_npy(acc))
@@ -572,7 +561,6 @@ def _run_tasks(todo, config, out, hashes, workers, scheduler, processes, progres
 def assemble_manifest(out: Path, entries: list[SampleEntry], config: BuildConfig, vocab,
                       path_dups: list[dict] | None = None) -> dict:
     """Write ``manifest.json`` and ``gene_means.tsv`` from the done records (slide-id order)."""
-    from .gene_means import means_from_accumulators, write_gene_means
 
     out = Path(out)
     settings = config.settings(vocab.checksum, vocab.divisors_checksum(config.rounded_means))
@@ -654,15 +642,6 @@ def assemble_manifest(out: Path, entries: list[SampleEntry], config: BuildConfig
 
 def with_overrides(config: BuildConfig, **kw) -> BuildConfig:
     return replace(config, **kw)
-
-
-def read_finished_manifest(corpus_dir: str | Path) -> dict:
-    """``manifest.json`` of a finished corpus (it is written last, so its presence means finished)."""
-    mpath = Path(corpus_dir) / MANIFEST_NAME
-    if not mpath.is_file():
-        raise StampInputError("no manifest.json: not a finished corpus", corpus_dir,
-                              hint="run `stamp-st build-corpus` (again) to finish it")
-    return json.loads(mpath.read_text())
 
 
 def verify_corpus(corpus_dir: str | Path) -> list[str]:

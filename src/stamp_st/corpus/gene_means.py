@@ -15,8 +15,25 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..errors import StampInputError
+from .layout import MANIFEST_NAME, read_finished_manifest
+
+
+def means_accumulators(vocab_counts: sp.csr_matrix, target_sum: float = 10_000.0) -> np.ndarray:
+    """float64 [3, k]: vocabulary index, sum of scaled expression, number of spots with a non-zero count,
+    over the genes present. Scaled = count x target_sum / the spot's vocabulary total (the tokenizer's unit)."""
+    X = sp.csr_matrix(vocab_counts, dtype=np.float64, copy=True)
+    X.eliminate_zeros()
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    X = sp.diags(scale) @ X
+    X = sp.csc_matrix(X)
+    sums = np.asarray(X.sum(axis=0)).ravel()
+    nnz = np.diff(X.indptr).astype(np.float64)
+    idx = np.flatnonzero(nnz > 0)
+    return np.stack([idx.astype(np.float64), sums[idx], nnz[idx]])
 
 
 def means_from_accumulators(accs: Iterable[np.ndarray], n_vocab: int) -> np.ndarray:
@@ -44,7 +61,6 @@ def compute_gene_means(corpus_dir: str | Path, vocab=None, out: str | Path | Non
     """Gene means of a built corpus from its per-slide records -> a ``GeneVocabulary`` (written to ``out``
     when given). ``vocab`` defaults to the released vocabulary; its checksum must match the corpus's."""
     from ..preprocessing.vocab import GeneVocabulary
-    from .build import MANIFEST_NAME, read_finished_manifest
     from .shards import decode_npy
 
     corpus_dir = Path(corpus_dir)
@@ -68,6 +84,4 @@ def compute_gene_means(corpus_dir: str | Path, vocab=None, out: str | Path | Non
 def gene_means_from_counts(vocab_counts_list: Iterable, n_vocab: int) -> np.ndarray:
     """The same definition straight from vocabulary-aligned count matrices (spots x V): the test oracle and
     a helper for corpora built elsewhere."""
-    from .build import _means_accumulators
-
-    return means_from_accumulators((_means_accumulators(c) for c in vocab_counts_list), n_vocab)
+    return means_from_accumulators((means_accumulators(c) for c in vocab_counts_list), n_vocab)

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import StampInputError
 from ..weights import find_weights
+from . import hub
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -247,9 +248,7 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
 def _create_backbone(name: str, weights, pretrained: bool, **kwargs) -> Backbone:
     import timm
 
-    from .hub import create_hub_backbone, is_hub_name
-
-    if is_hub_name(name):  # uni_v1, uni_v2, virchow2, ... and timm:hf-hub:ORG/NAME (models/hub.py)
+    if hub.is_hub_name(name):  # uni_v1, uni_v2, virchow2, ... and timm:hf-hub:ORG/NAME (models/hub.py)
         return create_hub_backbone(name, weights, pretrained, **kwargs)
     if name in ("efficientnet_lite0", "default"):
         num_classes = kwargs.pop("num_classes", 0)
@@ -306,6 +305,66 @@ def _create_backbone(name: str, weights, pretrained: bool, **kwargs) -> Backbone
                         str(weights) if weights else None)
 
     raise StampInputError(f"unknown backbone '{name}'", None, f"choose one of {', '.join(BACKBONE_NAMES)}")
+
+
+# ---------------------------------------------------------------- Hugging Face hub models (models/hub.py)
+def create_hub_backbone(name: str, weights: str | Path | None = None, pretrained: bool = True, **kwargs):
+    """A :class:`~stamp_st.models.backbones.Backbone` for a registry name or ``timm:hf-hub:ORG/NAME``."""
+    if name in hub.UNSUPPORTED:
+        raise StampInputError(f"backbone '{name}' is not supported: {hub.UNSUPPORTED[name]}")
+    if name.startswith(hub.TIMM_HUB_PREFIX):
+        return _timm_hub_backbone(name, weights, pretrained, **kwargs)
+    return _registry_backbone(name, weights, pretrained, **kwargs)
+
+
+def _registry_backbone(name: str, weights, pretrained: bool, **kwargs):
+    import timm
+
+    spec = hub.HUB_MODELS[name]
+    key = spec.weights_key or name
+    args = {**spec.timm_args, **(spec.extra_args() if spec.extra_args else {}), **kwargs}
+    path = find_weights(key, weights) if (pretrained or weights) else None
+    if path is not None and not Path(path).is_file():
+        raise StampInputError(f"weight file for '{name}' not found", path,
+                              hint=f"give an existing file, or unset STAMP_ST_{key.upper()}_WEIGHTS to use the hub")
+    transform = ImageTransform(spec.mean, spec.std, spec.size_px)
+    if name == "conch_v1":  # the open_clip checkpoint: its visual trunk goes into the timm ViT-B/16
+        if path is None and pretrained:
+            from huggingface_hub import hf_hub_download
+
+            path = hub._hub_call(spec.repo, key, lambda: hf_hub_download(spec.repo, "pytorch_model.bin"))
+        bb = create_backbone("conch_vit_b16", weights=path, pretrained=path is not None, **kwargs)
+        bb.name = name
+        return bb
+    if path is not None:
+        model = timm.create_model(spec.arch, pretrained=False, **args)
+        load_into(model, load_state_dict_file(path), path, ignore_prefixes=("head.",))
+        source = str(path)
+    elif pretrained:
+        model = hub._hub_call(spec.repo, key,
+                          lambda: timm.create_model(f"hf-hub:{spec.repo}", pretrained=True, **args))
+        source = f"hf-hub:{spec.repo}"
+    else:
+        model = timm.create_model(spec.arch, pretrained=False, **args)
+        source = None
+    return Backbone(name, model, transform, model.num_features, spec.um_per_px, True, source)
+
+
+def _timm_hub_backbone(name: str, weights, pretrained: bool, **kwargs):
+    """``timm:hf-hub:ORG/NAME``: architecture, arguments and preprocessing from the repository's config.json
+    (timm's own hub format); weights from the hub, or from a local file over the hub's graph."""
+    import timm
+
+    repo = name[len(hub.TIMM_HUB_PREFIX):]
+    if repo.count("/") != 1:
+        raise StampInputError(f"'{name}' is not timm:hf-hub:ORG/NAME")
+    kwargs.setdefault("num_classes", 0)
+    load_weights = pretrained and not weights
+    model = hub._hub_call(repo, None, lambda: timm.create_model(f"hf-hub:{repo}", pretrained=load_weights, **kwargs))
+    if weights:
+        load_into(model, load_state_dict_file(weights), weights, ignore_prefixes=("head.", "fc.", "classifier."))
+    source = str(weights) if weights else (f"hf-hub:{repo}" if pretrained else None)
+    return Backbone(name, model, _transform_from_timm(model), model.num_features, None, _is_vit(model), source)
 
 
 def freeze_backbone(model: nn.Module) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import StampInputError
 
@@ -131,69 +130,3 @@ def _hub_call(repo: str, weights_key: str | None, fn):
         if isinstance(err, FileNotFoundError) and not isinstance(err, LocalEntryNotFoundError):
             raise
         raise _hub_error(repo, err, weights_key) from err
-
-
-def create_hub_backbone(name: str, weights: str | Path | None = None, pretrained: bool = True, **kwargs):
-    """A :class:`~stamp_st.models.backbones.Backbone` for a registry name or ``timm:hf-hub:ORG/NAME``."""
-    if name in UNSUPPORTED:
-        raise StampInputError(f"backbone '{name}' is not supported: {UNSUPPORTED[name]}")
-    if name.startswith(TIMM_HUB_PREFIX):
-        return _timm_hub_backbone(name, weights, pretrained, **kwargs)
-    return _registry_backbone(name, weights, pretrained, **kwargs)
-
-
-def _registry_backbone(name: str, weights, pretrained: bool, **kwargs):
-    import timm
-
-    from ..weights import find_weights
-    from .backbones import Backbone, ImageTransform, load_into, load_state_dict_file
-
-    spec = HUB_MODELS[name]
-    key = spec.weights_key or name
-    args = {**spec.timm_args, **(spec.extra_args() if spec.extra_args else {}), **kwargs}
-    path = find_weights(key, weights) if (pretrained or weights) else None
-    if path is not None and not Path(path).is_file():
-        raise StampInputError(f"weight file for '{name}' not found", path,
-                              hint=f"give an existing file, or unset STAMP_ST_{key.upper()}_WEIGHTS to use the hub")
-    transform = ImageTransform(spec.mean, spec.std, spec.size_px)
-    if name == "conch_v1":  # the open_clip checkpoint: its visual trunk goes into the timm ViT-B/16
-        from .backbones import create_backbone
-
-        if path is None and pretrained:
-            from huggingface_hub import hf_hub_download
-
-            path = _hub_call(spec.repo, key, lambda: hf_hub_download(spec.repo, "pytorch_model.bin"))
-        bb = create_backbone("conch_vit_b16", weights=path, pretrained=path is not None, **kwargs)
-        bb.name = name
-        return bb
-    if path is not None:
-        model = timm.create_model(spec.arch, pretrained=False, **args)
-        load_into(model, load_state_dict_file(path), path, ignore_prefixes=("head.",))
-        source = str(path)
-    elif pretrained:
-        model = _hub_call(spec.repo, key,
-                          lambda: timm.create_model(f"hf-hub:{spec.repo}", pretrained=True, **args))
-        source = f"hf-hub:{spec.repo}"
-    else:
-        model = timm.create_model(spec.arch, pretrained=False, **args)
-        source = None
-    return Backbone(name, model, transform, model.num_features, spec.um_per_px, True, source)
-
-
-def _timm_hub_backbone(name: str, weights, pretrained: bool, **kwargs):
-    """``timm:hf-hub:ORG/NAME``: architecture, arguments and preprocessing from the repository's config.json
-    (timm's own hub format); weights from the hub, or from a local file over the hub's graph."""
-    import timm
-
-    from .backbones import Backbone, _is_vit, _transform_from_timm, load_into, load_state_dict_file
-
-    repo = name[len(TIMM_HUB_PREFIX):]
-    if repo.count("/") != 1:
-        raise StampInputError(f"'{name}' is not timm:hf-hub:ORG/NAME")
-    kwargs.setdefault("num_classes", 0)
-    load_weights = pretrained and not weights
-    model = _hub_call(repo, None, lambda: timm.create_model(f"hf-hub:{repo}", pretrained=load_weights, **kwargs))
-    if weights:
-        load_into(model, load_state_dict_file(weights), weights, ignore_prefixes=("head.", "fc.", "classifier."))
-    source = str(weights) if weights else (f"hf-hub:{repo}" if pretrained else None)
-    return Backbone(name, model, _transform_from_timm(model), model.num_features, None, _is_vit(model), source)

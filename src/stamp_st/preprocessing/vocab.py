@@ -18,17 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import DataNotFoundError, StampInputError
-
-ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?(-\d+)?$")
-
-
-def looks_like_ensembl(names: Sequence[str], min_fraction: float = 0.5) -> bool:
-    """True when most names are Ensembl gene ids (ENSG..., ENSMUSG...)."""
-    names = [str(n) for n in names]
-    if not names:
-        return False
-    hits = sum(bool(ENSEMBL_RE.match(n)) for n in names)
-    return hits / len(names) >= min_fraction
+from ..readers.ensembl import ENSEMBL_RE, looks_like_ensembl  # noqa: F401 (re-exported)
 
 
 def strip_version(gene_id: str) -> str:

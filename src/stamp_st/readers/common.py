@@ -13,7 +13,6 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import DataNotFoundError, StampInputError
-from ..preprocessing.vocab import looks_like_ensembl
 from .constants import (
     IMAGE_SCALE_MISMATCH_FACTOR,
     OBS_ARRAY_COL,
@@ -23,6 +22,7 @@ from .constants import (
     UNS_STAMP,
     VAR_GENE_IDS,
 )
+from .ensembl import looks_like_ensembl
 from .pixel_size import resolve_um_per_px, um_per_px_from_diameter, um_per_px_from_pitch
 
 

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StampInputError
-from ..preprocessing.vocab import looks_like_ensembl
 from .common import build_sample, counts_problem, require_file
 from .constants import (
     FORMAT_H5AD,
@@ -33,6 +32,7 @@ from .constants import (
     VISIUM_SPOT_DIAMETER_UM,
     VISIUM_SPOT_PITCH_UM,
 )
+from .ensembl import looks_like_ensembl
 
 GRID_DEFAULTS = {GRID_HEX: (VISIUM_SPOT_PITCH_UM, VISIUM_SPOT_DIAMETER_UM),
                  GRID_SQUARE: (LEGACY_ST_SPOT_PITCH_UM, LEGACY_ST_SPOT_DIAMETER_UM)}

@@ -326,7 +326,7 @@ def retrieval_recall(img: torch.Tensor, gene: torch.Tensor, slides: list[str], k
     slide; ties broken at random in expectation, see ``evaluation.retrieval``), with chance level beside it."""
     import numpy as np
 
-    from ..evaluation.retrieval import recall_from_ranks, true_match_ranks
+    from ..metrics import recall_from_ranks, true_match_ranks
 
     out: dict[str, list[float]] = {}
     slides_arr = np.asarray(slides).astype(str)

@@ -17,8 +17,9 @@ from ..config_types import check_config_types
 from ..errors import StampInputError
 from ..io_utils import atomic_write_json
 from ..models.checkpoint import checkpoint_config, load_config
-from ..models.gene_encoder import GeneEncoder, GeneEncoderConfig, GenePretrainModel
+from ..models.gene_encoder import GeneEncoder, GeneEncoderConfig
 from .engine import Trainer, TrainerConfig, check_run_folder, dist_env
+from .gene_objectives import GenePretrainModel
 from .schedule import validate_phases
 
 
