@@ -157,7 +157,7 @@ def embed(settings: DemoSettings, root: Path, stamp_run: Path, paired_dir: Path)
     corpus's own crops."""
     from .evaluation.embeddings_io import CV_SEP, write_embedding_h5ad
     from .inference.corpus_embed import embed_corpus
-    from .readers import read_sample
+    from .readers import SampleMeta, read_sample
 
     emb_dir = settings.out / "embeddings"
     files = {"stamp": emb_dir / "stamp.h5ad", "backbone": emb_dir / "backbone.h5ad"}
@@ -178,7 +178,7 @@ def embed(settings: DemoSettings, root: Path, stamp_run: Path, paired_dir: Path)
         for sec, a in per.items():
             rows = pd.Index(a.obs_names).get_indexer(spots[slides == sec])
             blocks.append(sp.csr_matrix(a[:, genes].X)[rows])
-            images[sec] = a.uns["stamp_st"].get("image_path", "")
+            images[sec] = SampleMeta.of(a).image_path
         order = np.concatenate([np.flatnonzero(slides == s) for s in IMAGED_SECTIONS])
         counts = sp.vstack(blocks).tocsr()
         kinds = ("stamp_v", "stamp_v_joint", "stamp_g", "stamp_f")

@@ -44,6 +44,7 @@ def run(args) -> int:
     from ..evaluation.embeddings_io import write_embedding_h5ad, write_trident_h5
     from ..inference.embed import embed_sample, embed_slide_tiles, load_embedder
     from ..io_utils import check_output_file
+    from ..readers.sample_meta import SampleMeta
 
     out = Path(args.out)
     if out.suffix not in (".h5ad", ".h5"):
@@ -53,6 +54,7 @@ def run(args) -> int:
                              patch_um=args.patch_um, precision=args.precision)
     if args.tiles:
         from ..evaluation.embeddings_io import trident_coords_attrs
+        from ..readers.pixel_size import resolve_um_per_px
         from ..readers.slide import open_slide
 
         if args.pipeline == "released":
@@ -61,8 +63,8 @@ def run(args) -> int:
 
         slide_path, um, um_source, slide_id = tile_source(args)
         with open_slide(slide_path) as slide:
-            if um is None and slide.um_per_px:
-                um, um_source = float(slide.um_per_px), "slide"
+            if um is None:
+                um, um_source = resolve_um_per_px(slide=slide.um_per_px)
             if not um:
                 raise StampInputError("no pixel size: neither the sample's metadata nor the slide carry one",
                                       slide_path, hint="pass --um-per-px")
@@ -84,15 +86,15 @@ def run(args) -> int:
     adata = read_sample_from_args(args)
     embs = embed_sample(embedder, adata, batch_size=args.batch_size, pipeline=args.pipeline,
                         magnification=args.magnification)
-    meta = adata.uns["stamp_st"]
-    sid = str(meta.get("sample_id", "sample"))
+    meta = SampleMeta.of(adata)
+    sid = meta.sample_id or "sample"
     if out.suffix == ".h5":
         from ..evaluation.embeddings_io import trident_coords_attrs
 
         key = next(k for k in ("X_stamp_v", "X_backbone", "X_stamp_g") if k in embs)
-        um = float(meta.get("um_per_px") or 0)
+        um = meta.slide_um_per_px or 0.0
         g = embedder.geometry
-        size_px = meta.get("image_size_px") or (0, 0)
+        size_px = meta.image_size_px or (0, 0)
         side0 = g.patch_side_px(um) if um else 0.0
         attrs = trident_coords_attrs(sid, g.out_px, side0, um, *size_px) if um else None
         # TRIDENT's convention: coords are the top-left corner of the patch the feature was computed on
@@ -107,8 +109,8 @@ def run(args) -> int:
         var_cols = {"gene_ids": adata.var["gene_ids"].astype(str).to_numpy()} if "gene_ids" in adata.var else None
         write_embedding_h5ad(out, embs, [sid] * adata.n_obs, list(adata.obs_names), xy_px=adata.obsm["spatial"],
                              counts=adata.X, gene_names=list(adata.var_names),
-                             image_paths={sid: meta.get("image_path", "")} if meta.get("image_path") else None,
-                             extra_uns={"model": embedder.name, "um_per_px": float(meta.get("um_per_px") or 0),
+                             image_paths={sid: meta.image_path} if meta.image_path else None,
+                             extra_uns={"model": embedder.name, "um_per_px": meta.slide_um_per_px or 0.0,
                                         "pipeline": args.pipeline, "precision": embedder.precision},
                              obs_columns=obs_cols, var_columns=var_cols, spatial=spatial_uns(adata, sid))
     _summary(args, {"out": str(out), "kind": "spots", "n_spots": int(adata.n_obs),
@@ -125,9 +127,11 @@ def tile_source(args) -> tuple[str, float | None, str, str]:
 
     from ..errors import StampInputError
     from ..readers.constants import HEST_WSI_DIR
+    from ..readers.pixel_size import resolve_um_per_px
+    from ..readers.sample_meta import SampleMeta
 
     p = Path(args.sample)
-    um, source = (float(args.um_per_px), "user") if args.um_per_px else (None, "")
+    um, source = resolve_um_per_px(user=args.um_per_px) if args.um_per_px else (None, "")
     if p.is_file() and p.suffix.lower() != ".h5ad":  # a slide file
         return str(args.image or p), um, source, (Path(args.image) if args.image else p).stem
     if p.is_dir() and (p / HEST_WSI_DIR).is_dir() and args.format in (None, "hest"):
@@ -146,13 +150,13 @@ def tile_source(args) -> tuple[str, float | None, str, str]:
         return str(args.image or wsi_path(p, args.section)), um, source, str(args.section)
     from .inspect_cmd import read_sample_from_args
 
-    meta = read_sample_from_args(args).uns["stamp_st"]
-    image = args.image or meta.get("image_path")
+    meta = SampleMeta.of(read_sample_from_args(args))
+    image = args.image or meta.image_path
     if not image:
         raise StampInputError("the sample has no image to tile", p, hint="pass --image SLIDE")
-    if um is None and meta.get("um_per_px"):
-        um, source = float(meta["um_per_px"]), f"sample ({meta.get('um_per_px_source')})"
-    return str(image), um, source, str(meta.get("sample_id") or Path(image).stem)
+    if um is None and meta.slide_um_per_px:
+        um, source = meta.slide_um_per_px, f"sample ({meta.slide_um_per_px_source})"
+    return str(image), um, source, meta.sample_id or Path(image).stem
 
 
 def _summary(args, summary: dict, text: str) -> None:

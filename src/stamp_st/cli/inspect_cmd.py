@@ -54,26 +54,27 @@ def gene_mapping(adata, vocab):
 def inspect_sample(adata, vocab) -> dict:
     """The facts ``inspect`` prints, as a JSON-ready dict."""
     from ..preprocessing.vocab import coverage_report
+    from ..readers.sample_meta import SampleMeta
 
-    meta = adata.uns["stamp_st"]
+    meta = SampleMeta.of(adata)
     mapping = gene_mapping(adata, vocab)
     cov = coverage_report(adata.X, mapping, adata.obs_names)
     cov.pop("per_spot")
     return {
-        "sample_id": meta["sample_id"],
-        "format": meta["format"],
-        "source_path": meta["source_path"],
+        "sample_id": meta.sample_id,
+        "format": meta.technology,
+        "source_path": meta.source_path,
         "n_spots": int(adata.n_obs),
         "n_spots_in_tissue": int(adata.obs["in_tissue"].sum()),
         "n_genes": int(adata.n_vars),
         "total_counts": float(adata.X.sum()),
         "vocabulary": {"path": vocab.source, "checksum": vocab.checksum, **cov},
-        "um_per_px": meta["um_per_px"],
-        "um_per_px_source": meta["um_per_px_source"],
-        "grid": meta["grid"],
-        "image_path": meta["image_path"],
-        "image_size_px": meta["image_size_px"],
-        "qc": meta.get("qc", {}),
+        "um_per_px": meta.slide_um_per_px,
+        "um_per_px_source": meta.slide_um_per_px_source,
+        "grid": meta.grid,
+        "image_path": meta.image_path,
+        "image_size_px": list(meta.image_size_px) if meta.image_size_px else None,
+        "qc": meta.qc,
     }
 
 

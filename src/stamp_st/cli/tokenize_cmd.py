@@ -35,6 +35,7 @@ def tokenize_sample(adata, vocab, context: int, rounded_means: bool = True, pipe
 
     from ..preprocessing.tokenizer import RankTokenizer
     from ..preprocessing.vocab import coverage_report
+    from ..readers.sample_meta import SampleMeta
     from .inspect_cmd import gene_mapping
 
     if pipeline == "released":
@@ -57,7 +58,7 @@ def tokenize_sample(adata, vocab, context: int, rounded_means: bool = True, pipe
         "empty_spot_ids": spot_ids[~keep],
         "vocab_checksum": np.asarray(vocab.checksum),
         "tokenizer_config": np.asarray(json.dumps(tokenizer.config())),
-        "sample_id": np.asarray(adata.uns["stamp_st"]["sample_id"]),
+        "sample_id": np.asarray(SampleMeta.of(adata).sample_id),
         "coverage": np.asarray(json.dumps(cov)),
     }
 

@@ -29,6 +29,7 @@ import scipy.sparse as sp
 
 from ..errors import StampInputError
 from ..io_utils import atomic_path, atomic_write_json
+from ..readers.sample_meta import SampleMeta
 from . import qc as qcmod
 from .gene_means import means_accumulators, means_from_accumulators, write_gene_means
 from .layout import (
@@ -204,7 +205,7 @@ def _gene_groups(adata, kept: np.ndarray) -> np.ndarray:
         ok = np.isfinite(row) & np.isfinite(col) & (row >= 0) & (col >= 0)  # readers write -1 for "no grid"
         if ok.sum() > 0:
             sub = np.flatnonzero(ok)
-            grid = adata.uns.get("stamp_st", {}).get("grid", "hex")
+            grid = SampleMeta.of(adata).grid
             g = np.asarray(spatial_groups(row[ok].astype(np.int64), col[ok].astype(np.int64), grid), np.int64)
             if g.size:
                 groups = np.where(g >= 0, sub[np.clip(g, 0, None)], -1)
@@ -251,7 +252,7 @@ def _build_slide_body(entry: SampleEntry, cfg: BuildConfig, out: Path, done: dic
     from ..preprocessing.vocab import map_genes
 
     vocab = _load_vocab(cfg.vocab_path)
-    meta = dict(adata.uns.get("stamp_st", {}))
+    meta = SampleMeta.of(adata)  # the entry's um_per_px, when given, was the reader's "user" pixel size
     X = sp.csr_matrix(adata.X)
     gene_ids = adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None
     if gene_ids is not None and not any(gene_ids):
@@ -267,16 +268,16 @@ def _build_slide_body(entry: SampleEntry, cfg: BuildConfig, out: Path, done: dic
     vc = mapping.to_vocab_counts(X)
     done["counts_checksum"] = qcmod.counts_checksum(X, adata.var_names)
     done["n_genes_input"], done["n_genes_kept"] = int(X.shape[1]), int(mapping.n_kept)
-    um_per_px = entry.um_per_px or meta.get("um_per_px")
-    done["um_per_px"] = float(um_per_px) if um_per_px else None
-    done["um_per_px_source"] = "user" if entry.um_per_px else meta.get("um_per_px_source", "none")
+    um_per_px = meta.slide_um_per_px
+    done["um_per_px"] = um_per_px
+    done["um_per_px_source"] = meta.slide_um_per_px_source
     in_tissue = adata.obs["in_tissue"].to_numpy(bool) if "in_tissue" in adata.obs else None
     xy_px = np.asarray(adata.obsm["spatial"], np.float64) if "spatial" in adata.obsm else None
 
     slide = None
     outside = None
     if cfg.kind == "paired":
-        image = meta.get("image_path") or ""
+        image = meta.image_path
         if not um_per_px:
             return finish("skipped", "no_pixel_size", "paired corpora need µm/px: add um_per_px to the manifest")
         if not image:

@@ -172,23 +172,24 @@ def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bo
     vocabulary gene at all gets no Stamp_G / Stamp_F (an error when there is no image either).
     ``pipeline="released"``: the release's tokens and patches (module docstring)."""
     released = pipeline == "released"
+    from ..readers.sample_meta import SampleMeta
     from ..readers.slide import open_slide
 
-    meta = adata.uns.get("stamp_st", {})
-    image_path = meta.get("image_path") or ""
-    um = meta.get("um_per_px")
+    meta = SampleMeta.of(adata)
+    image_path = meta.image_path
+    um = meta.slide_um_per_px
     result: dict[str, np.ndarray] = {}
     if image_path and released:
         with open_slide(image_path) as slide:
             result.update(embed_release_patches(embedder, slide, np.asarray(adata.obsm["spatial"]), batch_size,
-                                                magnification, desc=f"{meta.get('sample_id', 'sample')} patches"))
+                                                magnification, desc=f"{meta.sample_id or 'sample'} patches"))
     elif image_path:
         if not um:
             raise StampInputError("sample has an image but no pixel size", image_path,
                                   hint="pass --um-per-px, or give spot pitch/diameter so it can be inferred")
         with open_slide(image_path) as slide:
             result.update(embed_patches(embedder, slide, np.asarray(adata.obsm["spatial"]), float(um),
-                                        batch_size, desc=f"{meta.get('sample_id', 'sample')} patches"))
+                                        batch_size, desc=f"{meta.sample_id or 'sample'} patches"))
     if with_genes and embedder.gene_fn is not None and embedder.tokenizer is not None:
         from ..preprocessing.vocab import map_genes
 
@@ -204,7 +205,7 @@ def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bo
         empty = np.asarray(tok.empty, bool)
         adata.obs[OBS_NO_VOCAB_GENES] = empty  # the flag travels with the embeddings (embed writes it to obs)
         ok = ~empty
-        where = meta.get("source_path") or meta.get("sample_id") or "sample"
+        where = meta.source_path or meta.sample_id or "sample"
         if not ok.any():
             msg = (f"{where}: no spot has a count for any gene of the model's vocabulary ({mapping.n_kept} of "
                    f"{adata.n_vars} genes map to it)")
@@ -230,7 +231,7 @@ def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bo
                                                   torch.from_numpy(g)).numpy()
     if not result:
         raise StampInputError("nothing to embed: the sample has no image and the model has no gene encoder",
-                              meta.get("source_path"), hint="give --image, or use a STAMP model for Stamp_G")
+                              meta.source_path or None, hint="give --image, or use a STAMP model for Stamp_G")
     return result
 
 

@@ -20,6 +20,7 @@ from ..readers.constants import (
     UNS_SPATIAL_METADATA,
     UNS_SPATIAL_SCALEFACTORS,
 )
+from ..readers.sample_meta import SampleMeta
 
 HIRES_SIDE_PX = 2000  # Space Ranger's tissue_hires_image
 LOWRES_SIDE_PX = 600  # Space Ranger's tissue_lowres_image
@@ -56,14 +57,14 @@ def spatial_uns(adata, library_id: str) -> dict:
             if isinstance(lib, dict) and _usable(lib):
                 return {library_id: {k: lib[k] for k in (UNS_SPATIAL_IMAGES, UNS_SPATIAL_SCALEFACTORS,
                                                           UNS_SPATIAL_METADATA) if k in lib}}
-    meta = adata.uns.get("stamp_st", {})
-    um = meta.get("um_per_px")
+    meta = SampleMeta.of(adata)
+    um = meta.slide_um_per_px
     sf: dict = {}
-    if um and meta.get("spot_diameter_um"):
-        sf[SF_SPOT_DIAMETER] = float(meta["spot_diameter_um"]) / float(um)
+    if um and meta.spot_diameter_um:
+        sf[SF_SPOT_DIAMETER] = meta.spot_diameter_um / um
     images: dict = {}
-    if meta.get("image_path"):
-        hires, scale = _thumbnail(meta["image_path"], HIRES_SIDE_PX)
+    if meta.image_path:
+        hires, scale = _thumbnail(meta.image_path, HIRES_SIDE_PX)
         images["hires"] = hires
         sf[SF_HIRES] = scale
         lo_scale = min(1.0, LOWRES_SIDE_PX / max(hires.shape[:2])) * scale
@@ -81,4 +82,4 @@ def spatial_uns(adata, library_id: str) -> dict:
         else:
             sf[SF_SPOT_DIAMETER] = 1.0
     return {library_id: {UNS_SPATIAL_IMAGES: images, UNS_SPATIAL_SCALEFACTORS: sf,
-                         UNS_SPATIAL_METADATA: {"source": str(meta.get("image_path") or "")}}}
+                         UNS_SPATIAL_METADATA: {"source": meta.image_path}}}

@@ -347,7 +347,7 @@ def _registry_backbone(name: str, weights, pretrained: bool, **kwargs):
     else:
         model = timm.create_model(spec.arch, pretrained=False, **args)
         source = None
-    return Backbone(name, model, transform, model.num_features, spec.um_per_px, True, source)
+    return Backbone(name, model, transform, model.num_features, spec.native_um_per_px, True, source)
 
 
 def _timm_hub_backbone(name: str, weights, pretrained: bool, **kwargs):

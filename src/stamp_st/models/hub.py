@@ -46,7 +46,7 @@ class HubModel:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     size_px: int = 224
-    um_per_px: float = 0.5  # 20x: the magnification all of these were trained at
+    native_um_per_px: float = 0.5  # model input µm/px: 20x, the magnification all of these were trained at
     weights_key: str = ""  # stamp_st.weights lookup key (default: the name)
     extra_args: Callable[[], dict] | None = None
     card: str = ""

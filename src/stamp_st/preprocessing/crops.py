@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import StampInputError
+from ..readers.pixel_size import resolve_um_per_px
 
 WHITE = 255
 
@@ -87,7 +88,7 @@ def extract_spot_crops(slide, centers_xy_px, um_per_px: float | None = None,
     geometry = geometry or CropGeometry()
     rng = rng if rng is not None else np.random.default_rng(0)
     if um_per_px is None:
-        um_per_px = slide.um_per_px
+        um_per_px = resolve_um_per_px(slide=slide.um_per_px)[0]
     if um_per_px is None or not np.isfinite(um_per_px) or um_per_px <= 0:
         raise StampInputError("no pixel size (µm/px) for this slide", getattr(slide, "path", None),
                               hint="pass um_per_px, or let the reader infer it from the spot pitch")

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from ..errors import DataNotFoundError, StampInputError
 from .constants import FORMAT_H5AD, FORMAT_HER2ST, FORMAT_HEST, FORMAT_SPACERANGER, FORMATS, H5AD_SUFFIX
+from .sample_meta import SampleMeta
 
-__all__ = ["FORMATS", "detect_format", "her2st_sections", "read_sample"]
+__all__ = ["FORMATS", "SampleMeta", "detect_format", "her2st_sections", "read_sample"]
 
 _LAYOUTS = {
     FORMAT_SPACERANGER: "Space Ranger 'outs' folder (filtered_feature_bc_matrix.h5 + spatial/)",
@@ -58,7 +59,7 @@ def her2st_sections(root: str | Path) -> list[str]:
 def read_sample(path: str | Path, format: str | None = None, section: str | None = None,  # noqa: A002
                 image_path: str | Path | None = None, um_per_px: float | None = None):
     """Read any supported input into the sample AnnData (raw counts CSR, spot centres in full-res pixels,
-    pixel size and its source in ``uns['stamp_st']``)."""
+    pixel size and its source in the sample record: ``SampleMeta.of(adata)``)."""
     fmt = format or detect_format(path)
     if fmt not in FORMATS:
         raise StampInputError(f"unknown format '{fmt}'", path, hint=f"use one of: {', '.join(FORMATS)}")

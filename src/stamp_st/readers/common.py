@@ -19,11 +19,11 @@ from .constants import (
     OBS_ARRAY_ROW,
     OBS_IN_TISSUE,
     OBSM_SPATIAL,
-    UNS_STAMP,
     VAR_GENE_IDS,
 )
 from .ensembl import looks_like_ensembl
 from .pixel_size import resolve_um_per_px, um_per_px_from_diameter, um_per_px_from_pitch
+from .sample_meta import SampleMeta
 
 
 def require_file(path: Path, what: str, hint: str) -> Path:
@@ -236,19 +236,12 @@ def build_sample(
     adata = ad.AnnData(X=to_csr_counts(X), obs=obs, var=var)
     adata.var_names_make_unique()
     adata.obsm[OBSM_SPATIAL] = xy
-    adata.uns[UNS_STAMP] = {
-        "sample_id": str(sample_id),
-        "format": fmt,
-        "source_path": str(source_path),
-        "image_path": str(image_path) if image_path else "",
-        "image_size_px": image_size,
-        "um_per_px": um_per_px,
-        "um_per_px_source": source,
-        "grid": grid,
-        "spot_pitch_um": float(spot_pitch_um),
-        "spot_diameter_um": float(spot_diameter_um),
-        "qc": qc,
-    }
+    SampleMeta(
+        sample_id=str(sample_id), technology=fmt, source_path=str(source_path),
+        image_path=str(image_path) if image_path else "", image_size_px=image_size, slide_um_per_px=um_per_px,
+        slide_um_per_px_source=source, grid=grid, spot_pitch_um=float(spot_pitch_um),
+        spot_diameter_um=float(spot_diameter_um), qc=qc,
+    ).store(adata)
     for k, v in (uns_extra or {}).items():
         adata.uns[k] = v
     return adata

@@ -26,6 +26,7 @@ UM_PER_PX_USER = "user"
 UM_PER_PX_METADATA = "metadata"
 UM_PER_PX_SPOT_PITCH = "spot_pitch"
 UM_PER_PX_SPOT_DIAMETER = "spot_diameter"
+UM_PER_PX_SLIDE = "slide"  # the slide file's own resolution tag (whole-slide tiling, crops without a sample)
 UM_PER_PX_NONE = "none"
 
 # a positions extent this many times larger than the image means the image is a downscaled copy

@@ -17,6 +17,7 @@ from .constants import (
     SQUARE_COL_STEP,
     UM_PER_PX_METADATA,
     UM_PER_PX_NONE,
+    UM_PER_PX_SLIDE,
     UM_PER_PX_SPOT_DIAMETER,
     UM_PER_PX_SPOT_PITCH,
     UM_PER_PX_USER,
@@ -71,11 +72,14 @@ def um_per_px_from_diameter(spot_diameter_px: float | None, spot_diameter_um: fl
 
 
 def resolve_um_per_px(user: float | None = None, metadata: float | None = None,
-                      spot_pitch: float | None = None, spot_diameter: float | None = None
-                      ) -> tuple[float | None, str]:
-    """First known value in order of trust: user > slide metadata > spot pitch > spot diameter."""
+                      spot_pitch: float | None = None, spot_diameter: float | None = None,
+                      slide: float | None = None) -> tuple[float | None, str]:
+    """The one rule for a slide's pixel size (µm per level-0 pixel): the first known value in order of trust,
+    user > sample metadata > spot pitch > spot diameter > the slide file's resolution tag (last: HEST's WSIs,
+    written with current libvips, carry a tag 10x off). Returns (value or None, its source)."""
     for value, source in ((user, UM_PER_PX_USER), (metadata, UM_PER_PX_METADATA),
-                          (spot_pitch, UM_PER_PX_SPOT_PITCH), (spot_diameter, UM_PER_PX_SPOT_DIAMETER)):
+                          (spot_pitch, UM_PER_PX_SPOT_PITCH), (spot_diameter, UM_PER_PX_SPOT_DIAMETER),
+                          (slide, UM_PER_PX_SLIDE)):
         if value is not None and np.isfinite(value) and value > 0:
             return float(value), source
     return None, UM_PER_PX_NONE
