@@ -34,6 +34,7 @@ from stamp_st.models.backbones import create_backbone  # noqa: E402
 from stamp_st.models.gene_encoder import GeneEncoder, GeneEncoderConfig  # noqa: E402
 from stamp_st.models.stamp import StampModel, precompute_gene_embeddings  # noqa: E402
 from stamp_st.training.align import ImageFeatureCache  # noqa: E402
+from stamp_st.training.align_task import AlignTask  # noqa: E402
 
 
 def synthetic_batch(items: int, img_px: int, context: int, n_genes: int = 2000, seed: int = 0) -> dict:
@@ -87,9 +88,11 @@ def run_mode(mode: str, args, device: torch.device, gene_config) -> dict:
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-3)
     dev_batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
-    def step(model=model, opt=opt):
+    task = AlignTask(model)  # the losses
+
+    def step(task=task, opt=opt):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            out = model(dev_batch)
+            out = task(dev_batch)
         out["loss"].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

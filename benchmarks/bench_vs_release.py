@@ -377,13 +377,14 @@ class Worker:
             from stamp_st.models.backbones import create_backbone
             from stamp_st.models.gene_encoder import GeneEncoder
             from stamp_st.models.stamp import StampModel, precompute_gene_embeddings
+            from stamp_st.training.align_task import AlignTask
             from stamp_st.training.engine import TrainerConfig, build_optimizer, resolve_precision
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 bb = create_backbone(f"timm:{vit['timm']}", pretrained=False, img_size=224)
             m = StampModel(GeneEncoder("reference"), bb, freeze_gene_encoder=True).train()
-            self.model = m
+            self.model = AlignTask(m)  # the losses
             self.amp = resolve_precision("auto", torch.device("cpu")) is not None
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):

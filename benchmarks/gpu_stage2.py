@@ -34,7 +34,9 @@ def numerics(device, tiny: bool) -> dict:
 
     gcfg = GeneEncoderConfig.load("tiny" if tiny else "reference")
     backbone, img = ("timm:vit_tiny_patch16_224", 64) if tiny else ("uni", 224)
-    model = build(backbone, gcfg, img, "ours", grad_ckpt=False).to(device).eval()
+    from stamp_st.training.align_task import AlignTask
+
+    model = AlignTask(build(backbone, gcfg, img, "ours", grad_ckpt=False)).to(device).eval()
     batch = synthetic_batch(4, img, gcfg.context, seed=3)
     batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
     with torch.no_grad():

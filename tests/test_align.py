@@ -77,7 +77,12 @@ def test_cache_returns_what_the_frozen_encoder_computes():
 def test_frozen_cnn_backbone_is_fully_frozen_and_its_cache_changes_nothing():
     """A frozen CNN computes the same features in train and eval mode (BatchNorm statistics fixed), so its
     cached patch features and region maps give the losses and gradients of the uncached model."""
-    from stamp_st.training.align import ImageFeatureCache, build_align_model, image_cache_applies
+    from stamp_st.training.align import (
+        ImageFeatureCache,
+        build_align_model,
+        build_align_task,
+        image_cache_applies,
+    )
 
     cfg = AlignConfig.from_dict({"backbone": "efficientnet_lite0", "gene_encoder": "random:tiny",
                                  "freeze_gene_encoder": True, "freeze_backbone": True})
@@ -94,12 +99,13 @@ def test_frozen_cnn_backbone_is_fully_frozen_and_its_cache_changes_nothing():
     torch.testing.assert_close(train_f, eval_f)
     assert not any(p.requires_grad for p in base.parameters())
 
-    model.train()
+    task = build_align_task(cfg, model)
+    task.train()
     torch.manual_seed(0)
-    direct = model(batch)
+    direct = task(batch)
     cached_batch = ImageFeatureCache().fill(GeneFeatureCache().fill(batch, model), model)
     assert cached_batch["patch"] is None and cached_batch["region_map"].dtype == torch.float16
-    cached = model(cached_batch)
+    cached = task(cached_batch)
     for k in direct:
         torch.testing.assert_close(cached[k], direct[k], atol=5e-3, rtol=5e-3)
     cached["loss"].backward()
@@ -124,6 +130,7 @@ def test_lora_trains_adapters_only_and_reloads(tmp_path):
     from stamp_st.models.gene_encoder import GeneEncoder
     from stamp_st.models.lora import apply_lora
     from stamp_st.models.stamp import StampModel, save_stamp
+    from stamp_st.training.align_task import AlignTask
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -137,7 +144,7 @@ def test_lora_trains_adapters_only_and_reloads(tmp_path):
     assert n == sum(p.numel() for k, p in model.named_parameters() if k in backbone_trainable)
     assert "visual_backbone.p_visual" in trainable and "positioning_projection.weight" in trainable
     batch = next(iter(SyntheticPairs(n_items=2, context=32, batch_size=2)))
-    model(batch)["loss"].backward()
+    AlignTask(model)(batch)["loss"].backward()
     with torch.no_grad():  # adapters start at zero (lora_B): give them a value so the reload is checked
         for k, p in model.named_parameters():
             if "lora_B" in k:
@@ -210,7 +217,12 @@ def test_val_slides_must_exist_and_leave_something_to_train_on():
 def test_trunk_cache_gives_the_uncached_losses_and_trains_the_tail():
     """Partial fine-tuning of a CNN with its frozen trunk cached: same losses as running the whole CNN,
     and gradients reach the last block and the conv head, not the trunk."""
-    from stamp_st.training.align import TrunkFeatureCache, build_align_model, trunk_cache_applies
+    from stamp_st.training.align import (
+        TrunkFeatureCache,
+        build_align_model,
+        build_align_task,
+        trunk_cache_applies,
+    )
 
     cfg = AlignConfig.from_dict({"backbone": "efficientnet_lite0", "gene_encoder": "random:tiny",
                                  "freeze_gene_encoder": True, "trainable_blocks": 1, "temperature_init": 1.0})
@@ -220,15 +232,16 @@ def test_trunk_cache_gives_the_uncached_losses_and_trains_the_tail():
     assert trunk_cache_applies(cfg, model)
     assert float(model.logit_scale.detach().exp()) == pytest.approx(1.0)
     batch = next(iter(SyntheticPairs(n_items=4, img_px=64, context=32, batch_size=4)))
-    model.eval()  # BatchNorm of the trainable tail: the same statistics on both paths
-    direct = model(batch)
+    task = build_align_task(cfg, model)
+    task.eval()  # BatchNorm of the trainable tail: the same statistics on both paths
+    direct = task(batch)
     cached_batch = TrunkFeatureCache().fill(GeneFeatureCache().fill(batch, model), model)
     assert cached_batch["patch"] is None and cached_batch["patch_trunk"].dtype == torch.float16
-    cached = model(cached_batch)
+    cached = task(cached_batch)
     for k in direct:
         torch.testing.assert_close(cached[k], direct[k], atol=5e-3, rtol=5e-3)
-    model.train()
-    model(cached_batch)["loss"].backward()
+    task.train()
+    task(cached_batch)["loss"].backward()
     base = model.visual_backbone.base_model
     assert base.conv_head.weight.grad is not None and base.blocks[-1][0].conv_pw.weight.grad is not None
     assert all(p.grad is None for p in base.blocks[0].parameters())

@@ -17,8 +17,8 @@ from stamp_st.models.stamp import (
     pool_gene_states,
     precompute_gene_embeddings,
     save_stamp,
-    slide_index,
 )
+from stamp_st.training.align_task import AlignTask, flatten_batch, slide_index
 
 torch.set_num_threads(1)
 IMG = 64  # 4 x 4 tokens for a /16 ViT: fast
@@ -36,6 +36,11 @@ def tiny_model(vit: bool = True, img: int = IMG, **kw) -> StampModel:
             bb = create_backbone("efficientnet_lite0", pretrained=False)
     bb.transform.size_px = img
     return StampModel(GeneEncoder(GENE_CFG), bb, **kw)
+
+
+def tiny_task(vit: bool = True, img: int = IMG, neighbour_radius_um: float | None = None, **kw) -> AlignTask:
+    """The Stage-2 task (losses) around ``tiny_model``."""
+    return AlignTask(tiny_model(vit, img, **kw), neighbour_radius_um=neighbour_radius_um)
 
 
 def tiny_batch(B: int = 3, img: int = IMG, L: int = 24, seed: int = 0) -> dict:
@@ -83,8 +88,9 @@ def test_pretext_token_passes_use_grid_from_input_size():
 
 
 def test_forward_returns_all_losses_and_trains_every_head():
-    m = tiny_model()
-    out = m(tiny_batch())
+    t = tiny_task()
+    m = t.model
+    out = t(tiny_batch())
     keys = {"loss", "loss_patch_spot", "loss_region_spot", "loss_patch_region", "loss_csp", "csp_acc", "logit_scale"}
     assert keys <= set(out)
     assert all(torch.isfinite(v).all() for v in out.values())
@@ -99,8 +105,9 @@ def test_forward_returns_all_losses_and_trains_every_head():
 
 
 def test_convnet_equivalent_forward():
-    m = tiny_model(vit=False, img=96)
-    out = m(tiny_batch(B=2, img=96))
+    t = tiny_task(vit=False, img=96)
+    m = t.model
+    out = t(tiny_batch(B=2, img=96))
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
     assert m.visual_backbone.thumb_mlp[0].weight.grad.abs().sum() > 0
@@ -116,16 +123,17 @@ def test_pooling_with_grad_equals_gene_encoder_embed():
 
 
 def test_frozen_gene_encoder_with_cached_features_gives_the_same_loss():
-    m = tiny_model(freeze_gene_encoder=True).eval()
+    t = tiny_task(freeze_gene_encoder=True).eval()
+    m = t.model
     b = tiny_batch()
     cached = precompute_gene_embeddings(m, b["tokens"].reshape(6, -1), batch_size=4).reshape(3, 2, -1)
     with torch.no_grad():
-        a = m(b)
-        c = m(dict(b, gene_feat=cached, tokens=None))
+        a = t(b)
+        c = t(dict(b, gene_feat=cached, tokens=None))
     torch.testing.assert_close(a["loss"], c["loss"])
-    m.train()
+    t.train()
     assert not m.spot_backbone.training
-    m(b)["loss"].backward()
+    t(b)["loss"].backward()
     assert all(p.grad is None for p in m.spot_backbone.parameters())
     assert m.spot_projection.weight.grad is not None
 
@@ -145,19 +153,20 @@ def test_embeddings_and_fusion():
 
 
 def test_released_mode_rejects_neighbour_handling_and_uses_local_negatives():
-    m = tiny_model(released=True)
-    assert m.pooling == "released" and not m.loss_fn.gather
+    t = tiny_task(released=True)
+    m = t.model
+    assert m.pooling == "released" and not t.loss_fn.gather
     with pytest.raises(ValueError):
-        tiny_model(released=True, neighbour_radius_um=100.0)
+        tiny_task(released=True, neighbour_radius_um=100.0)
 
 
 def test_neighbour_radius_changes_the_loss_only_when_spots_are_close():
     b = tiny_batch()
     b["slide_id"] = ["s", "s", "s"]
     b["xy_um"] = torch.tensor([[[0.0, 0.0], [10.0, 0.0]], [[5000.0, 0], [9000.0, 0]], [[20000.0, 0], [30000.0, 0]]])
-    base = tiny_model().eval()
-    near = tiny_model(neighbour_radius_um=50.0).eval()
-    far = tiny_model(neighbour_radius_um=1.0).eval()
+    base = tiny_task().eval()
+    near = tiny_task(neighbour_radius_um=50.0).eval()
+    far = tiny_task(neighbour_radius_um=1.0).eval()
     with torch.no_grad():
         lb, ln, lf = base(b)["loss_patch_spot"], near(b)["loss_patch_spot"], far(b)["loss_patch_spot"]
     torch.testing.assert_close(lb, lf)
@@ -199,13 +208,14 @@ def test_released_mode_csp_logits_equal_the_release_pooling():
     import torch.nn.functional as F
 
     from stamp_st.models.backbones import normalise_images
-    from stamp_st.models.losses import scale_from_param
+    from stamp_st.training.losses import scale_from_param
 
-    m = tiny_model(img=224, released=True).eval()
+    task = tiny_task(img=224, released=True).eval()
+    m = task.model
     batch = tiny_batch(B=2, img=224, seed=3)
     with torch.no_grad():
-        out = m(batch)
-        b = m.flatten_batch(batch)
+        out = task(batch)
+        b = flatten_batch(batch)
         t = m.transform
         thumb = normalise_images(b["thumb"], t.mean, t.std, None)
         _, pretext, tmap = m.visual_backbone.forward_region(m.prepare_images(b["region"]), thumb)
@@ -221,4 +231,4 @@ def test_released_mode_csp_logits_equal_the_release_pooling():
         torch.testing.assert_close(out["loss_csp"], (ce * valid).sum() / valid.sum())
         # our default (intended) pooling gives another loss on the same inputs
         m.released = False
-        assert not torch.allclose(m(batch)["loss_csp"], out["loss_csp"])
+        assert not torch.allclose(task(batch)["loss_csp"], out["loss_csp"])

@@ -11,6 +11,10 @@ Embeddings (all L2-normalised, in the 512-d shared space):
 - ``fuse`` -> **Stamp_F** = ``concat(Stamp_V, Stamp_G)`` (1024-d; each half unit-norm, so both modalities
   weigh the same in any Euclidean or cosine method). The paper leaves the fusion undefined; this is ours.
 
+The model returns features (from raw inputs or the cached outputs of its frozen parts); the Stage-2 task
+(``training.align_task.AlignTask``) owns the batch layout (pairs of spots), the augmentation switch and the
+losses (``training.losses``); the caches are ``training.align``'s.
+
 ``released=True`` reproduces the release: gene states pooled over positions 3.. with padding (its quirk),
 CSP windows reshaped rather than transposed (its ``vit_grid_pooling``: ``pretext.csp_windows``), negatives
 not shared across ranks, no neighbour handling, no standardisation of the pooled gene states
@@ -19,7 +23,7 @@ not shared across ranks, no neighbour handling, no standardisation of the pooled
 
 from __future__ import annotations
 
-import zlib
+import math
 from contextlib import nullcontext
 
 import torch
@@ -28,21 +32,16 @@ from torch import nn
 
 from .backbones import Backbone, ImageTransform, normalise_images
 from .gene_encoder import GeneEncoder
-from .losses import LOGIT_SCALE_INIT, StampLoss
 from .pretext import PretextConvNet, PretextViT, csp_windows, dihedral_augment
 
+LOGIT_SCALE_INIT = math.log(1 / 0.07)  # the release's temperature 0.07
+LOGIT_SCALE_MAX = 100.0
 PROJ_DIM = 512
-# per-spot batch entries; ``gene_feat`` / ``patch_feat`` + ``region_map`` / ``patch_trunk`` + ``region_trunk``
-# are cached outputs of a frozen gene encoder / frozen CNN backbone / frozen CNN trunk that replace
-# ``tokens`` / ``patch`` + ``region`` (training.align)
-SPOT_KEYS = ("patch", "region", "region_label", "region_valid", "thumb", "tokens", "xy_um", "gene_feat",
-             "patch_feat", "region_map", "patch_trunk", "region_trunk")
-AUGMENTATIONS = ("none", "dihedral")
 
 
-def slide_index(slide_ids) -> torch.Tensor:
-    """Slide id strings -> int64 (CRC32), equal on every rank without any communication."""
-    return torch.tensor([zlib.crc32(str(s).encode()) for s in slide_ids], dtype=torch.int64)
+def scale_from_param(logit_scale: torch.Tensor) -> torch.Tensor:
+    """The one place the temperature is clamped: exp(param) capped at 100 (open_clip's bound)."""
+    return logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)
 
 
 def pool_gene_states(encoder: GeneEncoder, tokens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
@@ -52,16 +51,8 @@ def pool_gene_states(encoder: GeneEncoder, tokens: torch.Tensor, pooling: str = 
 
 class StampModel(nn.Module):
     def __init__(self, gene_encoder: GeneEncoder, backbone: Backbone, proj_dim: int = PROJ_DIM,
-                 released: bool = False, gather: bool = True, neighbour_radius_um: float | None = None,
-                 expr_sim_threshold: float | None = None, neighbour_mode: str = "mask",
-                 freeze_gene_encoder: bool = False, temperature_init: float | None = None,
-                 augment: str = "none"):
+                 released: bool = False, freeze_gene_encoder: bool = False, temperature_init: float | None = None):
         super().__init__()
-        if augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {AUGMENTATIONS}")
-        # training-time augmentation of the patch pass (Stamp_V's input): random rotations / mirrorings of
-        # the patch, or of its cached trunk map; the region pass is left as is (its 3 x 3 label would move)
-        self.augment = augment
         self.spot_backbone = gene_encoder
         self.visual_backbone = PretextViT(backbone.model) if backbone.is_vit else PretextConvNet(backbone.model)
         d_img, d_gene = backbone.embed_dim, gene_encoder.config.d_model
@@ -84,10 +75,6 @@ class StampModel(nn.Module):
         self.native_um_per_px = backbone.native_um_per_px
         self.released = released
         self.pooling = "released" if released else "mean"
-        if released and (neighbour_radius_um is not None or expr_sim_threshold is not None):
-            raise ValueError("neighbour-aware negatives are not part of the release: off in released mode")
-        self.loss_fn = StampLoss(gather=gather and not released, neighbour_radius_um=neighbour_radius_um,
-                                 expr_sim_threshold=expr_sim_threshold, neighbour_mode=neighbour_mode)
         self.freeze_gene_encoder = False
         self.lora: dict | None = None  # set by models.lora.apply_lora
         if freeze_gene_encoder:
@@ -151,31 +138,17 @@ class StampModel(nn.Module):
         """Stamp_F = concat(L2norm(joint Stamp_V), L2norm(Stamp_G)), [N, 1024]: both sides of the shared space."""
         return torch.cat([F.normalize(stamp_v, dim=-1), F.normalize(stamp_g, dim=-1)], dim=-1)
 
-    # ------------------------------------------------------------------ training
-    @staticmethod
-    def flatten_batch(batch: dict) -> dict:
-        """Corpus items hold two same-slide spots: [B, 2, ...] -> [2B, ...]; slide ids repeated per spot."""
-        out = dict(batch)
-        paired = batch["thumb"].ndim == 5  # thumbnails are never replaced by cached features
-        for k in SPOT_KEYS:
-            if k in batch and batch[k] is not None and paired:
-                v = batch[k]
-                out[k] = v.reshape(v.shape[0] * v.shape[1], *v.shape[2:])
-        sid = batch.get("slide_id")
-        if sid is not None and not torch.is_tensor(sid):
-            sid = list(sid)
-            if paired:
-                sid = [s for s in sid for _ in range(2)]
-            out["slide_idx"] = slide_index(sid)
-        return out
-
-    def forward(self, batch: dict) -> dict:
-        b = self.flatten_batch(batch)
+    # ------------------------------------------------------------------ the features training aligns
+    def forward(self, b: dict, augment: bool = False) -> dict:
+        """Every embedding the Stage-2 losses compare, for a flat batch of N spots (``AlignTask`` flattens
+        pairs), from raw inputs or the cached features that replace them (``training.align``): ``patch``,
+        ``region``, ``spot`` [N, 512] and ``pretext`` [N, 512], ``windows`` [N, 9, 512] (L2-normalised), and
+        ``gene_feat`` (pooled gene states). ``augment``: random rotations / mirrorings of the patch pass (or of
+        its cached trunk map); the region pass is left as is (its 3 x 3 label would move)."""
         dev = self.logit_scale.device
         t = self.transform
         thumb = normalise_images(b["thumb"].to(dev, non_blocking=True), t.mean, t.std, None)
         vb = self.visual_backbone
-        augment = self.augment == "dihedral" and self.training
         if b.get("patch_feat") is not None:
             patch_f = b["patch_feat"].to(dev, non_blocking=True).float()
         elif b.get("patch_trunk") is not None:
@@ -203,21 +176,12 @@ class StampModel(nn.Module):
         spot = self.encode_genes(gene_feat=gene_feat)
 
         proj = self.positioning_projection
-        xy = b.get("xy_um")
-        slide_idx = b.get("slide_idx")
-        return self.loss_fn(
-            patch=self.encode_image(patch_feat=patch_f),
-            region=F.normalize(self.region_projection(region_f), dim=-1),
-            spot=spot,
-            pretext=F.normalize(proj(pretext_f), dim=-1),
-            windows=F.normalize(proj(windows), dim=-1),
-            region_label=b["region_label"].to(dev),
-            region_valid=b["region_valid"].to(dev),
-            logit_scale=self.logit_scale,
-            xy_um=xy.to(dev) if xy is not None else None,
-            slide_idx=slide_idx.to(dev) if slide_idx is not None else None,
-            sim_emb=gene_feat if self.loss_fn.expr_sim_threshold is not None else None,
-        )
+        return {"patch": self.encode_image(patch_feat=patch_f),
+                "region": F.normalize(self.region_projection(region_f), dim=-1),
+                "spot": spot,
+                "pretext": F.normalize(proj(pretext_f), dim=-1),
+                "windows": F.normalize(proj(windows), dim=-1),
+                "gene_feat": gene_feat}
 
     def no_weight_decay(self) -> set[str]:
         names = {"logit_scale", "visual_backbone.p_visual"}

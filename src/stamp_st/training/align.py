@@ -21,6 +21,7 @@ from ..errors import StampInputError
 from ..io_utils import atomic_write_json
 from ..models.pretext import PretextConvNet
 from ..models.stamp import StampModel, pool_gene_states, stamp_checkpoint_config
+from .align_task import AlignTask
 from .engine import Trainer, TrainerConfig, check_run_folder, dist_env
 
 
@@ -74,7 +75,7 @@ class AlignConfig:
                                   "drop --neighbour-radius-um / --expr-sim-threshold or --released-mode")
         if sum([bool(cfg.freeze_backbone), bool(cfg.lora), cfg.trainable_blocks is not None]) > 1:
             raise StampInputError("choose one of --freeze-backbone, --lora, --trainable-blocks", source)
-        from ..models.stamp import AUGMENTATIONS
+        from .align_task import AUGMENTATIONS
 
         if cfg.augment not in AUGMENTATIONS:
             raise StampInputError(f"unknown augmentation {cfg.augment!r}", source, f"choose one of {AUGMENTATIONS}")
@@ -109,6 +110,12 @@ def load_gene_encoder(spec: str):
     return enc, cfg
 
 
+def build_align_task(cfg: AlignConfig, model: StampModel) -> AlignTask:
+    """The Stage-2 task the engine trains: the model, its losses and the augmentation of the config."""
+    return AlignTask(model, neighbour_radius_um=cfg.neighbour_radius_um, expr_sim_threshold=cfg.expr_sim_threshold,
+                     neighbour_mode=cfg.neighbour_mode, augment=cfg.augment)
+
+
 def build_align_model(cfg: AlignConfig):
     from ..models.backbones import create_backbone
 
@@ -116,10 +123,8 @@ def build_align_model(cfg: AlignConfig):
     bb = create_backbone(cfg.backbone, weights=cfg.backbone_weights)
     if cfg.image_px:
         bb.transform.size_px = int(cfg.image_px)
-    model = StampModel(enc, bb, released=cfg.released_mode, neighbour_radius_um=cfg.neighbour_radius_um,
-                       expr_sim_threshold=cfg.expr_sim_threshold, neighbour_mode=cfg.neighbour_mode,
-                       freeze_gene_encoder=cfg.freeze_gene_encoder, temperature_init=cfg.temperature_init,
-                       augment=cfg.augment)
+    model = StampModel(enc, bb, released=cfg.released_mode, freeze_gene_encoder=cfg.freeze_gene_encoder,
+                       temperature_init=cfg.temperature_init)
     if cfg.freeze_backbone:
         from ..models.backbones import freeze_backbone
 
@@ -279,11 +284,11 @@ def make_val_fn(loader, max_batches: int | None, ks: tuple[int, ...] = (1, 5, 10
             for i, batch in enumerate(loader):
                 if max_batches is not None and i >= max_batches:
                     break
-                out = raw(batch)
+                out = raw(batch)  # the task: losses
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n += 1
-                v_emb, g_emb = anchor_embeddings(raw, batch)
+                v_emb, g_emb = anchor_embeddings(raw.model, batch)
                 keep = []
                 for j, (sid, pair) in enumerate(zip(batch["slide_id"], batch["spot_id"])):
                     if (sid, pair[0]) not in seen:  # padded / wrapped epochs repeat spots
@@ -367,6 +372,7 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
     tcfg = TrainerConfig.from_dict(dict(cfg.trainer))
     torch.manual_seed(tcfg.seed)
     model, enc_cfg = build_align_model(cfg)
+    task = build_align_task(cfg, model)
     crop, tokenizer, vocab = None, None, None
     if enc_cfg is not None:
         vocab, tokenizer = enc_cfg.get("vocabulary"), enc_cfg.get("tokenizer")
@@ -430,7 +436,7 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
 
     if rank == 0:
         atomic_write_json(Path(out) / "align_config.json", {**cfg.to_json(), "corpus": str(corpus)})
-    trainer = Trainer(model, tcfg, out, train_data, val_fn=val_fn, checkpoint_config=ck_config, device=device)
+    trainer = Trainer(task, tcfg, out, train_data, val_fn=val_fn, checkpoint_config=ck_config, device=device)
     result = trainer.fit(resume=resume)
     result = {**result, **{name: c.stats() for name, c in caches.items()}}
     return result

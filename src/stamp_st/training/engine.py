@@ -1,8 +1,9 @@
 """One training loop for both stages: plain PyTorch, launched as is or by ``torchrun`` (DDP, or FSDP for large
 models), bf16 autocast, gradient accumulation, warmup + cosine, atomic checkpoints and exact resume.
 
-Contract with the model: ``model(batch)`` returns a dict with a scalar ``loss`` and other scalar metrics.
-Optional hooks on the model: ``on_train_step(step, epoch)`` (phase switches), ``no_weight_decay()`` (names),
+Contract with the model, a training task (``gene_objectives.GenePretrainModel``, ``align_task.AlignTask``: a
+model plus its losses): ``model(batch)`` returns a dict with a scalar ``loss`` and other scalar metrics.
+Optional hooks on the task: ``on_train_step(step, epoch)`` (phase switches), ``no_weight_decay()`` (names),
 ``checkpoint_prefix`` (stripped from state-dict names in ``model.safetensors``), ``fsdp_units()`` (submodules
 sharded separately), ``ddp_find_unused_parameters``.
 

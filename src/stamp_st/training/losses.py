@@ -20,15 +20,12 @@ the same spot and has no expression notion of "near").
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-LOGIT_SCALE_INIT = math.log(1 / 0.07)
-LOGIT_SCALE_MAX = 100.0
+from ..models.stamp import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, scale_from_param  # noqa: F401 (the model's temperature)
 
 
 def dist_info() -> tuple[int, int]:
@@ -63,11 +60,6 @@ def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
         dist.all_reduce(x)
     return x
-
-
-def scale_from_param(logit_scale: torch.Tensor) -> torch.Tensor:
-    """The one place the temperature is clamped: exp(param) capped at 100 (open_clip's bound)."""
-    return logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)
 
 
 def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
