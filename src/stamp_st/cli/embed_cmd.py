@@ -7,13 +7,13 @@ import sys
 
 
 def register(subparsers) -> None:
+    from ..models.registry import backbone_names
     from .inspect_cmd import add_sample_arguments
 
     p = subparsers.add_parser("embed", help="embed a sample's spots (or a whole slide's tiles)",
                               description=__doc__.splitlines()[0])
-    p.add_argument("model", help="STAMP checkpoint folder, or backbone:NAME for a plain backbone "
-                   "(efficientnet_lite0, uni, conch_vit_b16, timm:<name>; from the Hugging Face hub: uni_v1, uni_v2, "
-                   "conch_v1, virchow2, hoptimus0, hoptimus1, gigapath, timm:hf-hub:ORG/NAME)")
+    p.add_argument("model", help="STAMP checkpoint folder, or backbone:NAME for a plain backbone ("
+                   + ", ".join(backbone_names()) + ")")
     add_sample_arguments(p)
     p.add_argument("--out", required=True, help="output .h5ad (per-spot obsm keys) or .h5 (TRIDENT-style)")
     p.add_argument("--backbone-weights", default=None, help="local weight file for backbone:NAME (wins "

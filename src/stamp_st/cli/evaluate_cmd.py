@@ -7,6 +7,8 @@ import argparse
 
 
 def register(subparsers) -> None:
+    from ..evaluation.registry import EVAL_TASKS
+
     p = subparsers.add_parser(
         "evaluate", help="evaluate embeddings (probe, clustering, expression, retrieval, MIL) with intervals",
         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -22,8 +24,8 @@ def register(subparsers) -> None:
                    help="spot labels: her2st-cluster, her2st-pat or obs:COLUMN of the first file")
     p.add_argument("--her2st-root", metavar="DIR", help="her2st folder for --labels her2st-* "
                    "(default: the data directory's her2st/)")
-    p.add_argument("--tasks", default="probe,cluster,expression,retrieval",
-                   help="comma-separated subset of probe,cluster,expression,retrieval,mil")
+    p.add_argument("--tasks", default=",".join(n for n, t in EVAL_TASKS.items() if t.default),
+                   help="comma-separated subset of " + ",".join(EVAL_TASKS))
     p.add_argument("--slide-labels", metavar="CSV", help="CSV with columns slide_id,label for the mil task")
     p.add_argument("--test-slides", nargs="+", metavar="SLIDE",
                    help="a given split: these slides are the test set (default: leave-one-slide-out)")

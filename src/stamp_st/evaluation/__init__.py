@@ -1,7 +1,14 @@
 """evaluation: held-out-slide tasks (probe, clustering, expression prediction, retrieval, ABMIL), 95%
-intervals, embedding files and the HTML report. Entry point: :func:`evaluate_sources`."""
+intervals, embedding files and the HTML report. Entry point: :func:`evaluate_sources`. Tasks are registered
+in ``evaluation.registry``. Exports load on first use, so the CLI can read the registry without numpy."""
 
-from .embeddings_io import EmbeddingSet, read_source
-from .tasks import evaluate_sources
+import importlib
 
 __all__ = ["EmbeddingSet", "evaluate_sources", "read_source"]
+_EXPORTS = {"EmbeddingSet": "embeddings_io", "read_source": "embeddings_io", "evaluate_sources": "tasks"}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

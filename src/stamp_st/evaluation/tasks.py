@@ -15,18 +15,13 @@ import pandas as pd
 
 from ..errors import StampInputError
 from .embeddings_io import MODALITY_IMAGE, EmbeddingSet, align_sources, log1p_cp10k
+from .registry import EVAL_TASKS
 from .splits import make_folds
 
-TASKS = ("probe", "cluster", "expression", "retrieval", "mil")
-DEFAULT_TASKS = ("probe", "cluster", "expression", "retrieval")
-
-TASK_TITLES = {
-    "probe": "Linear probe of spot labels (held-out slide)",
-    "cluster": "Clustering vs labels (per slide)",
-    "expression": "Gene-expression prediction (held-out slide)",
-    "retrieval": "Cross-modal retrieval (within slide)",
-    "mil": "Slide classification, gated ABMIL (cross-validated)",
-}
+# from the registry (evaluation/registry.py): one entry per task
+TASKS = tuple(EVAL_TASKS)
+DEFAULT_TASKS = tuple(n for n, t in EVAL_TASKS.items() if t.default)
+TASK_TITLES = {n: t.title for n, t in EVAL_TASKS.items()}
 
 
 def _resolve_labels(labels, first: EmbeddingSet, n: int) -> np.ndarray | None:
@@ -102,7 +97,7 @@ def evaluate_sources(
     def skip(task, name, why):
         results["tasks"][task][name] = {"skipped": why}
 
-    ctx = _TaskContext(lab=lab, slide_ids=slide_ids, expr_log=expr_log, expr_src=expr_src, seed=seed,
+    ctx = TaskContext(lab=lab, slide_ids=slide_ids, expr_log=expr_log, expr_src=expr_src, seed=seed,
                        impute_k=impute_k, slide_labels=slide_labels)
     for name, s in aligned.items():
         for task in tasks:
@@ -130,7 +125,9 @@ def evaluate_sources(
 
 
 @dataclass
-class _TaskContext:
+class TaskContext:
+    """What every task may read besides the embedding: labels, slide ids, expression, settings."""
+
     lab: np.ndarray | None
     slide_ids: np.ndarray
     expr_log: np.ndarray | None
@@ -140,60 +137,82 @@ class _TaskContext:
     slide_labels: Mapping | None
 
 
-def _task_once(task: str, s: EmbeddingSet, emb: np.ndarray, gene_emb: np.ndarray | None, folds, ctx: _TaskContext,
+def _task_once(task: str, s: EmbeddingSet, emb: np.ndarray, gene_emb: np.ndarray | None, folds, ctx: TaskContext,
                spots: np.ndarray | None = None):
     """One task on one embedding: (result, predictions), or the reason it was skipped. ``spots`` restricts
     per-slide tasks (clustering, retrieval) to those rows (the held-out slide of a cross-validated model)."""
+    if task not in EVAL_TASKS:
+        raise StampInputError(f"unknown task {task!r}")
     sel = slice(None) if spots is None else spots
-    lab, slide_ids = (None if ctx.lab is None else ctx.lab[sel]), ctx.slide_ids[sel]
-    if task in ("probe", "cluster") and lab is None:
+    return EVAL_TASKS[task].load_runner()(s, emb, gene_emb, folds, ctx, sel)
+
+
+def _labels_and_slides(ctx: TaskContext, sel):
+    return (None if ctx.lab is None else ctx.lab[sel]), ctx.slide_ids[sel]
+
+
+def run_probe(s: EmbeddingSet, emb, gene_emb, folds, ctx: TaskContext, sel):
+    lab, slide_ids = _labels_and_slides(ctx, sel)
+    if lab is None:
         return "no spot labels given"
-    if task == "probe":
-        from .probe import linear_probe
+    from .probe import linear_probe
 
-        r = linear_probe(emb, lab, slide_ids, folds, seed=ctx.seed)
-        return r, r.pop("predictions")
-    if task == "cluster":
-        from .clustering import cluster_slides
+    r = linear_probe(emb, lab, slide_ids, folds, seed=ctx.seed)
+    return r, r.pop("predictions")
 
-        r = cluster_slides(emb[sel], lab, slide_ids, seed=ctx.seed)
-        return r, r.pop("clusters")
-    if task == "expression":
-        if ctx.expr_log is None:
-            return "no expression counts in any source (h5ad X is empty)"
-        if s.modality != MODALITY_IMAGE:
-            return (f"{s.modality}-side embedding is computed from the expression it would predict; image "
-                    "embeddings only")
-        from .expression import hest_ridge, retrieval_imputation
 
-        genes = ctx.expr_src.gene_names
-        ridge = hest_ridge(emb, ctx.expr_log, slide_ids, genes, folds, seed=ctx.seed)
-        ridge_cv = hest_ridge(emb, ctx.expr_log, slide_ids, genes, folds, seed=ctx.seed, alpha="cv")
-        ref = gene_emb if gene_emb is not None else emb
-        imp = retrieval_imputation(emb, ref, ctx.expr_log, slide_ids, genes, folds, k=ctx.impute_k)
-        r = {"metrics": {"ridge_pearson": ridge["metrics"]["pearson_mean"], "ridge_mse": ridge["metrics"]["mse"],
-                         "ridge_cv_pearson": ridge_cv["metrics"]["pearson_mean"],
-                         "impute_pearson": imp["metrics"]["pearson_mean"], "impute_mse": imp["metrics"]["mse"]},
-             "per_fold": {"ridge": ridge["per_fold"], "ridge_cv": ridge_cv["per_fold"], "impute": imp["per_fold"]},
-             "impute_reference": "gene embedding" if gene_emb is not None else "image embedding"}
-        return r, {"ridge": ridge.pop("folds"), "ridge_cv": ridge_cv.pop("folds"), "impute": imp.pop("folds")}
-    if task == "retrieval":
-        if gene_emb is None:
-            return "no gene-side embedding in the same space (cross-modal retrieval needs an aligned model)"
-        from .retrieval import recall_at_k
+def run_cluster(s: EmbeddingSet, emb, gene_emb, folds, ctx: TaskContext, sel):
+    lab, slide_ids = _labels_and_slides(ctx, sel)
+    if lab is None:
+        return "no spot labels given"
+    from .clustering import cluster_slides
 
-        r = recall_at_k(emb[sel], gene_emb[sel], slide_ids, seed=ctx.seed)
-        return r, r.pop("examples")
-    if task == "mil":
-        if not ctx.slide_labels:
-            return "no slide labels given"
-        from .mil import abmil_cv, bags_by_slide
+    r = cluster_slides(emb[sel], lab, slide_ids, seed=ctx.seed)
+    return r, r.pop("clusters")
 
-        bag_names, bags = bags_by_slide(emb, slide_ids)
-        keep = [i for i, b in enumerate(bag_names) if b in ctx.slide_labels]
-        r = abmil_cv([bags[i] for i in keep], [ctx.slide_labels[bag_names[i]] for i in keep], seed=ctx.seed)
-        return r["skipped"] if "skipped" in r else (r, None)
-    raise StampInputError(f"unknown task {task!r}")
+
+def run_expression(s: EmbeddingSet, emb, gene_emb, folds, ctx: TaskContext, sel):
+    slide_ids = ctx.slide_ids[sel]
+    if ctx.expr_log is None:
+        return "no expression counts in any source (h5ad X is empty)"
+    if s.modality != MODALITY_IMAGE:
+        return (f"{s.modality}-side embedding is computed from the expression it would predict; image "
+                "embeddings only")
+    from .expression import hest_ridge, retrieval_imputation
+
+    genes = ctx.expr_src.gene_names
+    ridge = hest_ridge(emb, ctx.expr_log, slide_ids, genes, folds, seed=ctx.seed)
+    ridge_cv = hest_ridge(emb, ctx.expr_log, slide_ids, genes, folds, seed=ctx.seed, alpha="cv")
+    ref = gene_emb if gene_emb is not None else emb
+    imp = retrieval_imputation(emb, ref, ctx.expr_log, slide_ids, genes, folds, k=ctx.impute_k)
+    r = {"metrics": {"ridge_pearson": ridge["metrics"]["pearson_mean"], "ridge_mse": ridge["metrics"]["mse"],
+                     "ridge_cv_pearson": ridge_cv["metrics"]["pearson_mean"],
+                     "impute_pearson": imp["metrics"]["pearson_mean"], "impute_mse": imp["metrics"]["mse"]},
+         "per_fold": {"ridge": ridge["per_fold"], "ridge_cv": ridge_cv["per_fold"], "impute": imp["per_fold"]},
+         "impute_reference": "gene embedding" if gene_emb is not None else "image embedding"}
+    return r, {"ridge": ridge.pop("folds"), "ridge_cv": ridge_cv.pop("folds"), "impute": imp.pop("folds")}
+
+
+def run_retrieval(s: EmbeddingSet, emb, gene_emb, folds, ctx: TaskContext, sel):
+    slide_ids = ctx.slide_ids[sel]
+    if gene_emb is None:
+        return "no gene-side embedding in the same space (cross-modal retrieval needs an aligned model)"
+    from .retrieval import recall_at_k
+
+    r = recall_at_k(emb[sel], gene_emb[sel], slide_ids, seed=ctx.seed)
+    return r, r.pop("examples")
+
+
+def run_mil(s: EmbeddingSet, emb, gene_emb, folds, ctx: TaskContext, sel):
+    slide_ids = ctx.slide_ids[sel]
+    if not ctx.slide_labels:
+        return "no slide labels given"
+    from .mil import abmil_cv, bags_by_slide
+
+    bag_names, bags = bags_by_slide(emb, slide_ids)
+    keep = [i for i, b in enumerate(bag_names) if b in ctx.slide_labels]
+    r = abmil_cv([bags[i] for i in keep], [ctx.slide_labels[bag_names[i]] for i in keep], seed=ctx.seed)
+    return r["skipped"] if "skipped" in r else (r, None)
 
 
 # per_fold keys that each summarised metric is computed from, where the names differ
@@ -203,20 +222,21 @@ _EXPRESSION_METRICS = {"ridge_pearson": ("ridge", "pearson_mean"), "ridge_mse": 
 _EXPRESSION_KINDS = ("ridge", "ridge_cv", "impute")
 
 
-def _task_foldwise(task: str, s: EmbeddingSet, folds, ctx: _TaskContext):
+def _task_foldwise(task: str, s: EmbeddingSet, folds, ctx: TaskContext):
     """A cross-validated source: each held-out slide is scored with the embedding of its own model (trained
     without it), training-side spots included; per-fold results are merged and summarised again."""
     from .stats import summarise
 
-    if task == "mil":
-        return "slide classification needs one embedding for every slide (not a cross-validated source)"
+    entry = EVAL_TASKS[task]
+    if entry.merge is None:
+        return f"{entry.title.split(',')[0].lower()} needs one embedding for every slide (not a cross-validated source)"
     missing = [f.name for f in folds if f.name not in s.fold_emb]
     if missing:
         return f"no cross-validated model for held-out slide(s) {missing}"
     parts = []
     for f in folds:
         gene = s.fold_gene_emb.get(f.name) if s.fold_gene_emb else None
-        per_slide = task in ("cluster", "retrieval")
+        per_slide = entry.per_slide
         out = _task_once(task, s, s.fold_emb[f.name], gene, None if per_slide else [f], ctx,
                          spots=f.test_idx if per_slide else None)
         if isinstance(out, str):
@@ -224,7 +244,7 @@ def _task_foldwise(task: str, s: EmbeddingSet, folds, ctx: _TaskContext):
         parts.append((f, *out))
     first = parts[0][1]
     n = len(s)
-    if task == "expression":
+    if entry.merge == "expression":
         per_fold = {k: [row for _, r, _ in parts for row in r["per_fold"][k]] for k in _EXPRESSION_KINDS}
         metrics = {m: summarise([row[key] for row in per_fold[kind] if "skipped" not in row])
                    for m, (kind, key) in _EXPRESSION_METRICS.items()}
@@ -233,11 +253,11 @@ def _task_foldwise(task: str, s: EmbeddingSet, folds, ctx: _TaskContext):
     per_fold = [row for _, r, _ in parts for row in r["per_fold"]]
     ok = [row for row in per_fold if "skipped" not in row]
     metrics = {m: summarise([row[m] for row in ok if m in row]) for m in first["metrics"]}
-    if task == "probe":
+    if entry.merge == "labels":
         preds = np.full(n, "", dtype=object)
         for f, _, p in parts:
             preds[f.test_idx] = p[f.test_idx]
-    elif task == "cluster":
+    elif entry.merge == "clusters":
         preds = {m: np.full(n, -1, dtype=np.int64) for m in parts[0][2]}
         for f, _, p in parts:
             for m, c in p.items():

@@ -13,6 +13,10 @@ Every backbone carries its own preprocessing facts (mean, std, input size: resol
   gated weights from a local file (``visual.trunk.*`` keys of the CONCH checkpoint are accepted).
 - ``timm:<name>``: any timm model; pretrained weights only from a local file (no hub access here),
   random init only when ``pretrained=False`` is asked for explicitly.
+- the Hugging Face hub models of ``models/hub.py`` (TRIDENT's names) and ``timm:hf-hub:ORG/NAME``.
+
+Every name is an entry of ``models.registry.BACKBONES`` (name -> builder here + facts): the CLI help,
+``doctor`` and the tests are generated from it.
 """
 
 from __future__ import annotations
@@ -28,13 +32,13 @@ from torch import nn
 from ..errors import StampInputError
 from ..weights import find_weights
 from . import hub
+from .registry import backbone_entry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-BACKBONE_NAMES = ("efficientnet_lite0", "uni", "conch_vit_b16", "timm:<name>")
 
 
 @dataclass
@@ -237,87 +241,93 @@ def _load_efficientnet_lite0(model: nn.Module, path: Path) -> None:
 
 def create_backbone(name: str, weights: str | Path | None = None, pretrained: bool = True,
                     **kwargs) -> Backbone:
-    """Build a backbone by name; ``weights`` is a local file. ``pretrained=False`` gives a random init
-    (for tests, benchmarks, and for loading a full STAMP checkpoint that carries the backbone weights).
-    Extra keyword arguments go to ``timm.create_model`` and are recorded in ``Backbone.create_kwargs``."""
-    bb = _create_backbone(name, weights, pretrained, **dict(kwargs))
+    """Build a backbone by name (``models.registry``); ``weights`` is a local file. ``pretrained=False`` gives a
+    random init (for tests, benchmarks, and for loading a full STAMP checkpoint that carries the backbone
+    weights). Extra keyword arguments go to ``timm.create_model`` and are recorded in ``Backbone.create_kwargs``."""
+    entry = backbone_entry(name)
+    bb = entry.load_builder()(name, weights, pretrained, **entry.args, **dict(kwargs))
     bb.create_kwargs = dict(kwargs)
     return bb
 
 
-def _create_backbone(name: str, weights, pretrained: bool, **kwargs) -> Backbone:
+# ------------------------------------------------------------------------------------------- builders
+def efficientnet_lite0(name: str, weights, pretrained: bool, **kwargs) -> Backbone:
     import timm
 
-    if hub.is_hub_name(name):  # uni_v1, uni_v2, virchow2, ... and timm:hf-hub:ORG/NAME (models/hub.py)
-        return create_hub_backbone(name, weights, pretrained, **kwargs)
-    if name in ("efficientnet_lite0", "default"):
-        num_classes = kwargs.pop("num_classes", 0)
-        model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes, **kwargs)
-        path = Path(weights) if weights else efficientnet_lite0_weight_file()
-        if pretrained or weights:
-            if weights:
-                load_into(model, load_state_dict_file(path), path, ignore_prefixes=("classifier.",))
-            else:
-                _load_efficientnet_lite0(model, path)
-        # the weights come from TF-Lite: inputs scaled to [-1, 1]
-        transform = ImageTransform(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size_px=224)
-        return Backbone("efficientnet_lite0", model, transform, model.num_features, None, False,
-                        str(path) if (pretrained or weights) else None)
-
-    if name == "uni":
-        path = _require_weights("uni", weights, "uni", "MahmoodLab/UNI", pretrained)
-        model = timm.create_model("vit_large_patch16_224", pretrained=False, img_size=224, patch_size=16,
-                                  init_values=1e-5, num_classes=0, dynamic_img_size=True, **kwargs)
-        if path is not None:
-            load_into(model, load_state_dict_file(path), path, ignore_prefixes=("head.",))
-        transform = ImageTransform(IMAGENET_MEAN, IMAGENET_STD, 224)
-        return Backbone("uni", model, transform, model.num_features, 0.5, True, str(path) if path else None)
-
-    if name in ("conch_vit_b16", "conch"):
-        path = _require_weights("conch", weights, "conch_vit_b16", "MahmoodLab/CONCH", pretrained)
-        model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0,
-                                  dynamic_img_size=True, **kwargs)
-        if path is not None:
-            sd = load_state_dict_file(path)
-            trunk = {k: v for k, v in sd.items() if k.startswith("visual.trunk.")}
-            load_into(model, trunk or sd, path, ignore_prefixes=("head.", "attn_pool.", "proj"))
-        transform = ImageTransform(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, 224)
-        return Backbone("conch_vit_b16", model, transform, model.num_features, 0.5, True,
-                        str(path) if path else None)
-
-    if name.startswith("timm:"):
-        arch = name[len("timm:"):]
-        if arch not in timm.list_models():
-            raise StampInputError(f"unknown timm model '{arch}'", None, "see timm.list_models()")
-        kwargs.setdefault("num_classes", 0)
-        if arch.startswith(("vit_", "deit", "eva", "beit")):
-            kwargs.setdefault("dynamic_img_size", True)
-        model = timm.create_model(arch, pretrained=False, **kwargs)
+    num_classes = kwargs.pop("num_classes", 0)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes, **kwargs)
+    path = Path(weights) if weights else efficientnet_lite0_weight_file()
+    if pretrained or weights:
         if weights:
-            load_into(model, load_state_dict_file(weights), weights, ignore_prefixes=("head.", "fc.", "classifier."))
-        elif pretrained:
-            raise StampInputError(
-                f"no local weights for timm model '{arch}' (hub downloads are not used)", None,
-                "pass --backbone-weights PATH (safetensors or .bin), or pretrained=False for a random init")
+            load_into(model, load_state_dict_file(path), path, ignore_prefixes=("classifier.",))
         else:
-            warnings.warn(f"timm:{arch} has random weights", stacklevel=2)
-        return Backbone(name, model, _transform_from_timm(model), model.num_features, None, _is_vit(model),
-                        str(weights) if weights else None)
+            _load_efficientnet_lite0(model, path)
+    # the weights come from TF-Lite: inputs scaled to [-1, 1]
+    transform = ImageTransform(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size_px=224)
+    return Backbone("efficientnet_lite0", model, transform, model.num_features, None, False,
+                    str(path) if (pretrained or weights) else None)
 
-    raise StampInputError(f"unknown backbone '{name}'", None, f"choose one of {', '.join(BACKBONE_NAMES)}")
+
+def uni(name: str, weights, pretrained: bool, **kwargs) -> Backbone:
+    import timm
+
+    path = _require_weights("uni", weights, "uni", "MahmoodLab/UNI", pretrained)
+    model = timm.create_model("vit_large_patch16_224", pretrained=False, img_size=224, patch_size=16,
+                              init_values=1e-5, num_classes=0, dynamic_img_size=True, **kwargs)
+    if path is not None:
+        load_into(model, load_state_dict_file(path), path, ignore_prefixes=("head.",))
+    transform = ImageTransform(IMAGENET_MEAN, IMAGENET_STD, 224)
+    return Backbone("uni", model, transform, model.num_features, 0.5, True, str(path) if path else None)
+
+
+def conch_vit_b16(name: str, weights, pretrained: bool, **kwargs) -> Backbone:
+    import timm
+
+    path = _require_weights("conch", weights, "conch_vit_b16", "MahmoodLab/CONCH", pretrained)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0,
+                              dynamic_img_size=True, **kwargs)
+    if path is not None:
+        sd = load_state_dict_file(path)
+        trunk = {k: v for k, v in sd.items() if k.startswith("visual.trunk.")}
+        load_into(model, trunk or sd, path, ignore_prefixes=("head.", "attn_pool.", "proj"))
+    transform = ImageTransform(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, 224)
+    return Backbone("conch_vit_b16", model, transform, model.num_features, 0.5, True,
+                    str(path) if path else None)
+
+
+def timm_any(name: str, weights, pretrained: bool, **kwargs) -> Backbone:
+    """``timm:<arch>``: any timm architecture."""
+    return timm_architecture(name, weights, pretrained, arch=name[len("timm:"):], **kwargs)
+
+
+def timm_architecture(name: str, weights, pretrained: bool, *, arch: str, **kwargs) -> Backbone:
+    """A timm architecture under its own name; pretrained weights only from a local file (no hub access)."""
+    import timm
+
+    if arch not in timm.list_models():
+        raise StampInputError(f"unknown timm model '{arch}'", None, "see timm.list_models()")
+    kwargs.setdefault("num_classes", 0)
+    if arch.startswith(("vit_", "deit", "eva", "beit")):
+        kwargs.setdefault("dynamic_img_size", True)
+    model = timm.create_model(arch, pretrained=False, **kwargs)
+    if weights:
+        load_into(model, load_state_dict_file(weights), weights, ignore_prefixes=("head.", "fc.", "classifier."))
+    elif pretrained:
+        raise StampInputError(
+            f"no local weights for timm model '{arch}' (hub downloads are not used)", None,
+            "pass --backbone-weights PATH (safetensors or .bin), or pretrained=False for a random init")
+    else:
+        warnings.warn(f"timm:{arch} has random weights", stacklevel=2)
+    return Backbone(name, model, _transform_from_timm(model), model.num_features, None, _is_vit(model),
+                    str(weights) if weights else None)
 
 
 # ---------------------------------------------------------------- Hugging Face hub models (models/hub.py)
-def create_hub_backbone(name: str, weights: str | Path | None = None, pretrained: bool = True, **kwargs):
-    """A :class:`~stamp_st.models.backbones.Backbone` for a registry name or ``timm:hf-hub:ORG/NAME``."""
-    if name in hub.UNSUPPORTED:
-        raise StampInputError(f"backbone '{name}' is not supported: {hub.UNSUPPORTED[name]}")
-    if name.startswith(hub.TIMM_HUB_PREFIX):
-        return _timm_hub_backbone(name, weights, pretrained, **kwargs)
-    return _registry_backbone(name, weights, pretrained, **kwargs)
+def unsupported(name: str, weights, pretrained: bool, **kwargs):
+    raise StampInputError(f"backbone '{name}' is not supported: {hub.UNSUPPORTED[name]}")
 
 
-def _registry_backbone(name: str, weights, pretrained: bool, **kwargs):
+def hub_model(name: str, weights, pretrained: bool, **kwargs):
     import timm
 
     spec = hub.HUB_MODELS[name]
@@ -342,7 +352,7 @@ def _registry_backbone(name: str, weights, pretrained: bool, **kwargs):
         source = str(path)
     elif pretrained:
         model = hub._hub_call(spec.repo, key,
-                          lambda: timm.create_model(f"hf-hub:{spec.repo}", pretrained=True, **args))
+                              lambda: timm.create_model(f"hf-hub:{spec.repo}", pretrained=True, **args))
         source = f"hf-hub:{spec.repo}"
     else:
         model = timm.create_model(spec.arch, pretrained=False, **args)
@@ -350,7 +360,7 @@ def _registry_backbone(name: str, weights, pretrained: bool, **kwargs):
     return Backbone(name, model, transform, model.num_features, spec.native_um_per_px, True, source)
 
 
-def _timm_hub_backbone(name: str, weights, pretrained: bool, **kwargs):
+def timm_hub(name: str, weights, pretrained: bool, **kwargs):
     """``timm:hf-hub:ORG/NAME``: architecture, arguments and preprocessing from the repository's config.json
     (timm's own hub format); weights from the hub, or from a local file over the hub's graph."""
     import timm

@@ -8,7 +8,6 @@ FORMAT_SPACERANGER = "spaceranger"
 FORMAT_HEST = "hest"
 FORMAT_HER2ST = "her2st"
 FORMAT_H5AD = "h5ad"
-FORMATS = (FORMAT_SPACERANGER, FORMAT_HEST, FORMAT_HER2ST, FORMAT_H5AD)
 
 # ------------------------------------------------------------------ grid geometry (µm)
 GRID_HEX = "hex"

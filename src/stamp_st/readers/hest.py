@@ -39,6 +39,17 @@ def is_hest_h5ad(path: str | Path) -> bool:
     return p.suffix == H5AD_SUFFIX and p.parent.name == HEST_ST_DIR and is_hest_root(p.parent.parent)
 
 
+def is_hest(path: str | Path) -> bool:
+    """A HEST-1k root or one of its st/<id>.h5ad files."""
+    return is_hest_root(path) or is_hest_h5ad(path)
+
+
+def is_plain_h5ad(path: str | Path) -> bool:
+    """An .h5ad file that is not one of HEST's (those carry their slide and metadata beside them)."""
+    p = Path(path)
+    return p.is_file() and p.suffix == H5AD_SUFFIX and not is_hest_h5ad(p)
+
+
 def hest_sections(root: str | Path) -> list[str]:
     return sorted(p.name[: -len(H5AD_SUFFIX)] for p in (Path(root) / HEST_ST_DIR).glob("*" + H5AD_SUFFIX))
 
