@@ -69,12 +69,12 @@ def evaluate_variant(run: Path, corpus: str, her2st: Path, slides: list[str], la
     import pandas as pd
     import scipy.sparse as sp
 
-    from stamp_st.demo import latest_checkpoint
     from stamp_st.evaluation.embeddings_io import EmbeddingSet
     from stamp_st.evaluation.tasks import evaluate_sources
     from stamp_st.inference.corpus_embed import embed_corpus
     from stamp_st.readers import read_sample
     from stamp_st.readers.labels import her2st_cluster_labels
+    from stamp_st.training.run_folder import latest_checkpoint
 
     cks = {sl: latest_checkpoint(run / "folds" / sl) for sl in slides}
     res = embed_corpus(cks, corpus, backbone="efficientnet_lite0", progress=False)

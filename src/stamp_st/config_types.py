@@ -1,13 +1,39 @@
-"""Type checks for settings read from JSON configs or ``--set KEY=JSON``: a wrong type is the user's mistake and
-must be reported with the setting's name and where it came from, not surface later as a traceback deep inside
-training (``"lr": "3e-4"`` or ``--set max_steps=ten``)."""
+"""The one loader of settings (JSON configs, ``--set KEY=JSON``, registered named configs) into config
+dataclasses: unknown keys and wrong types are the user's mistake and are reported with the setting's name and
+where it came from, not surfacing later as a traceback deep inside training (``"lr": "3e-4"``,
+``--set max_steps=ten``, a misspelt key). Every config class of both stages reads through ``config_from_dict``
+(``load_named_config`` for the registered names in ``stamp_st/configs/<kind>/``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
 
 from .errors import StampInputError
+
+
+def config_from_dict(cls, d, source=None, what: str = "setting", ignore: tuple[str, ...] = (),
+                     hint_prefix: str = "allowed: "):
+    """``cls(**d)`` after checking that ``d`` is an object, has no key ``cls`` does not know (``ignore``: keys
+    that may appear and are dropped, e.g. ``description``) and that every value has its annotated type."""
+    if not isinstance(d, dict):
+        raise StampInputError(f"the {what}s must be a JSON object, got {type(d).__name__}", source,
+                              hint='write them as {"name": value, ...}')
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known - set(ignore)
+    if unknown:
+        raise StampInputError(f"unknown {what}s {sorted(unknown)}", source, hint=f"{hint_prefix}{sorted(known)}")
+    check_config_types(cls, d, source, what)
+    return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def load_named_config(cls, kind: str, name_or_path, what: str = "setting", ignore: tuple[str, ...] = ("description",)):
+    """A registered config (``stamp_st/configs/<kind>/<name>.json``) or a JSON file, through ``config_from_dict``."""
+    from .configs import load_config_json
+
+    d, source = load_config_json(kind, name_or_path)
+    return config_from_dict(cls, d, source, what, ignore), d, source
 
 
 def check_config_types(cls, d, source=None, what: str = "setting") -> dict:

@@ -144,13 +144,6 @@ def align(settings: DemoSettings, paired_dir: Path, gene_run: Path) -> Path:
     return run
 
 
-def latest_checkpoint(run: Path) -> Path:
-    latest = run / "checkpoints" / "latest"
-    if latest.is_file():
-        return run / "checkpoints" / latest.read_text().strip()
-    return run
-
-
 def embed(settings: DemoSettings, root: Path, stamp_run: Path, paired_dir: Path) -> dict[str, Path]:
     """Every imaged spot by each fold model (obsm ``X_stamp_v@<held-out slide>`` ...), by the final model
     (``X_stamp_v``, ``X_stamp_v_joint``, ``X_stamp_g``, ``X_stamp_f``) and by the unaligned backbone, on the
@@ -158,6 +151,7 @@ def embed(settings: DemoSettings, root: Path, stamp_run: Path, paired_dir: Path)
     from .evaluation.embeddings_io import CV_SEP, write_embedding_h5ad
     from .inference.corpus_embed import embed_corpus
     from .readers import SampleMeta, read_sample
+    from .training.run_folder import latest_checkpoint
 
     emb_dir = settings.out / "embeddings"
     files = {"stamp": emb_dir / "stamp.h5ad", "backbone": emb_dir / "backbone.h5ad"}

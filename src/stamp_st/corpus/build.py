@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from ..config_types import config_from_dict
 from ..errors import StampInputError
 from ..io_utils import atomic_path, atomic_write_json
 from ..readers.sample_meta import SampleMeta
@@ -97,10 +98,10 @@ class BuildConfig:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> BuildConfig:
+    def from_json(cls, d: dict, source=None) -> BuildConfig:
         d = dict(d)
-        d["qc"] = qcmod.QCConfig(**d.get("qc", {}))
-        return cls(**d)
+        d["qc"] = config_from_dict(qcmod.QCConfig, d.get("qc", {}), source, "QC setting")
+        return config_from_dict(cls, d, source, "corpus build setting")
 
     def settings(self, vocab_checksum: str, divisors_checksum: str | None = None) -> dict:
         """What decides the content of every shard (the vocabulary by checksum, not by path)."""

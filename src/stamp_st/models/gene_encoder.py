@@ -10,7 +10,7 @@ computes the 20,340-way head at every position, which dominates its training cos
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -55,15 +55,9 @@ class GeneEncoderConfig:
 
     @classmethod
     def from_json(cls, d: dict, source: str | Path | None = None) -> GeneEncoderConfig:
-        from ..config_types import check_config_types
+        from ..config_types import config_from_dict
 
-        check_config_types(cls, d, source, "gene encoder setting")
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"kind", "n_tokens"}
-        if unknown:
-            raise StampInputError(f"unknown gene encoder config keys {sorted(unknown)}", source,
-                                  hint=f"allowed keys: {sorted(known)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_dict(cls, d, source, "gene encoder setting", ignore=("kind", "n_tokens"))
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> GeneEncoderConfig:

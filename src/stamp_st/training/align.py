@@ -11,18 +11,19 @@ Every checkpoint is a kind ``stamp`` folder that ``stamp_st.models.stamp.load_st
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..config_types import check_config_types
+from ..config_types import config_from_dict
 from ..errors import StampInputError
 from ..io_utils import atomic_write_json
 from ..models.pretext import PretextConvNet
 from ..models.stamp import StampModel, pool_gene_states, stamp_checkpoint_config
 from .align_task import AlignTask
-from .engine import Trainer, TrainerConfig, check_run_folder, dist_env
+from .engine import Trainer, TrainerConfig, dist_env
+from .run_folder import RunFolder, check_run_folder, latest_checkpoint
 
 
 @dataclass
@@ -64,12 +65,7 @@ class AlignConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source=None) -> AlignConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise StampInputError(f"unknown align settings {sorted(unknown)}", source, f"allowed: {sorted(known)}")
-        check_config_types(cls, d, source, "align setting")
-        cfg = cls(**d)
+        cfg = config_from_dict(cls, d, source, "align setting")
         if cfg.released_mode and (cfg.neighbour_radius_um is not None or cfg.expr_sim_threshold is not None):
             raise StampInputError("neighbour-aware negatives are off in released mode", source,
                                   "drop --neighbour-radius-um / --expr-sim-threshold or --released-mode")
@@ -97,10 +93,7 @@ def load_gene_encoder(spec: str):
     if spec.startswith("random:"):
         warnings.warn(f"gene encoder {spec}: untrained weights", stacklevel=2)
         return GeneEncoder(spec[len("random:"):]), None
-    p = Path(spec)
-    latest = p / "checkpoints" / "latest"
-    if latest.is_file():
-        p = p / "checkpoints" / latest.read_text().strip()
+    p = latest_checkpoint(Path(spec))  # a run folder: its latest checkpoint
     sd, cfg = load_checkpoint(p, expect_kind="gene_encoder")
     enc = GeneEncoder(cfg["architecture"])
     missing, unexpected = load_state_checked(enc, sd, p)
@@ -435,7 +428,7 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
                                        align=cfg.to_json())
 
     if rank == 0:
-        atomic_write_json(Path(out) / "align_config.json", {**cfg.to_json(), "corpus": str(corpus)})
+        RunFolder(out).write_config("align_config.json", {**cfg.to_json(), "corpus": str(corpus)})
     trainer = Trainer(task, tcfg, out, train_data, val_fn=val_fn, checkpoint_config=ck_config, device=device)
     result = trainer.fit(resume=resume)
     result = {**result, **{name: c.stats() for name, c in caches.items()}}

@@ -16,16 +16,14 @@ killed run resumed from a checkpoint continues identically (bitwise on CPU in fp
 
 from __future__ import annotations
 
-import csv
 import itertools
-import json
 import math
 import os
 import random
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,37 +31,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config_types import check_config_types
+from ..config_types import config_from_dict
 from ..errors import StampInputError
-from ..io_utils import atomic_write_text, make_temp_dir
+from ..io_utils import make_temp_dir
 from ..models.checkpoint import replace_dir, write_checkpoint_files
+from .run_folder import CHECKPOINTS, TRAINER_STATE, RunFolder
 from .schedule import WarmupCosine
-
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
-TRAINER_STATE = "trainer_state.pt"
-METRICS_CSV = "metrics.csv"
-
-
-# what a run folder holds (the trainer's files and the commands' configs); metrics.csv is truncated on a restart
-RUN_FOLDER_ENTRIES = frozenset({CHECKPOINTS, METRICS_CSV, "tb", "trainer_config.json", "pretrain_config.json",
-                                "align_config.json", "folds", "folds.json"})  # folds: align --folds
-
-
-def check_run_folder(run_dir: str | Path) -> None:
-    """Refuse a run folder holding files a training run did not write (it would overwrite or truncate them)."""
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        return
-    if not run_dir.is_dir():
-        raise StampInputError("the run folder (--out) exists and is not a folder", run_dir,
-                              hint="give a new folder name")
-    foreign = sorted(p.name for p in run_dir.iterdir()
-                     if p.name not in RUN_FOLDER_ENTRIES and not (p.name.startswith(".") and p.name.endswith(".tmp")))
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-        raise StampInputError(f"the run folder holds files stamp-st did not write ({shown})", run_dir,
-                              hint="give a new or empty folder as --out (or an earlier run's folder to resume it)")
 
 
 @dataclass
@@ -94,16 +67,8 @@ class TrainerConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str | Path | None = None) -> TrainerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise StampInputError(f"unknown trainer settings {sorted(unknown)}", source,
-                                  hint=f"allowed: {sorted(known)}")
-        check_config_types(cls, d, source or "--set / trainer settings", "trainer setting")
-        d = dict(d)
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        cfg = cls(**d)
+        cfg = config_from_dict(cls, d, source or "--set / trainer settings", "trainer setting")
+        cfg.betas = tuple(cfg.betas)
         if cfg.precision not in ("auto", "bf16", "fp32"):
             raise StampInputError(f"precision {cfg.precision!r} is not auto, bf16 or fp32", source)
         if cfg.strategy not in ("auto", "ddp", "fsdp", "single"):
@@ -192,6 +157,7 @@ class Trainer:
                  optimizer_fn: Callable[[nn.Module], torch.optim.Optimizer] | None = None):
         self.cfg = config
         self.run_dir = Path(run_dir)
+        self.run = RunFolder(self.run_dir)
         self.train_data = train_data
         self.val_fn = val_fn
         self._ckpt_config = checkpoint_config or {"kind": type(model).__name__}
@@ -256,7 +222,7 @@ class Trainer:
     def fit(self, resume: str | bool = "auto") -> dict:
         cfg = self.cfg
         if self.is_main:
-            check_run_folder(self.run_dir)
+            self.run.check()
             self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = self.latest_checkpoint()
         if resume is True and ckpt is None:
@@ -268,12 +234,12 @@ class Trainer:
             raise StampInputError("run folder already holds checkpoints", self.run_dir,
                                   hint="resume it (default), or choose a new --out folder")
         if self.is_main:
-            atomic_write_text(self.run_dir / "trainer_config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
-            self._truncate_metrics(self.step)
+            self.run.write_config("trainer_config.json", cfg.to_json())
+            self.run.truncate_metrics(self.step)
             if cfg.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
+                self._tb = SummaryWriter(str(self.run.tensorboard), purge_step=self.step or None)
         pbar = None
         if self.is_main and cfg.progress:
             from tqdm.auto import tqdm
@@ -419,45 +385,19 @@ class Trainer:
     def _log(self, metrics: dict, split: str) -> None:
         if not self.is_main or not metrics:
             return
-        path = self.run_dir / METRICS_CSV
-        new = not path.exists()
-        with open(path, "a", newline="") as fh:
-            w = csv.writer(fh)
-            if new:
-                w.writerow(["step", "epoch", "split", "metric", "value"])
-            for k, v in metrics.items():
-                w.writerow([self.step, self.epoch, split, k, f"{float(v):.6g}"])
+        self.run.append_metrics(self.step, self.epoch, split, metrics)
         if self._tb is not None:
             for k, v in metrics.items():
                 if math.isfinite(float(v)):
                     self._tb.add_scalar(f"{split}/{k}", float(v), self.step)
             self._tb.flush()
 
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
-        path = self.run_dir / METRICS_CSV
-        if not path.exists():
-            return
-        with open(path, newline="") as fh:
-            rows = list(csv.reader(fh))
-        keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
-        if len(keep) != len(rows):
-            with open(path, "w", newline="") as fh:
-                csv.writer(fh).writerows(keep)
-
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_dir(self) -> Path:
-        return self.run_dir / CHECKPOINTS
+        return self.run.checkpoints
 
     def latest_checkpoint(self) -> Path | None:
-        root = self.checkpoint_dir()
-        ptr = root / LATEST
-        if ptr.is_file():
-            p = root / ptr.read_text().strip()
-            if (p / TRAINER_STATE).is_file():
-                return p
-        steps = sorted(p for p in root.glob("step-*") if (p / TRAINER_STATE).is_file()) if root.is_dir() else []
-        return steps[-1] if steps else None
+        return self.run.latest(resumable=True)
 
     def _full_state(self) -> tuple[dict, dict]:
         """(model state, optimizer state) as full, unsharded CPU tensors."""
@@ -492,17 +432,11 @@ class Trainer:
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
-            atomic_write_text(root / LATEST, name + "\n")
-            self._prune()
+            self.run.set_latest(name)
+            self.run.prune(self.cfg.keep_checkpoints)
         if self.world_size > 1 and dist.is_initialized():
             dist.barrier()
         return path
-
-    def _prune(self) -> None:
-        keep = max(int(self.cfg.keep_checkpoints), 1)
-        steps = sorted(p for p in self.checkpoint_dir().glob("step-*") if p.is_dir())
-        for p in steps[:-keep]:
-            shutil.rmtree(p, ignore_errors=True)
 
     def load(self, path: str | Path) -> None:
         from ..models.checkpoint import load_checkpoint, load_state_checked

@@ -7,19 +7,19 @@ runs on the corpus manifest's ``val`` split (held-out slides) with fixed masks, 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config_types import check_config_types
+from ..config_types import config_from_dict
 from ..errors import StampInputError
-from ..io_utils import atomic_write_json
 from ..models.checkpoint import checkpoint_config, load_config
 from ..models.gene_encoder import GeneEncoder, GeneEncoderConfig
-from .engine import Trainer, TrainerConfig, check_run_folder, dist_env
+from .engine import Trainer, TrainerConfig, dist_env
 from .gene_objectives import GenePretrainModel
+from .run_folder import RunFolder, check_run_folder
 from .schedule import validate_phases
 
 
@@ -38,6 +38,7 @@ class PretrainConfig:
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> PretrainConfig:
+        """A registered Stage-1 config (``configs/pretrain/<name>.json``) or a JSON file."""
         from ..configs import load_config_json
 
         d, source = load_config_json("pretrain", name_or_path)
@@ -45,13 +46,7 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source=None) -> PretrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"description"}
-        if unknown:
-            raise StampInputError(f"unknown pretraining settings {sorted(unknown)}", source,
-                                  hint=f"allowed: {sorted(known)}")
-        check_config_types(cls, d, source, "pretraining setting")
-        cfg = cls(**{k: v for k, v in d.items() if k in known})
+        cfg = config_from_dict(cls, d, source, "pretraining setting", ignore=("description",))
         if cfg.phases is not None:
             cfg.phases = validate_phases(cfg.phases)
         TrainerConfig.from_dict({k: v for k, v in cfg.trainer.items()}, source)  # validate early
@@ -197,8 +192,8 @@ def run_pretrain(corpus: str | Path, config: PretrainConfig, out: str | Path, re
                                        "splits": manifest.get("splits")},
                                pretrain=config.to_json())
     if rank == 0:
-        atomic_write_json(out / "pretrain_config.json", {**config.to_json(), "trainer": tcfg.to_json(),
-                                                         "corpus": str(corpus.resolve())})
+        RunFolder(out).write_config("pretrain_config.json", {**config.to_json(), "trainer": tcfg.to_json(),
+                                                             "corpus": str(corpus.resolve())})
     trainer = Trainer(model, tcfg, out, train, val_fn=val_fn, checkpoint_config=ck_cfg, device=device)
     return trainer.fit(resume=resume)
 
@@ -207,11 +202,8 @@ def _check_run_matches(out: Path, enc_cfg: GeneEncoderConfig, checksum: str, res
     """A run folder resumed with another model or vocabulary would silently train something else: refuse."""
     if resume is False:
         return
-    ptr = out / "checkpoints" / "latest"
-    if not ptr.is_file():
-        return
-    ck = out / "checkpoints" / ptr.read_text().strip()
-    if not ck.is_dir():
+    ck = RunFolder(out).latest()
+    if ck is None or not ck.is_dir():
         return
     cfg = load_config(ck)
     if cfg.get("vocab_checksum") not in (None, checksum):
