@@ -45,11 +45,10 @@ def load_vocab(path):
 
 
 def gene_mapping(adata, vocab):
-    """Map the sample's genes onto ``vocab`` (by Ensembl id where known, else by symbol)."""
-    from ..preprocessing.vocab import map_genes
+    """Map the sample's genes onto ``vocab`` (``preprocessing.vocab.map_sample_genes``)."""
+    from ..preprocessing.vocab import map_sample_genes
 
-    ids = adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None
-    return map_genes(list(adata.var_names), vocab, gene_ids=ids)
+    return map_sample_genes(adata, vocab)
 
 
 def inspect_sample(adata, vocab) -> dict:

@@ -36,8 +36,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import os
 
+    from ..distributed import env_rank_world
     from ..preprocessing.vocab import GeneVocabulary
     from ..training.pretrain_genes import PretrainConfig, run_pretrain
     from .options import parse_set_overrides
@@ -50,7 +50,7 @@ def run(args) -> int:
     if args.max_steps is not None:
         cfg.epochs = None
         cfg.trainer["max_steps"] = args.max_steps
-        if cfg.phases and any("epochs" in ph for ph in cfg.phases) and os.environ.get("RANK", "0") == "0":
+        if cfg.phases and any("epochs" in ph for ph in cfg.phases) and env_rank_world()[0] == 0:
             print("note: --max-steps with epoch-measured phases: the phases still switch at epoch boundaries")
     if args.batch_size is not None:
         cfg.batch_size = args.batch_size
@@ -61,7 +61,7 @@ def run(args) -> int:
     vocab = GeneVocabulary.from_tsv(args.vocab) if args.vocab else None
     result = run_pretrain(args.corpus, cfg, args.out, resume=args.resume, vocab=vocab, device=args.device,
                           verify_sha256=not args.skip_sha256)
-    if os.environ.get("RANK", "0") != "0":
+    if env_rank_world()[0] != 0:
         return 0
     if args.json:
         import json

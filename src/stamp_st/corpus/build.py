@@ -250,14 +250,11 @@ def _build_slide_body(entry: SampleEntry, cfg: BuildConfig, out: Path, done: dic
     sid = entry.slide_id
     adata = _read_entry(entry)
     from ..preprocessing.tokenizer import RankTokenizer
-    from ..preprocessing.vocab import map_genes
+    from ..preprocessing.vocab import map_sample_genes
 
     vocab = _load_vocab(cfg.vocab_path)
     meta = SampleMeta.of(adata)  # the entry's um_per_px, when given, was the reader's "user" pixel size
     X = sp.csr_matrix(adata.X)
-    gene_ids = adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None
-    if gene_ids is not None and not any(gene_ids):
-        gene_ids = None
     if cfg.pipeline == "released":
         from ..preprocessing.release_pipeline import ReleaseTokenizer
 
@@ -265,7 +262,7 @@ def _build_slide_body(entry: SampleEntry, cfg: BuildConfig, out: Path, done: dic
         mapping = tokenizer.mapping(list(map(str, adata.var_names)))
     else:
         tokenizer = RankTokenizer(vocab, context=cfg.context, rounded_means=cfg.rounded_means)
-        mapping = map_genes(list(map(str, adata.var_names)), vocab, gene_ids)  # symbol tables: cached per process
+        mapping = map_sample_genes(adata, vocab)  # symbol tables: cached per process
     vc = mapping.to_vocab_counts(X)
     done["counts_checksum"] = qcmod.counts_checksum(X, adata.var_names)
     done["n_genes_input"], done["n_genes_kept"] = int(X.shape[1]), int(mapping.n_kept)

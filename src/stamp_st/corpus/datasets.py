@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..distributed import group_rank_world
 from ..errors import StampInputError
 from .shards import IMAGE_CODECS, decode_sample, iter_shard_raw
 
@@ -173,9 +174,7 @@ class _ShardDataset(IterableDataset):
         return f"{self.base_url}/{name}" if self.base_url else name
 
     def rank_world(self) -> tuple[int, int]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return int(self._rank or 0), int(self._world or 1)
+        return group_rank_world(default=(int(self._rank or 0), int(self._world or 1)))
 
     def shard_order(self, epoch: int) -> np.ndarray:
         n = len(self.shards)

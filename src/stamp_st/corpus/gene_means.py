@@ -18,16 +18,17 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import StampInputError
+from ..preprocessing.tokenizer import TARGET_SUM, per_spot_scale
 from .layout import MANIFEST_NAME, read_finished_manifest
 
 
-def means_accumulators(vocab_counts: sp.csr_matrix, target_sum: float = 10_000.0) -> np.ndarray:
+def means_accumulators(vocab_counts: sp.csr_matrix, target_sum: float = TARGET_SUM) -> np.ndarray:
     """float64 [3, k]: vocabulary index, sum of scaled expression, number of spots with a non-zero count,
     over the genes present. Scaled = count x target_sum / the spot's vocabulary total (the tokenizer's unit)."""
     X = sp.csr_matrix(vocab_counts, dtype=np.float64, copy=True)
     X.eliminate_zeros()
     totals = np.asarray(X.sum(axis=1)).ravel()
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    scale = per_spot_scale(totals, target_sum)
     X = sp.diags(scale) @ X
     X = sp.csc_matrix(X)
     sums = np.asarray(X.sum(axis=0)).ravel()

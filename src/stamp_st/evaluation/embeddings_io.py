@@ -118,11 +118,13 @@ def log1p_cp10k(counts) -> np.ndarray:
     """log1p of counts scaled to 10,000 per spot (dense float32): the usual target of ST prediction."""
     import scipy.sparse as sp
 
+    from ..preprocessing.tokenizer import TARGET_SUM
+
     x = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
     x = x.astype(np.float64)
     tot = x.sum(axis=1, keepdims=True)
     tot[tot == 0] = 1.0
-    return np.log1p(x / tot * 1e4).astype(np.float32)
+    return np.log1p(x / tot * TARGET_SUM).astype(np.float32)
 
 
 def raw_expression_pca(counts, n_comps: int = 50, seed: int = 0) -> np.ndarray:

@@ -191,7 +191,7 @@ def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bo
             result.update(embed_patches(embedder, slide, np.asarray(adata.obsm["spatial"]), float(um),
                                         batch_size, desc=f"{meta.sample_id or 'sample'} patches"))
     if with_genes and embedder.gene_fn is not None and embedder.tokenizer is not None:
-        from ..preprocessing.vocab import map_genes
+        from ..preprocessing.vocab import map_sample_genes
 
         if released:
             from ..preprocessing.release_pipeline import ReleaseTokenizer
@@ -199,8 +199,7 @@ def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bo
             rt = ReleaseTokenizer(embedder.tokenizer.vocab, context=embedder.tokenizer.context)
             tok, mapping = rt.tokenize_sample(adata.X, list(adata.var_names))
         else:
-            gene_ids = adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None
-            mapping = map_genes(list(adata.var_names), embedder.tokenizer.vocab, gene_ids=gene_ids)
+            mapping = map_sample_genes(adata, embedder.tokenizer.vocab)
             tok = embedder.tokenizer.tokenize(adata.X, mapping)
         empty = np.asarray(tok.empty, bool)
         adata.obs[OBS_NO_VOCAB_GENES] = empty  # the flag travels with the embeddings (embed writes it to obs)

@@ -40,7 +40,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import StampInputError
-from .tokenizer import STORAGE_PAD_ID, TOKEN_OFFSET, TokenizedSpots
+from .tokenizer import STORAGE_PAD_ID, TARGET_SUM, TOKEN_OFFSET, TokenizedSpots
 from .vocab import GeneMapping, GeneVocabulary, read_symbol_table
 
 PIPELINES = ("default", "released")
@@ -98,7 +98,7 @@ class ReleaseTokenizer:
         self.divisors = release_divisors(vocab.mean_nonzero)
 
     def config(self) -> dict:
-        return {"pipeline": "released", "context": self.context, "rounded_means": True, "target_sum": 10_000.0,
+        return {"pipeline": "released", "context": self.context, "rounded_means": True, "target_sum": TARGET_SUM,
                 "token_offset": TOKEN_OFFSET, "vocab_checksum": self.vocab.checksum}
 
     def mapping(self, var_names: Sequence[str]) -> GeneMapping:
@@ -119,7 +119,7 @@ class ReleaseTokenizer:
         x.sort_indices()
         totals = np.array(x.sum(axis=1))
         totals += totals == 0.0
-        scale = 10000.0 / totals
+        scale = TARGET_SUM / totals
         x.data *= np.repeat(scale.ravel(), np.diff(x.indptr))
         out = x / self.divisors.reshape((1, -1))
         if isinstance(out, np.matrix):  # older scipy divides densely

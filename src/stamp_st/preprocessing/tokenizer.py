@@ -38,6 +38,13 @@ TARGET_SUM = 10_000.0
 DEFAULT_CONTEXT = 1500
 
 
+def per_spot_scale(totals: np.ndarray, target_sum: float = TARGET_SUM) -> np.ndarray:
+    """The one scaling of spots to ``target_sum`` counts: ``target_sum / total`` per spot (0 for an empty spot),
+    used by the tokenizer and the corpus gene means (``corpus.gene_means``). The release pipeline and the
+    evaluation's log1p-CP10k keep their own arithmetic order, which they must reproduce bit for bit."""
+    return np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+
+
 @dataclass
 class TokenizedSpots:
     tokens: np.ndarray  # int32 [n_spots, context], padded with STORAGE_PAD_ID
@@ -71,7 +78,7 @@ class RankTokenizer:
         X.eliminate_zeros()
         X.sort_indices()
         totals = np.asarray(X.sum(axis=1)).ravel()
-        scale = np.divide(self.target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+        scale = per_spot_scale(totals, self.target_sum)
         row = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
         X.data = X.data * scale[row] / self.divisors[X.indices]
         return X

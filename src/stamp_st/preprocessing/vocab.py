@@ -269,6 +269,15 @@ def map_genes(symbols: Sequence[str], vocab: GeneVocabulary, gene_ids: Sequence[
     return GeneMapping(idx, len(vocab), how)
 
 
+def map_sample_genes(adata, vocab: GeneVocabulary, mapper: SymbolMapper | None = None) -> GeneMapping:
+    """The one mapping of a sample of the reader contract onto ``vocab``: ``var_names`` are symbols,
+    ``var["gene_ids"]`` Ensembl ids ("" where unknown); by id where known, else by symbol."""
+    ids = adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None
+    if ids is not None and not any(ids):
+        ids = None
+    return map_genes([str(s) for s in adata.var_names], vocab, gene_ids=ids, mapper=mapper)
+
+
 def coverage_report(counts, mapping: GeneMapping, spot_ids: Sequence[str] | None = None) -> dict:
     """What the vocabulary kept: genes and fraction of counts, per sample and per spot."""
     X = sp.csr_matrix(counts)

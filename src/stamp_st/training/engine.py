@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import random
 import shutil
 import time
@@ -32,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config_types import config_from_dict
+from ..distributed import env_rank_world
 from ..errors import StampInputError
 from ..io_utils import make_temp_dir
 from ..models.checkpoint import replace_dir, write_checkpoint_files
@@ -85,9 +85,8 @@ class TrainerConfig:
 
 # ---------------------------------------------------------------------- environment
 def dist_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment (0, 1, 0 when launched plainly)."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+    """(rank, world_size, local_rank) from torchrun's environment (``stamp_st.distributed``)."""
+    return env_rank_world()
 
 
 def cpu_bf16_fast() -> bool:

@@ -25,13 +25,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import group_rank_world
 from ..models.stamp import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, scale_from_param  # noqa: F401 (the model's temperature)
 
 
 def dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    """(rank, world_size) of the process group (``stamp_st.distributed``)."""
+    return group_rank_world()
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
