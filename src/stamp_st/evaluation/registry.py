@@ -37,4 +37,5 @@ EVAL_TASKS: dict[str, EvalTask] = {t.name: t for t in (
     EvalTask("retrieval", "Cross-modal retrieval (within slide)", "tasks:run_retrieval", per_slide=True,
              merge="examples"),
     EvalTask("mil", "Slide classification, gated ABMIL (cross-validated)", "tasks:run_mil", default=False, merge=None),
+    EvalTask("knn", "k-NN label transfer (held-out slide)", "knn:run", default=False),
 )}

@@ -73,6 +73,8 @@ for _entry in (
     BackboneEntry("conch_vit_b16", "backbones:conch_vit_b16",
                   "CONCH ViT-B/16 visual trunk (Lu et al. 2024); gated weights from a local file",
                   weights_key="conch", aliases=("conch",)),
+    BackboneEntry("resnet18", "backbones:timm_architecture", "ResNet-18 (timm); weights from --backbone-weights",
+                  args={"arch": "resnet18"}, test_kwargs={}),
     BackboneEntry("timm:", "backbones:timm_any", "any timm model; pretrained weights only from a local file",
                   prefix=True),
     BackboneEntry(hub.TIMM_HUB_PREFIX, "backbones:timm_hub", "a timm model on the Hugging Face hub (its config.json)",
