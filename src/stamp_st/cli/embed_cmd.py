@@ -54,6 +54,7 @@ def run(args) -> int:
                              patch_um=args.patch_um, precision=args.precision)
     if args.tiles:
         from ..evaluation.embeddings_io import trident_coords_attrs
+        from ..readers.constants import UM_PER_PX_METADATA
         from ..readers.pixel_size import resolve_um_per_px
         from ..readers.slide import open_slide
 
@@ -61,10 +62,11 @@ def run(args) -> int:
             raise StampInputError("--pipeline released embeds spots (the release has no tiling)",
                                   hint="drop --tiles, or use the default pipeline for tiles")
 
-        slide_path, um, um_source, slide_id = tile_source(args)
+        slide_path, meta_um, meta_source, slide_id = tile_source(args)
         with open_slide(slide_path) as slide:
-            if um is None:
-                um, um_source = resolve_um_per_px(slide=slide.um_per_px)
+            # the one rule: --um-per-px > the sample's metadata > the slide file's tag
+            um, um_source = resolve_um_per_px(user=args.um_per_px, metadata=meta_um, slide=slide.um_per_px)
+            um_source = meta_source if um_source == UM_PER_PX_METADATA else um_source
             if not um:
                 raise StampInputError("no pixel size: neither the sample's metadata nor the slide carry one",
                                       slide_path, hint="pass --um-per-px")
@@ -120,20 +122,18 @@ def run(args) -> int:
 
 
 def tile_source(args) -> tuple[str, float | None, str, str]:
-    """(slide path, pixel size or None, where it came from, slide name) for ``--tiles``. The pixel size of
-    the sample's own metadata wins over the slide's TIFF tag (HEST's WSIs, written with current libvips,
-    carry a resolution tag 10x off); ``--um-per-px`` wins over both."""
+    """(slide path, the pixel size the sample's metadata gives or None, where it came from, slide name) for
+    ``--tiles``; ``resolve_um_per_px`` then ranks it between ``--um-per-px`` and the slide's TIFF tag (HEST's
+    WSIs, written with current libvips, carry a resolution tag 10x off)."""
     from pathlib import Path
 
     from ..errors import StampInputError
     from ..readers.constants import HEST_WSI_DIR
-    from ..readers.pixel_size import resolve_um_per_px
     from ..readers.sample_meta import SampleMeta
 
     p = Path(args.sample)
-    um, source = resolve_um_per_px(user=args.um_per_px) if args.um_per_px else (None, "")
     if p.is_file() and p.suffix.lower() != ".h5ad":  # a slide file
-        return str(args.image or p), um, source, (Path(args.image) if args.image else p).stem
+        return str(args.image or p), None, "", (Path(args.image) if args.image else p).stem
     if p.is_dir() and (p / HEST_WSI_DIR).is_dir() and args.format in (None, "hest"):
         from ..readers.hest import hest_sections, metadata_pixel_size, read_metadata, wsi_path
 
@@ -144,19 +144,17 @@ def tile_source(args) -> tuple[str, float | None, str, str]:
             raise StampInputError(f"HEST root: {what}; slides in {HEST_WSI_DIR}/: {', '.join(known[:30]) or 'none'}",
                                   p, hint="pass --section ID")
         meta, meta_path = read_metadata(p, args.section)
-        if um is None:
-            um = metadata_pixel_size(meta, meta_path)
-            source = f"metadata {meta_path.name}" if um else ""
-        return str(args.image or wsi_path(p, args.section)), um, source, str(args.section)
+        um = metadata_pixel_size(meta, meta_path)
+        return (str(args.image or wsi_path(p, args.section)), um, f"metadata {meta_path.name}" if um else "",
+                str(args.section))
     from .inspect_cmd import read_sample_from_args
 
     meta = SampleMeta.of(read_sample_from_args(args))
     image = args.image or meta.image_path
     if not image:
         raise StampInputError("the sample has no image to tile", p, hint="pass --image SLIDE")
-    if um is None and meta.slide_um_per_px:
-        um, source = meta.slide_um_per_px, f"sample ({meta.slide_um_per_px_source})"
-    return str(image), um, source, meta.sample_id or Path(image).stem
+    return (str(image), meta.slide_um_per_px, f"sample ({meta.slide_um_per_px_source})", meta.sample_id
+            or Path(image).stem)
 
 
 def _summary(args, summary: dict, text: str) -> None:
