@@ -81,3 +81,40 @@ def test_empty_inputs():
     assert tok.tokenize_vocab_counts(sp.csr_matrix((0, len(v)), dtype=np.float32)).tokens.shape == (0, 10)
     out = tok.tokenize_vocab_counts(sp.csr_matrix((3, len(v)), dtype=np.float32))
     assert (out.tokens == 0).all() and out.empty.all()
+
+
+def test_threads_give_the_same_tokens(monkeypatch):
+    """The parallel driver (chunks of spots on numba's threads) against the one-thread kernel and the
+    reference, on spots of very different lengths (empty ones included) cut into many small chunks."""
+    import numba
+
+    import stamp_st.preprocessing.tokenizer as T
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread here (NUMBA_NUM_THREADS=1): the parallel path is not taken")
+    v = vocab(300)
+    rng = np.random.default_rng(5)
+    dense = counts(rng, 257, len(v), 40)
+    dense[rng.random(len(dense)) < 0.3, 150:] = 0  # short spots between long ones
+    dense[[0, 17, 256]] = 0  # empty spots, at both ends too
+    X = sp.csr_matrix(dense)
+    tok = RankTokenizer(v, context=120)
+    monkeypatch.setattr(T, "_PARALLEL_MIN_NNZ", 0)
+    monkeypatch.setattr(T, "_CHUNKS_PER_THREAD", 37)
+    calls = []
+    real = T._rank_kernels
+
+    def spy():
+        serial, parallel = real()
+        return serial, lambda *a: (calls.append(len(a[-1]) - 1), parallel(*a))
+    monkeypatch.setattr(T, "_rank_kernels", spy)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    numba.set_num_threads(2)
+    out = tok.tokenize_vocab_counts(X)
+    assert calls and calls[0] > 2, "the parallel path was not taken"
+    np.testing.assert_array_equal(out.tokens, reference(dense, v.divisors(), 120))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a one-thread process (a Dask worker): the serial kernel
+    monkeypatch.setattr(T, "_rank_kernels", real)
+    assert T.tokenizer_threads() == 1
+    np.testing.assert_array_equal(tok.tokenize_vocab_counts(X).tokens, out.tokens)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)

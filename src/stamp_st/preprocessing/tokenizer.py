@@ -14,15 +14,18 @@ Counts are integers and the rounded divisors take few distinct values (86 in the
 the keys are few: ``count / divisor`` for every count below K (512 for her2st) and every distinct divisor is
 ranked once per tokenizer (one small ``np.unique``), and each spot is then a bucket sort on that rank over its
 non-zeros only (compiled with numba): per-rank lists built in vocabulary order (the tie rule, by
-construction), read in rank order until the context is full. No dense rows, no float64 copies. Inputs outside
-that case (fractions, negative values, counts too large for the table, e.g. with unrounded means) take the
-plain path: one stable argsort per spot. On 5,000 her2st spots: 7.6x the release's own pipeline by CPU time
-(README, "Measured").
+construction), read in rank order until the context is full. No dense rows, no float64 copies. Large inputs are
+cut into chunks of spots that run on numba's threads (``tokenizer_threads``); each chunk writes only its own
+rows, so the tokens do not depend on the number of threads. Inputs outside that case (fractions, negative
+values, counts too large for the table, e.g. with unrounded means) take the plain path: one stable argsort per
+spot. Against the release's own pipeline on 5,000 her2st spots: README, "Measured".
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,8 +104,8 @@ class RankTokenizer:
         n = X.shape[0]
         tokens = np.zeros((n, self.context), dtype=np.int32)  # STORAGE_PAD_ID
         rank_of, first_rank_of_divisor, n_ranks = table
-        _rank_kernel()(X.indptr, X.indices, X.data, rank_of, first_rank_of_divisor[self._divisor_code], n_ranks,
-                       TOKEN_OFFSET, tokens)
+        _run_rank_kernel(X.indptr, X.indices, X.data, rank_of, first_rank_of_divisor[self._divisor_code], n_ranks,
+                         tokens)
         n_genes = np.diff(X.indptr).astype(np.int32)
         return TokenizedSpots(tokens, n_genes, n_genes == 0)
 
@@ -187,21 +190,21 @@ def _lookup_ranks_py(indices, data, rank_of, row_of_gene, a, b, out):
         out[e - a] = rank_of[row_of_gene[indices[e]] + int(data[e])]
 
 
-def _rank_tokens_py(indptr, indices, data, rank_of, row_of_gene, n_ranks, offset, tokens) -> None:
-    """Per spot, a bucket sort of its non-zeros on their rank (0 = largest count / divisor): ranks are looked
-    up for a block of spots at once; one pass, backwards, links each non-zero into its rank's list (so every
-    list is in vocabulary order, the tie rule); the distinct ranks present (about a hundred) are sorted and
-    their lists read in that order until the context is full. ``tokens`` must be zero-filled."""
+def _rank_tokens_py(indptr, indices, data, rank_of, row_of_gene, n_ranks, offset, tokens, start, stop) -> None:
+    """Spots ``start..stop-1``, each a bucket sort of its non-zeros on their rank (0 = largest count / divisor):
+    ranks are looked up for a block of spots at once; one pass, backwards, links each non-zero into its rank's
+    list (so every list is in vocabulary order, the tie rule); the distinct ranks present (about a hundred) are
+    sorted and their lists read in that order until the context is full. ``tokens`` must be zero-filled."""
     context = tokens.shape[1]
-    n = indptr.shape[0] - 1
+    n = stop
     head = np.full(n_ranks, -1, np.int32)  # per rank, its first non-zero in the spot (-1: none)
     longest = 0
-    for i in range(n):
+    for i in range(start, stop):
         longest = max(longest, indptr[i + 1] - indptr[i])
     rank_buf = np.empty(max(_BLOCK_NNZ, longest), rank_of.dtype)  # int16 where the ranks fit: half the cache
     nxt = np.empty(longest, np.int32)  # per non-zero, the next one of the same rank
     present = np.empty(longest + 1, np.int32)  # the distinct ranks of a spot, then sorted
-    i = 0
+    i = start
     while i < n:
         end = i + 1  # spots i..end-1: as many as fit in the block
         while end < n and indptr[end + 1] - indptr[i] <= _BLOCK_NNZ:
@@ -239,21 +242,70 @@ def _rank_tokens_py(indptr, indices, data, rank_of, row_of_gene, n_ranks, offset
         i = end
 
 
-def _jit(fn):
+def _rank_tokens_parallel_py(indptr, indices, data, rank_of, row_of_gene, n_ranks, offset, tokens, bounds):
+    """``_rank_tokens`` on the chunks of spots ``bounds[c]..bounds[c+1]-1``, on numba's threads; each chunk has
+    its own buffers and writes only its own rows of ``tokens``, so the output does not depend on the threads."""
+    for c in _prange(bounds.shape[0] - 1):
+        _rank_tokens(indptr, indices, data, rank_of, row_of_gene, n_ranks, offset, tokens, bounds[c], bounds[c + 1])
+
+
+def _jit(fn, parallel: bool = False):
     import numba  # imported on first use: it takes a second, and most importers never tokenize
 
-    return numba.njit(cache=True, nogil=True)(fn)
+    return numba.njit(cache=True, nogil=True, parallel=parallel)(fn)
 
 
 _count_range = functools.cache(lambda: _jit(_count_range_py))
-_lookup_ranks = None  # the compiled lookup, bound by _rank_kernel (the kernel calls it by this global name)
+_lookup_ranks = _rank_tokens = _prange = None  # bound by _rank_kernels (the kernels call them by these names)
+_PARALLEL_MIN_NNZ = 1 << 18  # below this, threads cost more than they save (one chunk)
+_CHUNKS_PER_THREAD = 4  # spots differ in length: smaller chunks balance the threads
+_parallel_lock = threading.Lock()  # numba's default threading layer (workqueue) must not be entered twice at once
 
 
 @functools.cache
-def _rank_kernel():
-    global _lookup_ranks
+def _rank_kernels():
+    """(serial kernel, parallel driver), compiled on first use and cached on disk by numba."""
+    global _lookup_ranks, _rank_tokens, _prange
+    import numba
+
+    _prange = numba.prange
     _lookup_ranks = _jit(_lookup_ranks_py)
-    return _jit(_rank_tokens_py)
+    _rank_tokens = _jit(_rank_tokens_py)
+    return _rank_tokens, _jit(_rank_tokens_parallel_py, parallel=True)
+
+
+def tokenizer_threads() -> int:
+    """Threads the tokenizer may use: numba's (``NUMBA_NUM_THREADS``, all cores by default), capped by
+    ``OMP_NUM_THREADS`` where that is set, so that a process told to use one thread (a Dask worker, a
+    benchmark) does not start more."""
+    import numba
+
+    threads = numba.get_num_threads()
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return max(1, min(threads, int(omp))) if omp.isdigit() else threads
+
+
+def _run_rank_kernel(indptr, indices, data, rank_of, row_of_gene, n_ranks, tokens) -> None:
+    """Tokens of every spot, on ``tokenizer_threads()`` threads when the input is large enough to pay for
+    them (the release tokenizes one spot at a time on one core). The output does not depend on the threads."""
+    import numba
+
+    serial, parallel = _rank_kernels()
+    n, nnz = indptr.shape[0] - 1, int(indptr[-1])
+    threads = tokenizer_threads()
+    if threads == 1 or nnz < _PARALLEL_MIN_NNZ or n < 2:
+        serial(indptr, indices, data, rank_of, row_of_gene, n_ranks, TOKEN_OFFSET, tokens, 0, n)
+        return
+    # chunk edges at equal shares of the non-zeros (the work), as spot indices
+    cuts = np.searchsorted(indptr, np.linspace(0, nnz, threads * _CHUNKS_PER_THREAD + 1)[1:-1])
+    bounds = np.unique(np.concatenate([[0], np.clip(cuts, 0, n), [n]])).astype(np.int64)
+    with _parallel_lock:
+        before = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            parallel(indptr, indices, data, rank_of, row_of_gene, n_ranks, TOKEN_OFFSET, tokens, bounds)
+        finally:
+            numba.set_num_threads(before)
 
 
 def tokenize_spot_reference(vocab_counts_row: np.ndarray, divisors: np.ndarray, context: int,
