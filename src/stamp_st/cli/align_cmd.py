@@ -9,33 +9,43 @@ from __future__ import annotations
 
 import json
 
+# The command's defaults without --config (what ``align`` has always done). With --config, the config's values
+# replace them and only the options given on the command line override the config.
+CLI_DEFAULTS = {"backbone": "efficientnet_lite0", "batch_size": 16, "augment": "none", "neighbour_mode": "mask",
+                "val_max_batches": 20, "image_cache_gb": 4.0, "lora": 0, "freeze_gene_encoder": False,
+                "freeze_backbone": False, "grad_ckpt": False, "released_mode": False, "num_workers": 0}
+CLI_TRAINER_DEFAULTS = {"max_steps": 1000, "lr": 1e-4, "weight_decay": 1e-3, "warmup_steps": 0, "precision": "auto"}
+TRAINER_OPTIONS = ("max_steps", "lr", "weight_decay", "warmup_steps", "precision")
+
 
 def register(subparsers) -> None:
+    from ..configs import registered
     from ..models.registry import backbone_names
     from .options import add_set_option
 
     p = subparsers.add_parser("align", help="Stage 2: align an image backbone with the gene encoder",
                               description=__doc__.splitlines()[0])
     p.add_argument("corpus", help="corpus folder (or its manifest.json) built with --kind paired")
-    p.add_argument("--backbone", default="efficientnet_lite0",
-                   help="a registered backbone (efficientnet_lite0 is the offline default): "
+    p.add_argument("--config", help="a named Stage-2 config (" + ", ".join(registered("align")) + ") or a JSON "
+                   "file; options given here override it (without it: the defaults shown below)")
+    p.add_argument("--backbone", help="a registered backbone (default efficientnet_lite0, the offline one): "
                    + ", ".join(backbone_names()))
     p.add_argument("--backbone-weights", help="local weight file of the backbone (UNI, CONCH, timm models)")
     p.add_argument("--image-px", type=int, help="model input side in px (default: the backbone's, 224)")
     p.add_argument("--gene-encoder", required=True,
                    help="Stage-1 run or checkpoint folder (stamp-st pretrain-genes), or random:<config> for tests")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.csv, tb/)")
-    p.add_argument("--freeze-gene-encoder", action="store_true",
+    p.add_argument("--freeze-gene-encoder", action="store_true", default=None,
                    help="the paper's setting: gene encoder frozen, its features cached once per spot")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--freeze-backbone", action="store_true", help="train only heads, pretext token and thumbnail map")
+    g.add_argument("--freeze-backbone", action="store_true", default=None, help="train only heads, pretext token and thumbnail map")
     g.add_argument("--trainable-blocks", type=int, default=None, metavar="N",
                    help="partial fine-tuning: train only the backbone's last N blocks (and its head); on a CNN the "
                         "frozen trunk is computed once per crop and cached")
-    g.add_argument("--lora", type=int, default=0, metavar="R", help="LoRA of rank R on the ViT attention (qkv)")
-    p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the ViT blocks")
-    p.add_argument("--augment", choices=["none", "dihedral"], default="none",
-                   help="dihedral: random rotations / mirrorings of the patch (of its cached trunk map on a CNN)")
+    g.add_argument("--lora", type=int, metavar="R", help="LoRA of rank R on the ViT attention (qkv)")
+    p.add_argument("--grad-ckpt", action="store_true", default=None, help="gradient checkpointing in the ViT blocks")
+    p.add_argument("--augment", choices=["none", "dihedral"],
+                   help="none (default) or dihedral: random rotations / mirrorings of the patch (of its cached trunk map on a CNN)")
     p.add_argument("--temperature-init", type=float, default=None,
                    help="initial contrastive temperature (default: the release's 0.07; 1.0 suits a few thousand "
                         "spots)")
@@ -46,24 +56,24 @@ def register(subparsers) -> None:
                    help="mask same-slide negatives closer than this to the anchor (off by default)")
     p.add_argument("--expr-sim-threshold", type=float,
                    help="mask negatives whose gene features have cosine similarity above this")
-    p.add_argument("--neighbour-mode", choices=["mask", "soft"], default="mask")
-    p.add_argument("--released-mode", action="store_true",
+    p.add_argument("--neighbour-mode", choices=["mask", "soft"], help="default mask")
+    p.add_argument("--released-mode", action="store_true", default=None,
                    help="the release's behaviour: its gene pooling, local negatives, no neighbour handling")
     p.add_argument("--val-slides", type=lambda v: [x for x in v.split(",") if x], default=None, metavar="ID,ID",
                    help="hold out these slide ids for validation and train on every other slide of the corpus, "
                         "whatever split it gave them (cross-validation over one corpus)")
-    p.add_argument("--val-max-batches", type=int, default=20,
-                   help="validation batches per evaluation (0: every held-out spot)")
-    p.add_argument("--image-cache-gb", type=float, default=4.0,
+    p.add_argument("--val-max-batches", type=int,
+                   help="validation batches per evaluation (0: every held-out spot; default 20)")
+    p.add_argument("--image-cache-gb", type=float,
                    help="with --freeze-backbone or --trainable-blocks on a CNN: cache the frozen part's outputs "
-                        "up to this size (0: off)")
-    p.add_argument("--batch-size", type=int, default=16, help="items (2 spots each) per micro-batch and process")
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=1e-3)
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+                        "up to this size (0: off; default 4)")
+    p.add_argument("--batch-size", type=int, help="items (2 spots each) per micro-batch and process (default 16)")
+    p.add_argument("--num-workers", type=int, help="data loader processes (default 0)")
+    p.add_argument("--max-steps", type=int, help="default 1000")
+    p.add_argument("--lr", type=float, help="default 1e-4")
+    p.add_argument("--weight-decay", type=float, help="default 1e-3")
+    p.add_argument("--warmup-steps", type=int, help="default 0")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default auto")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU when present)")
     p.add_argument("--skip-sha256", action="store_true",
                    help="do not hash every shard against manifest.json before training (sizes are still checked)")
@@ -76,14 +86,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from ..training.align import AlignConfig, run_align
+def config_from_args(args):
+    """The AlignConfig of a command line: ``--config`` (or the command's defaults), then the options given."""
+    from ..training.align import AlignConfig
     from .options import parse_set_overrides
 
-    trainer = {"max_steps": args.max_steps, "lr": args.lr, "weight_decay": args.weight_decay,
-               "warmup_steps": args.warmup_steps, "precision": args.precision}
-    trainer.update(parse_set_overrides(args.set, "ckpt_every=500"))
-    cfg = AlignConfig.from_dict({
+    given = {k: v for k, v in {
         "backbone": args.backbone, "backbone_weights": args.backbone_weights,
         "image_px": args.image_px, "gene_encoder": args.gene_encoder,
         "batch_size": args.batch_size, "freeze_gene_encoder": args.freeze_gene_encoder,
@@ -93,8 +101,22 @@ def run(args) -> int:
         "neighbour_radius_um": args.neighbour_radius_um, "expr_sim_threshold": args.expr_sim_threshold,
         "neighbour_mode": args.neighbour_mode, "released_mode": args.released_mode,
         "num_workers": args.num_workers, "val_slides": args.val_slides,
-        "val_max_batches": args.val_max_batches or None, "image_cache_gb": args.image_cache_gb,
-        "trainer": trainer})
+        "val_max_batches": args.val_max_batches, "image_cache_gb": args.image_cache_gb}.items() if v is not None}
+    if given.get("val_max_batches") == 0:
+        given["val_max_batches"] = None  # every held-out spot
+    trainer = {k: getattr(args, k) for k in TRAINER_OPTIONS if getattr(args, k) is not None}
+    trainer.update(parse_set_overrides(args.set, "ckpt_every=500"))
+    if not args.config:
+        return AlignConfig.from_dict({**CLI_DEFAULTS, **given, "trainer": {**CLI_TRAINER_DEFAULTS, **trainer}})
+    if {"freeze_backbone", "trainable_blocks", "lora"} & set(given):  # the command line picks what trains
+        given = {"freeze_backbone": False, "trainable_blocks": None, "lora": 0, **given}
+    return AlignConfig.load(args.config, **given, trainer=trainer)
+
+
+def run(args) -> int:
+    from ..training.align import run_align
+
+    cfg = config_from_args(args)
     if args.folds:
         if args.val_slides:
             from ..errors import StampInputError
