@@ -103,22 +103,23 @@ class RankTokenizer:
             X.eliminate_zeros()
         n = X.shape[0]
         tokens = np.zeros((n, self.context), dtype=np.int32)  # STORAGE_PAD_ID
-        rank_of, first_rank_of_divisor, n_ranks = table
-        _run_rank_kernel(X.indptr, X.indices, X.data, rank_of, first_rank_of_divisor[self._divisor_code], n_ranks,
-                         tokens)
+        _run_rank_kernel(X.indptr, X.indices, X.data, *table, self._divisor_code, tokens)
         n_genes = np.diff(X.indptr).astype(np.int32)
         return TokenizedSpots(tokens, n_genes, n_genes == 0)
 
     @functools.cached_property
     def _divisor_code(self) -> np.ndarray:
-        """Per vocabulary gene, the index of its divisor among the distinct divisors."""
-        return np.unique(self.divisors, return_inverse=True)[1].astype(np.int32)
+        """Per vocabulary gene, the index of its divisor among the distinct divisors (uint8 where they fit: the
+        lookup's per-gene table then stays in the L1 cache)."""
+        code = np.unique(self.divisors, return_inverse=True)[1].ravel()
+        return code.astype(np.uint8 if code.size == 0 or code.max() < 256 else np.int32)
 
     def _rank_table(self, max_count: int):
         """Dense descending rank of count / divisor for every count 0..K-1 (K a power of two above
-        ``max_count``) and every distinct divisor, flattened as ``[divisor_code * K + count]``, with the same
-        float64 division as the plain path (equal ratios share a rank, so ties stay ties); None when that table
-        would exceed ``_MAX_PAIRS`` entries. Kept for the largest K asked so far (built once, tens of ms)."""
+        ``max_count``) and every distinct divisor, flattened count-major as ``[count * n_divisors + code]`` (so
+        the small counts that make up most non-zeros share a few cache lines), with the same float64 division
+        as the plain path (equal ratios share a rank, so ties stay ties); None when that table would exceed
+        ``_MAX_PAIRS`` entries. Kept for the largest K asked so far (built once, tens of ms)."""
         have = getattr(self, "_table", None)
         if have is not None and have[0] > max_count:
             return have[1]
@@ -126,10 +127,10 @@ class RankTokenizer:
         distinct = np.unique(self.divisors)
         if k * distinct.size > _MAX_PAIRS:
             return None
-        ratios = np.arange(k, dtype=np.float64)[None, :] / distinct[:, None]
+        ratios = np.arange(k, dtype=np.float64)[:, None] / distinct[None, :]
         uniq, inv = np.unique(ratios, return_inverse=True)
         rank_of = (uniq.size - 1 - inv.ravel()).astype(np.int16 if uniq.size <= 2**15 else np.int32)
-        table = (rank_of, (np.arange(distinct.size) * k).astype(np.int32), int(uniq.size))
+        table = (rank_of, int(distinct.size), int(uniq.size))
         self._table = (k, table)
         return table
 
@@ -165,7 +166,6 @@ class RankTokenizer:
 
 
 _MAX_PAIRS = 1 << 22  # counts x distinct divisors: beyond this the rank table costs more than it saves
-_BLOCK_NNZ = 1 << 16  # non-zeros whose ranks are looked up together (fits the L2 cache)
 
 
 def _count_range_py(data):
@@ -185,68 +185,56 @@ def _count_range_py(data):
     return int(lo), int(hi)
 
 
-def _lookup_ranks_py(indices, data, rank_of, row_of_gene, a, b, out):
-    for e in range(a, b):
-        out[e - a] = rank_of[row_of_gene[indices[e]] + int(data[e])]
-
-
-def _rank_tokens_py(indptr, indices, data, rank_of, row_of_gene, n_ranks, offset, tokens, start, stop) -> None:
+def _rank_tokens_py(indptr, indices, data, rank_of, n_div, n_ranks, code, offset, tokens, start, stop) -> None:
     """Spots ``start..stop-1``, each a bucket sort of its non-zeros on their rank (0 = largest count / divisor):
-    ranks are looked up for a block of spots at once; one pass, backwards, links each non-zero into its rank's
-    list (so every list is in vocabulary order, the tie rule); the distinct ranks present (about a hundred) are
-    sorted and their lists read in that order until the context is full. ``tokens`` must be zero-filled."""
+    ranks are looked up (``rank_of[count * n_divisors + code[gene]]``); one pass, backwards, links each
+    non-zero into its rank's list (so every list is in vocabulary order, the tie rule); the distinct ranks
+    present (about a hundred) are sorted and their lists read in that order until the context is full.
+    ``tokens`` must be zero-filled."""
     context = tokens.shape[1]
-    n = stop
     head = np.full(n_ranks, -1, np.int32)  # per rank, its first non-zero in the spot (-1: none)
     longest = 0
     for i in range(start, stop):
         longest = max(longest, indptr[i + 1] - indptr[i])
-    rank_buf = np.empty(max(_BLOCK_NNZ, longest), rank_of.dtype)  # int16 where the ranks fit: half the cache
+    rank = np.empty(longest, np.int32)  # per non-zero of the spot, its rank
     nxt = np.empty(longest, np.int32)  # per non-zero, the next one of the same rank
     present = np.empty(longest + 1, np.int32)  # the distinct ranks of a spot, then sorted
-    i = start
-    while i < n:
-        end = i + 1  # spots i..end-1: as many as fit in the block
-        while end < n and indptr[end + 1] - indptr[i] <= _BLOCK_NNZ:
-            end += 1
-        first = indptr[i]
-        _lookup_ranks(indices, data, rank_of, row_of_gene, first, indptr[end], rank_buf)
-        for s in range(i, end):
-            a = indptr[s] - first
-            m = indptr[s + 1] - indptr[s]
-            u = 0
-            for j in range(m - 1, -1, -1):
-                r = rank_buf[a + j]
-                h = head[r]
-                present[u] = r  # kept only where the rank is new
-                u += h < 0
-                nxt[j] = h
-                head[r] = j
-            for k in range(1, u):  # insertion sort: about a hundred values, no allocation
-                r = present[k]
-                j = k - 1
-                while j >= 0 and present[j] > r:
-                    present[j + 1] = present[j]
-                    j -= 1
-                present[j + 1] = r
-            g = indptr[s]
-            pos = 0
-            for k in range(u):
-                r = present[k]
-                j = head[r]
-                head[r] = -1
-                while j >= 0 and pos < context:
-                    tokens[s, pos] = indices[g + j] + offset
-                    pos += 1
-                    j = nxt[j]
-        i = end
+    for s in range(start, stop):
+        g = indptr[s]
+        m = indptr[s + 1] - g
+        for j in range(m):
+            rank[j] = rank_of[np.int32(data[g + j]) * n_div + np.int32(code[indices[g + j]])]
+        u = 0
+        for j in range(m - 1, -1, -1):
+            r = rank[j]
+            h = head[r]
+            present[u] = r  # kept only where the rank is new
+            u += h < 0
+            nxt[j] = h
+            head[r] = j
+        for k in range(1, u):  # insertion sort: about a hundred values, no allocation
+            r = present[k]
+            j = k - 1
+            while j >= 0 and present[j] > r:
+                present[j + 1] = present[j]
+                j -= 1
+            present[j + 1] = r
+        pos = 0
+        for k in range(u):
+            r = present[k]
+            j = head[r]
+            head[r] = -1
+            while j >= 0 and pos < context:
+                tokens[s, pos] = indices[g + j] + offset
+                pos += 1
+                j = nxt[j]
 
 
-def _rank_tokens_parallel_py(indptr, indices, data, rank_of, row_of_gene, n_ranks, offset, tokens, bounds):
+def _rank_tokens_parallel_py(indptr, indices, data, rank_of, n_div, n_ranks, code, offset, tokens, bounds):
     """``_rank_tokens`` on the chunks of spots ``bounds[c]..bounds[c+1]-1``, on numba's threads; each chunk has
     its own buffers and writes only its own rows of ``tokens``, so the output does not depend on the threads."""
     for c in _prange(bounds.shape[0] - 1):
-        _rank_tokens(indptr, indices, data, rank_of, row_of_gene, n_ranks, offset, tokens, bounds[c], bounds[c + 1])
+        _rank_tokens(indptr, indices, data, rank_of, n_div, n_ranks, code, offset, tokens, bounds[c], bounds[c + 1])
 
 
 def _jit(fn, parallel: bool = False):
@@ -256,7 +244,7 @@ def _jit(fn, parallel: bool = False):
 
 
 _count_range = functools.cache(lambda: _jit(_count_range_py))
-_lookup_ranks = _rank_tokens = _prange = None  # bound by _rank_kernels (the kernels call them by these names)
+_rank_tokens = _prange = None  # bound by _rank_kernels (the parallel driver calls them by these names)
 _PARALLEL_MIN_NNZ = 1 << 18  # below this, threads cost more than they save (one chunk)
 _CHUNKS_PER_THREAD = 4  # spots differ in length: smaller chunks balance the threads
 _parallel_lock = threading.Lock()  # numba's default threading layer (workqueue) must not be entered twice at once
@@ -265,11 +253,10 @@ _parallel_lock = threading.Lock()  # numba's default threading layer (workqueue)
 @functools.cache
 def _rank_kernels():
     """(serial kernel, parallel driver), compiled on first use and cached on disk by numba."""
-    global _lookup_ranks, _rank_tokens, _prange
+    global _rank_tokens, _prange
     import numba
 
     _prange = numba.prange
-    _lookup_ranks = _jit(_lookup_ranks_py)
     _rank_tokens = _jit(_rank_tokens_py)
     return _rank_tokens, _jit(_rank_tokens_parallel_py, parallel=True)
 
@@ -285,7 +272,7 @@ def tokenizer_threads() -> int:
     return max(1, min(threads, int(omp))) if omp.isdigit() else threads
 
 
-def _run_rank_kernel(indptr, indices, data, rank_of, row_of_gene, n_ranks, tokens) -> None:
+def _run_rank_kernel(indptr, indices, data, rank_of, n_div, n_ranks, code, tokens) -> None:
     """Tokens of every spot, on ``tokenizer_threads()`` threads when the input is large enough to pay for
     them (the release tokenizes one spot at a time on one core). The output does not depend on the threads."""
     import numba
@@ -294,7 +281,7 @@ def _run_rank_kernel(indptr, indices, data, rank_of, row_of_gene, n_ranks, token
     n, nnz = indptr.shape[0] - 1, int(indptr[-1])
     threads = tokenizer_threads()
     if threads == 1 or nnz < _PARALLEL_MIN_NNZ or n < 2:
-        serial(indptr, indices, data, rank_of, row_of_gene, n_ranks, TOKEN_OFFSET, tokens, 0, n)
+        serial(indptr, indices, data, rank_of, n_div, n_ranks, code, TOKEN_OFFSET, tokens, 0, n)
         return
     # chunk edges at equal shares of the non-zeros (the work), as spot indices
     cuts = np.searchsorted(indptr, np.linspace(0, nnz, threads * _CHUNKS_PER_THREAD + 1)[1:-1])
@@ -303,7 +290,7 @@ def _run_rank_kernel(indptr, indices, data, rank_of, row_of_gene, n_ranks, token
         before = numba.get_num_threads()
         numba.set_num_threads(threads)
         try:
-            parallel(indptr, indices, data, rank_of, row_of_gene, n_ranks, TOKEN_OFFSET, tokens, bounds)
+            parallel(indptr, indices, data, rank_of, n_div, n_ranks, code, TOKEN_OFFSET, tokens, bounds)
         finally:
             numba.set_num_threads(before)
 
