@@ -84,14 +84,12 @@ def test_empty_inputs():
 
 
 def test_threads_give_the_same_tokens(monkeypatch):
-    """The parallel driver (chunks of spots on numba's threads) against the one-thread kernel and the
-    reference, on spots of very different lengths (empty ones included) cut into many small chunks."""
-    import numba
+    """Chunks of spots on several threads against one thread and the reference, on spots of very different
+    lengths (empty ones included) cut into many small chunks."""
+    import threading
 
     import stamp_st.preprocessing.tokenizer as T
 
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("numba has one thread here (NUMBA_NUM_THREADS=1): the parallel path is not taken")
     v = vocab(300)
     rng = np.random.default_rng(5)
     dense = counts(rng, 257, len(v), 40)
@@ -101,20 +99,59 @@ def test_threads_give_the_same_tokens(monkeypatch):
     tok = RankTokenizer(v, context=120)
     monkeypatch.setattr(T, "_PARALLEL_MIN_NNZ", 0)
     monkeypatch.setattr(T, "_CHUNKS_PER_THREAD", 37)
+    monkeypatch.setattr(T, "tokenizer_threads", lambda: 3)
     calls = []
-    real = T._rank_kernels
+    real = T._rank_kernel
 
     def spy():
-        serial, parallel = real()
-        return serial, lambda *a: (calls.append(len(a[-1]) - 1), parallel(*a))
-    monkeypatch.setattr(T, "_rank_kernels", spy)
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    numba.set_num_threads(2)
+        kernel = real()
+        return lambda *a: (calls.append((threading.current_thread().name, a[-2], a[-1])), kernel(*a))
+    monkeypatch.setattr(T, "_rank_kernel", spy)
     out = tok.tokenize_vocab_counts(X)
-    assert calls and calls[0] > 2, "the parallel path was not taken"
+    assert len(calls) > 50 and {name for name, *_ in calls} != {threading.current_thread().name}
+    assert sorted((a, b) for _, a, b in calls)[0][0] == 0 and max(b for *_, b in calls) == len(dense)
     np.testing.assert_array_equal(out.tokens, reference(dense, v.divisors(), 120))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a one-thread process (a Dask worker): the serial kernel
-    monkeypatch.setattr(T, "_rank_kernels", real)
-    assert T.tokenizer_threads() == 1
+    calls.clear()
+    monkeypatch.setattr(T, "tokenizer_threads", lambda: 1)
     np.testing.assert_array_equal(tok.tokenize_vocab_counts(X).tokens, out.tokens)
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert len(calls) == 1
+
+
+def test_thread_count_follows_omp_num_threads(monkeypatch):
+    import stamp_st.preprocessing.tokenizer as T
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a one-thread process (a Dask worker, a benchmark)
+    assert T.tokenizer_threads() == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert T.tokenizer_threads() >= 1
+
+
+def test_a_forked_child_survives_and_tokenizes(monkeypatch):
+    """After tokenizing on threads, the process may fork (a DataLoader worker): the child lives and gets the
+    same tokens (numba's OpenMP layer would have killed it)."""
+    import multiprocessing as mp
+
+    import stamp_st.preprocessing.tokenizer as T
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    v = vocab(200)
+    X = sp.csr_matrix(counts(np.random.default_rng(6), 400, len(v), 30))
+    tok = RankTokenizer(v, context=50)
+    monkeypatch.setattr(T, "_PARALLEL_MIN_NNZ", 0)
+    monkeypatch.setattr(T, "tokenizer_threads", lambda: 2)
+    want = tok.tokenize_vocab_counts(X).tokens
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    child = ctx.Process(target=_tokenize_in_child, args=(tok, X, q))
+    child.start()
+    try:
+        got = q.get(timeout=120)  # before join: a child exits only once its queue is read
+    finally:
+        child.join(30)
+    assert child.exitcode == 0
+    np.testing.assert_array_equal(got, want)
+
+
+def _tokenize_in_child(tok, X, q):
+    q.put(tok.tokenize_vocab_counts(X).tokens)

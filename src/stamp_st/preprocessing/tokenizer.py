@@ -15,8 +15,8 @@ the keys are few: ``count / divisor`` for every count below K (512 for her2st) a
 ranked once per tokenizer (one small ``np.unique``), and each spot is then a bucket sort on that rank over its
 non-zeros only (compiled with numba): per-rank lists built in vocabulary order (the tie rule, by
 construction), read in rank order until the context is full. No dense rows, no float64 copies. Large inputs are
-cut into chunks of spots that run on numba's threads (``tokenizer_threads``); each chunk writes only its own
-rows, so the tokens do not depend on the number of threads. Inputs outside that case (fractions, negative
+cut into chunks of spots that run on threads (``tokenizer_threads``; the kernel releases the GIL); each chunk
+writes only its own rows, so the tokens do not depend on the number of threads. Inputs outside that case (fractions, negative
 values, counts too large for the table, e.g. with unrounded means) take the plain path: one stable argsort per
 spot. Against the release's own pipeline on 5,000 her2st spots: README, "Measured".
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,69 +229,50 @@ def _rank_tokens_py(indptr, indices, data, rank_of, n_div, n_ranks, code, offset
                 j = nxt[j]
 
 
-def _rank_tokens_parallel_py(indptr, indices, data, rank_of, n_div, n_ranks, code, offset, tokens, bounds):
-    """``_rank_tokens`` on the chunks of spots ``bounds[c]..bounds[c+1]-1``, on numba's threads; each chunk has
-    its own buffers and writes only its own rows of ``tokens``, so the output does not depend on the threads."""
-    for c in _prange(bounds.shape[0] - 1):
-        _rank_tokens(indptr, indices, data, rank_of, n_div, n_ranks, code, offset, tokens, bounds[c], bounds[c + 1])
-
-
-def _jit(fn, parallel: bool = False):
+def _jit(fn):
     import numba  # imported on first use: it takes a second, and most importers never tokenize
 
-    return numba.njit(cache=True, nogil=True, parallel=parallel)(fn)
+    return numba.njit(cache=True, nogil=True)(fn)
 
 
 _count_range = functools.cache(lambda: _jit(_count_range_py))
-_rank_tokens = _prange = None  # bound by _rank_kernels (the parallel driver calls them by these names)
+_rank_kernel = functools.cache(lambda: _jit(_rank_tokens_py))
 _PARALLEL_MIN_NNZ = 1 << 18  # below this, threads cost more than they save (one chunk)
 _CHUNKS_PER_THREAD = 4  # spots differ in length: smaller chunks balance the threads
-_parallel_lock = threading.Lock()  # numba's default threading layer (workqueue) must not be entered twice at once
-
-
-@functools.cache
-def _rank_kernels():
-    """(serial kernel, parallel driver), compiled on first use and cached on disk by numba."""
-    global _rank_tokens, _prange
-    import numba
-
-    _prange = numba.prange
-    _rank_tokens = _jit(_rank_tokens_py)
-    return _rank_tokens, _jit(_rank_tokens_parallel_py, parallel=True)
 
 
 def tokenizer_threads() -> int:
-    """Threads the tokenizer may use: numba's (``NUMBA_NUM_THREADS``, all cores by default), capped by
-    ``OMP_NUM_THREADS`` where that is set, so that a process told to use one thread (a Dask worker, a
-    benchmark) does not start more."""
-    import numba
-
-    threads = numba.get_num_threads()
+    """Threads the tokenizer may use: the cores this process may run on, capped by ``OMP_NUM_THREADS`` where
+    that is set, so that a process told to use one thread (a Dask worker, a benchmark) does not start more."""
+    try:
+        threads = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        threads = os.cpu_count() or 1
     omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return max(1, min(threads, int(omp))) if omp.isdigit() else threads
+    return max(1, min(threads, int(omp))) if omp.isdigit() else max(1, threads)
 
 
 def _run_rank_kernel(indptr, indices, data, rank_of, n_div, n_ranks, code, tokens) -> None:
     """Tokens of every spot, on ``tokenizer_threads()`` threads when the input is large enough to pay for
-    them (the release tokenizes one spot at a time on one core). The output does not depend on the threads."""
-    import numba
-
-    serial, parallel = _rank_kernels()
+    them (the release tokenizes one spot at a time on one core). The kernel releases the GIL, so plain Python
+    threads run it in parallel; each chunk of spots has its own buffers and writes only its own rows, so the
+    output does not depend on the threads. (Not numba's ``parallel=True``: its OpenMP layer kills any child
+    the process forks afterwards, e.g. a DataLoader worker.)"""
+    kernel = _rank_kernel()
     n, nnz = indptr.shape[0] - 1, int(indptr[-1])
     threads = tokenizer_threads()
+    args = (indptr, indices, data, rank_of, n_div, n_ranks, code, TOKEN_OFFSET, tokens)
     if threads == 1 or nnz < _PARALLEL_MIN_NNZ or n < 2:
-        serial(indptr, indices, data, rank_of, n_div, n_ranks, code, TOKEN_OFFSET, tokens, 0, n)
+        kernel(*args, 0, n)
         return
+    from concurrent.futures import ThreadPoolExecutor
+
     # chunk edges at equal shares of the non-zeros (the work), as spot indices
     cuts = np.searchsorted(indptr, np.linspace(0, nnz, threads * _CHUNKS_PER_THREAD + 1)[1:-1])
-    bounds = np.unique(np.concatenate([[0], np.clip(cuts, 0, n), [n]])).astype(np.int64)
-    with _parallel_lock:
-        before = numba.get_num_threads()
-        numba.set_num_threads(threads)
-        try:
-            parallel(indptr, indices, data, rank_of, n_div, n_ranks, code, TOKEN_OFFSET, tokens, bounds)
-        finally:
-            numba.set_num_threads(before)
+    bounds = np.unique(np.concatenate([[0], np.clip(cuts, 0, n), [n]])).tolist()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stamp-st-tokenize") as pool:
+        for f in [pool.submit(kernel, *args, a, b) for a, b in zip(bounds[:-1], bounds[1:])]:
+            f.result()
 
 
 def tokenize_spot_reference(vocab_counts_row: np.ndarray, divisors: np.ndarray, context: int,
