@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 
-# The command's defaults without --config (what ``align`` has always done). With --config, the config's values
-# replace them and only the options given on the command line override the config.
-CLI_DEFAULTS = {"backbone": "efficientnet_lite0", "batch_size": 16, "augment": "none", "neighbour_mode": "mask",
-                "val_max_batches": 20, "image_cache_gb": 4.0, "lora": 0, "freeze_gene_encoder": False,
-                "freeze_backbone": False, "grad_ckpt": False, "released_mode": False, "num_workers": 0}
+# Without --config the command uses AlignConfig's defaults and these trainer settings (what ``align`` has always
+# done); with --config, the config's values, and only the options given on the command line override them.
 CLI_TRAINER_DEFAULTS = {"max_steps": 1000, "lr": 1e-4, "weight_decay": 1e-3, "warmup_steps": 0, "precision": "auto"}
 TRAINER_OPTIONS = ("max_steps", "lr", "weight_decay", "warmup_steps", "precision")
 
@@ -107,7 +104,7 @@ def config_from_args(args):
     trainer = {k: getattr(args, k) for k in TRAINER_OPTIONS if getattr(args, k) is not None}
     trainer.update(parse_set_overrides(args.set, "ckpt_every=500"))
     if not args.config:
-        return AlignConfig.from_dict({**CLI_DEFAULTS, **given, "trainer": {**CLI_TRAINER_DEFAULTS, **trainer}})
+        return AlignConfig.from_dict({**given, "trainer": {**CLI_TRAINER_DEFAULTS, **trainer}})
     if {"freeze_backbone", "trainable_blocks", "lora"} & set(given):  # the command line picks what trains
         given = {"freeze_backbone": False, "trainable_blocks": None, "lora": 0, **given}
     return AlignConfig.load(args.config, **given, trainer=trainer)

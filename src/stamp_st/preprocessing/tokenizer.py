@@ -102,16 +102,17 @@ class RankTokenizer:
             X.eliminate_zeros()
         n = X.shape[0]
         tokens = np.zeros((n, self.context), dtype=np.int32)  # STORAGE_PAD_ID
-        _run_rank_kernel(X.indptr, X.indices, X.data, *table, self._divisor_code, tokens)
+        _run_rank_kernel(X.indptr, X.indices, X.data, *table, self._divisor_classes[1], tokens)
         n_genes = np.diff(X.indptr).astype(np.int32)
         return TokenizedSpots(tokens, n_genes, n_genes == 0)
 
     @functools.cached_property
-    def _divisor_code(self) -> np.ndarray:
-        """Per vocabulary gene, the index of its divisor among the distinct divisors (uint8 where they fit: the
-        lookup's per-gene table then stays in the L1 cache)."""
-        code = np.unique(self.divisors, return_inverse=True)[1].ravel()
-        return code.astype(np.uint8 if code.size == 0 or code.max() < 256 else np.int32)
+    def _divisor_classes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(the distinct divisors, per vocabulary gene the index of its divisor among them): uint8 where they
+        fit, so that the lookup's per-gene table stays in the L1 cache."""
+        distinct, code = np.unique(self.divisors, return_inverse=True)
+        code = code.ravel()
+        return distinct, code.astype(np.uint8 if distinct.size <= 256 else np.int32)
 
     def _rank_table(self, max_count: int):
         """Dense descending rank of count / divisor for every count 0..K-1 (K a power of two above
@@ -123,7 +124,7 @@ class RankTokenizer:
         if have is not None and have[0] > max_count:
             return have[1]
         k = max(512, 1 << int(max_count).bit_length())
-        distinct = np.unique(self.divisors)
+        distinct = self._divisor_classes[0]
         if k * distinct.size > _MAX_PAIRS:
             return None
         ratios = np.arange(k, dtype=np.float64)[:, None] / distinct[None, :]
