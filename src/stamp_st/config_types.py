@@ -2,7 +2,7 @@
 dataclasses: unknown keys and wrong types are the user's mistake and are reported with the setting's name and
 where it came from, not surfacing later as a traceback deep inside training (``"lr": "3e-4"``,
 ``--set max_steps=ten``, a misspelt key). Every config class of both stages reads through ``config_from_dict``
-(``load_named_config`` for the registered names in ``stamp_st/configs/<kind>/``)."""
+(registered names in ``stamp_st/configs/<kind>/`` through ``configs.load_config_json`` first)."""
 
 from __future__ import annotations
 
@@ -26,14 +26,6 @@ def config_from_dict(cls, d, source=None, what: str = "setting", ignore: tuple[s
         raise StampInputError(f"unknown {what}s {sorted(unknown)}", source, hint=f"{hint_prefix}{sorted(known)}")
     check_config_types(cls, d, source, what)
     return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def load_named_config(cls, kind: str, name_or_path, what: str = "setting", ignore: tuple[str, ...] = ("description",)):
-    """A registered config (``stamp_st/configs/<kind>/<name>.json``) or a JSON file, through ``config_from_dict``."""
-    from .configs import load_config_json
-
-    d, source = load_config_json(kind, name_or_path)
-    return config_from_dict(cls, d, source, what, ignore), d, source
 
 
 def check_config_types(cls, d, source=None, what: str = "setting") -> dict:

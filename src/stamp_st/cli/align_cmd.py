@@ -12,7 +12,7 @@ import json
 # Without --config the command uses AlignConfig's defaults and these trainer settings (what ``align`` has always
 # done); with --config, the config's values, and only the options given on the command line override them.
 CLI_TRAINER_DEFAULTS = {"max_steps": 1000, "lr": 1e-4, "weight_decay": 1e-3, "warmup_steps": 0, "precision": "auto"}
-TRAINER_OPTIONS = ("max_steps", "lr", "weight_decay", "warmup_steps", "precision")
+TRAINER_OPTIONS = tuple(CLI_TRAINER_DEFAULTS)  # the trainer settings that are command-line options
 
 
 def register(subparsers) -> None:

@@ -192,7 +192,7 @@ def _trim(tokens: np.ndarray) -> np.ndarray:
     return tokens[..., : (nz[-1] + 1 if len(nz) else 1)]
 
 
-def _gene_groups(adata, kept: np.ndarray) -> np.ndarray:
+def _gene_groups(adata, kept: np.ndarray, grid: str) -> np.ndarray:
     """Groups of 9 over the kept spots (indices into ``kept``, -1 missing), plus a centre-only group for
     every kept spot that no group holds, so IGR still trains on it."""
     from ..preprocessing.groups import spatial_groups
@@ -206,7 +206,6 @@ def _gene_groups(adata, kept: np.ndarray) -> np.ndarray:
         ok = np.isfinite(row) & np.isfinite(col) & (row >= 0) & (col >= 0)  # readers write -1 for "no grid"
         if ok.sum() > 0:
             sub = np.flatnonzero(ok)
-            grid = SampleMeta.of(adata).grid
             g = np.asarray(spatial_groups(row[ok].astype(np.int64), col[ok].astype(np.int64), grid), np.int64)
             if g.size:
                 groups = np.where(g >= 0, sub[np.clip(g, 0, None)], -1)
@@ -306,7 +305,7 @@ def _build_slide_body(entry: SampleEntry, cfg: BuildConfig, out: Path, done: dic
         done["means"] = {"file": f"{sid}{MEANS_SUFFIX}", "sha256": sha256_file(out / f"{sid}{MEANS_SUFFIX}")}
         spot_ids = np.asarray(adata.obs_names.astype(str))
         if cfg.kind == "genes":
-            _write_gene_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, _gene_groups(adata, kept), done)
+            _write_gene_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, _gene_groups(adata, kept, meta.grid), done)
         else:
             _write_paired_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, xy_px, float(um_per_px), slide,
                                  done)

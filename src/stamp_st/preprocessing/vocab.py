@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import DataNotFoundError, StampInputError
-from ..readers.ensembl import ENSEMBL_RE, looks_like_ensembl  # noqa: F401 (re-exported)
+from ..readers.ensembl import ENSEMBL_RE
 
 
 def strip_version(gene_id: str) -> str:

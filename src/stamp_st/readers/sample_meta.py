@@ -95,9 +95,6 @@ class SampleMeta:
         """The dict stored as ``uns["stamp_st"]`` (same keys and value types as every earlier version)."""
         d = {key: getattr(self, name) for name, key in _UNS_KEYS.items()}
         d["image_size_px"] = list(self.image_size_px) if self.image_size_px is not None else None
-        d["spot_pitch_um"] = float(self.spot_pitch_um) if self.spot_pitch_um is not None else None
-        d["spot_diameter_um"] = float(self.spot_diameter_um) if self.spot_diameter_um is not None else None
-        d["qc"] = self.qc
         return d
 
     @classmethod

@@ -21,7 +21,7 @@ from ..errors import StampInputError
 from ..io_utils import atomic_write_json
 from ..models.pretext import PretextConvNet
 from ..models.stamp import StampModel, pool_gene_states, stamp_checkpoint_config
-from .align_task import AlignTask
+from .align_task import AUGMENTATIONS, AlignTask
 from .engine import Trainer, TrainerConfig, dist_env
 from .run_folder import RunFolder, check_run_folder, latest_checkpoint
 
@@ -71,8 +71,6 @@ class AlignConfig:
                                   "drop --neighbour-radius-um / --expr-sim-threshold or --released-mode")
         if sum([bool(cfg.freeze_backbone), bool(cfg.lora), cfg.trainable_blocks is not None]) > 1:
             raise StampInputError("choose one of --freeze-backbone, --lora, --trainable-blocks", source)
-        from .align_task import AUGMENTATIONS
-
         if cfg.augment not in AUGMENTATIONS:
             raise StampInputError(f"unknown augmentation {cfg.augment!r}", source, f"choose one of {AUGMENTATIONS}")
         if cfg.temperature_init is not None and not 0 < cfg.temperature_init <= 10:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import group_rank_world
-from ..models.stamp import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, scale_from_param  # noqa: F401 (the model's temperature)
+from ..models.stamp import LOGIT_SCALE_MAX, scale_from_param  # noqa: F401 (the model's temperature)
 
 
 def dist_info() -> tuple[int, int]:

@@ -7,7 +7,6 @@ and whoever needs "the latest checkpoint" of a run asks it."""
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 from pathlib import Path
 
@@ -91,10 +90,7 @@ class RunFolder:
         if name not in CONFIG_FILES:
             raise ValueError(f"{name} is not a run-folder config file ({', '.join(CONFIG_FILES)})")
         path = self.path / name
-        if name == "trainer_config.json":  # written as it always was (indent 2, newline)
-            atomic_write_text(path, json.dumps(config, indent=2) + "\n")
-        else:
-            atomic_write_json(path, config)
+        atomic_write_json(path, config)
         return path
 
     def append_metrics(self, step: int, epoch: int, split: str, metrics: dict) -> None:
