@@ -72,8 +72,9 @@ def her2st_root() -> Path:
     if root is None or not (root / "her2st" / "ST-cnts").is_dir():
         raise StampInputError(
             "the her2st data was not found", root,
-            hint=f"set {DATA_ENV} to a folder holding her2st/ (Andersson et al. 2021, Zenodo record 3957257: "
-                 "ST-cnts, ST-spotfiles, ST-imgs, ST-cluster) and vocab/stamp_gene_vocab.tsv")
+            hint=f"set {DATA_ENV} to a folder holding her2st/ (Andersson et al. 2021: ST-cnts, ST-spotfiles, "
+                 "ST-imgs, ST-cluster) and vocab/stamp_gene_vocab.tsv; `stamp-st download her2st` and "
+                 "`stamp-st download vocab` fetch them")
     return root / "her2st"
 
 

@@ -88,3 +88,26 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+class PlainDataUnpickler:
+    """Reads a pickle of plain data only: dicts, lists, tuples, strings, numbers, None, booleans. The pickle
+    may name no class or function (``find_class`` refuses every global), so reading it never runs code."""
+
+    @staticmethod
+    def load(path: str | Path):
+        import pickle
+
+        class _Refuse(pickle.Unpickler):
+            def find_class(self, module, name):  # noqa: D401 - pickle's hook
+                raise pickle.UnpicklingError(f"the pickle names {module}.{name}; only plain data is accepted")
+
+        from .errors import StampInputError
+
+        try:
+            with open(path, "rb") as fh:
+                return _Refuse(fh).load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
+                AttributeError) as err:
+            raise StampInputError(f"not a pickle of plain data ({err})", path,
+                                  hint="only dicts, lists and strings are read from a pickle") from err

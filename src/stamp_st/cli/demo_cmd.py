@@ -40,33 +40,52 @@ def run(args) -> int:
 
 
 def ensure_her2st() -> None:
-    """No her2st in any data directory: fetch it from Zenodo into the download cache (saying what and where),
-    and where that fails stop with the exact command and folder."""
-    from ..download import cache_dir, download_her2st
+    """The demo's data: her2st and the released gene vocabulary from the data directory where it holds both;
+    else fetched from their pinned public sources into the download cache (saying what, from where and how
+    much; a second run finds them there), and this process reads from that folder. Where fetching fails, stop
+    with the exact command and folder."""
+    import os
+
+    from ..demo import IMAGED_SECTIONS
+    from ..download import (
+        HER2ST_BASE_URL,
+        HER2ST_URL_ENV,
+        STAMP_BASE_URL,
+        VOCAB_URL_ENV,
+        cache_dir,
+        download_her2st,
+    )
     from ..errors import StampInputError
     from ..paths import DATA_ENV, data_dir
+    from .download_cmd import fetch_vocabulary
 
     root = data_dir(required=False)
-    if root is not None and (root / "her2st" / "ST-cnts").is_dir():
-        return _require_vocab(root)
+    if root is not None and _has_her2st(root) and _has_vocab(root):
+        return
     dest = cache_dir()
-    print(f"demo: no her2st data found (STAMP_ST_DATA, ../shared/data, {dest}); fetching Zenodo record 3957257 "
-          f"into {dest / 'her2st'}", file=sys.stderr)
+    os.environ[DATA_ENV] = str(dest)  # every stage (and worker process) reads the fetched copy
+    what = "her2st data" if root is None or not _has_her2st(root) else "gene vocabulary"
+    print(f"demo: no complete data directory ({what} missing in {root or 'STAMP_ST_DATA, ../shared/data'}); "
+          f"using the download cache {dest}", file=sys.stderr)
+    her2st_url = os.environ.get(HER2ST_URL_ENV) or HER2ST_BASE_URL
+    vocab_url = os.environ.get(VOCAB_URL_ENV) or STAMP_BASE_URL
     try:
-        download_her2st(dest)
+        # every section's expression and labels, H&E of the imaged sections only (what the demo reads); files
+        # already there and verified are not fetched again, so an interrupted fetch completes here
+        download_her2st(dest, base_url=her2st_url, images_for=list(IMAGED_SECTIONS))
+        if not _has_vocab(dest):
+            fetch_vocabulary(dest, vocab_url)
     except StampInputError as err:
         raise StampInputError(
-            f"the her2st data is missing and could not be fetched ({err})", dest / "her2st",
-            hint=f"where the network works run `stamp-st download her2st --dest {dest}` (copy {dest} here "
-                 f"if needed), or set {DATA_ENV} to a folder holding her2st/ and vocab/") from err
-    _require_vocab(data_dir(required=False) or dest)
+            f"the demo's data is missing and could not be fetched ({err})", dest,
+            hint=f"where the network works run `stamp-st download her2st --dest {dest}` and `stamp-st download "
+                 f"vocab --dest {dest}` (copy {dest} here if needed), or set {DATA_ENV} to a folder holding "
+                 f"her2st/ and vocab/ ({HER2ST_URL_ENV} / {VOCAB_URL_ENV} point at mirrors)") from err
 
 
-def _require_vocab(root) -> None:
-    """The released gene vocabulary is not on Zenodo: say where it must go."""
-    from ..errors import StampInputError
+def _has_her2st(root) -> bool:
+    return (root / "her2st" / "ST-cnts").is_dir()
 
-    vocab = root / "vocab" / "stamp_gene_vocab.tsv"
-    if not vocab.is_file():
-        raise StampInputError("the released STAMP gene vocabulary is missing", vocab,
-                              hint="copy stamp_gene_vocab.tsv from the STAMP release into that folder")
+
+def _has_vocab(root) -> bool:
+    return (root / "vocab" / "stamp_gene_vocab.tsv").is_file()

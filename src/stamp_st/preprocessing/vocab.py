@@ -307,3 +307,54 @@ def coverage_report(counts, mapping: GeneMapping, spot_ids: Sequence[str] | None
         "n_empty_spots": int((kept == 0).sum()),
         "per_spot": per_spot,
     }
+
+
+# -------------------------------------------------------------------- the released vocabulary, from its raw files
+RELEASE_VOCAB_TSV = "stamp_gene_vocab.tsv"
+RELEASE_SYMBOLS_TSV = "stamp_symbol_to_ensembl.tsv"
+
+
+def release_vocabulary(model_h5ad: str | Path, means_npy: str | Path, symbols_pkl: str | Path) \
+        -> tuple[GeneVocabulary, pd.DataFrame]:
+    """The released vocabulary from the authors' raw files (Hanminghao/STAMP ``src/``): token order and
+    Ensembl ids from ``model.h5ad``'s var names, per-gene means from ``Visium_mean.npy``, symbols from
+    ``gene_name_id_dict.pkl`` (symbol -> Ensembl id; read as plain data, never a general unpickle). A token's
+    symbols are every symbol of its id without a make-unique suffix ('ENSG...-1' has its gene's symbols),
+    sorted and comma-joined. Returns (vocabulary, symbol table sorted by symbol)."""
+    import anndata as ad
+
+    from ..io_utils import PlainDataUnpickler
+
+    try:
+        ids = [str(g) for g in ad.read_h5ad(model_h5ad, backed="r").var_names]
+    except Exception as err:  # noqa: BLE001 - h5py/anndata raise many types for a broken file
+        raise StampInputError(f"cannot read the release's model.h5ad ({err})", model_h5ad) from err
+    try:
+        means = np.load(means_npy, allow_pickle=False)
+    except Exception as err:  # noqa: BLE001
+        raise StampInputError(f"cannot read the release's per-gene means ({err})", means_npy) from err
+    table = PlainDataUnpickler.load(symbols_pkl)
+    if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
+        raise StampInputError("expected a dict of gene symbol -> Ensembl id strings", symbols_pkl)
+    if means.ndim != 1 or len(means) != len(ids) or means.dtype.kind != "f":
+        raise StampInputError(f"per-gene means: {means.shape} {means.dtype}, expected {len(ids)} floats", means_npy)
+    by_id: dict[str, list[str]] = {}
+    for sym, gid in sorted(table.items()):
+        by_id.setdefault(gid, []).append(sym)
+    symbols = tuple(",".join(by_id.get(re.sub(r"-\d+$", "", g), [])) for g in ids)
+    vocab = GeneVocabulary(tuple(ids), means.astype(np.float64), symbols, str(model_h5ad))
+    sym_table = pd.DataFrame(sorted(table.items()), columns=["symbol", "gene_id"])
+    return vocab, sym_table
+
+
+def write_release_vocabulary(files: dict[str, Path], out_dir: str | Path) -> Path:
+    """``out_dir/stamp_gene_vocab.tsv`` and ``out_dir/stamp_symbol_to_ensembl.tsv`` from the raw release files
+    (``download.download_stamp_vocab_files``). Returns the vocabulary file."""
+    from ..io_utils import atomic_write_text
+
+    vocab, sym_table = release_vocabulary(files["model.h5ad"], files["Visium_mean.npy"],
+                                          files["gene_name_id_dict.pkl"])
+    out = Path(out_dir)
+    vocab.write_tsv(out / RELEASE_VOCAB_TSV)
+    atomic_write_text(out / RELEASE_SYMBOLS_TSV, sym_table.to_csv(sep="\t", index=False))
+    return out / RELEASE_VOCAB_TSV
