@@ -409,3 +409,57 @@ def test_her2st_pathologist_labels(her2st_root):
     assert {"invasive cancer", "connective tissue"} <= set(lab)
     with pytest.raises(StampInputError, match="sections with pathologist labels: A1"):
         her2st_pathologist_labels(her2st_root, "B4")
+
+
+# ------------------------------------------------------------------ Space Ranger matrix folder (no .h5)
+def _as_mtx_folder(visium_dir, out, legacy: bool):
+    """The fixture's filtered_feature_bc_matrix.h5 rewritten as the Market Exchange folder Space Ranger writes
+    beside it (>= 3: gzipped matrix/barcodes/features with feature types; 1.x: plain matrix, barcodes, genes)."""
+    import gzip
+    import shutil
+
+    import scanpy as sc
+    import scipy.io
+    import scipy.sparse as sp
+
+    a = sc.read_10x_h5(visium_dir / "filtered_feature_bc_matrix.h5", gex_only=False)
+    shutil.copytree(visium_dir / "spatial", out / "spatial")
+    mtx = out / "filtered_feature_bc_matrix"
+    mtx.mkdir(parents=True)
+    feats = [f"{g}\t{s}" + ("" if legacy else f"\t{t}") for g, s, t in
+             zip(a.var["gene_ids"], a.var_names, a.var["feature_types"])]
+    opener = open if legacy else gzip.open
+    ext = "" if legacy else ".gz"
+    with opener(mtx / f"barcodes.tsv{ext}", "wt") as fh:
+        fh.write("\n".join(a.obs_names) + "\n")
+    with opener(mtx / (f"genes.tsv{ext}" if legacy else f"features.tsv{ext}"), "wt") as fh:
+        fh.write("\n".join(feats) + "\n")
+    with opener(mtx / f"matrix.mtx{ext}", "wb") as fh:
+        scipy.io.mmwrite(fh, sp.csr_matrix(a.X).T.tocoo(), field="integer")
+    return out
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["v3-gz", "v1-genes.tsv"])
+def test_spaceranger_matrix_folder_reads_equal_to_the_h5(visium_dir, tmp_path, legacy):
+    import scipy.sparse as sp
+
+    from stamp_st.readers import detect_format, read_sample
+
+    outs = _as_mtx_folder(visium_dir, tmp_path / "outs", legacy)
+    assert detect_format(outs) == "spaceranger" and detect_format(tmp_path) == "spaceranger"
+    want = read_sample(visium_dir)
+    for path in (outs, outs / "filtered_feature_bc_matrix"):
+        got = read_sample(path)
+        assert list(got.obs_names) == list(want.obs_names) and list(got.var_names) == list(want.var_names)
+        assert list(got.var["gene_ids"]) == list(want.var["gene_ids"])
+        assert (sp.csr_matrix(got.X) != sp.csr_matrix(want.X)).nnz == 0
+        np.testing.assert_array_equal(got.obsm["spatial"], want.obsm["spatial"])
+
+
+def test_a_broken_matrix_folder_is_named(visium_dir, tmp_path):
+    from stamp_st.readers import read_sample
+
+    outs = _as_mtx_folder(visium_dir, tmp_path / "outs", legacy=False)
+    (outs / "filtered_feature_bc_matrix" / "features.tsv.gz").unlink()
+    with pytest.raises(StampInputError, match="10x matrix folder"):
+        read_sample(outs)

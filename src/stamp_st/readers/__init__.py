@@ -44,7 +44,8 @@ class InputFormat:
 
 
 INPUT_FORMATS: dict[str, InputFormat] = {f.name: f for f in (
-    InputFormat(FORMAT_SPACERANGER, "Space Ranger 'outs' folder (filtered_feature_bc_matrix.h5 + spatial/)",
+    InputFormat(FORMAT_SPACERANGER, "Space Ranger 'outs' folder (filtered_feature_bc_matrix.h5 or "
+                "filtered_feature_bc_matrix/ + spatial/)",
                 "spaceranger:is_spaceranger", "spaceranger:read_spaceranger"),
     InputFormat(FORMAT_HEST, "HEST-1k root (st/, wsis/, metadata/) with --section ID, or st/<id>.h5ad",
                 "hest:is_hest", "hest:read_hest", sections=True),

@@ -49,6 +49,9 @@ LAYER_COUNTS = "counts"
 SR_OUTS_DIR = "outs"
 SR_SPATIAL_DIR = "spatial"
 SR_FILTERED_H5 = "filtered_feature_bc_matrix.h5"
+# the same matrix as Market Exchange files (GEO and most repositories ship this instead of the .h5)
+SR_FILTERED_MTX_DIR = "filtered_feature_bc_matrix"
+SR_MTX_FILES = ("matrix.mtx.gz", "matrix.mtx")
 SR_POSITIONS_V1 = "tissue_positions_list.csv"  # Space Ranger 1.x: no header
 SR_POSITIONS_V2 = "tissue_positions.csv"  # Space Ranger >= 2.0: header row
 SR_POSITIONS_PARQUET = "tissue_positions.parquet"  # Space Ranger >= 3 (Visium HD bins)

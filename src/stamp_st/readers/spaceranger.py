@@ -1,4 +1,6 @@
-"""10x Space Ranger output (Visium): counts from ``filtered_feature_bc_matrix.h5``, spot centres from
+"""10x Space Ranger output (Visium): counts from ``filtered_feature_bc_matrix.h5`` (or, where it is absent, the
+``filtered_feature_bc_matrix/`` folder of matrix.mtx.gz, barcodes.tsv.gz, features.tsv.gz; 1.x: genes.tsv),
+spot centres from
 ``spatial/tissue_positions_list.csv`` (1.x, no header), ``spatial/tissue_positions.csv`` (>= 2.0, header) or
 ``spatial/tissue_positions.parquet`` (>= 3), scale factors from ``spatial/scalefactors_json.json``. The
 full-resolution H&E is not part of the output folder, so its path comes from the user.
@@ -33,8 +35,10 @@ from .constants import (
     SR_COL_PXL_ROW,
     SR_DEFAULT_BIN,
     SR_FILTERED_H5,
+    SR_FILTERED_MTX_DIR,
     SR_H5_SOFTWARE_ATTR,
     SR_IMAGE_KEYS,
+    SR_MTX_FILES,
     SR_OUTS_DIR,
     SR_POSITION_COLUMNS,
     SR_POSITIONS_PARQUET,
@@ -53,28 +57,44 @@ from .constants import (
 from .pixel_size import um_per_px_from_pitch
 
 
+def has_counts(folder: Path) -> bool:
+    """The folder holds the filtered matrix: the .h5, or the Market Exchange folder."""
+    return (folder / SR_FILTERED_H5).is_file() or any((folder / SR_FILTERED_MTX_DIR / m).is_file()
+                                                      for m in SR_MTX_FILES)
+
+
+def counts_path(outs: Path) -> Path:
+    """The filtered matrix of ``outs``: the .h5 where present, else the ``filtered_feature_bc_matrix/`` folder."""
+    if (outs / SR_FILTERED_H5).is_file() or not has_counts(outs):
+        return require_file(outs / SR_FILTERED_H5, f"counts matrix ({SR_FILTERED_H5} or {SR_FILTERED_MTX_DIR}/)",
+                            hint="point to the Space Ranger 'outs' folder (it holds filtered_feature_bc_matrix.h5 "
+                                 "or the filtered_feature_bc_matrix/ folder of matrix.mtx.gz, barcodes, features)")
+    return outs / SR_FILTERED_MTX_DIR
+
+
 def spaceranger_outs(path: str | Path) -> Path:
     """The folder that holds the matrix and ``spatial/``: ``path`` itself, its ``outs/``, or the folder of a
-    given ``filtered_feature_bc_matrix.h5``."""
+    given ``filtered_feature_bc_matrix.h5`` or ``filtered_feature_bc_matrix/``."""
     p = Path(path)
     if p.is_file() and p.name == SR_FILTERED_H5:
         return p.parent
-    if (p / SR_FILTERED_H5).is_file():
+    if p.is_dir() and p.name == SR_FILTERED_MTX_DIR and has_counts(p.parent):
+        return p.parent
+    if has_counts(p):
         return p
-    if (p / SR_BINNED_DIR / SR_DEFAULT_BIN / SR_FILTERED_H5).is_file():  # Visium HD outs/: 16 µm bins
+    if has_counts(p / SR_BINNED_DIR / SR_DEFAULT_BIN):  # Visium HD outs/: 16 µm bins
         return p / SR_BINNED_DIR / SR_DEFAULT_BIN
     if (p / SR_SPATIAL_DIR).is_dir():
         return p
-    if (p / SR_OUTS_DIR / SR_FILTERED_H5).is_file():
+    if has_counts(p / SR_OUTS_DIR):
         return p / SR_OUTS_DIR
-    if (p / SR_OUTS_DIR / SR_BINNED_DIR / SR_DEFAULT_BIN / SR_FILTERED_H5).is_file():
+    if has_counts(p / SR_OUTS_DIR / SR_BINNED_DIR / SR_DEFAULT_BIN):
         return p / SR_OUTS_DIR / SR_BINNED_DIR / SR_DEFAULT_BIN
     return p
 
 
 def is_spaceranger(path: str | Path) -> bool:
-    outs = spaceranger_outs(path)
-    return (outs / SR_FILTERED_H5).is_file()
+    return has_counts(spaceranger_outs(path))
 
 
 def positions_file(outs: Path) -> Path:
@@ -130,8 +150,24 @@ def read_counts_h5(path: Path):
                               hint="check that the file is a complete Space Ranger feature-barcode matrix") from err
 
 
+def read_counts_mtx(folder: Path):
+    """The Market Exchange matrix folder (Space Ranger >= 3 / 2 gzipped with features.tsv.gz, 1.x genes.tsv) as
+    AnnData, Gene Expression features only; names as ``read_counts_h5`` gives them (symbols, not made unique)."""
+    import scanpy as sc
+
+    try:
+        return sc.read_10x_mtx(folder, var_names="gene_symbols", make_unique=False, gex_only=True)
+    except Exception as err:  # noqa: BLE001 - scanpy/pandas raise many types for a broken folder
+        raise StampInputError(f"cannot read the 10x matrix folder ({type(err).__name__}: {err})", folder,
+                              hint="it needs matrix.mtx.gz, barcodes.tsv.gz and features.tsv.gz (Space Ranger 1.x: "
+                                   "matrix.mtx, barcodes.tsv, genes.tsv), complete and from one run") from err
+
+
 def _software_version(path: Path) -> str:
     import h5py
+
+    if path.is_dir():  # the Market Exchange folder records no version
+        return ""
 
     try:
         with h5py.File(path, "r") as f:
@@ -160,11 +196,10 @@ def read_spaceranger(path: str | Path, image_path: str | Path | None = None, um_
                      library_id: str | None = None, load_images: bool = True):
     """Read a Space Ranger output folder into the sample AnnData of the contract."""
     outs = spaceranger_outs(path)
-    h5 = require_file(outs / SR_FILTERED_H5, "counts matrix " + SR_FILTERED_H5,
-                      hint="point to the Space Ranger 'outs' folder (it holds filtered_feature_bc_matrix.h5)")
+    h5 = counts_path(outs)
     pos_path = positions_file(outs)
     scalefactors = read_scalefactors(outs)
-    counts = read_counts_h5(h5)
+    counts = read_counts_h5(h5) if h5.suffix == ".h5" else read_counts_mtx(h5)
     positions = read_positions(pos_path)
 
     match_spot_ids(counts.obs_names, positions.index, h5, pos_path, min_fraction=1.0)
