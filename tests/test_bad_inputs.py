@@ -583,3 +583,74 @@ def test_cli_reports_file_system_errors_without_a_traceback(monkeypatch, capsys,
     assert main(["inspect", "x"]) == 2
     out = capsys.readouterr().err
     assert err.filename in out and fragment in out and "Traceback" not in out
+
+
+# ------------------------------------------------------------------ first-run inputs (issue 21, 24)
+def _mouse_visium(visium_dir: Path, out: Path) -> Path:
+    """The real Space Ranger fixture as a mouse sample would look: symbols written 'Actb', ids ENSMUSG."""
+    import shutil
+
+    import h5py
+
+    shutil.copytree(visium_dir, out)
+    with h5py.File(out / "filtered_feature_bc_matrix.h5", "r+") as f:
+        feats = f["matrix"]["features"]
+        names = [n.decode() for n in feats["name"][:]]
+        del feats["name"]
+        feats.create_dataset("name", data=[(n[:1] + n[1:].lower()).encode() for n in names])
+        ids = [i.decode() for i in feats["id"][:]]
+        del feats["id"]
+        feats.create_dataset("id", data=[i.replace("ENSG", "ENSMUSG").encode() for i in ids])
+    return out
+
+
+def test_a_mouse_sample_on_the_human_vocabulary_stops_naming_the_species(visium_dir, vocab, tmp_path, capsys):
+    sample = _mouse_visium(visium_dir, tmp_path / "mouse")
+    rc = main(["tokenize", str(sample), "--out", str(tmp_path / "t.npz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "keeps almost nothing" in err and "mouse" in err and "Traceback" not in err
+    assert not (tmp_path / "t.npz").exists()
+    assert main(["inspect", str(sample)]) == 0  # inspect reports it
+    assert "PROBLEM" in capsys.readouterr().out
+    assert main(["tokenize", str(visium_dir), "--out", str(tmp_path / "h.npz")]) == 0  # the human original passes
+
+
+def test_likely_cause_of_a_missed_vocabulary():
+    from stamp_st.preprocessing.vocab import likely_namespace_problem
+
+    assert "mouse" in likely_namespace_problem(["Actb", "Gapdh", "Malat1", "mt-Co1"])
+    assert "ENSMUSG" in likely_namespace_problem(["a", "b"], ["ENSMUSG00000029580", "ENSMUSG00000057666"])
+    assert "Entrez" in likely_namespace_problem(["7157", "60", "2597"])
+    assert "another namespace" in likely_namespace_problem(["ACTB", "GAPDH"])
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--um-per-px", "500"], "off the"),  # a unit slip: refused
+    (["--um-per-px", "4.7", "--confirm-um-per-px"], "too coarse"),  # confirmed, but a 24 px patch
+])
+def test_embed_refuses_a_wrong_or_coarse_pixel_size(her2st_root, tmp_path, capsys, extra, fragment):
+    """her2st B4: the spot grid says 0.69 µm/px."""
+    out = tmp_path / "e.h5ad"
+    rc = main(["embed", "backbone:efficientnet_lite0", str(her2st_root), "--format", "her2st", "--section", "B4",
+               "--out", str(out), "--device", "cpu", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and fragment in err and "Traceback" not in err, err[-2000:]
+    assert not out.exists()
+
+
+def test_pixel_size_estimates_that_disagree_warn_and_a_far_one_needs_confirmation():
+    from stamp_st.readers.pixel_size import check_patch_resolution, resolve_um_per_px
+
+    with pytest.raises(StampInputError, match="off the"):
+        resolve_um_per_px(user=500, spot_pitch=0.69, confirmed=False)
+    with pytest.raises(StampInputError, match="off the"):
+        resolve_um_per_px(user=1e30, spot_diameter=0.69, confirmed=False)
+    with pytest.warns(UserWarning, match="differ by 12 %"):  # a 1.12x downscaled image: said, not refused
+        assert resolve_um_per_px(user=0.69 * 1.12, spot_pitch=0.69, confirmed=False)[1] == "user"
+    with pytest.warns(UserWarning, match="spot_pitch .* spot_diameter"):  # 27 % apart (the CytAssist sample)
+        resolve_um_per_px(spot_pitch=0.65, spot_diameter=0.65 * 1.27)
+    assert resolve_um_per_px(user=500, spot_pitch=0.69, confirmed=True)[0] == 500
+    with pytest.raises(StampInputError, match="too coarse"):
+        check_patch_resolution(112, 4.7, allow=False)
+    assert round(check_patch_resolution(112, 4.7, allow=True)) == 24
+    assert check_patch_resolution(112, 0.5, allow=False) == 224

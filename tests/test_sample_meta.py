@@ -48,8 +48,10 @@ def test_invalid_record_is_refused(bad):
 
 
 def test_pixel_size_order_of_trust():
-    assert resolve_um_per_px(user=0.3, metadata=0.4, spot_pitch=0.5, spot_diameter=0.6, slide=0.7) == (0.3, "user")
-    assert resolve_um_per_px(metadata=0.4, spot_pitch=0.5, slide=0.7) == (0.4, "metadata")
+    with pytest.warns(UserWarning, match="differ by"):  # the estimates disagree: said, and the rule still holds
+        assert resolve_um_per_px(user=0.3, metadata=0.4, spot_pitch=0.5, spot_diameter=0.6, slide=0.7,
+                                 confirmed=True) == (0.3, "user")
+        assert resolve_um_per_px(metadata=0.4, spot_pitch=0.5, slide=0.7) == (0.4, "metadata")
     assert resolve_um_per_px(spot_diameter=0.6, slide=0.7) == (0.6, "spot_diameter")
     assert resolve_um_per_px(slide=0.7) == (0.7, "slide")
     assert resolve_um_per_px(slide=float("nan")) == (None, "none")

@@ -45,7 +45,9 @@ def run(args) -> int:
     from ..inference.embed import embed_sample, embed_slide_tiles, load_embedder
     from ..io_utils import check_output_file
     from ..readers.sample_meta import SampleMeta
+    from .inspect_cmd import apply_confirmations
 
+    apply_confirmations(args)
     out = Path(args.out)
     if out.suffix not in (".h5ad", ".h5"):
         raise StampInputError("output must end in .h5ad or .h5", out)

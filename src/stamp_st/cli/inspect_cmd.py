@@ -21,6 +21,10 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    "inferred from the spot grid)")
     p.add_argument("--vocab", default=None, help="gene vocabulary TSV (default: the released vocabulary in "
                    "the data directory)")
+    p.add_argument("--confirm-um-per-px", action="store_true", help="use --um-per-px even where it is over 1.5x "
+                   "off what the sample's spot grid implies (default: refused as a likely unit slip)")
+    p.add_argument("--allow-coarse-image", action="store_true", help="embed an image whose patch is under 64 px "
+                   "(default: refused; e.g. a CytAssist overview instead of the H&E)")
 
 
 def register(subparsers) -> None:
@@ -31,8 +35,23 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def apply_confirmations(args) -> None:
+    """--confirm-um-per-px / --allow-coarse-image hold for the whole command (reading, cropping, embedding, and
+    worker processes): they set the variables ``readers.pixel_size`` reads."""
+    import os
+
+    from ..readers.pixel_size import ALLOW_COARSE_IMAGE_ENV, CONFIRM_UM_PER_PX_ENV
+
+    if getattr(args, "confirm_um_per_px", False):
+        os.environ[CONFIRM_UM_PER_PX_ENV] = "1"
+    if getattr(args, "allow_coarse_image", False):
+        os.environ[ALLOW_COARSE_IMAGE_ENV] = "1"
+
+
 def read_sample_from_args(args):
     from ..readers import read_sample
+
+    apply_confirmations(args)
 
     return read_sample(args.sample, format=args.format, section=args.section, image_path=args.image,
                        um_per_px=args.um_per_px)
@@ -53,12 +72,19 @@ def gene_mapping(adata, vocab):
 
 def inspect_sample(adata, vocab) -> dict:
     """The facts ``inspect`` prints, as a JSON-ready dict."""
-    from ..preprocessing.vocab import coverage_report
+    from ..errors import StampInputError
+    from ..preprocessing.vocab import check_vocabulary_coverage, coverage_report
     from ..readers.sample_meta import SampleMeta
 
     meta = SampleMeta.of(adata)
     mapping = gene_mapping(adata, vocab)
     cov = coverage_report(adata.X, mapping, adata.obs_names)
+    try:  # inspect reports what tokenize, build-corpus and embed would refuse
+        check_vocabulary_coverage(cov, list(map(str, adata.var_names)),
+                                  adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None)
+        cov["problem"] = ""
+    except StampInputError as err:
+        cov["problem"] = str(err).splitlines()[0]
     cov.pop("per_spot")
     return {
         "sample_id": meta.sample_id,
@@ -92,6 +118,7 @@ def format_report(r: dict) -> str:
         f"{v['n_genes_by_symbol']}); {100 * v['fraction_counts_kept']:.1f} % of counts "
         f"(median spot {100 * v['median_spot_fraction_counts_kept']:.1f} %)",
         f"  empty      {v['n_empty_spots']} spots with no count in the vocabulary",
+        *([f"  PROBLEM    {v['problem']} (tokenize, build-corpus and embed refuse it)"] if v.get("problem") else []),
         f"µm/px        {ump} (source: {r['um_per_px_source']})",
         f"image        {img}",
     ]

@@ -34,7 +34,7 @@ def tokenize_sample(adata, vocab, context: int, rounded_means: bool = True, pipe
     import numpy as np
 
     from ..preprocessing.tokenizer import RankTokenizer
-    from ..preprocessing.vocab import coverage_report
+    from ..preprocessing.vocab import check_vocabulary_coverage, coverage_report
     from ..readers.sample_meta import SampleMeta
     from .inspect_cmd import gene_mapping
 
@@ -50,6 +50,9 @@ def tokenize_sample(adata, vocab, context: int, rounded_means: bool = True, pipe
     keep = ~tok.empty
     spot_ids = np.asarray(adata.obs_names, dtype=str)
     cov = coverage_report(adata.X, mapping, adata.obs_names)
+    gene_ids = adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None
+    check_vocabulary_coverage(cov, list(map(str, adata.var_names)), gene_ids,
+                              SampleMeta.of(adata).source_path or None)
     cov.pop("per_spot")
     return {
         "tokens": tok.tokens[keep].astype(np.int32),

@@ -262,6 +262,13 @@ def _build_slide_body(entry: SampleEntry, cfg: BuildConfig, out: Path, done: dic
     else:
         tokenizer = RankTokenizer(vocab, context=cfg.context, rounded_means=cfg.rounded_means)
         mapping = map_sample_genes(adata, vocab)  # symbol tables: cached per process
+    from ..preprocessing.vocab import check_vocabulary_coverage, coverage_report
+
+    try:
+        gene_ids = adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var else None
+        check_vocabulary_coverage(coverage_report(X, mapping), list(map(str, adata.var_names)), gene_ids, sid)
+    except StampInputError as err:
+        return finish("skipped", "vocabulary_coverage", str(err))
     vc = mapping.to_vocab_counts(X)
     done["counts_checksum"] = qcmod.counts_checksum(X, adata.var_names)
     done["n_genes_input"], done["n_genes_kept"] = int(X.shape[1]), int(mapping.n_kept)

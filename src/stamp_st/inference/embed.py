@@ -117,8 +117,10 @@ def _batches(n: int, size: int):
 def embed_patches(embedder: Embedder, slide, centers_xy_px: np.ndarray, um_per_px: float,
                   batch_size: int = 32, desc: str = "embed patches") -> dict[str, np.ndarray]:
     """Image embeddings of patches centred on ``centers_xy_px`` (level-0 px), read batch by batch."""
+    from ..readers.pixel_size import check_patch_resolution
+
     g = embedder.geometry
-    side_px = g.patch_side_px(um_per_px)
+    side_px = check_patch_resolution(g.patch_um, um_per_px, getattr(slide, "path", None))
     out: dict[str, list[np.ndarray]] = {}
     centers = np.asarray(centers_xy_px, np.float64).reshape(-1, 2)
     for sl in tqdm(list(_batches(len(centers), batch_size)), desc=desc, leave=False):
@@ -205,6 +207,18 @@ def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bo
         adata.obs[OBS_NO_VOCAB_GENES] = empty  # the flag travels with the embeddings (embed writes it to obs)
         ok = ~empty
         where = meta.source_path or meta.sample_id or "sample"
+        from ..preprocessing.vocab import check_vocabulary_coverage, coverage_report
+
+        try:
+            check_vocabulary_coverage(coverage_report(adata.X, mapping), list(map(str, adata.var_names)),
+                                      adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var
+                                      else None, where)
+        except StampInputError as err:
+            if "X_stamp_v" not in result:
+                raise
+            warnings.warn(f"{err}: X_stamp_g and X_stamp_f are not written, only the image embedding",
+                          stacklevel=2)
+            return result
         if not ok.any():
             msg = (f"{where}: no spot has a count for any gene of the model's vocabulary ({mapping.n_kept} of "
                    f"{adata.n_vars} genes map to it)")

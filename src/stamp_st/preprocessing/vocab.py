@@ -358,3 +358,54 @@ def write_release_vocabulary(files: dict[str, Path], out_dir: str | Path) -> Pat
     vocab.write_tsv(out / RELEASE_VOCAB_TSV)
     atomic_write_text(out / RELEASE_SYMBOLS_TSV, sym_table.to_csv(sep="\t", index=False))
     return out / RELEASE_VOCAB_TSV
+
+
+# -------------------------------------------------------------------- a vocabulary that keeps almost nothing
+# below these the sample is not in the vocabulary's namespace: her2st and Visium human samples keep 94-96 % of
+# counts and thousands of genes per spot on the released vocabulary; a mouse sample kept 0.3 % and 2 genes
+MIN_FRACTION_COUNTS_KEPT = 0.10
+MIN_MEDIAN_GENES_KEPT = 50
+_MOUSE_SYMBOL_RE = re.compile(r"^[A-Z][a-z][a-z0-9]*(-[a-z0-9]+)?$")  # Actb, Gapdh, Gm12345 (human: ACTB)
+
+
+def likely_namespace_problem(symbols: Sequence[str], gene_ids: Sequence[str] | None = None) -> str:
+    """A short guess at why a sample's genes miss a human vocabulary: another species (ENSMUSG ids, mouse-style
+    'Actb' symbols) or another id namespace (Entrez numbers, ...)."""
+    ids = [str(g) for g in (gene_ids or []) if str(g)]
+    if ids:
+        m = pd.Series(ids).str.extract(r"^(ENS[A-Z]*G)\d")[0].dropna()
+        if len(m) > len(ids) / 2 and (m != "ENSG").mean() > 0.5:
+            prefix = m[m != "ENSG"].mode()[0]
+            species = "mouse" if prefix == "ENSMUSG" else "a non-human species"
+            return f"the gene ids are {prefix}... Ensembl ids of {species}, not human ENSG ids"
+    syms = [str(s) for s in symbols]
+    if syms:
+        mouse = np.mean([bool(_MOUSE_SYMBOL_RE.match(s)) for s in syms])
+        if mouse > 0.5:
+            return (f"{mouse:.0%} of the gene symbols are written like mouse symbols ('Actb'; human symbols are "
+                    "upper case, 'ACTB'): likely a mouse (or other non-human) sample")
+        if np.mean([s.isdigit() for s in syms]) > 0.5:
+            return "the gene names are numbers: likely Entrez ids, another id namespace"
+    return "the gene names are in another namespace than the vocabulary's (human symbols / Ensembl ENSG ids)"
+
+
+def check_vocabulary_coverage(report: dict, symbols: Sequence[str], gene_ids: Sequence[str] | None = None,
+                              where=None) -> None:
+    """Refuse a sample of which the vocabulary keeps almost nothing (``coverage_report``): under
+    ``MIN_FRACTION_COUNTS_KEPT`` of the counts, or a median under ``MIN_MEDIAN_GENES_KEPT`` kept genes per spot
+    where the spots detect at least twice as many; the message names the likely cause."""
+    per_spot = report.get("per_spot")
+    med_kept = float(per_spot["genes_kept"].median()) if per_spot is not None and len(per_spot) else 0.0
+    med_det = float(per_spot["genes_detected"].median()) if per_spot is not None and len(per_spot) else 0.0
+    frac = float(report["fraction_counts_kept"])
+    if frac >= MIN_FRACTION_COUNTS_KEPT and not (med_kept < MIN_MEDIAN_GENES_KEPT and med_det >= 2 * med_kept
+                                                  and med_det >= MIN_MEDIAN_GENES_KEPT):
+        return
+    cause = likely_namespace_problem(symbols, gene_ids)
+    raise StampInputError(
+        f"the gene vocabulary keeps almost nothing of this sample: {frac:.1%} of counts, "
+        f"{report['n_genes_kept']} of {report['n_genes_input']} genes, median {med_kept:.0f} genes per spot "
+        f"(of {med_det:.0f} detected); {cause}", where,
+        hint="the released vocabulary is human: use a human sample, or map the genes to human Ensembl ids "
+             "(var['gene_ids']); for another species build a vocabulary from your own corpus (build-corpus "
+             "writes gene_means.tsv) and train on it; to embed the image alone use backbone:NAME")

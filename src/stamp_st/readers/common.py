@@ -219,7 +219,8 @@ def build_sample(
     if pitch is None:  # a reader that knows more grid positions than spots (e.g. all Visium spots) passes it
         pitch = um_per_px_from_pitch(array_row, array_col, xy, grid, spot_pitch_um)
     diam = um_per_px_from_diameter(spot_diameter_px, spot_diameter_um)
-    um_per_px, source = resolve_um_per_px(check_user_um_per_px(um_per_px_user), um_per_px_metadata, pitch, diam)
+    um_per_px, source = resolve_um_per_px(check_user_um_per_px(um_per_px_user), um_per_px_metadata, pitch, diam,
+                                          where=positions_path or source_path)
     qc["um_per_px_from_spot_pitch"] = pitch
     qc["um_per_px_from_spot_diameter"] = diam
     qc["notes"] = notes

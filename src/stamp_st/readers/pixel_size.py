@@ -8,8 +8,12 @@ is a weaker fallback: it is an estimate of Space Ranger's, not a measured distan
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 
+from ..errors import StampInputError
 from .constants import (
     GRID_HEX,
     GRID_SQUARE,
@@ -24,6 +28,21 @@ from .constants import (
 )
 
 MIN_NEIGHBOUR_PAIRS = 3
+# two estimates further apart than this ratio are reported (a spot diameter is Space Ranger's estimate and
+# drifts by a few %; 10 % is beyond that and beyond any 20x/40x scanner spread)
+WARN_RATIO = 1.10
+# a given pixel size further than this from what the sample's own spot grid implies is refused unless confirmed:
+# a unit slip (nm, mm, µm/px of another level) is a factor >= 2, a real rescan of the same slide is not
+REFUSE_RATIO = 1.5
+# the smallest patch side, in image pixels, worth upsampling to a backbone's input (224 px): below it a patch is
+# mostly interpolation (a 4.7 µm/px CytAssist image gives a 112 µm patch of 24 px)
+MIN_PATCH_PX = 64
+CONFIRM_UM_PER_PX_ENV = "STAMP_ST_CONFIRM_UM_PER_PX"  # set by --confirm-um-per-px
+ALLOW_COARSE_IMAGE_ENV = "STAMP_ST_ALLOW_COARSE_IMAGE"  # set by --allow-coarse-image
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
 
 
 def neighbour_pairs(array_row, array_col, grid: str) -> np.ndarray:
@@ -73,13 +92,59 @@ def um_per_px_from_diameter(spot_diameter_px: float | None, spot_diameter_um: fl
 
 def resolve_um_per_px(user: float | None = None, metadata: float | None = None,
                       spot_pitch: float | None = None, spot_diameter: float | None = None,
-                      slide: float | None = None) -> tuple[float | None, str]:
+                      slide: float | None = None, where=None, confirmed: bool | None = None) -> tuple[float | None, str]:
     """The one rule for a slide's pixel size (µm per level-0 pixel): the first known value in order of trust,
     user > sample metadata > spot pitch > spot diameter > the slide file's resolution tag (last: HEST's WSIs,
-    written with current libvips, carry a tag 10x off). Returns (value or None, its source)."""
-    for value, source in ((user, UM_PER_PX_USER), (metadata, UM_PER_PX_METADATA),
-                          (spot_pitch, UM_PER_PX_SPOT_PITCH), (spot_diameter, UM_PER_PX_SPOT_DIAMETER),
-                          (slide, UM_PER_PX_SLIDE)):
-        if value is not None and np.isfinite(value) and value > 0:
-            return float(value), source
-    return None, UM_PER_PX_NONE
+    written with current libvips, carry a tag 10x off). Returns (value or None, its source).
+
+    Checked against each other: estimates more than ``WARN_RATIO`` apart give a warning; a user value more than
+    ``REFUSE_RATIO`` from what the sample's spots imply (pitch, else spot diameter) is refused unless
+    ``confirmed`` (default: ``$STAMP_ST_CONFIRM_UM_PER_PX``, which ``--confirm-um-per-px`` sets)."""
+    known = {src: float(v) for v, src in ((user, UM_PER_PX_USER), (metadata, UM_PER_PX_METADATA),
+                                           (spot_pitch, UM_PER_PX_SPOT_PITCH),
+                                           (spot_diameter, UM_PER_PX_SPOT_DIAMETER), (slide, UM_PER_PX_SLIDE))
+             if v is not None and np.isfinite(v) and v > 0}
+    if not known:
+        return None, UM_PER_PX_NONE
+    source = next(iter(known))
+    check_estimates(known, where, confirmed)
+    return known[source], source
+
+
+def check_estimates(known: dict[str, float], where=None, confirmed: bool | None = None) -> None:
+    """Warn where two pixel-size estimates (user, metadata, spot pitch, spot diameter; not the slide tag) disagree
+    by more than ``WARN_RATIO``; refuse a user value ``REFUSE_RATIO`` off the sample's spots unless confirmed."""
+    confirmed = _env_flag(CONFIRM_UM_PER_PX_ENV) if confirmed is None else confirmed
+    implied_src = next((s for s in (UM_PER_PX_SPOT_PITCH, UM_PER_PX_SPOT_DIAMETER) if s in known), None)
+    user = known.get(UM_PER_PX_USER)
+    if user is not None and implied_src is not None:
+        ratio = max(user, known[implied_src]) / min(user, known[implied_src])
+        if ratio > REFUSE_RATIO and not confirmed:
+            raise StampInputError(
+                f"the given pixel size {user:g} µm/px is {ratio:.1f}x off the {known[implied_src]:.4g} µm/px that "
+                f"the sample's {implied_src.replace('_', ' ')} implies", where,
+                hint="check the unit (µm per full-resolution pixel) and that the image is the one the spot "
+                     "coordinates refer to; if the value is right, pass --confirm-um-per-px")
+    compared = [(s, v) for s, v in known.items() if s != UM_PER_PX_SLIDE]
+    for i, (s1, v1) in enumerate(compared):
+        for s2, v2 in compared[i + 1:]:
+            if max(v1, v2) / min(v1, v2) > WARN_RATIO:
+                warnings.warn(f"{where or 'sample'}: pixel size from {s1} ({v1:.4g} µm/px) and from {s2} "
+                              f"({v2:.4g} µm/px) differ by {100 * (max(v1, v2) / min(v1, v2) - 1):.0f} %; "
+                              f"using {compared[0][0]}. A rescaled image, or spot coordinates of another "
+                              "image, give this", stacklevel=3)
+
+
+def check_patch_resolution(patch_um: float, um_per_px: float, where=None, allow: bool | None = None) -> float:
+    """The patch side in image pixels; refused under ``MIN_PATCH_PX`` (an image too coarse for the patch, e.g. a
+    CytAssist overview given as the H&E) unless ``allow`` (default: ``$STAMP_ST_ALLOW_COARSE_IMAGE``, which
+    ``--allow-coarse-image`` sets)."""
+    side = float(patch_um) / float(um_per_px)
+    allow = _env_flag(ALLOW_COARSE_IMAGE_ENV) if allow is None else allow
+    if side < MIN_PATCH_PX and not allow:
+        raise StampInputError(
+            f"the image is too coarse for the patch: {patch_um:g} µm at {um_per_px:.3g} µm/px is {side:.0f} px, "
+            f"under {MIN_PATCH_PX} px (it would be upsampled {224 / max(side, 1e-9):.0f}x to the backbone's input)",
+            where, hint="give the full-resolution H&E (about 0.25-1 µm/px), check --um-per-px, or pass "
+                        "--allow-coarse-image to embed it anyway")
+    return side
