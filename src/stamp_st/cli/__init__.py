@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import os
+
+    from ..readers.pixel_size import ALLOW_COARSE_IMAGE_ENV, CONFIRM_UM_PER_PX_ENV
+
+    scoped = {k: os.environ.get(k) for k in (CONFIRM_UM_PER_PX_ENV, ALLOW_COARSE_IMAGE_ENV)}  # set per command
     try:
         rc = args.func(args)
     except StampInputError as err:
@@ -69,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume where supported", file=sys.stderr)
         return 130
+    finally:
+        for k, v in scoped.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return int(rc or 0)
 
 

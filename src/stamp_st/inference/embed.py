@@ -120,7 +120,7 @@ def embed_patches(embedder: Embedder, slide, centers_xy_px: np.ndarray, um_per_p
     from ..readers.pixel_size import check_patch_resolution
 
     g = embedder.geometry
-    side_px = check_patch_resolution(g.patch_um, um_per_px, getattr(slide, "path", None))
+    side_px = check_patch_resolution(g.patch_um, um_per_px, g.out_px, getattr(slide, "path", None))
     out: dict[str, list[np.ndarray]] = {}
     centers = np.asarray(centers_xy_px, np.float64).reshape(-1, 2)
     for sl in tqdm(list(_batches(len(centers), batch_size)), desc=desc, leave=False):

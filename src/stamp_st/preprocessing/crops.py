@@ -95,7 +95,7 @@ def extract_spot_crops(slide, centers_xy_px, um_per_px: float | None = None,
     centers = np.asarray(centers_xy_px, dtype=np.float64).reshape(-1, 2)
     n, f, out = len(centers), int(geometry.region_factor), int(geometry.out_px)
     side = geometry.patch_side_px(um_per_px)
-    check_patch_resolution(geometry.patch_um, um_per_px, getattr(slide, "path", None))
+    check_patch_resolution(geometry.patch_um, um_per_px, geometry.out_px, getattr(slide, "path", None))
     valid = region_placements(centers, side, slide.width_px, slide.height_px, f)
     labels = choose_region_labels(valid, rng)
     region_valid = valid.any(axis=1)

@@ -199,8 +199,10 @@ def build_sample(
     qc: dict | None = None,
     obs_extra: pd.DataFrame | None = None,
     uns_extra: dict | None = None,
+    spot_pitch_assumed: bool = False,
 ):
-    """The sample AnnData of the contract, with the image checked and the pixel size settled."""
+    """The sample AnnData of the contract, with the image checked and the pixel size settled.
+    ``spot_pitch_assumed``: the grid's pitch is a guess (a plain h5ad), so it cannot refute a given pixel size."""
     import anndata as ad
 
     obs_names = [str(s) for s in obs_names]
@@ -220,7 +222,7 @@ def build_sample(
         pitch = um_per_px_from_pitch(array_row, array_col, xy, grid, spot_pitch_um)
     diam = um_per_px_from_diameter(spot_diameter_px, spot_diameter_um)
     um_per_px, source = resolve_um_per_px(check_user_um_per_px(um_per_px_user), um_per_px_metadata, pitch, diam,
-                                          where=positions_path or source_path)
+                                          where=positions_path or source_path, spots_known=not spot_pitch_assumed)
     qc["um_per_px_from_spot_pitch"] = pitch
     qc["um_per_px_from_spot_diameter"] = diam
     qc["notes"] = notes

@@ -128,6 +128,9 @@ def sample_from_anndata(adata, path: Path, *, fmt: str, sample_id: str, image_pa
     if um_per_px_metadata is None and prev.get("um_per_px_source") in (UM_PER_PX_USER, UM_PER_PX_METADATA):
         um_per_px_metadata = prev.get("um_per_px")  # a sample we wrote ourselves keeps its known pixel size
     n = adata.n_obs
+    # neither the caller (a format that knows its technology) nor our own record states the grid and pitch: the
+    # pitch below is a guess from the array layout, which may rank estimates but cannot refute a given pixel size
+    pitch_assumed = not (spot_pitch_um or prev.get("spot_pitch_um") or grid or prev.get("grid"))
     if OBS_ARRAY_ROW in adata.obs and OBS_ARRAY_COL in adata.obs:
         row = adata.obs[OBS_ARRAY_ROW].to_numpy(np.int64)
         col = adata.obs[OBS_ARRAY_COL].to_numpy(np.int64)
@@ -148,7 +151,7 @@ def sample_from_anndata(adata, path: Path, *, fmt: str, sample_id: str, image_pa
         sample_id=sample_id, fmt=fmt, source_path=path, positions_path=path, image_path=image_path,
         grid=grid, spot_pitch_um=spot_pitch_um, spot_diameter_um=spot_diameter_um, um_per_px_user=um_per_px,
         um_per_px_metadata=um_per_px_metadata, spot_diameter_px=spot_diameter_from_uns(adata), qc=qc,
-        uns_extra={UNS_SPATIAL: adata.uns[UNS_SPATIAL]} if isinstance(adata.uns.get(UNS_SPATIAL), dict) else None,
+        spot_pitch_assumed=pitch_assumed, uns_extra={UNS_SPATIAL: adata.uns[UNS_SPATIAL]} if isinstance(adata.uns.get(UNS_SPATIAL), dict) else None,
     )
 
 

@@ -34,8 +34,8 @@ WARN_RATIO = 1.10
 # a given pixel size further than this from what the sample's own spot grid implies is refused unless confirmed:
 # a unit slip (nm, mm, µm/px of another level) is a factor >= 2, a real rescan of the same slide is not
 REFUSE_RATIO = 1.5
-# the smallest patch side, in image pixels, worth upsampling to a backbone's input (224 px): below it a patch is
-# mostly interpolation (a 4.7 µm/px CytAssist image gives a 112 µm patch of 24 px)
+# the smallest patch side, in image pixels, worth upsampling to a 224 px backbone input (scaled for other input
+# sizes): below it a patch is mostly interpolation (a 4.7 µm/px CytAssist image gives a 112 µm patch of 24 px)
 MIN_PATCH_PX = 64
 CONFIRM_UM_PER_PX_ENV = "STAMP_ST_CONFIRM_UM_PER_PX"  # set by --confirm-um-per-px
 ALLOW_COARSE_IMAGE_ENV = "STAMP_ST_ALLOW_COARSE_IMAGE"  # set by --allow-coarse-image
@@ -92,14 +92,16 @@ def um_per_px_from_diameter(spot_diameter_px: float | None, spot_diameter_um: fl
 
 def resolve_um_per_px(user: float | None = None, metadata: float | None = None,
                       spot_pitch: float | None = None, spot_diameter: float | None = None,
-                      slide: float | None = None, where=None, confirmed: bool | None = None) -> tuple[float | None, str]:
+                      slide: float | None = None, where=None, confirmed: bool | None = None,
+                      spots_known: bool = True) -> tuple[float | None, str]:
     """The one rule for a slide's pixel size (µm per level-0 pixel): the first known value in order of trust,
     user > sample metadata > spot pitch > spot diameter > the slide file's resolution tag (last: HEST's WSIs,
     written with current libvips, carry a tag 10x off). Returns (value or None, its source).
 
     Checked against each other: estimates more than ``WARN_RATIO`` apart give a warning; a user value more than
     ``REFUSE_RATIO`` from what the sample's spots imply (pitch, else spot diameter) is refused unless
-    ``confirmed`` (default: ``$STAMP_ST_CONFIRM_UM_PER_PX``, which ``--confirm-um-per-px`` sets)."""
+    ``confirmed`` (default: ``$STAMP_ST_CONFIRM_UM_PER_PX``, which ``--confirm-um-per-px`` sets) or the spot
+    geometry is itself a guess (``spots_known=False``: a plain h5ad's assumed pitch)."""
     known = {src: float(v) for v, src in ((user, UM_PER_PX_USER), (metadata, UM_PER_PX_METADATA),
                                            (spot_pitch, UM_PER_PX_SPOT_PITCH),
                                            (spot_diameter, UM_PER_PX_SPOT_DIAMETER), (slide, UM_PER_PX_SLIDE))
@@ -107,7 +109,7 @@ def resolve_um_per_px(user: float | None = None, metadata: float | None = None,
     if not known:
         return None, UM_PER_PX_NONE
     source = next(iter(known))
-    check_estimates(known, where, confirmed)
+    check_estimates(known, where, confirmed if spots_known else True)
     return known[source], source
 
 
@@ -135,16 +137,20 @@ def check_estimates(known: dict[str, float], where=None, confirmed: bool | None 
                               "image, give this", stacklevel=3)
 
 
-def check_patch_resolution(patch_um: float, um_per_px: float, where=None, allow: bool | None = None) -> float:
-    """The patch side in image pixels; refused under ``MIN_PATCH_PX`` (an image too coarse for the patch, e.g. a
-    CytAssist overview given as the H&E) unless ``allow`` (default: ``$STAMP_ST_ALLOW_COARSE_IMAGE``, which
-    ``--allow-coarse-image`` sets)."""
+def check_patch_resolution(patch_um: float, um_per_px: float, out_px: int = 224, where=None,
+                           allow: bool | None = None) -> float:
+    """The patch side in image pixels; refused where the patch would be upsampled more than ``224 /
+    MIN_PATCH_PX`` (3.5x) to the model's ``out_px`` input, i.e. under 64 px for a 224 px backbone (an image too
+    coarse for the patch, e.g. a CytAssist overview given as the H&E), unless ``allow`` (default:
+    ``$STAMP_ST_ALLOW_COARSE_IMAGE``, which ``--allow-coarse-image`` sets)."""
     side = float(patch_um) / float(um_per_px)
     allow = _env_flag(ALLOW_COARSE_IMAGE_ENV) if allow is None else allow
-    if side < MIN_PATCH_PX and not allow:
+    min_px = MIN_PATCH_PX * float(out_px) / 224.0
+    if side < min_px and not allow:
         raise StampInputError(
             f"the image is too coarse for the patch: {patch_um:g} µm at {um_per_px:.3g} µm/px is {side:.0f} px, "
-            f"under {MIN_PATCH_PX} px (it would be upsampled {224 / max(side, 1e-9):.0f}x to the backbone's input)",
-            where, hint="give the full-resolution H&E (about 0.25-1 µm/px), check --um-per-px, or pass "
-                        "--allow-coarse-image to embed it anyway")
+            f"under {min_px:.0f} px (it would be upsampled {out_px / max(side, 1e-9):.0f}x to the model's "
+            f"{out_px} px input)", where,
+            hint="give the full-resolution H&E (about 0.25-1 µm/px), check --um-per-px, or pass "
+                 "--allow-coarse-image to embed it anyway")
     return side
