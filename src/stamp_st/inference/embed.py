@@ -216,7 +216,8 @@ def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bo
         except StampInputError as err:
             if "X_stamp_v" not in result:
                 raise
-            warnings.warn(f"{err}: X_stamp_g and X_stamp_f are not written, only the image embedding",
+            first, _, rest = str(err).partition("\n")
+            warnings.warn(f"{first}: X_stamp_g and X_stamp_f are not written, only the image embedding\n{rest}",
                           stacklevel=2)
             return result
         if not ok.any():
