@@ -416,3 +416,23 @@ def test_download_help_names_the_sources(capsys):
     text = capsys.readouterr().out
     assert "almaan/her2st" in text and "Hanminghao/STAMP" in text and "MahmoodLab/hest" in text
     assert "--sections" in text and "--allow-http" in text
+
+
+def test_a_complete_part_of_unknown_size_is_verified_not_refetched_forever(server, tmp_path):
+    f = next(f for f in dl.her2st_files(["B4"]) if f.local_path.startswith("ST-cnts/"))
+    data = _Handler.files["/her2st/" + f.repo_path]
+    (tmp_path / "x.part").write_bytes(data)  # the whole body arrived, then the process was killed
+
+    # a size-less record (as the pinned images): the Range request past the end is answered 416
+    import urllib.error
+    import urllib.request
+
+    def fake_urlopen(req, timeout=None):
+        raise urllib.error.HTTPError(req.full_url, 416, "Range Not Satisfiable", {}, None)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(urllib.request, "urlopen", fake_urlopen)
+        dl.download_file(f"{server}/her2st/{f.repo_path}", tmp_path / "x", f.checksum, max_bytes=1 << 26)
+    assert (tmp_path / "x").read_bytes() == data
+    with pytest.raises(StampInputError, match="HTTP 404"):
+        dl.download_file(f"{server}/nothing-here", tmp_path / "y", size=10)

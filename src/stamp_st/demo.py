@@ -3,7 +3,8 @@ evaluation on held-out sections and an HTML report — on 2 CPU cores in under 2
 
 Splits: evaluation is leave-one-section-out over the four imaged sections B4, C2, C3, C4, and no training
 stage sees the section it is scored on:
-- gene encoder (Stage 1): the 28 other her2st sections (expression only), validated on the four;
+- gene encoder (Stage 1): the other her2st sections (28 in the project's data directory, 32 in a full download),
+  expression only, validated on the four;
 - alignment (Stage 2): cross-validated, one model per imaged section trained on the other three
   (``align --folds``); each section is embedded and scored with the model that never saw it;
 - one final model on all four imaged sections, with the same recipe, is what a user embeds new slides with.
@@ -200,6 +201,7 @@ def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path) -> dict
     from .evaluation.labels import load_labels
     from .evaluation.report import write_report
     from .evaluation.tasks import evaluate_sources
+    from .readers import her2st_sections
 
     report_dir = settings.out / "report"
 
@@ -230,8 +232,8 @@ def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path) -> dict
             "representation for linear read-outs; STAMP_V joint (projected) is its L2-normalised projection into "
             "the space shared with STAMP_G (X_stamp_v_joint, the release's img_emb), a linear map of the former "
             "that serves retrieval and imputation.",
-            "Held out: leave-one-section-out over B4, C2, C3, C4. Stage 1 trained on the other 28 sections' "
-            "expression; Stage 2 is cross-validated, and each section's STAMP embeddings come from the fold "
+            "Held out: leave-one-section-out over B4, C2, C3, C4. Stage 1 trained on the other "
+            f"{len(her2st_sections(root)) - len(IMAGED_SECTIONS)} sections' expression; Stage 2 is cross-validated, and each section's STAMP embeddings come from the fold "
             "model trained on the other three. Gains are paired (bootstrap over spots within held-out sections).",
             "The Stage-2 recipe (configs/align/demo_cpu.json) was chosen on these four sections; the check that "
             "counts is on sections nobody tuned on."]

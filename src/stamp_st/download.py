@@ -25,6 +25,7 @@ import ipaddress
 import os
 import re
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -187,6 +188,10 @@ def download_file(url: str, dest: Path, checksum: str | None = None, size: int |
                         f.write(block)
         except StampInputError:
             raise
+        except urllib.error.HTTPError as err:
+            if not (err.code == 416 and have):  # 416 after a complete .part: nothing left to send, verify it
+                raise StampInputError(f"{dest.name}: the server answered HTTP {err.code} ({err.reason})", url,
+                                      hint="check the address; run again to retry") from err
         except (OSError, ValueError) as err:
             raise StampInputError(f"{dest.name}: download failed ({err}); {part.name} keeps what arrived, run "
                                   "again to resume", url) from err
