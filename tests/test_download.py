@@ -236,8 +236,11 @@ def test_the_symbol_pickle_is_read_as_plain_data_only(tmp_path):
 
 # ------------------------------------------------------------------ the demo's first run
 def test_demo_without_data_fetches_both_then_uses_the_cache(server, tmp_path, monkeypatch, capsys):
+    import stamp_st.demo
     from stamp_st.cli.demo_cmd import ensure_her2st
 
+    monkeypatch.setattr(stamp_st.demo, "DEMO_SECTIONS", SECTIONS)  # the served part of the pinned tree
+    monkeypatch.setattr(stamp_st.demo, "IMAGED_SECTIONS", SECTIONS)
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv("STAMP_ST_DATA", str(tmp_path / "empty"))
     monkeypatch.setenv("STAMP_ST_DATA_CACHE", str(tmp_path / "cache"))
@@ -254,6 +257,8 @@ def test_demo_without_data_fetches_both_then_uses_the_cache(server, tmp_path, mo
     cache = tmp_path / "cache"
     assert (cache / "her2st" / "ST-cnts" / "B4.tsv.gz").is_file()
     assert (cache / "vocab" / "stamp_gene_vocab.tsv").is_file()
+    fetched_counts = {p for p, _ in _Handler.requests if "/ST-cnts/" in p}
+    assert fetched_counts == {f"/her2st/data/ST-cnts/{s}.tsv.gz" for s in SECTIONS}  # the demo's sections only
     import os
 
     assert os.environ["STAMP_ST_DATA"] == str(cache)

@@ -3,8 +3,8 @@ evaluation on held-out sections and an HTML report — on 2 CPU cores in under 2
 
 Splits: evaluation is leave-one-section-out over the four imaged sections B4, C2, C3, C4, and no training
 stage sees the section it is scored on:
-- gene encoder (Stage 1): the other her2st sections (28 in the project's data directory, 32 in a full download),
-  expression only, validated on the four;
+- gene encoder (Stage 1): the other 28 sections of ``DEMO_SECTIONS`` (the 32 her2st sections the demo is defined
+  on, whether read from a data directory or downloaded), expression only, validated on the four;
 - alignment (Stage 2): cross-validated, one model per imaged section trained on the other three
   (``align --folds``); each section is embedded and scored with the model that never saw it;
 - one final model on all four imaged sections, with the same recipe, is what a user embeds new slides with.
@@ -25,6 +25,10 @@ from .errors import StampInputError
 from .io_utils import atomic_write_json
 
 IMAGED_SECTIONS = ("B4", "C2", "C3", "C4")
+# the 32 her2st sections the demo is defined on (the study has 36): the same run from the project's data
+# directory or from a fresh download, which fetches these only; the other four stay unseen by every stage
+DEMO_SECTIONS = ("A1", "A2", "A3", "A4", "A5", "A6", "B1", "B2", "B3", "B4", "B5", "B6", "C1", "C2", "C3", "C4",
+                 "D1", "D2", "D3", "D4", "D5", "D6", "E1", "E2", "E3", "F1", "F2", "F3", "G1", "G3", "H2", "H3")
 REPO_ROOT = Path(__file__).resolve().parents[2]  # src/stamp_st/demo.py in a source checkout
 GENE_VAL_SECTIONS = IMAGED_SECTIONS
 EVAL_SECTIONS = IMAGED_SECTIONS
@@ -88,11 +92,17 @@ def _vocab_path() -> str:
 def build_corpora(settings: DemoSettings, root: Path) -> tuple[Path, Path]:
     from .corpus.build import BuildConfig, build_corpus
     from .corpus.manifest import her2st_manifest
+    from .readers import her2st_sections
 
     genes_dir, paired_dir = settings.out / "corpus_genes", settings.out / "corpus_paired"
 
     def genes():
-        entries = her2st_manifest(root, split={s: "val" for s in GENE_VAL_SECTIONS})
+        present = set(her2st_sections(root))
+        missing = [s for s in DEMO_SECTIONS if s not in present]
+        if missing:
+            raise StampInputError(f"the her2st folder lacks {len(missing)} of the demo's sections ({', '.join(missing)})",
+                                  root, hint="`stamp-st download her2st` fetches them")
+        entries = her2st_manifest(root, sections=list(DEMO_SECTIONS), split={s: "val" for s in GENE_VAL_SECTIONS})
         res = build_corpus(entries, genes_dir, BuildConfig(kind="genes", vocab_path=_vocab_path(), seed=settings.seed),
                            workers=settings.workers)
         return {"corpus": str(genes_dir), "build": res.get("build", {})}
@@ -201,7 +211,6 @@ def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path) -> dict
     from .evaluation.labels import load_labels
     from .evaluation.report import write_report
     from .evaluation.tasks import evaluate_sources
-    from .readers import her2st_sections
 
     report_dir = settings.out / "report"
 
@@ -233,7 +242,7 @@ def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path) -> dict
             "the space shared with STAMP_G (X_stamp_v_joint, the release's img_emb), a linear map of the former "
             "that serves retrieval and imputation.",
             "Held out: leave-one-section-out over B4, C2, C3, C4. Stage 1 trained on the other "
-            f"{len(her2st_sections(root)) - len(IMAGED_SECTIONS)} sections' expression; Stage 2 is cross-validated, and each section's STAMP embeddings come from the fold "
+            f"{len(DEMO_SECTIONS) - len(IMAGED_SECTIONS)} sections' expression; Stage 2 is cross-validated, and each section's STAMP embeddings come from the fold "
             "model trained on the other three. Gains are paired (bootstrap over spots within held-out sections).",
             "The Stage-2 recipe (configs/align/demo_cpu.json) was chosen on these four sections; the check that "
             "counts is on sections nobody tuned on."]

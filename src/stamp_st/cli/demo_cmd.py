@@ -46,7 +46,7 @@ def ensure_her2st() -> None:
     with the exact command and folder."""
     import os
 
-    from ..demo import IMAGED_SECTIONS
+    from ..demo import DEMO_SECTIONS, IMAGED_SECTIONS
     from ..download import (
         HER2ST_BASE_URL,
         HER2ST_URL_ENV,
@@ -70,9 +70,9 @@ def ensure_her2st() -> None:
     her2st_url = os.environ.get(HER2ST_URL_ENV) or HER2ST_BASE_URL
     vocab_url = os.environ.get(VOCAB_URL_ENV) or STAMP_BASE_URL
     try:
-        # every section's expression and labels, H&E of the imaged sections only (what the demo reads); files
+        # the demo's sections' expression and labels, H&E of the imaged sections only (what the demo reads); files
         # already there and verified are not fetched again, so an interrupted fetch completes here
-        download_her2st(dest, base_url=her2st_url, images_for=list(IMAGED_SECTIONS))
+        download_her2st(dest, sections=list(DEMO_SECTIONS), base_url=her2st_url, images_for=list(IMAGED_SECTIONS))
         if not _has_vocab(dest):
             fetch_vocabulary(dest, vocab_url)
     except StampInputError as err:
