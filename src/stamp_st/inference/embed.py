@@ -68,15 +68,13 @@ def load_embedder(model: str, device: str = "auto", backbone_weights: str | None
     if model.startswith(BACKBONE_PREFIX):
         from ..models.backbones import create_backbone
 
-        bb = create_backbone(model[len(BACKBONE_PREFIX):], weights=backbone_weights)
-        net = bb.model.to(dev).eval()
+        bb = create_backbone(model[len(BACKBONE_PREFIX):], weights=backbone_weights).to(dev).eval()
         t = bb.transform
 
         def image_fn(images):
-            from ..models.backbones import normalise_images
-
-            x = normalise_images(images.to(dev), t.mean, t.std, t.size_px, t.interpolation)
-            return {"X_backbone": net(x)}
+            # the name's own resize / centre crop (PIL, as TRIDENT's eval_transforms), then normalise on device
+            x = t(t.prepare_uint8(images).to(dev))
+            return {"X_backbone": bb.features(x)}
 
         geom = CropGeometry(patch_um=patch_um, out_px=t.size_px)
         return Embedder(model, geom, image_fn, None, None, dev, {"kind": "backbone", **bb.to_json()},
