@@ -280,7 +280,7 @@ def test_clam_reads_the_same_tiles_and_its_pt_bag(svs_tiles):
             np.testing.assert_array_equal(np.asarray(img), read_tile(slide, grid, *coord))
     # Generic_MIL_Dataset.__getitem__ (use_h5=False)
     data_dir, slide_id = str(out.parent.parent), "CMU-1-Small-Region"
-    full_path = os.path.join(data_dir, "pt_files", "{}.pt".format(slide_id))
+    full_path = os.path.join(data_dir, "pt_files", f"{slide_id}.pt")
     features = torch.load(full_path)
     assert features.dtype == torch.float32
     np.testing.assert_array_equal(features.numpy(), features_h5)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 TARGET_MAGNIFICATION = 20  # 10 / 0.5 µm/px: the magnification every registered backbone was trained at
 
 
