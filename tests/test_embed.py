@@ -157,3 +157,13 @@ def test_released_pipeline_feeds_the_release_crops_and_tokens(toy_checkpoint, tm
     np.testing.assert_allclose(rel["X_stamp_g"][:-1], ref_g, atol=1e-5)
     assert np.isnan(rel["X_stamp_g"][-1]).all()
     assert not np.allclose(rel["X_stamp_v_joint"], ours["X_stamp_v_joint"], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["uni_v1", "conch_v1", "timm:resnet18"])
+def test_bare_backbone_name_gets_a_hint(name, tmp_path, capsys):
+    from stamp_st.cli import main
+
+    rc = main(["embed", name, str(tmp_path / "x.h5ad"), "--out", str(tmp_path / "x.h5ad.out.h5ad"),
+               "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"did you mean backbone:{name}" in err

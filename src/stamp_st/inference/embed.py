@@ -84,6 +84,7 @@ def load_embedder(model: str, device: str = "auto", backbone_weights: str | None
     from ..preprocessing.tokenizer import RankTokenizer
     from ..preprocessing.vocab import GeneVocabulary
 
+    _refuse_bare_backbone_name(model)
     net = load_stamp(model, device=dev)
     cfg = net.stamp_config
     geom = CropGeometry.from_json(cfg.get("crop_geometry", {}))
@@ -104,6 +105,22 @@ def load_embedder(model: str, device: str = "auto", backbone_weights: str | None
 
     return Embedder(Path(model).name, geom, image_fn, gene_fn, tokenizer, dev, {"kind": "stamp", **cfg},
                     resolve_precision(precision, dev, released=bool(net.released)))
+
+
+def _refuse_bare_backbone_name(model: str) -> None:
+    """A backbone name where a checkpoint folder is expected (TRIDENT's habit: ``embed uni_v1 ...``): say
+    what to write instead of "checkpoint folder not found"."""
+    from ..models.registry import backbone_entry
+
+    if Path(model).exists():
+        return
+    try:
+        backbone_entry(model)
+    except StampInputError:
+        return
+    raise StampInputError(f"'{model}' is not a checkpoint folder; it is a backbone name: did you mean "
+                          f"backbone:{model}?", None,
+                          hint=f"write backbone:{model} for the plain backbone, or give a STAMP checkpoint folder")
 
 
 def _batches(n: int, size: int):
