@@ -7,14 +7,18 @@ and are checksum-verified. Cache folder: $STAMP_ST_DATA_CACHE, default ~/.cache/
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+
+EXAMPLES = """
+stamp-st download her2st
+stamp-st download hest --filter organ=Breast --folders st wsis metadata
+"""
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("download", help="fetch her2st (Zenodo) or HEST-1k samples (Hugging Face)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__)
     p.add_argument("source", choices=("her2st", "hest"), help="her2st: the Zenodo record; hest: HEST-1k samples")
     p.add_argument("--dest", default=None, help="cache folder (default: $STAMP_ST_DATA_CACHE or "
                    "~/.cache/stamp_st/data); data lands in DEST/her2st or DEST/hest")

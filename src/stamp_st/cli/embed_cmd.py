@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import sys
 
+EXAMPLES = """
+stamp-st embed runs/align /data/her2st --section B1 --out B1.h5ad
+stamp-st embed backbone:uni_v1 /data/her2st --section B1 --out B1_uni.h5ad
+stamp-st embed backbone:conch_v1 slide.svs --tiles --pt --out feats/h5_files/slide.h5
+"""
+
 
 def register(subparsers) -> None:
     from ..models.registry import backbone_names
