@@ -45,7 +45,7 @@ def test_every_command_is_covered_and_examples_parse():
     """Each example line that runs stamp-st parses with the real parser (flags and choices exist)."""
     parser, commands = _commands()
     assert set(commands) == MAIN
-    for name, p in commands.items():
+    for p in commands.values():
         for line in p.format_help().split("\nExamples:\n", 1)[1].strip().splitlines():
             argv = shlex.split(line)
             if argv[:1] == ["torchrun"]:
