@@ -93,7 +93,7 @@ def test_plain_backbone_is_the_baseline_and_has_no_gene_side(tmp_path):
 
 def test_whole_slide_tiles_cover_tissue_only(data_root, tmp_path):
     from stamp_st.inference.embed import embed_slide_tiles, load_embedder
-    from stamp_st.inference.tiling import tile_centers, tissue_mask
+    from stamp_st.inference.tiling import tile_corners, tissue_mask
     from stamp_st.readers.slide import open_slide
 
     svs = data_root / "wsi" / "CMU-1-Small-Region.svs"
@@ -101,13 +101,15 @@ def test_whole_slide_tiles_cover_tissue_only(data_root, tmp_path):
         pytest.skip("CMU-1-Small-Region.svs absent from the data directory")
     with open_slide(svs) as slide:
         mask = tissue_mask(slide, thumb_max_px=512)
-        every = tile_centers(slide, 224.0, slide.um_per_px)
-        tissue = tile_centers(slide, 224.0, slide.um_per_px, mask)
+        every = tile_corners(slide, 448)
+        tissue = tile_corners(slide, 448, mask)
         assert 0 < len(tissue) < len(every)  # the slide has glass around its tissue
         embedder = load_embedder("backbone:efficientnet_lite0", device="cpu", patch_um=224.0)
-        feats, coords = embed_slide_tiles(embedder, slide, slide.um_per_px, batch_size=16)
+        feats, coords, grid = embed_slide_tiles(embedder, slide, slide.um_per_px, batch_size=16)
+    assert grid.patch_size_level0_px == 448 and grid.level0_magnification == 20  # 0.499 µm/px is TRIDENT's 20x
     assert feats.shape == (len(tissue), 1280) and coords.shape == (len(tissue), 2)
-    assert (coords >= 0).all() and (coords[:, 0] < 2220).all() and (coords[:, 1] < 2967).all()
+    assert (coords % 448 == 0).all()  # whole-pixel grid from (0, 0): the stride never alternates
+    assert (coords >= 0).all() and (coords[:, 0] + 448 <= 2220).all() and (coords[:, 1] + 448 <= 2967).all()
 
 
 def test_precision_auto_is_fp32_for_released_models_and_bf16_is_applied(toy_checkpoint, tmp_path):
@@ -155,3 +157,13 @@ def test_released_pipeline_feeds_the_release_crops_and_tokens(toy_checkpoint, tm
     np.testing.assert_allclose(rel["X_stamp_g"][:-1], ref_g, atol=1e-5)
     assert np.isnan(rel["X_stamp_g"][-1]).all()
     assert not np.allclose(rel["X_stamp_v_joint"], ours["X_stamp_v_joint"], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["uni_v1", "conch_v1", "timm:resnet18"])
+def test_bare_backbone_name_gets_a_hint(name, tmp_path, capsys):
+    from stamp_st.cli import main
+
+    rc = main(["embed", name, str(tmp_path / "x.h5ad"), "--out", str(tmp_path / "x.h5ad.out.h5ad"),
+               "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"did you mean backbone:{name}" in err

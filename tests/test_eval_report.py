@@ -89,7 +89,20 @@ def test_report_renders_and_cli(tmp_path, capsys):
     assert "<table" in html and html.count("<img") >= 6 and "data:image/png;base64," in html
     assert "http://" not in html and "https://" not in html  # self-contained
     assert "stamp" in html and "backbone (baseline)" in html
-    assert "retrieval" in capsys.readouterr().out
+    for slide in ("S0", "S1", "S2"):  # maps for every held-out slide, for each image source
+        for name in ("stamp", "backbone"):
+            assert f"{name}: measured vs ridge-predicted expression of the best-predicted genes, slide {slide}" in html
+    assert "image-&gt;gene retrieval" in html  # retrieval examples (the file's patches)
+    out_text = capsys.readouterr().out
+    assert "retrieval" in out_text
+    # the console prints the interval the HTML shows: clipped to the metric's range
+    for r in res["table"]:
+        if r.get("mean") is not None and r.get("low") is not None:
+            assert r["text"] in out_text or r["text"].split(" [")[0] in out_text
+            if "R@" in r["metric"] or "accuracy" in r["metric"] or "f1" in r["metric"]:
+                assert 0.0 <= r["low"] <= r["high"] <= 1.0
+            if "mse" in r["metric"]:
+                assert r["low"] >= 0.0
 
 
 def test_cli_rejects_mismatched_names(tmp_path):
@@ -126,3 +139,46 @@ def test_training_curves_figure_reads_engine_metrics(tmp_path):
     pd.DataFrame(rows, columns=["step", "epoch", "split", "metric", "value"]).to_csv(tmp_path / "m.csv", index=False)
     assert training_curves(tmp_path / "m.csv", "run")
     assert training_curves(tmp_path / "absent.csv", "run") is None
+
+
+def test_training_curves_draw_every_logged_step(tmp_path, monkeypatch):
+    """A run validated only at its end (the demo's Stage 2) still shows its whole training: every logged
+    training step is on the curve, the validation is a point, bookkeeping series are left out."""
+    import pandas as pd
+
+    import stamp_st.evaluation.figures as F
+
+    rows = [(s, 0, "train", m, v) for s in range(10, 201, 10)
+            for m, v in (("loss", 5 - s / 100), ("csp_acc", s / 400), ("lr", 1e-3))]
+    rows += [(200, 0, "val", "recall@1", 0.2), (200, 0, "val", "chance_recall@1", 0.01),
+             (200, 0, "val", "loss", 3.2)]
+    pd.DataFrame(rows, columns=["step", "epoch", "split", "metric", "value"]).to_csv(tmp_path / "m.csv", index=False)
+    figs = []
+    monkeypatch.setattr(F, "fig_to_b64", lambda fig: figs.append(fig) or "x")
+    assert F.training_curves(tmp_path / "m.csv", "Stage 2") == "x"
+    axes = {ax.get_title(): ax for ax in figs[0].axes}
+    assert set(axes) == {"loss", "recall@1", "csp_acc"}  # no lr panel
+    train = next(line for line in axes["loss"].lines if line.get_label().startswith("train"))
+    assert list(train.get_xdata()) == list(range(10, 201, 10))
+    val = next(line for line in axes["loss"].lines if line.get_label().startswith("val"))
+    assert list(val.get_xdata()) == [200]
+
+
+def test_retrieval_patches_are_cut_from_the_he(tmp_path):
+    from PIL import Image
+
+    from stamp_st.evaluation.embeddings_io import EmbeddingSet
+    from stamp_st.evaluation.report import _patches_from_he
+
+    img = np.full((400, 400, 3), 255, np.uint8)
+    img[:200] = (200, 40, 120)  # the top half is tissue-coloured
+    Image.fromarray(img).save(tmp_path / "he.png")
+    xy = np.array([[100.0, 100.0], [160.0, 100.0], [100.0, 300.0], [160.0, 300.0]])
+    s = EmbeddingSet("a", np.zeros((4, 2)), ["S"] * 4, list("abcd"), xy_px=xy,
+                     image_paths={"S": str(tmp_path / "he.png")})
+    patches = _patches_from_he(s, [{"slide": "S", "query": 0, "retrieved": [2, 1]}], out_px=16)
+    assert set(patches) == {0, 1, 2} and patches[0].shape == (16, 16, 3)
+    np.testing.assert_array_equal(patches[0][8, 8], (200, 40, 120))
+    np.testing.assert_array_equal(patches[2][8, 8], (255, 255, 255))
+    s.image_paths = {}
+    assert _patches_from_he(s, [{"slide": "S", "query": 0, "retrieved": [2]}]) is None

@@ -167,3 +167,128 @@ def test_spot_h5_uses_the_same_corner_convention(tmp_path, capsys):
     back = read_trident_h5(out)
     assert list(back.spot_ids) == ["a", "b", "c"]
     np.testing.assert_allclose(back.xy_px, xy, atol=0.5)
+
+
+# ------------------------------------------------ a real slide: TRIDENT's and CLAM's own read paths, re-typed
+@pytest.fixture(scope="module")
+def svs_tiles(tmp_path_factory, data_root):
+    """``embed backbone:resnet50 CMU-1-Small-Region.svs --tiles --pt`` with a random ResNet-50 (fixed seed)
+    given as a weight file, as a CLAM feature directory (h5_files/ + pt_files/)."""
+    pytest.importorskip("openslide")
+    import timm
+    from safetensors.torch import save_file
+
+    from stamp_st.cli import main
+
+    svs = data_root / "wsi" / "CMU-1-Small-Region.svs"
+    if not svs.is_file():
+        pytest.skip("CMU-1-Small-Region.svs absent from the data directory")
+    tmp = tmp_path_factory.mktemp("svs")
+    torch.manual_seed(0)
+    full = timm.create_model("resnet50", pretrained=False, num_classes=0)
+    weights = tmp / "resnet50.safetensors"
+    save_file(full.state_dict(), str(weights))
+    out = tmp / "feats" / "h5_files" / "CMU-1-Small-Region.h5"
+    out.parent.mkdir(parents=True)
+    rc = main(["embed", "backbone:resnet50", str(svs), "--tiles", "--backbone-weights", str(weights),
+               "--out", str(out), "--pt", "--device", "cpu", "--batch-size", "16"])
+    assert rc == 0
+    return svs, weights, out
+
+
+def test_tiles_equal_tridents_extraction(svs_tiles):
+    """TRIDENT's extract_patch_features on our coords (OpenSlideWSI + WSIPatcher + ResNet50InferenceEncoder,
+    re-typed) gives our features: the same tiles, pixel for pixel, through the same encoder."""
+    import openslide
+    import timm
+    from safetensors.torch import load_file
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
+    svs, weights, out = svs_tiles
+    with h5py.File(out, "r") as f:
+        coords_attrs = dict(f["coords"].attrs)
+        coords = f["coords"][:]
+        ours = f["features"][:]
+    img = openslide.OpenSlide(str(svs))
+    # OpenSlideWSI._fetch_mpp / WSI._fetch_magnification
+    mpp_x = round(float(img.properties[openslide.PROPERTY_NAME_MPP_X]), 4)
+    mag = 80 if mpp_x < 0.16 else 60 if mpp_x < 0.2 else 40 if mpp_x < 0.3 else 20 if mpp_x < 0.6 else 10
+    patch_size = coords_attrs.get("patch_size", None)
+    level0_magnification = coords_attrs.get("level0_magnification", None)
+    target_magnification = coords_attrs.get("target_magnification", None)
+    assert level0_magnification == mag == 20 and target_magnification == 20  # integers, as TRIDENT writes
+    assert isinstance(level0_magnification, np.integer) and isinstance(target_magnification, np.integer)
+    # WSIPatcher.__init__ / _prepare
+    src_pixel_size, dst_pixel_size = 10 / level0_magnification, 10 / target_magnification
+    downsample = dst_pixel_size / src_pixel_size
+    patch_size_src = round(patch_size * downsample)
+    level_downsamples = img.level_downsamples
+    level = next((lv for lv, d in enumerate(level_downsamples) if abs(d - downsample) <= 0.1), None)
+    if level is None:
+        level = max(lv for lv, d in enumerate(level_downsamples) if d <= downsample)
+    level_downsample = int(level_downsamples[level])
+    patch_size_level = round(patch_size_src / level_downsample)
+    assert patch_size_src == coords_attrs["patch_size_level0"] == 224
+    # ResNet50InferenceEncoder: timm resnet50 features_only at layer 3, strict=False load, average pool
+    model = timm.create_model("resnet50", pretrained=False, features_only=True, out_indices=[3], num_classes=0)
+    model.load_state_dict(load_file(str(weights)), strict=False)
+    model.eval()
+    eval_transform = transforms.Compose([
+        transforms.Resize(224, interpolation=InterpolationMode.BILINEAR, max_size=None, antialias=True),
+        transforms.CenterCrop(224), transforms.ToTensor(),
+        transforms.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))])
+    pick = np.linspace(0, len(coords) - 1, min(12, len(coords))).astype(int)
+    tiles = []
+    for x, y in coords[pick]:  # WSIPatcher.get_tile_xy(pil=True)
+        tile = img.read_region((int(x), int(y)), level, (patch_size_level, patch_size_level)).convert("RGB")
+        tile = tile.resize((patch_size, patch_size))
+        tiles.append(eval_transform(tile))
+    with torch.no_grad():
+        theirs = torch.nn.AdaptiveAvgPool2d(1)(model(torch.stack(tiles))[0]).squeeze(-1).squeeze(-1).numpy()
+    assert ours.shape == (len(coords), 1024)
+    np.testing.assert_allclose(ours[pick], theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_clam_reads_the_same_tiles_and_its_pt_bag(svs_tiles):
+    """CLAM's Whole_Slide_Bag_FP and StitchCoords (coords attrs, read_region at patch_level) and its default
+    MIL loader (pt_files/<slide_id>.pt), re-typed from mahmoodlab/CLAM."""
+    import os
+
+    import openslide
+
+    from stamp_st.inference.tiling import TileGrid, read_tile
+    from stamp_st.readers.slide import open_slide
+
+    svs, _, out = svs_tiles
+    wsi = openslide.open_slide(str(svs))
+    with h5py.File(out, "r") as f:  # Whole_Slide_Bag_FP.__init__
+        dset = f["coords"]
+        patch_level = f["coords"].attrs["patch_level"]
+        patch_size = f["coords"].attrs["patch_size"]
+        length = len(dset)
+        print("start stitching {}".format(dset.attrs["name"]))  # StitchCoords
+        ref = tuple((np.array((patch_size, patch_size)) * wsi.level_downsamples[patch_level]).astype(np.int32))
+        coords = dset[:]
+        features_h5 = f["features"][:]
+    assert ref == (224, 224) and length == len(coords)
+    with open_slide(svs) as slide:
+        grid = TileGrid.for_slide(slide, slide.um_per_px, 112.0)
+        for idx in (0, length // 2, length - 1):  # Whole_Slide_Bag_FP.__getitem__
+            coord = coords[idx]
+            img = wsi.read_region(coord, patch_level, (patch_size, patch_size)).convert("RGB")
+            np.testing.assert_array_equal(np.asarray(img), read_tile(slide, grid, *coord))
+    # Generic_MIL_Dataset.__getitem__ (use_h5=False)
+    data_dir, slide_id = str(out.parent.parent), "CMU-1-Small-Region"
+    full_path = os.path.join(data_dir, "pt_files", f"{slide_id}.pt")
+    features = torch.load(full_path)
+    assert features.dtype == torch.float32
+    np.testing.assert_array_equal(features.numpy(), features_h5)
+
+
+def test_pt_needs_tiles(tmp_path, capsys):
+    from stamp_st.cli import main
+
+    rc = main(["embed", "backbone:efficientnet_lite0", str(tmp_path / "x.h5ad"), "--pt", "--out",
+               str(tmp_path / "x.h5")])
+    assert rc == 2 and "--tiles" in capsys.readouterr().err

@@ -291,6 +291,18 @@ def test_her2st_section_with_image(her2st_root):
     assert m["um_per_px_source"] == "spot_pitch"
     assert m["um_per_px"] == pytest.approx(200.0 / dx, rel=0.02)  # the reader also uses vertical neighbours
     assert 0.6 < m["um_per_px"] < 0.8  # ATTRIBUTION.md: about 0.69 µm/px
+    # symbol-only input: var["gene_ids"] from the release's symbol -> Ensembl table, as the vocabulary maps them
+    from stamp_st.readers.ensembl import RELEASE_SYMBOL_TABLE, read_symbol_table
+
+    table_path = her2st_root.parent / RELEASE_SYMBOL_TABLE
+    if table_path.is_file():
+        table = read_symbol_table(table_path)
+        ids = a.var["gene_ids"].astype(str)
+        known = [s for s in a.var_names if s in table]
+        assert len(known) > 0.5 * a.n_vars
+        assert all(ids[s] == table[s] for s in known)
+        assert all(ids[s] == "" for s in a.var_names if s not in table)
+        assert any("gene_ids" in n for n in m["qc"]["notes"])
     # counts are the file's, spot by spot
     raw = pd.read_csv(her2st_root / "ST-cnts" / "B4.tsv.gz", sep="\t", index_col=0, nrows=5)
     for sid in raw.index:

@@ -13,7 +13,8 @@ import pytest
 import scipy.sparse as sp
 
 from stamp_st.preprocessing.release_pipeline import ReleaseTokenizer, release_patches, tied_positions
-from stamp_st.preprocessing.vocab import GeneVocabulary, read_symbol_table
+from stamp_st.preprocessing.vocab import GeneVocabulary
+from stamp_st.readers.ensembl import read_symbol_table
 
 IMAGED = ("B4", "C2", "C3", "C4")
 

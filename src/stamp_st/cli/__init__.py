@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from ..errors import StampInputError
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stamp-st",
         description="STAMP: pathology image representations supervised by spatial transcriptomics. "
         "Data flows: inspect/tokenize -> build-corpus -> pretrain-genes -> align -> embed -> evaluate; "
-        "`stamp-st demo` runs all of it on real HER2+ data.",
+        "stamp-st demo runs all of it on real HER2+ data.",
     )
     parser.add_argument("--version", action="version", version=f"stamp-st {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -35,21 +36,62 @@ def build_parser() -> argparse.ArgumentParser:
             if err.name and err.name.endswith(name):
                 continue  # command not built yet
             raise
+        before = set(sub.choices)
         mod.register(sub)
-        _whole_description(sub, mod.__doc__ or "")
+        for cmd in set(sub.choices) - before:
+            _finish_help(sub.choices[cmd], mod.__doc__ or "", getattr(mod, "EXAMPLES", None))
     return parser
 
 
-def _whole_description(sub, doc: str) -> None:
-    """A command whose description is the first line of its module docstring gets the whole first paragraph,
-    so that ``--help`` never stops mid-sentence."""
+class HelpFormatter(argparse.HelpFormatter):
+    """Wrapped prose, but indented paragraphs (the Examples) kept as written; an option's default shown once,
+    only where its help does not already say it and there is one to show."""
+
+    def _fill_text(self, text, width, indent):
+        paragraphs = []
+        for para in text.strip("\n").split("\n\n"):
+            lines = para.splitlines()
+            if len(lines) > 1 and all(line.startswith("  ") for line in lines[1:]):
+                paragraphs.append("\n".join(indent + line for line in lines))
+            else:
+                paragraphs.append(super()._fill_text(para, width, indent))
+        return "\n\n".join(paragraphs)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or "default" in text.lower() or action.default in (None, False, True, [])
+                or action.default is argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def plain(text: str) -> str:
+    """Docstring markup -> plain help text: no reST ``literals`` or `backticks`, no "stamp-st CMD:" prefix."""
+    text = _unquote(re.sub(r"^``stamp-st [^`]*``:\s*", "", text.strip()))
+    return text[:1].upper() + text[1:]
+
+
+def _finish_help(parser: argparse.ArgumentParser, doc: str, examples: str | None) -> None:
+    """Every command: its module docstring's whole first paragraph as description (never cut mid-sentence),
+    plain text throughout, and an Examples section where the module gives one."""
+    first = " ".join(line.strip() for line in doc.strip().split("\n\n")[0].splitlines())
     lines = doc.strip().splitlines()
-    if not lines:
-        return
-    paragraph = " ".join(line.strip() for line in doc.strip().split("\n\n")[0].splitlines())
-    for parser in sub.choices.values():
-        if parser.description == lines[0]:
-            parser.description = paragraph
+    desc = parser.description
+    if desc is None or (lines and desc == lines[0]):
+        desc = first
+    elif desc == doc:  # the whole docstring (download): keep its paragraphs
+        desc = "\n\n".join(" ".join(ln.strip() for ln in p.splitlines()) for p in doc.strip().split("\n\n"))
+    parser.description = plain(desc)
+    for action in parser._actions:
+        if action.help and action.help is not argparse.SUPPRESS:
+            action.help = _unquote(action.help)
+    if examples:
+        parser.epilog = "Examples:\n" + "\n".join("  " + ln.strip() for ln in examples.strip().splitlines())
+    parser.formatter_class = HelpFormatter
+
+
+def _unquote(text: str) -> str:
+    return re.sub(r"`([^`]*)`", r"\1", re.sub(r"``([^`]*)``", r"\1", text))
 
 
 def main(argv: list[str] | None = None) -> int:

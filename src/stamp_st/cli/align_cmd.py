@@ -15,6 +15,12 @@ CLI_TRAINER_DEFAULTS = {"max_steps": 1000, "lr": 1e-4, "weight_decay": 1e-3, "wa
 TRAINER_OPTIONS = tuple(CLI_TRAINER_DEFAULTS)  # the trainer settings that are command-line options
 
 
+EXAMPLES = """
+stamp-st align corpus_paired --gene-encoder runs/genes --out runs/align
+stamp-st align corpus_paired --gene-encoder runs/genes --backbone uni_v1 --lora 8 --out runs/align_uni
+"""
+
+
 def register(subparsers) -> None:
     from ..configs import registered
     from ..models.registry import backbone_names

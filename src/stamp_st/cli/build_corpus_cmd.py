@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+EXAMPLES = """
+stamp-st build-corpus --kind genes --her2st /data/her2st corpus_genes
+stamp-st build-corpus --kind paired manifest.tsv corpus_paired --workers 4
+"""
+
 
 def register(sub) -> None:
     p = sub.add_parser("build-corpus", help="build WebDataset shards (Stage-1 gene groups or Stage-2 pairs) on Dask",

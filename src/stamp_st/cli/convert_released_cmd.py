@@ -5,6 +5,11 @@ own tokens and crops."""
 
 from __future__ import annotations
 
+EXAMPLES = """
+stamp-st convert-released pytorch_model.bin stamp_released
+stamp-st embed stamp_released /data/her2st --section B1 --pipeline released --out B1.h5ad
+"""
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("convert-released", help="convert the released STAMP weights to a stamp-st checkpoint",

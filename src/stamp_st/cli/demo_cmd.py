@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import sys
 
+EXAMPLES = """
+stamp-st demo --out stamp_st_demo
+stamp-st demo --out stamp_st_demo --force evaluate
+"""
+
 
 def register(subparsers) -> None:
     from ..demo import STAGES

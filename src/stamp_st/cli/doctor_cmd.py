@@ -30,6 +30,12 @@ OPTIONAL = {  # distribution -> (import name, what it is for); the extras of pyp
 }
 
 
+EXAMPLES = """
+stamp-st doctor
+stamp-st doctor --json
+"""
+
+
 def register(sub) -> None:
     p = sub.add_parser("doctor", help="check environment, optional dependencies, data directory, weights, GPU")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -12,14 +12,19 @@ Downloads resume after an interruption. Cache folder: $STAMP_ST_DATA_CACHE, defa
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+EXAMPLES = """
+stamp-st download her2st
+stamp-st download her2st --sections B4 C2 --dest data
+stamp-st download vocab
+stamp-st download hest --filter organ=Breast --folders st wsis metadata
+"""
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("download", help="fetch her2st (GitHub), the STAMP gene vocabulary or HEST-1k samples",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser("download", help="fetch her2st (GitHub), the STAMP gene vocabulary or HEST-1k samples")
     p.add_argument("source", choices=("her2st", "vocab", "hest"),
                    help="her2st: almaan/her2st; vocab: the released STAMP vocabulary; hest: HEST-1k samples")
     p.add_argument("--dest", default=None, help="cache folder (default: $STAMP_ST_DATA_CACHE or "

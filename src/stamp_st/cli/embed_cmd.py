@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import sys
 
+EXAMPLES = """
+stamp-st embed runs/align /data/her2st --section B1 --out B1.h5ad
+stamp-st embed backbone:uni_v1 /data/her2st --section B1 --out B1_uni.h5ad
+stamp-st embed backbone:conch_v1 slide.svs --tiles --pt --out feats/h5_files/slide.h5
+"""
+
 
 def register(subparsers) -> None:
     from ..models.registry import backbone_names
@@ -22,6 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--tiles", action="store_true", help="embed tissue tiles of the whole slide instead of spots "
                    "(SAMPLE: a slide file, a HEST root with --section, or any sample with an image); writes "
                    "TRIDENT's .h5 layout")
+    p.add_argument("--pt", action="store_true", help="with --tiles: also write CLAM's pt_files/SLIDE.pt (FEAT_DIR/pt_files/ "
+                   "when OUT is FEAT_DIR/h5_files/SLIDE.h5, else pt_files/ beside OUT)")
     p.add_argument("--min-tissue-fraction", type=float, default=0.5,
                    help="with --tiles: keep tiles at least this fraction tissue (default 0.5)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -41,7 +49,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..errors import StampInputError
-    from ..evaluation.embeddings_io import write_embedding_h5ad, write_trident_h5
+    from ..evaluation.embeddings_io import write_clam_pt, write_embedding_h5ad, write_trident_h5
     from ..inference.embed import embed_sample, embed_slide_tiles, load_embedder
     from ..io_utils import check_output_file
     from ..readers.sample_meta import SampleMeta
@@ -51,11 +59,13 @@ def run(args) -> int:
     out = Path(args.out)
     if out.suffix not in (".h5ad", ".h5"):
         raise StampInputError("output must end in .h5ad or .h5", out)
+    if args.pt and not (args.tiles and out.suffix == ".h5"):
+        raise StampInputError("--pt writes CLAM's bag of tile features: it needs --tiles and an .h5 output", out,
+                              hint="add --tiles and write FEAT_DIR/h5_files/SLIDE.h5")
     check_output_file(out)
     embedder = load_embedder(args.model, device=args.device, backbone_weights=args.backbone_weights,
                              patch_um=args.patch_um, precision=args.precision)
     if args.tiles:
-        from ..evaluation.embeddings_io import trident_coords_attrs
         from ..readers.constants import UM_PER_PX_METADATA
         from ..readers.pixel_size import resolve_um_per_px
         from ..readers.slide import open_slide
@@ -73,16 +83,21 @@ def run(args) -> int:
                 raise StampInputError("no pixel size: neither the sample's metadata nor the slide carry one",
                                       slide_path, hint="pass --um-per-px")
             print(f"{slide_id}: {um:g} µm/px (from {um_source})", file=sys.stderr)
-            feats, coords = embed_slide_tiles(embedder, slide, um, args.batch_size,
-                                              min_tissue_fraction=args.min_tissue_fraction)
-            size_px = (slide.width_px, slide.height_px)
+            feats, coords, grid = embed_slide_tiles(embedder, slide, um, args.batch_size,
+                                                    min_tissue_fraction=args.min_tissue_fraction)
+            attrs = grid.coords_attrs(slide_id, slide)
+        if not grid.clam_readable:
+            print(f"{slide_id}: tiles are read as {grid.patch_size_level_px} px at level {grid.read_level} and "
+                  f"resized to {grid.patch_size_px} px, which CLAM's patch reader cannot repeat: coords carry no "
+                  "patch_level", file=sys.stderr)
         g = embedder.geometry
-        attrs = trident_coords_attrs(slide_id, g.out_px, g.patch_side_px(um), um, *size_px)
         write_trident_h5(out, feats, coords, slide_id=slide_id, coords_attrs=attrs, encoder=embedder.name,
                          kind="tiles", um_per_px=um, um_per_px_source=um_source, patch_um=g.patch_um)
+        pt = write_clam_pt(out, feats) if args.pt else None
         _summary(args, {"out": str(out), "kind": "tiles", "n_tiles": int(len(feats)),
-                        "dim": int(feats.shape[1]), "um_per_px": um, "um_per_px_source": um_source},
-                 f"{len(feats)} tiles -> {out}")
+                        "dim": int(feats.shape[1]), "um_per_px": um, "um_per_px_source": um_source,
+                        "level0_magnification": grid.level0_magnification, **({"pt": str(pt)} if pt else {})},
+                 f"{len(feats)} tiles -> {out}" + (f" and {pt}" if pt else ""))
         return 0
 
     from .inspect_cmd import read_sample_from_args

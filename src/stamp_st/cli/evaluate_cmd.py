@@ -3,7 +3,10 @@ results.json + a self-contained report.html."""
 
 from __future__ import annotations
 
-import argparse
+EXAMPLES = """
+stamp-st evaluate --embeddings B1.h5ad:X_stamp_v B1_uni.h5ad:X_backbone --names STAMP UNI --baseline UNI --labels her2st-cluster --out eval
+stamp-st evaluate --embeddings all.h5ad:X_stamp_v --add-expression-pca --tasks probe,retrieval --out eval
+"""
 
 
 def register(subparsers) -> None:
@@ -11,7 +14,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "evaluate", help="evaluate embeddings (probe, clustering, expression, retrieval, MIL) with intervals",
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=__doc__)
     p.add_argument("--embeddings", nargs="+", required=True, metavar="FILE[:KEY]",
                    help="embedding files: .h5ad (optionally :OBSM_KEY, or :expr-pca for a PCA of the file's "
                         "expression) or TRIDENT-style .h5 (one per slide; consecutive .h5 files of one --names "

@@ -27,6 +27,13 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: refused; e.g. a CytAssist overview instead of the H&E)")
 
 
+EXAMPLES = """
+stamp-st inspect /data/her2st --section B1
+stamp-st inspect outs/ --json
+stamp-st inspect sample.h5ad --image he.tif --um-per-px 0.5
+"""
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("inspect", help="show spots, genes, vocabulary coverage, pixel size of a sample",
                               description=__doc__.splitlines()[0])

@@ -6,6 +6,11 @@ resumes from the run folder's latest checkpoint and continues exactly where the 
 
 from __future__ import annotations
 
+EXAMPLES = """
+stamp-st pretrain-genes corpus_genes --out runs/genes
+torchrun --nproc-per-node 4 -m stamp_st.cli pretrain-genes corpus_genes --config reference --out runs/genes
+"""
+
 
 def register(subparsers) -> None:
     from .options import add_set_option

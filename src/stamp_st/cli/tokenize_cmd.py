@@ -9,6 +9,10 @@ import sys
 
 from .inspect_cmd import add_sample_arguments
 
+EXAMPLES = """
+stamp-st tokenize /data/her2st --section B1 --out B1_tokens.npz
+"""
+
 
 def register(subparsers) -> None:
     from ..preprocessing.tokenizer import DEFAULT_CONTEXT

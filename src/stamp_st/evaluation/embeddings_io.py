@@ -358,6 +358,26 @@ def write_trident_h5(path: str | Path, features: np.ndarray, coords: np.ndarray,
     return path
 
 
+def clam_pt_path(h5_path: str | Path) -> Path:
+    """CLAM's feature directory: FEAT_DIR/h5_files/SLIDE.h5 next to FEAT_DIR/pt_files/SLIDE.pt (an .h5 outside
+    an ``h5_files`` folder gets ``pt_files/`` beside it)."""
+    h5_path = Path(h5_path)
+    root = h5_path.parent.parent if h5_path.parent.name == "h5_files" else h5_path.parent
+    return root / "pt_files" / f"{h5_path.stem}.pt"
+
+
+def write_clam_pt(h5_path: str | Path, features: np.ndarray) -> Path:
+    """``pt_files/<slide>.pt`` for CLAM's default MIL loader (``Generic_MIL_Dataset`` without ``use_h5``):
+    ``torch.save`` of the float32 features tensor, as CLAM's extract_features_fp.py writes it."""
+    import torch
+
+    path = clam_pt_path(h5_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), tmp)
+    return path
+
+
 def read_trident_h5(path: str | Path, name: str | None = None, slide_id: str | None = None) -> EmbeddingSet:
     """Read a TRIDENT-style ``features`` + ``coords`` HDF5 (one slide) as an image-side source. With
     ``coords.attrs['patch_size_level0']`` (TRIDENT's and stamp-st's files) coords are top-left corners and

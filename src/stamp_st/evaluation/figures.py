@@ -9,33 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .stats import clip_interval
+
 HIGHER_IS_BETTER_EXCEPT = ("mse",)
-# the range a metric can take, by a part of its name; intervals are drawn and printed inside it
-METRIC_RANGES = (("mse", (0.0, np.inf)), ("pearson", (-1.0, 1.0)), ("ari", (-1.0, 1.0)),
-                 ("recall", (0.0, 1.0)), ("accuracy", (0.0, 1.0)), ("f1", (0.0, 1.0)), ("auc", (0.0, 1.0)),
-                 ("nmi", (0.0, 1.0)), ("chance", (0.0, 1.0)))
-
-
-def metric_range(metric: str) -> tuple[float, float]:
-    name = metric.lower()
-    return next((r for key, r in METRIC_RANGES if key in name), (-np.inf, np.inf))
-
-
-def clipped_interval(row: dict) -> tuple[float, float]:
-    """(low, high) of a result row clipped to its metric's range: a t-interval over few folds can reach past
-    it (recall below 0, F1 above 1), which the metric itself never does."""
-    lo, hi = metric_range(row["metric"])
-    return float(np.clip(row["low"], lo, hi)), float(np.clip(row["high"], lo, hi))
-
-
-def interval_text(row: dict, digits: int = 3) -> str:
-    mean = row.get("mean", np.nan)
-    if not np.isfinite(mean):
-        return "n/a"
-    if not (np.isfinite(row.get("low", np.nan)) and np.isfinite(row.get("high", np.nan))):
-        return f"{mean:.{digits}f}"
-    lo, hi = clipped_interval(row)
-    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def _figure(w: float, h: float):
@@ -129,8 +105,7 @@ def expression_maps(xy: np.ndarray, true: np.ndarray, pred: np.ndarray, genes, p
             sc = ax.scatter(pts[:, 0], pts[:, 1], c=vals, s=_spot_size(pts), cmap="viridis", vmin=vmin,
                             vmax=vmax, alpha=0.85, linewidths=0)
         fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label="log1p CP10k")
-    if title:
-        fig.suptitle(title, fontsize=10, y=1.04)
+    _suptitle_above(fig, title)
     return fig_to_b64(fig)
 
 
@@ -179,8 +154,7 @@ def cluster_maps(xy: np.ndarray, labels: np.ndarray, clusters: dict[str, np.ndar
         pts = _spot_axes(ax, xy, thumb, name)
         _scatter_categories(ax, pts, np.asarray(vals).astype(str), _spot_size(pts), legend=(i == 0),
                             palette=label_palette if i == 0 else None)
-    if title:
-        fig.suptitle(title, fontsize=10, y=1.04)
+    _suptitle_above(fig, title)
     return fig_to_b64(fig)
 
 
@@ -201,7 +175,8 @@ def projection_2d(emb: np.ndarray, method: str = "umap", seed: int = 0) -> np.nd
 
 def embedding_scatter(xy2: np.ndarray, labels: np.ndarray | None, slide_ids: np.ndarray, title: str,
                       method: str, label_palette: dict | None = None) -> str:
-    panels = ([("by label", labels)] if labels is not None else []) + [("by slide", slide_ids)]
+    has_labels = labels is not None and (np.asarray(labels).astype(str) != "").any()
+    panels = ([("by label", labels)] if has_labels else []) + [("by slide", slide_ids)]
     fig = _figure(4.8 * len(panels), 4.0)
     for i, (name, vals) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
@@ -213,9 +188,10 @@ def embedding_scatter(xy2: np.ndarray, labels: np.ndarray | None, slide_ids: np.
     return fig_to_b64(fig)
 
 
-def retrieval_examples(patches: np.ndarray, examples: list[dict], k: int = 5, title: str = "") -> str | None:
+def retrieval_examples(patches, examples: list[dict], k: int = 5, title: str = "") -> str | None:
     """Each row: the query spot's patch, then the patches of the spots whose gene embeddings it
-    retrieved (green frame = the query's own spot)."""
+    retrieved (green frame = the query's own spot). ``patches``: an array indexed by spot, or a
+    {spot index: patch} mapping."""
     if patches is None or not examples:
         return None
     fig = _figure(1.6 * (k + 1), 1.7 * len(examples))
@@ -231,8 +207,7 @@ def retrieval_examples(patches: np.ndarray, examples: list[dict], k: int = 5, ti
                 sp.set_edgecolor("green" if hit else "none")
                 sp.set_linewidth(3)
             ax.set_title("query" if c == 0 else f"#{c}", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10, y=1.04)
+    _suptitle_above(fig, title)
     return fig_to_b64(fig)
 
 
@@ -241,9 +216,10 @@ def metric_bars(rows: list[dict], task: str) -> str | None:
     metric's range). A source has the same colour in every task's chart: colours follow the order of the
     sources over all rows (or ``sources``), not of those this task scores."""
     all_sources = list(dict.fromkeys(r["source"] for r in rows if r.get("source")))
-    rows = [r for r in rows if r["task"] == task and "mean" in r and not r["metric"].startswith("chance")]
+    rows = [r for r in rows if r["task"] == task and "mean" in r and not r["metric"].startswith("chance")
+            and r["mean"] is not None and np.isfinite(r["mean"])]
     if not rows:
-        return None
+        return None  # nothing was scored (e.g. no labels): no empty axes
     from matplotlib import colormaps
 
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
@@ -261,7 +237,7 @@ def metric_bars(rows: list[dict], task: str) -> str | None:
             if r is None or not np.isfinite(r["mean"]):
                 continue
             ok = np.isfinite(r["low"]) and np.isfinite(r["high"])
-            lo, hi = clipped_interval(r) if ok else (np.nan, np.nan)
+            lo, hi = clip_interval(m, r["low"], r["high"]) if ok else (np.nan, np.nan)
             err = [[max(r["mean"] - lo, 0.0)], [max(hi - r["mean"], 0.0)]] if ok else None
             ax.bar([j], [r["mean"]], color=cmap(colour_index[s] % 10), yerr=err, capsize=3, label=s)
         ax.set_xticks([])
@@ -271,40 +247,75 @@ def metric_bars(rows: list[dict], task: str) -> str | None:
     from matplotlib.patches import Patch
 
     handles = [Patch(color=cmap(colour_index[s] % 10), label=s) for s in sources]
-    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(sources)), fontsize=7, frameon=False,
-               bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle(f"{task}: mean and 95% interval over held-out slides", fontsize=9, y=1.02)
-    fig.subplots_adjust(bottom=0.18)
+    fig.subplots_adjust(hspace=0.45, wspace=0.35)
+    bottom = min(ax.get_position().y0 for ax in fig.axes)
+    fig.legend(handles=handles, loc="upper center", ncol=min(4, len(sources)), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, bottom - 0.02))
+    _suptitle_above(fig, f"{task}: mean and 95% interval over held-out slides")
     return fig_to_b64(fig)
 
 
-def training_curves(metrics_csv: str | Path, title: str, max_panels: int = 4) -> str | None:
-    """Validation curves of a training run from the engine's long-format ``metrics.csv`` (step, epoch,
-    split, metric, value): one panel per metric, chance level dashed where the run logged one."""
+TRAINING_SKIP = ("lr", "grad_norm", "steps_per_s", "logit_scale", "samples_per_s")
+
+
+def read_training_metrics(metrics_csv: str | Path):
+    """The engine's long-format ``metrics.csv`` as a DataFrame of numeric rows (step, epoch, split, metric,
+    value), or None when absent or not that format."""
     import pandas as pd
 
     p = Path(metrics_csv)
     if not p.is_file():
         return None
     df = pd.read_csv(p)
-    val = df[df["split"] == "val"]
-    if val.empty:
+    if df.empty or not {"step", "split", "metric", "value"} <= set(df.columns):
         return None
-    names = [m for m in dict.fromkeys(val["metric"]) if not m.startswith("chance_") and m != "loss"]
+    df = df.assign(value=pd.to_numeric(df["value"], errors="coerce"), step=pd.to_numeric(df["step"], errors="coerce"))
+    return df.dropna(subset=["value", "step"])
+
+
+def training_curves(metrics_csv: str | Path, title: str, max_panels: int = 4) -> str | None:
+    """Curves of a training run from the engine's long-format ``metrics.csv`` (step, epoch, split, metric,
+    value): one panel per metric, every logged training step as a line and each validation as a marked
+    point (a run validated only at its end still shows how its training went); chance dashed where logged.
+    Bookkeeping series (learning rate, gradient norm, throughput, temperature) are left out."""
+    df = read_training_metrics(metrics_csv)
+    if df is None:
+        return None
+    names = [m for m in dict.fromkeys(df["metric"]) if not m.startswith("chance_") and m not in TRAINING_SKIP]
     recall = sorted((m for m in names if m.startswith("recall@")), key=lambda m: int(m.split("@")[1]))
-    names = recall + [m for m in names if not m.startswith("recall@")]
-    names = names[:max_panels]
+    rest = [m for m in names if not m.startswith("recall@")]
+    first = [m for m in ("loss",) if m in rest]
+    names = (first + recall[:1] + [m for m in rest if m.endswith("acc")] + recall[1:] +
+             [m for m in rest if m not in first and not m.endswith("acc")])
+    names = list(dict.fromkeys(names))[:max_panels]
+    if not names:
+        return None
     fig = _figure(3.2 * len(names), 2.6)
     for i, m in enumerate(names):
         ax = fig.add_subplot(1, len(names), i + 1)
-        d = val[val["metric"] == m].sort_values("step")
-        ax.plot(d["step"], d["value"], marker="o", ms=3)
-        chance = val[val["metric"] == f"chance_{m}"].sort_values("step")
+        for split, style in (("train", {"lw": 1.2}), ("val", {"marker": "o", "ms": 4, "lw": 1.2})):
+            d = df[(df["split"] == split) & (df["metric"] == m)].sort_values("step")
+            if not d.empty:
+                ax.plot(d["step"], d["value"], label=f"{split} ({len(d)})", **style)
+        chance = df[(df["split"] == "val") & (df["metric"] == f"chance_{m}")].sort_values("step")
         if not chance.empty:
-            ax.plot(chance["step"], chance["value"], ls="--", color="grey", label="chance")
-            ax.legend(fontsize=7)
+            ax.plot(chance["step"], chance["value"], ls="--", color="grey", marker="_", label="chance")
+        ax.legend(fontsize=6, frameon=False)
         ax.set_title(m, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
-    fig.suptitle(title, fontsize=10, y=1.04)
+    _suptitle_above(fig, title)
     return fig_to_b64(fig)
+
+
+def _suptitle_above(fig, title: str, pad: float = 0.01) -> None:
+    """A figure title just above the highest axes: equal-aspect spot maps shrink their axes inside the figure,
+    and a title at a fixed figure height would leave a blank band between it and the maps."""
+    if not title:
+        return
+    for ax in fig.axes:
+        ax.apply_aspect()
+    top = max((ax.get_position().y1 for ax in fig.axes), default=1.0)
+    labels = any(ax.get_title() for ax in fig.axes)
+    title_in = 0.28 if labels else 0.0  # room for the axes' own titles, in inches
+    fig.suptitle(title, fontsize=10, y=top + pad + title_in / fig.get_figheight(), va="bottom")

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..io_utils import atomic_write_json, atomic_write_text
 from . import figures as F
+from .stats import interval_text
 from .tasks import TASK_TITLES
 
 CSS = """
@@ -20,7 +21,9 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;border-bottom:1px soli
 margin-top:2em}h3{font-size:1.05em;margin-bottom:.3em}
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}th,td{border:1px solid #ddd;padding:.35em .7em;
 text-align:left}th{background:#f4f5f7}td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
-td.best{font-weight:600;background:#eef7ee}td.skip{color:#888;font-style:italic}
+td.best{font-weight:600;background:#eef7ee}td.skip{color:#888;text-align:center}
+table.metrics{font-size:.82em;width:100%;table-layout:auto}table.metrics th{font-size:.95em;vertical-align:bottom}
+table.metrics td{padding:.25em .45em}span.ci{color:#666;font-size:.88em}ul.note{margin-top:.2em}
 .meta{color:#555;font-size:.9em}.note{color:#555;font-size:.85em}figure{margin:1em 0}
 figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
 code{background:#f4f5f7;padding:0 .25em;border-radius:3px}
@@ -32,6 +35,7 @@ METRIC_NOTES = {
     "ridge_pearson": "HEST protocol: PCA256 + ridge, mean PCC over 50 most variable genes",
     "ridge_mse": "log1p CP10k, same genes", "impute_pearson": "BLEEP-style top-k retrieval imputation",
     "impute_mse": "log1p CP10k, same genes", "auc": "stratified k-fold over slides",
+    "ridge_cv_pearson": "ridge with alpha by leave-one-out CV, same genes",
 }
 
 
@@ -44,22 +48,34 @@ def _lower_is_better(metric: str) -> bool:
 
 
 def metric_table_html(results: dict) -> str:
-    """One table: a row per (task, metric), a column per source; the best mean per row in bold."""
+    """One compact table: a row per (task, metric), a column per source, each cell the mean over an interval
+    (clipped to the metric's range); the best mean per row in bold. What a metric means is said once, under
+    the table, and why a source is not scored once per reason (a footnote mark in its cells)."""
     sources = list(results["sources"])
     baseline = results["meta"].get("baseline")
     rows = results["table"]
     head = "".join(f"<th>{_esc(s)}{' (baseline)' if s == baseline else ''}</th>" for s in sources)
-    out = [f"<table><thead><tr><th>task</th><th>metric</th>{head}<th>note</th></tr></thead><tbody>"]
+    out = [f"<table class='metrics'><thead><tr><th>task</th><th>metric</th>{head}</tr></thead><tbody>"]
+    reasons: dict[str, str] = {}  # skip reason -> footnote mark
+
+    def skip_cell(reason: str | None) -> str:
+        if not reason:
+            return "<td class='skip'>n/a</td>"
+        mark = reasons.setdefault(reason, "*" * (len(reasons) + 1) if len(reasons) < 3 else str(len(reasons) + 1))
+        return f"<td class='skip' title='{_esc(reason)}'>—<sup>{_esc(mark)}</sup></td>"
+
+    used_metrics = []
     for task in results["tasks"]:
         metrics = list(dict.fromkeys(r["metric"] for r in rows if r["task"] == task and r.get("metric")))
         skipped = {r["source"]: r["skipped"] for r in rows if r["task"] == task and "skipped" in r}
         if not metrics:
-            cells = "".join(f"<td class='skip'>{_esc(skipped.get(s, 'n/a'))}</td>" for s in sources)
-            out.append(f"<tr><td>{_esc(task)}</td><td>—</td>{cells}<td></td></tr>")
+            cells = "".join(skip_cell(skipped.get(s)) for s in sources)
+            out.append(f"<tr><td>{_esc(task)}</td><td>—</td>{cells}</tr>")
             continue
         for m in metrics:
+            used_metrics.append(m)
             by_src = {r["source"]: r for r in rows if r["task"] == task and r.get("metric") == m}
-            means = {s: r["mean"] for s, r in by_src.items() if np.isfinite(r["mean"])}
+            means = {s: r["mean"] for s, r in by_src.items() if r["mean"] is not None and np.isfinite(r["mean"])}
             best = None
             if len(means) > 1 and not m.startswith("chance"):
                 best = (min if _lower_is_better(m) else max)(means, key=means.get)
@@ -68,15 +84,43 @@ def metric_table_html(results: dict) -> str:
                 if s in by_src:
                     r = by_src[s]
                     cls = "num best" if s == best else "num"
-                    cells.append(f"<td class='{cls}' title='n={r['n']} ({_esc(r['method'])})'>"
-                                 f"{_esc(F.interval_text(r))}</td>")
+                    text = interval_text(r)
+                    mean, _, ci = text.partition(" ")
+                    cells.append(f"<td class='{cls}' title='n={r['n']} ({_esc(r['method'])})'>{_esc(mean)}"
+                                 + (f"<br><span class='ci'>{_esc(ci)}</span>" if ci else "") + "</td>")
                 else:
-                    cells.append(f"<td class='skip'>{_esc(skipped.get(s, 'n/a'))}</td>")
-            note = METRIC_NOTES.get(m, "lower is better" if _lower_is_better(m) else "")
-            out.append(f"<tr><td>{_esc(task)}</td><td>{_esc(m)}</td>{''.join(cells)}"
-                       f"<td class='note'>{_esc(note)}</td></tr>")
+                    cells.append(skip_cell(skipped.get(s)))
+            out.append(f"<tr><td>{_esc(task)}</td><td>{_esc(m)}</td>{''.join(cells)}</tr>")
     out.append("</tbody></table>")
+    by_note: dict[str, list[str]] = {}  # one line per meaning, listing the metrics it covers
+    for m in dict.fromkeys(used_metrics):
+        note = metric_note(m)
+        if note:
+            by_note.setdefault(note, []).append(m)
+    notes = [f"<li>{', '.join(f'<code>{_esc(m)}</code>' for m in ms)}: {_esc(note)}</li>"
+             for note, ms in by_note.items()]
+    notes += [f"<li>—<sup>{_esc(mark)}</sup> not scored: {_esc(reason)}</li>" for reason, mark in reasons.items()]
+    if notes:
+        out.append(f"<ul class='note'>{''.join(notes)}</ul>")
     return "\n".join(out)
+
+
+def metric_note(metric: str) -> str:
+    """What a metric is, by its name (the retrieval and clustering names carry k and the direction)."""
+    if metric in METRIC_NOTES:
+        note = METRIC_NOTES[metric]
+    elif metric.startswith("chance_R@"):
+        note = "chance level of recall@k (k / spots in the slide)"
+    elif "_R@" in metric:
+        direction = metric.split("_R@")[0].replace("_", " ")
+        note = f"{direction} retrieval within each slide: share of queries whose own spot ranks in the top k"
+    elif metric.endswith("_nmi"):
+        note = "normalised mutual information of the clusters with the labels"
+    else:
+        note = ""
+    if _lower_is_better(metric):
+        note = (note + "; " if note else "") + "lower is better"
+    return note
 
 
 def gains_table_html(results: dict) -> str:
@@ -93,6 +137,8 @@ def gains_table_html(results: dict) -> str:
            "<table><thead><tr><th>task</th><th>metric</th><th>source</th><th>gain [95% CI]</th>"
            "<th>per held-out slide</th></tr></thead><tbody>"]
     for r in rows:
+        if r.get("gain") is None or not np.isfinite(r["gain"]):
+            continue  # not measured (e.g. no labels for probe / cluster)
         colour = "#e3f4e3" if r["low"] > 0 else "#f8e0e0" if r["high"] < 0 else "transparent"
         per = ", ".join(f"{v:+.3f}" for v in r.get("per_slide", []))
         out.append(f"<tr><td>{_esc(r['task'])}</td><td>{_esc(r['metric'])}</td><td>{_esc(r['source'])}</td>"
@@ -132,13 +178,14 @@ def _img(b64: str | None, caption: str) -> str:
             f"<figcaption>{_esc(caption)}</figcaption></figure>")
 
 
-def build_figures(results: dict, artifacts: dict, projection: str = "umap", max_slides: int = 2,
+def build_figures(results: dict, artifacts: dict, projection: str = "umap", max_slides: int | None = None,
                   seed: int = 0) -> dict[str, list[str]]:
     """HTML snippets of figures per section; every figure is optional and omitted when its inputs are
-    absent (no H&E path, no patches, task skipped)."""
+    absent (no H&E path, task skipped). Maps are drawn for every held-out slide (``max_slides``: a cap)."""
     out: dict[str, list[str]] = {"overview": [], "embeddings": [], "training": []}
     for title, csv in (artifacts.get("training_curves") or {}).items():
-        out["training"].append(_img(F.training_curves(csv, title), f"{title}: validation on held-out slides"))
+        out["training"].append(_img(F.training_curves(csv, title), f"{title}: every logged training step (line) "
+                                                                    "and each validation on held-out slides (dots)"))
     sources = artifacts.get("sources") or {}
     preds = artifacts.get("predictions") or {}
     labels = artifacts.get("labels")
@@ -182,13 +229,17 @@ def build_figures(results: dict, artifacts: dict, projection: str = "umap", max_
                 f"{name}: labels and clusters over the H&E, slide {sl}"))
     # retrieval examples
     for name, ex in (preds.get("retrieval") or {}).items():
-        b64 = F.retrieval_examples(sources[name].patches, ex[:4], title=name)
+        ex = ex[:4]
+        patches, how = sources[name].patches, "the embedding file's patches"
+        if patches is None:
+            patches, how = _patches_from_he(sources[name], ex), "cut from the H&E, one spot pitch wide"
+        b64 = F.retrieval_examples(patches, ex, title=name) if patches is not None else None
         if b64:
-            out["retrieval"].append(_img(b64, f"{name}: image->gene retrieval; first column is the query's "
-                                              "patch, then the patches of the retrieved spots (green = own spot)"))
+            out["retrieval"].append(_img(b64, f"{name}: image->gene retrieval; first column is the query's patch, "
+                                              f"then the patches of the retrieved spots (green = own spot; {how})"))
         else:
             out["retrieval"].append("<p class='note'>Retrieval examples omitted: the embedding file carries no "
-                                    "patches (uns['stamp_st']['patches']).</p>")
+                                    "patches and no readable H&E for these slides.</p>")
     # UMAP by label and by slide
     n = len(first)
     rng = np.random.default_rng(seed)
@@ -199,6 +250,36 @@ def build_figures(results: dict, artifacts: dict, projection: str = "umap", max_
             F.embedding_scatter(xy2, None if labels is None else labels[sub], s.slide_ids[sub], name, projection,
                                 label_palette=palette),
             f"{name}: {projection.upper()} of the embeddings coloured by label and by slide"))
+    return out
+
+
+def _patches_from_he(source, examples: list[dict], out_px: int = 96) -> dict | None:
+    """{spot index: uint8 patch} for the spots of ``examples``, cut from each slide's H&E around the spot,
+    one spot pitch (median nearest-neighbour distance) wide; None when a slide's image is not at hand."""
+    from scipy.spatial import cKDTree
+
+    from ..readers.slide import open_slide
+
+    if source.xy_px is None or not examples:
+        return None
+    out = {}
+    for slide_id in dict.fromkeys(e.get("slide", source.slide_ids[e["query"]]) for e in examples):
+        path = source.image_paths.get(slide_id)
+        if not path or not Path(path).is_file():
+            return None
+        on_slide = np.flatnonzero(source.slide_ids == slide_id)
+        xy = source.xy_px[on_slide]
+        if len(xy) < 2:
+            return None
+        side = float(np.median(cKDTree(xy).query(xy, k=2)[0][:, 1]))
+        want = {i for e in examples if e.get("slide", source.slide_ids[e["query"]]) == slide_id
+                for i in [e["query"], *e["retrieved"]]}
+        try:
+            with open_slide(path) as slide:
+                for i in want:
+                    out[i] = slide.read_square(source.xy_px[i], side, out_px)
+        except Exception:  # noqa: BLE001 - a report without examples beats no report
+            return None
     return out
 
 
@@ -220,8 +301,8 @@ def render_html(results: dict, figs: dict[str, list[str]] | None = None, title: 
         "<h2>Embedding sources</h2><table><thead><tr><th>name</th><th>modality</th><th>dim</th>"
         f"<th>gene embedding</th><th>file</th></tr></thead><tbody>{src_rows}</tbody></table>",
         "<h2>All metrics</h2>",
-        "<p class='note'>Mean over held-out slides (folds) with a 95% Student-t interval in brackets; hover a "
-        "cell for the number of folds. Bold: best mean of the row. Gene-side sources are not scored on "
+        "<p class='note'>Mean over held-out slides (folds) with a 95% Student-t interval in brackets (clipped to "
+        "the metric's range, as everywhere in this report and the console); hover a cell for the number of folds. Bold: best mean of the row. Gene-side sources are not scored on "
         "expression prediction (their input is the target).</p>",
         metric_table_html(results),
     ]

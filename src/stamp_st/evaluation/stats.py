@@ -25,12 +25,41 @@ class Interval:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def format(self, digits: int = 3) -> str:
-        if not np.isfinite(self.mean):
-            return "n/a"
-        if not (np.isfinite(self.low) and np.isfinite(self.high)):
-            return f"{self.mean:.{digits}f}"
-        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+    def format(self, metric: str = "", digits: int = 3) -> str:
+        """'mean [low, high]', clipped to ``metric``'s range (``interval_text``)."""
+        return interval_text({"metric": metric, "mean": self.mean, "low": self.low, "high": self.high}, digits)
+
+
+# The range a metric can take, by a part of its name (first match wins). A t-interval over 3-4 folds can
+# reach past it (recall below 0, F1 above 1), which the metric itself never does: every printed or drawn
+# interval is clipped here, in one place (``clip_interval``), for the console, the HTML and the charts.
+METRIC_RANGES = (("mse", (0.0, np.inf)), ("pearson", (-1.0, 1.0)), ("_ari", (-0.5, 1.0)), ("nmi", (0.0, 1.0)),
+                 ("recall", (0.0, 1.0)), ("r@", (0.0, 1.0)), ("accuracy", (0.0, 1.0)), ("f1", (0.0, 1.0)),
+                 ("auc", (0.0, 1.0)), ("chance", (0.0, 1.0)))
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """(lowest, highest) value of a metric by its name; (-inf, inf) for a name not listed. ARI's floor is -0.5
+    (Chacón & Rastrojo 2023)."""
+    name = metric.lower()
+    return next((r for key, r in METRIC_RANGES if key in name), (-np.inf, np.inf))
+
+
+def clip_interval(metric: str, low: float, high: float) -> tuple[float, float]:
+    lo, hi = metric_range(metric)
+    return float(np.clip(low, lo, hi)), float(np.clip(high, lo, hi))
+
+
+def interval_text(row: dict, digits: int = 3) -> str:
+    """'mean [low, high]' of a result row (metric, mean, low, high), the interval clipped to the metric's range."""
+    mean = row.get("mean", np.nan)
+    if mean is None or not np.isfinite(mean):
+        return "n/a"
+    low, high = row.get("low"), row.get("high")
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return f"{mean:.{digits}f}"
+    lo, hi = clip_interval(row.get("metric", ""), low, high)
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def _finite(values: Sequence[float]) -> np.ndarray:

@@ -269,8 +269,10 @@ def _task_foldwise(task: str, s: EmbeddingSet, folds, ctx: TaskContext):
 
 
 def metric_table(results: dict) -> list[dict]:
-    """Flatten to rows (task, metric, source, mean, low, high, n, method, text)."""
-    from .stats import Interval
+    """Flatten to rows (task, metric, source, mean, low, high, n, method, text); low/high (and the text) are
+    clipped to the metric's range (``stats.clip_interval``), so every reader of the table prints the same
+    interval; ``results["tasks"]`` keeps the raw t-interval."""
+    from .stats import clip_interval, interval_text
 
     rows = []
     for task, per_source in results["tasks"].items():
@@ -279,8 +281,10 @@ def metric_table(results: dict) -> list[dict]:
                 rows.append({"task": task, "metric": "", "source": source, "skipped": r["skipped"]})
                 continue
             for metric, iv in r["metrics"].items():
-                text = Interval(**iv).format()
-                rows.append({"task": task, "metric": metric, "source": source, "mean": iv["mean"],
-                             "low": iv["low"], "high": iv["high"], "n": iv["n"], "method": iv["method"],
-                             "text": text})
+                low, high = iv["low"], iv["high"]
+                if low is not None and high is not None and np.isfinite(low) and np.isfinite(high):
+                    low, high = clip_interval(metric, low, high)
+                row = {"task": task, "metric": metric, "source": source, "mean": iv["mean"], "low": low,
+                       "high": high, "n": iv["n"], "method": iv["method"]}
+                rows.append({**row, "text": interval_text(row)})
     return rows

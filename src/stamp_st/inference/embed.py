@@ -68,15 +68,13 @@ def load_embedder(model: str, device: str = "auto", backbone_weights: str | None
     if model.startswith(BACKBONE_PREFIX):
         from ..models.backbones import create_backbone
 
-        bb = create_backbone(model[len(BACKBONE_PREFIX):], weights=backbone_weights)
-        net = bb.model.to(dev).eval()
+        bb = create_backbone(model[len(BACKBONE_PREFIX):], weights=backbone_weights).to(dev).eval()
         t = bb.transform
 
         def image_fn(images):
-            from ..models.backbones import normalise_images
-
-            x = normalise_images(images.to(dev), t.mean, t.std, t.size_px, t.interpolation)
-            return {"X_backbone": net(x)}
+            # the name's own resize / centre crop (PIL, as TRIDENT's eval_transforms), then normalise on device
+            x = t(t.prepare_uint8(images).to(dev))
+            return {"X_backbone": bb.features(x)}
 
         geom = CropGeometry(patch_um=patch_um, out_px=t.size_px)
         return Embedder(model, geom, image_fn, None, None, dev, {"kind": "backbone", **bb.to_json()},
@@ -86,6 +84,7 @@ def load_embedder(model: str, device: str = "auto", backbone_weights: str | None
     from ..preprocessing.tokenizer import RankTokenizer
     from ..preprocessing.vocab import GeneVocabulary
 
+    _refuse_bare_backbone_name(model)
     net = load_stamp(model, device=dev)
     cfg = net.stamp_config
     geom = CropGeometry.from_json(cfg.get("crop_geometry", {}))
@@ -106,6 +105,22 @@ def load_embedder(model: str, device: str = "auto", backbone_weights: str | None
 
     return Embedder(Path(model).name, geom, image_fn, gene_fn, tokenizer, dev, {"kind": "stamp", **cfg},
                     resolve_precision(precision, dev, released=bool(net.released)))
+
+
+def _refuse_bare_backbone_name(model: str) -> None:
+    """A backbone name where a checkpoint folder is expected (TRIDENT's habit: ``embed uni_v1 ...``): say
+    what to write instead of "checkpoint folder not found"."""
+    from ..models.registry import backbone_entry
+
+    if Path(model).exists():
+        return
+    try:
+        backbone_entry(model)
+    except StampInputError:
+        return
+    raise StampInputError(f"'{model}' is not a checkpoint folder; it is a backbone name: did you mean "
+                          f"backbone:{model}?", None,
+                          hint=f"write backbone:{model} for the plain backbone, or give a STAMP checkpoint folder")
 
 
 def _batches(n: int, size: int):
@@ -250,22 +265,29 @@ def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bo
 
 
 def embed_slide_tiles(embedder: Embedder, slide, um_per_px: float, batch_size: int = 32,
-                      min_tissue_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Whole-slide tile embeddings for slide-level tasks: tissue detection, a grid of tiles of the model's
-    patch size in µm, image embeddings. Returns (features [n, d], top-left coords [n, 2] in level-0 px).
+                      min_tissue_fraction: float = 0.5):
+    """Whole-slide tile embeddings for slide-level tasks: tissue detection, TRIDENT's grid of tiles of the
+    model's patch size (``tiling.TileGrid``: integer magnifications, whole-pixel reads at a pyramid level),
+    image embeddings. Returns (features [n, d], top-left coords [n, 2] int64 level-0 px, the grid).
     A slide where no tile passes the tissue mask is refused: an empty feature file would only fail later,
     in a slide encoder or a MIL loader, far from its cause."""
-    from .tiling import tile_centers, tissue_mask
+    from .tiling import TileGrid, read_tile, tile_corners, tissue_mask
 
-    centers = tile_centers(slide, embedder.geometry.patch_um, um_per_px, tissue_mask(slide), min_tissue_fraction)
-    if len(centers) == 0:
+    grid = TileGrid.for_slide(slide, um_per_px, embedder.geometry.patch_um)
+    coords = tile_corners(slide, grid.patch_size_level0_px, tissue_mask(slide), min_tissue_fraction)
+    if len(coords) == 0:
         raise StampInputError(
             f"no {embedder.geometry.patch_um:g} µm tile of the slide ({slide.width_px} x {slide.height_px} px at "
             f"{um_per_px:g} µm/px) is at least {min_tissue_fraction:.0%} tissue", getattr(slide, "path", None),
             hint="check the pixel size (--um-per-px), that the image is an H&E with tissue on it, or lower "
                  "--min-tissue-fraction")
-    feats = embed_patches(embedder, slide, centers, um_per_px, batch_size, desc="embed tiles")
-    key = "X_stamp_v" if "X_stamp_v" in feats else "X_backbone"
-    side = embedder.geometry.patch_side_px(um_per_px)
-    coords = np.round(centers - side / 2).astype(np.int64)
-    return feats[key], coords
+    out: list[np.ndarray] = []
+    key = None
+    with torch.inference_mode():
+        for sl in tqdm(list(_batches(len(coords), batch_size)), desc="embed tiles", leave=False):
+            imgs = np.stack([read_tile(slide, grid, x, y) for x, y in coords[sl]])
+            with _autocast(embedder):
+                feats = embedder.image_fn(torch.from_numpy(imgs))
+            key = key or ("X_stamp_v" if "X_stamp_v" in feats else "X_backbone")
+            out.append(feats[key].float().cpu().numpy())
+    return np.concatenate(out), coords, grid

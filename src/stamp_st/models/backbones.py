@@ -25,6 +25,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,15 +46,45 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class ImageTransform:
     """uint8 RGB images (HWC, as the corpus stores them) -> normalised float NCHW, on the images' device.
 
-    Kept as plain numbers so a checkpoint can carry it and the model can normalise on the GPU."""
+    Kept as plain numbers so a checkpoint can carry it and the model can normalise on the GPU. ``resize_px``
+    (default: ``size_px``) is the side an image is resized to before a centre crop of ``size_px`` (the
+    ``Resize(r) + CenterCrop(s)`` of a model card or of TRIDENT's ``eval_transforms``)."""
 
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     size_px: int = 224
     interpolation: str = "bicubic"
+    resize_px: int | None = None
 
     def __call__(self, images: torch.Tensor, size_px: int | None = None) -> torch.Tensor:
+        """Normalise (resizing to ``size_px`` where the side differs); ``prepare_uint8`` first for the name's
+        own resize + centre crop."""
         return normalise_images(images, self.mean, self.std, size_px or self.size_px, self.interpolation)
+
+    def prepare_uint8(self, images: torch.Tensor) -> torch.Tensor:
+        """The resize and centre crop exactly as torchvision applies them to PIL images (PIL's own filters),
+        on the CPU, for uint8 [N, H, W, 3]: a no-op where the side is already ``size_px`` and no crop is due.
+        The tile and spot paths run this before ``__call__``, so a named backbone sees what TRIDENT feeds it."""
+        from PIL import Image
+
+        resize = self.resize_px or self.size_px
+        if images.ndim == 3:
+            images = images[None]
+        if tuple(images.shape[1:3]) == (self.size_px, self.size_px) and resize == self.size_px:
+            return images
+        resample = Image.Resampling.BICUBIC if self.interpolation == "bicubic" else Image.Resampling.BILINEAR
+        out = []
+        for a in images.cpu().numpy():
+            im = Image.fromarray(a, "RGB")
+            h, w = a.shape[:2]
+            if min(h, w) != resize:  # torchvision Resize(int): shorter side -> resize, aspect kept
+                nh, nw = (resize, int(resize * w / h)) if h <= w else (int(resize * h / w), resize)
+                im = im.resize((nw, nh), resample)
+            w, h = im.size
+            top, left = int(round((h - self.size_px) / 2.0)), int(round((w - self.size_px) / 2.0))
+            im = im.crop((left, top, left + self.size_px, top + self.size_px))
+            out.append(np.asarray(im))
+        return torch.from_numpy(np.stack(out))
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -61,7 +92,22 @@ class ImageTransform:
     @classmethod
     def from_json(cls, d: dict) -> ImageTransform:
         return cls(mean=tuple(d["mean"]), std=tuple(d["std"]), size_px=int(d["size_px"]),
-                   interpolation=d.get("interpolation", "bicubic"))
+                   interpolation=d.get("interpolation", "bicubic"),
+                   resize_px=int(d["resize_px"]) if d.get("resize_px") else None)
+
+
+def _torch_mode(interpolation: str) -> str:
+    return "bicubic" if interpolation == "bicubic" else "bilinear"
+
+
+def _to_nchw_float(images: torch.Tensor) -> torch.Tensor:
+    if images.ndim == 3:
+        images = images[None]
+    if images.dtype == torch.uint8:
+        if images.shape[-1] != 3:
+            raise StampInputError(f"expected uint8 images [N, H, W, 3], got shape {tuple(images.shape)}")
+        return images.permute(0, 3, 1, 2).float().div_(255.0)
+    return images.float()
 
 
 def normalise_images(images: torch.Tensor, mean, std, size_px: int | None = None,
@@ -69,17 +115,10 @@ def normalise_images(images: torch.Tensor, mean, std, size_px: int | None = None
     """uint8 [N, H, W, 3] (or [H, W, 3]) or float NCHW in [0, 1] -> normalised float32 NCHW.
 
     Resizes (antialiased) only where the side differs from ``size_px``."""
-    if images.ndim == 3:
-        images = images[None]
-    if images.dtype == torch.uint8:
-        if images.shape[-1] != 3:
-            raise StampInputError(f"expected uint8 images [N, H, W, 3], got shape {tuple(images.shape)}")
-        x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    else:
-        x = images.float()
+    x = _to_nchw_float(images)
     if size_px is not None and tuple(x.shape[-2:]) != (size_px, size_px):
-        mode = "bicubic" if interpolation == "bicubic" else "bilinear"
-        x = F.interpolate(x, size=(size_px, size_px), mode=mode, antialias=True, align_corners=False).clamp_(0, 1)
+        x = F.interpolate(x, size=(size_px, size_px), mode=_torch_mode(interpolation), antialias=True,
+                          align_corners=False).clamp_(0, 1)
     m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - m) / s
@@ -87,7 +126,9 @@ def normalise_images(images: torch.Tensor, mean, std, size_px: int | None = None
 
 @dataclass
 class Backbone:
-    """A feature extractor and the facts needed to feed it. ``model(x)`` returns [N, embed_dim]."""
+    """A feature extractor and the facts needed to feed it. ``features(x)`` returns [N, embed_dim]: ``model(x)``,
+    or, where the name's feature pools the tokens otherwise (TRIDENT's ``conch_v1``, ``virchow2``),
+    ``head(model.forward_features(x))``. ``model`` is always the plain timm trunk (what alignment builds on)."""
 
     name: str
     model: nn.Module
@@ -97,11 +138,72 @@ class Backbone:
     is_vit: bool
     weights: str | None = None
     create_kwargs: dict = field(default_factory=dict)  # extra timm arguments, to rebuild the same graph
+    head: nn.Module | None = None  # pools the trunk's tokens into the name's feature; None: model(x)
+    trunk_name: str | None = None  # with a head: the name whose feature is the trunk's own (for alignment)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            return self.model(x)
+        return self.head(self.model.forward_features(x))
+
+    def to(self, device) -> Backbone:
+        self.model.to(device)
+        if self.head is not None:
+            self.head.to(device)
+        return self
+
+    def eval(self) -> Backbone:
+        self.model.eval()
+        if self.head is not None:
+            self.head.eval()
+        return self
 
     def to_json(self) -> dict:
         return {"name": self.name, "transform": self.transform.to_json(), "embed_dim": self.embed_dim,
                 "native_um_per_px": self.native_um_per_px, "is_vit": self.is_vit, "weights": self.weights,
                 "create_kwargs": self.create_kwargs}
+
+
+class ClassPlusMeanTokens(nn.Module):
+    """Virchow's feature: the class token next to the mean of the patch tokens (register tokens left out),
+    as Paige's model card and TRIDENT's ``virchow`` / ``virchow2`` encoders compute it."""
+
+    def __init__(self, num_prefix_tokens: int):
+        super().__init__()
+        self.num_prefix_tokens = int(num_prefix_tokens)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tokens[:, 0], tokens[:, self.num_prefix_tokens:].mean(1)], dim=-1)
+
+
+class AttentionalPooler(nn.Module):
+    """CoCa's attentional pooler (CONCH's ``attn_pool_contrast``): learned queries attend over the
+    layer-normed tokens; parameter names as in CONCH's checkpoint (``query``, ``attn.*``, ``ln_q``, ``ln_k``)."""
+
+    def __init__(self, d_model: int, context_dim: int, n_head: int = 8, n_queries: int = 1):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(n_queries, d_model))
+        self.attn = nn.MultiheadAttention(d_model, n_head, kdim=context_dim, vdim=context_dim)
+        self.ln_q = nn.LayerNorm(d_model)
+        self.ln_k = nn.LayerNorm(context_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kv = self.ln_k(x).permute(1, 0, 2)  # NLD -> LND
+        q = self.ln_q(self.query).unsqueeze(1).expand(-1, kv.shape[1], -1)
+        return self.attn(q, kv, kv, need_weights=False)[0].permute(1, 0, 2)
+
+
+class ConchContrastPool(nn.Module):
+    """CONCH's image feature before the contrastive projection (``encode_image(proj_contrast=False,
+    normalize=False)``, TRIDENT's ``conch_v1``): one attention-pooled query, layer-normed, 512-d."""
+
+    def __init__(self, context_dim: int = 768, d_model: int = 512, n_head: int = 8):
+        super().__init__()
+        self.attn_pool_contrast = AttentionalPooler(d_model, context_dim, n_head, n_queries=1)
+        self.ln_contrast = nn.LayerNorm(d_model)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.ln_contrast(self.attn_pool_contrast(tokens)[:, 0])
 
 
 # ------------------------------------------------------------------------------------------- weights
@@ -288,11 +390,25 @@ def conch_vit_b16(name: str, weights, pretrained: bool, **kwargs) -> Backbone:
                               dynamic_img_size=True, **kwargs)
     if path is not None:
         sd = load_state_dict_file(path)
-        trunk = {k: v for k, v in sd.items() if k.startswith("visual.trunk.")}
-        load_into(model, trunk or sd, path, ignore_prefixes=("head.", "attn_pool.", "proj"))
+        trunk = {k[len("visual.trunk."):]: v for k, v in sd.items() if k.startswith("visual.trunk.")} or sd
+        trunk = _resample_pos_embed(trunk, model)
+        load_into(model, trunk, path, ignore_prefixes=("head.", "attn_pool.", "proj"))
     transform = ImageTransform(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, 224)
     return Backbone("conch_vit_b16", model, transform, model.num_features, 0.5, True,
                     str(path) if path else None)
+
+
+def _resample_pos_embed(sd: dict, model: nn.Module) -> dict:
+    """CONCH's checkpoint is trained at 448 px (pos_embed [1, 785, 768]); a 224-px trunk takes it resampled
+    to its 14 x 14 grid (timm's ``resample_abs_pos_embed``, what CONCH's own loader does for another size)."""
+    from timm.layers import resample_abs_pos_embed
+
+    pe, own = sd.get("pos_embed"), model.state_dict().get("pos_embed")
+    if pe is None or own is None or pe.shape == own.shape:
+        return sd
+    npt = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+    grid = model.patch_embed.grid_size
+    return {**sd, "pos_embed": resample_abs_pos_embed(pe, list(grid), num_prefix_tokens=npt)}
 
 
 def timm_any(name: str, weights, pretrained: bool, **kwargs) -> Backbone:
@@ -337,27 +453,64 @@ def hub_model(name: str, weights, pretrained: bool, **kwargs):
     if path is not None and not Path(path).is_file():
         raise StampInputError(f"weight file for '{name}' not found", path,
                               hint=f"give an existing file, or unset STAMP_ST_{key.upper()}_WEIGHTS to use the hub")
-    transform = ImageTransform(spec.mean, spec.std, spec.size_px)
-    if name == "conch_v1":  # the open_clip checkpoint: its visual trunk goes into the timm ViT-B/16
-        if path is None and pretrained:
-            from huggingface_hub import hf_hub_download
-
-            path = hub._hub_call(spec.repo, key, lambda: hf_hub_download(spec.repo, "pytorch_model.bin"))
-        bb = create_backbone("conch_vit_b16", weights=path, pretrained=path is not None, **kwargs)
-        bb.name = name
-        return bb
+    transform = ImageTransform(spec.mean, spec.std, spec.size_px, spec.interpolation, spec.resize_px)
+    if spec.pooling == "conch":
+        return _conch_v1(name, spec, path, pretrained, args, transform)
+    ignore = ("head.", "fc.", "layer4.") if spec.pooling == "layer3" else ("head.",)
     if path is not None:
         model = timm.create_model(spec.arch, pretrained=False, **args)
-        load_into(model, load_state_dict_file(path), path, ignore_prefixes=("head.",))
+        _cut(model, spec)
+        load_into(model, load_state_dict_file(path), path, ignore_prefixes=ignore)
         source = str(path)
     elif pretrained:
         model = hub._hub_call(spec.repo, key,
                               lambda: timm.create_model(f"hf-hub:{spec.repo}", pretrained=True, **args))
+        _cut(model, spec)
         source = f"hf-hub:{spec.repo}"
     else:
         model = timm.create_model(spec.arch, pretrained=False, **args)
+        _cut(model, spec)
         source = None
-    return Backbone(name, model, transform, model.num_features, spec.native_um_per_px, True, source)
+    head, dim = None, model.num_features
+    if spec.pooling == "cls+mean":
+        head, dim = ClassPlusMeanTokens(model.num_prefix_tokens), 2 * model.num_features
+    elif spec.pooling == "layer3":
+        dim = model.layer3[-1].conv3.out_channels
+    return Backbone(name, model, transform, dim, spec.native_um_per_px, _is_vit(model), source, head=head,
+                    trunk_name=spec.trunk_name)
+
+
+def _cut(model: nn.Module, spec: hub.HubModel) -> None:
+    """CLAM's truncated ResNet-50: layer 4 removed, so the average pool sees layer 3's 1,024 channels."""
+    if spec.pooling == "layer3":
+        model.layer4 = nn.Identity()
+
+
+def _conch_v1(name: str, spec: hub.HubModel, path, pretrained: bool, args: dict, transform: ImageTransform):
+    """CONCH's image tower as TRIDENT's ``conch_v1`` runs it: the ViT-B/16 trunk at 448 px (position embedding
+    [1, 785, 768]) and the contrastive attention pool, from CONCH's own checkpoint (``visual.trunk.*``,
+    ``visual.attn_pool_contrast.*``, ``visual.ln_contrast.*``; the text tower and the caption pool are unused)."""
+    import timm
+
+    model = timm.create_model(spec.arch, pretrained=False, **args)
+    head = ConchContrastPool(context_dim=model.num_features)
+    if path is None and pretrained:
+        from huggingface_hub import hf_hub_download
+
+        path = hub._hub_call(spec.repo, spec.weights_key, lambda: hf_hub_download(spec.repo, "pytorch_model.bin"))
+    if path is not None:
+        sd = _strip_prefixes(load_state_dict_file(path), ("module.",))
+        trunk = {k[len("visual.trunk."):]: v for k, v in sd.items() if k.startswith("visual.trunk.")}
+        pool = {k[len("visual."):]: v for k, v in sd.items()
+                if k.startswith(("visual.attn_pool_contrast.", "visual.ln_contrast."))}
+        if not trunk or not pool:
+            raise StampInputError("not a CONCH checkpoint: no visual.trunk.* / visual.attn_pool_contrast.* keys",
+                                  path, hint="give CONCH's pytorch_model.bin (MahmoodLab/CONCH), or use "
+                                             "conch_vit_b16 for a bare ViT-B/16 trunk")
+        load_into(model, trunk, path, ignore_prefixes=("head.",))
+        load_into(head, pool, path)
+    return Backbone(name, model, transform, head.ln_contrast.normalized_shape[0], spec.native_um_per_px, True,
+                    str(path) if path else None, head=head, trunk_name=spec.trunk_name)
 
 
 def timm_hub(name: str, weights, pretrained: bool, **kwargs):

@@ -7,9 +7,11 @@ token from ``hf auth login`` or ``HF_TOKEN`` is used for gated repositories). Ea
 arguments and the normalisation of its model card; ``pretrained=False`` (rebuilding a STAMP checkpoint that
 carries the weights) never touches the network for a registry name.
 
-Features are the model's class token (``global_pool="token"``). Virchow2's card also shows a 2,560-d
-concatenation of the class token with the mean patch token; stamp-st uses the class token (1,280-d), as
-TRIDENT's ``return_cls`` option does, so that the same feature serves embedding and STAMP alignment.
+Each name gives TRIDENT's feature for it (trident/patch_encoder_models/load.py): the same timm graph, input
+side, resize + centre crop, interpolation and normalisation, and the same pooling: the class token, except
+``virchow`` / ``virchow2`` (class token + mean patch token, 2,560-d) and ``conch_v1`` (CONCH's attention-pooled
+512-d feature at 448 px). Other outputs have their own names: ``virchow_cls`` / ``virchow2_cls`` (the 1,280-d
+class token) and ``conch_vit_b16`` (CONCH's trunk class token, 768-d at 224 px), which STAMP alignment uses.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def _swiglu_args() -> dict:
 
 @dataclass(frozen=True)
 class HubModel:
-    """One hub backbone: its repository, the timm graph that holds its weights, its card's preprocessing."""
+    """One hub backbone: its repository, the timm graph that holds its weights, TRIDENT's preprocessing and
+    pooling for its name."""
 
     repo: str
     arch: str  # timm architecture for a local file / random init (the hub's config.json names it otherwise)
@@ -50,7 +53,17 @@ class HubModel:
     weights_key: str = ""  # stamp_st.weights lookup key (default: the name)
     extra_args: Callable[[], dict] | None = None
     card: str = ""
+    interpolation: str = "bilinear"  # torchvision Resize's default, which TRIDENT uses unless it names one
+    resize_px: int | None = None  # Resize(resize_px) before CenterCrop(size_px); None: size_px
+    pooling: str = "token"  # "token": model(x); "cls+mean": class + mean patch token; "conch": CONCH's attention
+    # pool; "layer3": a ResNet cut after layer 3 (CLAM's truncated ResNet-50)
+    trunk_name: str | None = None  # the name whose feature is the trunk's class token (for alignment)
 
+
+_VIRCHOW_ARGS = {"img_size": 224, "init_values": 1e-5, "num_classes": 0, "mlp_ratio": 5.3375,
+                 "global_pool": "token", "dynamic_img_size": True}
+_HOPTIMUS_ARGS = {"img_size": 224, "init_values": 1e-5, "num_classes": 0, "global_pool": "token",
+                  "dynamic_img_size": True}
 
 HUB_MODELS: dict[str, HubModel] = {
     "uni_v1": HubModel(
@@ -64,27 +77,42 @@ HUB_MODELS: dict[str, HubModel] = {
          "dynamic_img_size": True},
         IMAGENET_MEAN, IMAGENET_STD, extra_args=_swiglu_args, card="UNI2-h ViT-H/14"),
     "conch_v1": HubModel(
-        "MahmoodLab/CONCH", "vit_base_patch16_224", {"num_classes": 0, "dynamic_img_size": True},
-        OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, weights_key="conch",
-        card="CONCH ViT-B/16 visual trunk (Lu et al. 2024); its open_clip checkpoint pytorch_model.bin"),
+        "MahmoodLab/CONCH", "vit_base_patch16_224", {"img_size": 448, "num_classes": 0, "dynamic_img_size": True},
+        OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, size_px=448, weights_key="conch", interpolation="bicubic",
+        pooling="conch", trunk_name="conch_vit_b16",
+        card="CONCH (Lu et al. 2024): attention-pooled 512-d image feature at 448 px; its pytorch_model.bin"),
+    "virchow": HubModel(
+        "paige-ai/Virchow", "vit_huge_patch14_224", _VIRCHOW_ARGS, IMAGENET_MEAN, IMAGENET_STD,
+        extra_args=_swiglu_args, interpolation="bicubic", pooling="cls+mean", trunk_name="virchow_cls",
+        card="Virchow ViT-H/14 (Vorontsov et al. 2024): class + mean patch token, 2,560-d"),
+    "virchow_cls": HubModel(
+        "paige-ai/Virchow", "vit_huge_patch14_224", _VIRCHOW_ARGS, IMAGENET_MEAN, IMAGENET_STD,
+        weights_key="virchow", extra_args=_swiglu_args, interpolation="bicubic",
+        card="Virchow ViT-H/14, class token only (1,280-d; TRIDENT's return_cls=True)"),
     "virchow2": HubModel(
-        "paige-ai/Virchow2", "vit_huge_patch14_224",
-        {"img_size": 224, "init_values": 1e-5, "num_classes": 0, "reg_tokens": 4, "mlp_ratio": 5.3375,
-         "global_pool": "token", "dynamic_img_size": True},
-        IMAGENET_MEAN, IMAGENET_STD, extra_args=_swiglu_args, card="Virchow2 ViT-H/14 (Zimmermann et al. 2024)"),
+        "paige-ai/Virchow2", "vit_huge_patch14_224", {**_VIRCHOW_ARGS, "reg_tokens": 4}, IMAGENET_MEAN,
+        IMAGENET_STD, extra_args=_swiglu_args, interpolation="bicubic", pooling="cls+mean", trunk_name="virchow2_cls",
+        card="Virchow2 ViT-H/14 (Zimmermann et al. 2024): class + mean patch token, 2,560-d"),
+    "virchow2_cls": HubModel(
+        "paige-ai/Virchow2", "vit_huge_patch14_224", {**_VIRCHOW_ARGS, "reg_tokens": 4}, IMAGENET_MEAN,
+        IMAGENET_STD, weights_key="virchow2", extra_args=_swiglu_args, interpolation="bicubic",
+        card="Virchow2 ViT-H/14, class token only (1,280-d; TRIDENT's return_cls=True)"),
     "hoptimus0": HubModel(
-        "bioptimus/H-optimus-0", "vit_giant_patch14_reg4_dinov2",
-        {"img_size": 224, "init_values": 1e-5, "num_classes": 0, "global_pool": "token", "dynamic_img_size": True},
+        "bioptimus/H-optimus-0", "vit_giant_patch14_reg4_dinov2", _HOPTIMUS_ARGS,
         HOPTIMUS_MEAN, HOPTIMUS_STD, card="H-optimus-0 ViT-g/14"),
     "hoptimus1": HubModel(
-        "bioptimus/H-optimus-1", "vit_giant_patch14_reg4_dinov2",
-        {"img_size": 224, "init_values": 1e-5, "num_classes": 0, "global_pool": "token", "dynamic_img_size": True},
+        "bioptimus/H-optimus-1", "vit_giant_patch14_reg4_dinov2", _HOPTIMUS_ARGS,
         HOPTIMUS_MEAN, HOPTIMUS_STD, card="H-optimus-1 ViT-g/14"),
     "gigapath": HubModel(
         "prov-gigapath/prov-gigapath", "vit_giant_patch14_dinov2",
         {"img_size": 224, "in_chans": 3, "patch_size": 16, "embed_dim": 1536, "depth": 40, "num_heads": 24,
          "mlp_ratio": 5.33334, "num_classes": 0, "dynamic_img_size": True},
-        IMAGENET_MEAN, IMAGENET_STD, card="Prov-GigaPath tile encoder ViT-g/14 (Xu et al. 2024)"),
+        IMAGENET_MEAN, IMAGENET_STD, interpolation="bicubic", resize_px=256,
+        card="Prov-GigaPath tile encoder ViT-g/14 (Xu et al. 2024)"),
+    "resnet50": HubModel(
+        "timm/resnet50.tv_in1k", "resnet50", {"num_classes": 0}, IMAGENET_MEAN, IMAGENET_STD, native_um_per_px=None,
+        pooling="layer3", card="ResNet-50 (torchvision ImageNet weights) to layer 3, average-pooled, 1,024-d "
+        "(CLAM's and TRIDENT's truncated ResNet-50)"),
 }
 # TRIDENT's names for models stamp-st does not build (a different graph than a timm ViT's)
 UNSUPPORTED = {

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import StampInputError
 from .backbones import Backbone, ImageTransform, normalise_images
 from .gene_encoder import GeneEncoder
 from .pretext import PretextConvNet, PretextViT, csp_windows, dihedral_augment
@@ -53,6 +54,11 @@ class StampModel(nn.Module):
     def __init__(self, gene_encoder: GeneEncoder, backbone: Backbone, proj_dim: int = PROJ_DIM,
                  released: bool = False, freeze_gene_encoder: bool = False, temperature_init: float | None = None):
         super().__init__()
+        if backbone.head is not None:
+            raise StampInputError(
+                f"backbone '{backbone.name}' gives a pooled feature ({backbone.embed_dim}-d) that is not its trunk's "
+                "own token, which STAMP's pretext token builds on",
+                hint=f"align on '{backbone.trunk_name}' (the same weights, the trunk's class token)")
         self.spot_backbone = gene_encoder
         self.visual_backbone = PretextViT(backbone.model) if backbone.is_vit else PretextConvNet(backbone.model)
         d_img, d_gene = backbone.embed_dim, gene_encoder.config.d_model
@@ -212,8 +218,11 @@ def build_stamp_model(architecture: dict, **kwargs) -> StampModel:
     """Rebuild an (untrained) StampModel from ``StampModel.architecture()``; weights are loaded after."""
     from .backbones import create_backbone
 
-    backbone = create_backbone(architecture["backbone"], pretrained=False,
-                               **architecture.get("backbone_kwargs", {}))
+    name = architecture["backbone"]
+    backbone = create_backbone(name, pretrained=False, **architecture.get("backbone_kwargs", {}))
+    if backbone.head is not None:  # saved before conch_v1 / virchow2 gave TRIDENT's pooled feature: their trunk
+        backbone = create_backbone(backbone.trunk_name, pretrained=False, **architecture.get("backbone_kwargs", {}))
+        backbone.name = name
     backbone.transform = ImageTransform.from_json(architecture["transform"])
     backbone.native_um_per_px = architecture.get("native_um_per_px")
     enc = GeneEncoder(architecture["gene_encoder"])

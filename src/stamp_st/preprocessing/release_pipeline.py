@@ -40,8 +40,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import StampInputError
+from ..readers.ensembl import read_symbol_table
 from .tokenizer import STORAGE_PAD_ID, TARGET_SUM, TOKEN_OFFSET, TokenizedSpots
-from .vocab import GeneMapping, GeneVocabulary, read_symbol_table
+from .vocab import GeneMapping, GeneVocabulary
 
 PIPELINES = ("default", "released")
 RELEASE_STORED_TOKENS = 4096

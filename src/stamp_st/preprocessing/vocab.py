@@ -6,7 +6,6 @@ path a user gives) and a model checkpoint carries the vocabulary it was trained 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import re
 from collections.abc import Sequence
@@ -18,7 +17,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import DataNotFoundError, StampInputError
-from ..readers.ensembl import ENSEMBL_RE
+from ..readers.ensembl import (
+    ENSEMBL_RE,
+    ORGDB_TABLE,
+    RELEASE_SYMBOL_TABLE,
+    read_orgdb_table,
+    read_symbol_table,
+)
 
 
 def strip_version(gene_id: str) -> str:
@@ -170,7 +175,7 @@ class SymbolMapper:
     def _build_default(cls, vocab: GeneVocabulary | None, root: Path | None) -> SymbolMapper:
         tables, sources = [], []
         if root is not None:
-            release = root / "vocab" / "stamp_symbol_to_ensembl.tsv"
+            release = root / RELEASE_SYMBOL_TABLE
             if release.is_file():
                 tables.append(read_symbol_table(release))
                 sources.append(str(release))
@@ -184,7 +189,7 @@ class SymbolMapper:
             tables.append(t)
             sources.append("vocabulary symbols")
         if root is not None:
-            org = root / "vocab" / "org.Hs.eg.db_3.16.0_genes.tsv.gz"
+            org = root / ORGDB_TABLE
             if org.is_file():
                 tables.append(read_orgdb_table(org))
                 sources.append(str(org))
@@ -197,23 +202,6 @@ class SymbolMapper:
 
 
 _DEFAULT_MAPPERS: dict[tuple, SymbolMapper] = {}
-
-
-def read_symbol_table(path: str | Path) -> dict[str, str]:
-    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    if not {"symbol", "gene_id"} <= set(df.columns):
-        raise StampInputError("symbol table needs columns 'symbol' and 'gene_id'", path)
-    df = df[df["gene_id"] != ""].drop_duplicates("symbol", keep="first")
-    return dict(zip(df["symbol"], df["gene_id"]))
-
-
-def read_orgdb_table(path: str | Path) -> dict[str, str]:
-    with gzip.open(path, "rt") if str(path).endswith(".gz") else open(path) as fh:
-        df = pd.read_csv(fh, sep="\t", dtype=str, keep_default_na=False)
-    df = df[df["ensembl_id"] != ""].copy()
-    df["_rank"] = (df["gene_type"] != "protein-coding").astype(int)
-    df = df.sort_values(["_rank"], kind="stable").drop_duplicates("symbol", keep="first")
-    return dict(zip(df["symbol"], df["ensembl_id"]))
 
 
 # -------------------------------------------------------------------- mapping a sample onto a vocabulary

@@ -21,7 +21,7 @@ from .constants import (
     OBSM_SPATIAL,
     VAR_GENE_IDS,
 )
-from .ensembl import looks_like_ensembl
+from .ensembl import fill_gene_ids, looks_like_ensembl
 from .pixel_size import resolve_um_per_px, um_per_px_from_diameter, um_per_px_from_pitch
 from .sample_meta import SampleMeta
 
@@ -234,7 +234,9 @@ def build_sample(
     if obs_extra is not None:
         for c in obs_extra.columns:
             obs[c] = np.asarray(obs_extra[c])
-    ids = [""] * len(var_names) if gene_ids is None else ["" if pd.isna(g) else str(g) for g in gene_ids]
+    ids, filled = fill_gene_ids([str(v) for v in var_names], gene_ids)
+    if filled:
+        notes.append(filled)
     var = pd.DataFrame({VAR_GENE_IDS: ids}, index=pd.Index([str(v) for v in var_names]))
     adata = ad.AnnData(X=to_csr_counts(X), obs=obs, var=var)
     adata.var_names_make_unique()
