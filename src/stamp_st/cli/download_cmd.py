@@ -1,6 +1,8 @@
-"""``stamp-st download``: fetch the public data users start from into the cache folder, once.
+"""``stamp-st download``: fetch the public data users start from into the cache folder, once: her2st from
+almaan/her2st, the STAMP gene vocabulary from Hanminghao/STAMP, HEST-1k samples from MahmoodLab/hest, each
+pinned and every file checked against a checksum recorded in stamp-st.
 
-Sources, each pinned and every file checked against a checksum recorded in stamp-st:
+Sources:
 - her2st: Andersson et al. 2021, from the authors' GitHub repository almaan/her2st at a fixed commit (counts,
   spot files, H&E images, expression-cluster labels and names, pathologist labels), laid out as the her2st
   reader reads it (DEST/her2st). --sections fetches only those sections.
