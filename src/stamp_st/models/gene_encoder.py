@@ -152,9 +152,20 @@ class GeneEncoder(nn.Module):
         ``padding_mask`` (True = padding) is needed only when ``tokens`` already carry mask ids (0), as in
         IGR; otherwise storage padding (0) is detected.
         """
+        tokens, pad = self._inputs(tokens, padding_mask)
+        x, attn_mask = self._embed(tokens, pad)
+        for layer in self.encoder.layers:
+            x = layer(x, attn_mask)
+        return x
+
+    def _inputs(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None):
         ctx = self.config.context
         tokens = tokens[:, :ctx]
         pad = (tokens == STORAGE_PAD_ID) if padding_mask is None else padding_mask[:, :ctx].bool()
+        return tokens, pad
+
+    def _embed(self, tokens: torch.Tensor, pad: torch.Tensor):
+        """(embedded input [N, L, d], key-padding attention mask or None)."""
         ids = tokens.masked_fill(pad, MODEL_PAD_ID)
         L = ids.shape[1]
         x = self.embeddings(ids) + self.positional_embedding.weight[:L]
@@ -163,9 +174,33 @@ class GeneEncoder(nn.Module):
             keep = ~pad
             keep = keep | ~keep.any(dim=1, keepdim=True)  # an all-padding row attends everywhere, not to NaN
             attn_mask = keep[:, None, None, :]
+        return x, attn_mask
+
+    def encode_bucketed(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                        need: torch.Tensor | None = None, buckets: int = 4, multiple: int = 8) -> torch.Tensor:
+        """``encode``, with each row computed only up to ``need[i]`` positions (default: its own length):
+        rows sorted by need, cut into ``buckets`` groups of equal count, each group encoded trimmed to its
+        largest need (rounded up to ``multiple``, for tensor cores), layer by layer across the groups (one
+        FSDP all-gather per layer). Returns [N, L, d] in the input order; positions at or past a row's need
+        (rounded) hold zeros. Exact: a padding key is masked, so a position's output does not depend on how
+        much padding follows (rows must have a non-padding token; all-padding rows attend differently)."""
+        tokens, pad = self._inputs(tokens, padding_mask)
+        N, L = tokens.shape
+        if buckets <= 1 or N <= 1:
+            return self.encode(tokens, pad)
+        need = (~pad).sum(1) if need is None else need.to(tokens.device)
+        need = ((need.clamp(1, L) + multiple - 1) // multiple * multiple).clamp_max(L)
+        order = torch.argsort(need, stable=True)
+        groups = [idx for idx in order.tensor_split(min(buckets, N)) if len(idx)]
+        lens = [int(need[idx].max()) for idx in groups]
+        xs, masks = zip(*(self._embed(tokens[idx, :n], pad[idx, :n]) for idx, n in zip(groups, lens)))
+        xs = list(xs)
         for layer in self.encoder.layers:
-            x = layer(x, attn_mask)
-        return x
+            xs = [layer(x, m) for x, m in zip(xs, masks)]
+        out = torch.cat([F.pad(x, (0, 0, 0, L - n)) for x, n in zip(xs, lens)])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(N, device=order.device)
+        return out[inverse]
 
     def pool(self, tokens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
         """Spot embedding [N, d], with gradients (Stage 2 trains through it).

@@ -1,0 +1,132 @@
+"""Stage-1 length bucketing: tokens/s of a training step (forward + backward, IGR + CGR) on real her2st batches,
+padded to the context (the release), trimmed to the batch's longest spot (one group), and in k length groups
+(``length_buckets``), side by side on the same batches with the same masks; prints the ratios and the largest
+loss difference (exactness).
+
+    python benchmarks/bench_length_buckets.py --corpus DIR [--sections A1,B1,...] [--model small]
+        [--batch-size 8] [--steps 6] [--buckets 1,4] [--json benchmarks/results/length_buckets_cpu.json]
+
+``--corpus`` is a ``genes`` corpus (``stamp-st build-corpus --kind genes``); without it one is built from
+``--sections`` of the data directory's her2st into a temporary folder. Variants run interleaved, batch by batch
+and in rotating order, so that a shared machine's load falls on all of them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _corpus(args, tmp: str) -> Path:
+    if args.corpus:
+        return Path(args.corpus)
+    from stamp_st.corpus.build import BuildConfig, build_corpus
+    from stamp_st.corpus.manifest import her2st_manifest
+    from stamp_st.paths import her2st_dir, vocab_file
+
+    entries = her2st_manifest(her2st_dir(), sections=args.sections.split(","))
+    build_corpus(entries, Path(tmp), BuildConfig(kind="genes", vocab_path=str(vocab_file())), progress=False)
+    return Path(tmp)
+
+
+def main(argv=None) -> int:
+    from torch.utils.data import DataLoader
+
+    from stamp_st.corpus.datasets import GeneGroupDataset, collate_genes
+    from stamp_st.models.gene_encoder import GeneEncoder, GeneEncoderConfig
+    from stamp_st.training.gene_objectives import GenePretrainModel
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", help="a genes corpus folder (default: build one from --sections)")
+    ap.add_argument("--sections", default="A1,B1,C1,D1,E1,F1")
+    ap.add_argument("--model", default="reference", help="gene encoder config (1,500-token context)")
+    ap.add_argument("--layers", type=int, default=1,
+                    help="keep this many of its layers (the cost per layer, hence the ratio, is the model's)")
+    ap.add_argument("--batch-size", type=int, default=2, help="groups of 9 spots per step")
+    ap.add_argument("--steps", type=int, default=6, help="timed batches per variant")
+    ap.add_argument("--buckets", default="4", help="length_buckets values to compare with the baselines")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (per-core figures with 1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = _corpus(args, tmp)
+        ds = GeneGroupDataset(corpus, split=None, seed=args.seed, shuffle=True, buffer_size=1000)
+        loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate_genes, drop_last=True)
+        batches = [b for _, b in zip(range(args.steps + 1), loader)]
+    torch.manual_seed(args.seed)
+    enc_cfg = dataclasses.replace(GeneEncoderConfig.load(args.model), n_layers=args.layers)
+    base = GenePretrainModel(GeneEncoder(enc_cfg), cgr=True, trim=False, length_buckets=1)
+    variants = {"padded_to_context": base}
+    trimmed = copy.deepcopy(base)
+    trimmed.trim = True
+    variants["trimmed_to_batch_max"] = trimmed
+    for k in map(int, args.buckets.split(",")):
+        m = copy.deepcopy(base)
+        m.trim, m.length_buckets = True, k
+        variants[f"buckets_{k}"] = m
+    names = list(variants)
+    secs = dict.fromkeys(names, 0.0)
+    losses = {n: [] for n in names}
+    tokens = spots = 0
+    for step, batch in enumerate(batches):
+        ctx = variants[names[0]].encoder.config.context
+        tok = batch["tokens"][..., :ctx]
+        valid = batch["spot_valid"] & (tok != 0).any(-1)
+        timed = step > 0  # the first batch warms the allocator and kernels
+        if timed:
+            tokens += int((tok != 0)[valid].sum())
+            spots += int(valid.sum())
+        for j in range(len(names)):
+            name = names[(step + j) % len(names)]
+            model = variants[name]
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(1000 + step)  # same masks for every variant
+            t0 = time.perf_counter()
+            out = model(batch)
+            out["loss"].backward()
+            dt = time.perf_counter() - t0
+            if timed:
+                secs[name] += dt
+                losses[name].append(float(out["loss"].detach()))
+    ref = np.array(losses["trimmed_to_batch_max"])
+    rows = []
+    for n in names:
+        rows.append({"variant": n, "sec": round(secs[n], 3), "tokens_per_s": round(tokens / secs[n], 1),
+                     "spots_per_s": round(spots / secs[n], 2),
+                     "speedup_vs_padded": round(secs["padded_to_context"] / secs[n], 3),
+                     "speedup_vs_trimmed": round(secs["trimmed_to_batch_max"] / secs[n], 3),
+                     "max_abs_loss_diff_vs_trimmed": float(np.abs(np.array(losses[n]) - ref).max())})
+    lengths = (batches[1]["tokens"] != 0).sum(-1)[batches[1]["spot_valid"]].numpy() if len(batches) > 1 else []
+    result = {"benchmark": "stage1_length_buckets", "model": args.model, "layers": args.layers, "batch_groups": args.batch_size,
+              "timed_steps": len(batches) - 1, "non_pad_tokens": tokens, "spots": spots,
+              "mean_tokens_per_spot": round(tokens / max(spots, 1), 1), "torch_threads": args.threads,
+              "sections": None if args.corpus else args.sections, "example_batch_lengths": np.sort(lengths).tolist(),
+              "machine": f"{platform.processor() or platform.machine()}, shared and loaded (2 cores, 6 users)",
+              "torch": torch.__version__, "results": rows,
+              "command": "python benchmarks/bench_length_buckets.py " + " ".join(argv or [])}
+    for r in rows:
+        print(f"{r['variant']:<22} {r['tokens_per_s']:>9.1f} tokens/s  {r['spots_per_s']:>7.2f} spots/s  "
+              f"x{r['speedup_vs_padded']:.2f} vs padded  x{r['speedup_vs_trimmed']:.2f} vs trimmed  "
+              f"loss diff {r['max_abs_loss_diff_vs_trimmed']:.1e}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
