@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=6, help="timed batches per variant")
     ap.add_argument("--buckets", default="4", help="length_buckets values to compare with the baselines")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (per-core figures with 1)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 autocast, the GPU path)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
@@ -76,6 +77,15 @@ def main(argv=None) -> int:
         m = copy.deepcopy(base)
         m.trim, m.length_buckets = True, k
         variants[f"buckets_{k}"] = m
+    dev = torch.device(args.device)
+    for m in variants.values():
+        m.to(dev)
+    batches = [{k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
     names = list(variants)
     secs = dict.fromkeys(names, 0.0)
     losses = {n: [] for n in names}
@@ -93,9 +103,12 @@ def main(argv=None) -> int:
             model = variants[name]
             model.zero_grad(set_to_none=True)
             torch.manual_seed(1000 + step)  # same masks for every variant
+            sync()
             t0 = time.perf_counter()
-            out = model(batch)
+            with autocast:
+                out = model(batch)
             out["loss"].backward()
+            sync()
             dt = time.perf_counter() - t0
             if timed:
                 secs[name] += dt
@@ -108,10 +121,11 @@ def main(argv=None) -> int:
                      "speedup_vs_padded": round(secs["padded_to_context"] / secs[n], 3),
                      "speedup_vs_trimmed": round(secs["trimmed_to_batch_max"] / secs[n], 3),
                      "max_abs_loss_diff_vs_trimmed": float(np.abs(np.array(losses[n]) - ref).max())})
-    lengths = (batches[1]["tokens"] != 0).sum(-1)[batches[1]["spot_valid"]].numpy() if len(batches) > 1 else []
+    lengths = ((batches[1]["tokens"] != 0).sum(-1)[batches[1]["spot_valid"]].cpu().numpy() if len(batches) > 1
+               else [])
     result = {"benchmark": "stage1_length_buckets", "model": args.model, "layers": args.layers, "batch_groups": args.batch_size,
               "timed_steps": len(batches) - 1, "non_pad_tokens": tokens, "spots": spots,
-              "mean_tokens_per_spot": round(tokens / max(spots, 1), 1), "torch_threads": args.threads,
+              "mean_tokens_per_spot": round(tokens / max(spots, 1), 1), "torch_threads": args.threads, "device": str(dev),
               "sections": None if args.corpus else args.sections, "example_batch_lengths": np.sort(lengths).tolist(),
               "machine": f"{platform.processor() or platform.machine()}, shared and loaded (2 cores, 6 users)",
               "torch": torch.__version__, "results": rows,

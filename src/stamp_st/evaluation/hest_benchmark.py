@@ -320,6 +320,27 @@ def find_tasks(bench_root: Path) -> list[str]:
     return [t for t in HEST_BENCH_TASKS if t in found] + [t for t in found if t not in HEST_BENCH_TASKS]
 
 
+def bench_samples(bench_root: str | Path, tasks: list[str] | None = None) -> list[tuple[str, str, Path]]:
+    """(task, sample id, patch file) of every sample the tasks' split CSVs name, each once, in CSV order."""
+    import pandas as pd
+
+    bench_root = Path(bench_root)
+    if not bench_root.is_dir():
+        raise DataNotFoundError("HEST-Benchmark root not found", bench_root)
+    out, seen = [], set()
+    for task in tasks or find_tasks(bench_root):
+        for pair in task_folds(bench_root / task):
+            for csv in pair:
+                df = pd.read_csv(csv)
+                if "patches_path" not in df.columns or "sample_id" not in df.columns:
+                    raise StampInputError("split CSV lacks sample_id or patches_path", csv)
+                for sid, pp in zip(df["sample_id"].astype(str), df["patches_path"].astype(str)):
+                    if (task, sid) not in seen:
+                        seen.add((task, sid))
+                        out.append((task, sid, bench_root / task / pp))
+    return out
+
+
 def run_hest_benchmark(bench_root: str | Path, embeddings, tasks: list[str] | None = None,
                        config: HestBenchConfig = HestBenchConfig(), out_dir: str | Path | None = None) -> dict:
     """Run HEST-Benchmark on ``embeddings`` (a :class:`BenchEmbeddings` or its specs) for ``tasks`` (default:
