@@ -181,9 +181,11 @@ class GeneEncoder(nn.Module):
         """``encode``, with each row computed only up to ``need[i]`` positions (default: its own length):
         rows sorted by need, cut into ``buckets`` groups of equal count, each group encoded trimmed to its
         largest need (rounded up to ``multiple``, for tensor cores), layer by layer across the groups (one
-        FSDP all-gather per layer). Returns [N, L, d] in the input order; positions at or past a row's need
-        (rounded) hold zeros. Exact: a padding key is masked, so a position's output does not depend on how
-        much padding follows (rows must have a non-padding token; all-padding rows attend differently)."""
+        FSDP all-gather per layer); one group trimmed to the largest need where groups would save under 10%
+        of its positions (e.g. full-length spots). Returns [N, L, d] in the input order; positions at or past
+        a row's need (rounded) may hold zeros. Exact: a padding key is masked, so a position's output does not
+        depend on how much padding follows (rows need a non-padding token; all-padding rows attend otherwise).
+        """
         tokens, pad = self._inputs(tokens, padding_mask)
         N, L = tokens.shape
         if buckets <= 1 or N <= 1:
@@ -193,6 +195,8 @@ class GeneEncoder(nn.Module):
         order = torch.argsort(need, stable=True)
         groups = [idx for idx in order.tensor_split(min(buckets, N)) if len(idx)]
         lens = [int(need[idx].max()) for idx in groups]
+        if sum(len(g) * n for g, n in zip(groups, lens)) > 0.9 * N * max(lens):  # < 10% saved: one group
+            groups, lens = [order], [max(lens)]
         xs, masks = zip(*(self._embed(tokens[idx, :n], pad[idx, :n]) for idx, n in zip(groups, lens)))
         xs = list(xs)
         for layer in self.encoder.layers:
