@@ -327,3 +327,24 @@ def test_cli_embeds_the_patches_with_a_model_and_resumes(tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in emb.iterdir()} == stamp  # reused, not re-embedded
     assert main(cmd[:4] + ["backbone:other"] + cmd[5:]) == 2  # another model's embeddings are not mixed in
     assert "another model" in capsys.readouterr().err
+
+
+def test_write_bench_task_round_trip(bench, tmp_path):
+    """A task written by write_bench_task from the same data reads back to the same numbers."""
+    import anndata as ad
+    import h5py
+
+    samples = {}
+    for s in N_SPOTS:
+        with h5py.File(bench["task"] / "patches" / f"{s}.h5") as f:
+            imgs, bc = f["img"][:], f["barcode"][:, 0].astype(str)
+        samples[s] = (ad.read_h5ad(bench["task"] / "adata" / f"{s}.h5ad"), imgs, bc)
+    genes = json.loads((bench["task"] / "var_50genes.json").read_text())["genes"]
+    from stamp_st.evaluation.hest_benchmark import write_bench_task
+
+    write_bench_task(tmp_path / "bench" / "IDC", samples, SPLITS)
+    written = json.loads((tmp_path / "bench" / "IDC" / "var_50genes.json").read_text())["genes"]
+    assert written == genes  # the same top-50 log1p-variance choice as the fixture's
+    a = run_hest_benchmark(bench["root"], [bench["emb_dir"]])
+    b = run_hest_benchmark(tmp_path / "bench", [bench["emb_dir"]])
+    assert b["average"] == a["average"]

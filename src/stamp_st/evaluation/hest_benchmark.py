@@ -28,7 +28,8 @@ Per fold, as ``hest/bench/benchmark.py`` + ``trainer.py`` do it (github:mahmoodl
   benchmark's average is the mean of the tasks' ``pearson_mean``.
 
 The numbers depend on scikit-learn's version as HEST's do (PCA's randomised solver on large inputs).
-API for pipelines: ``run_hest_benchmark(bench_root, BenchEmbeddings([...]), tasks=None)`` -> a dict.
+API for pipelines: ``run_hest_benchmark(bench_root, BenchEmbeddings([...]), tasks=None)`` -> a dict;
+``write_bench_task`` writes a task in this layout from our own data (a smoke test of the whole chain).
 """
 
 from __future__ import annotations
@@ -339,6 +340,42 @@ def bench_samples(bench_root: str | Path, tasks: list[str] | None = None) -> lis
                         seen.add((task, sid))
                         out.append((task, sid, bench_root / task / pp))
     return out
+
+
+def write_bench_task(task_dir: str | Path, samples: dict, folds: list[tuple[list[str], list[str]]],
+                     genes: list[str] | None = None, n_genes: int = 50) -> Path:
+    """Write one task in HEST-Benchmark's layout from our own data (e.g. a smoke test of the whole chain):
+    ``samples`` maps sample id -> (AnnData of raw counts, uint8 patches [n, H, W, 3], barcodes [n]);
+    ``folds`` lists (train ids, test ids); ``genes`` default to the ``n_genes`` of highest log1p variance over
+    all spots (HEST's lists are its own choice: for the real tasks use theirs)."""
+    import h5py
+    import pandas as pd
+    import scipy.sparse as sp
+
+    task_dir = Path(task_dir)
+    for sub in ("splits", "adata", "patches"):
+        (task_dir / sub).mkdir(parents=True, exist_ok=True)
+    expr = []
+    for sid, (adata, imgs, barcodes) in samples.items():
+        barcodes = np.asarray(barcodes).astype(str)
+        if len(imgs) != len(barcodes):
+            raise StampInputError(f"sample {sid}: {len(imgs)} patches but {len(barcodes)} barcodes")
+        adata.write_h5ad(task_dir / "adata" / f"{sid}.h5ad")
+        with h5py.File(task_dir / "patches" / f"{sid}.h5", "w") as f:
+            f.create_dataset("img", data=np.asarray(imgs, np.uint8))
+            f.create_dataset("barcode", data=barcodes.astype("S").reshape(-1, 1))
+        x = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+        expr.append(pd.DataFrame(np.log1p(x.astype(np.float64)), columns=adata.var_names.astype(str)))
+    if genes is None:
+        var = pd.concat(expr, join="inner").var(axis=0, ddof=0)
+        genes = var.sort_values(ascending=False, kind="stable").index[:n_genes].tolist()
+    (task_dir / GENE_LIST_DEFAULT).write_text(json.dumps({"genes": list(genes)}))
+    for i, (train, test) in enumerate(folds):
+        for name, ids in (("train", train), ("test", test)):
+            pd.DataFrame({"sample_id": ids, "patches_path": [f"patches/{s}.h5" for s in ids],
+                          "expr_path": [f"adata/{s}.h5ad" for s in ids]}).to_csv(
+                task_dir / "splits" / f"{name}_{i}.csv", index=False)
+    return task_dir
 
 
 def run_hest_benchmark(bench_root: str | Path, embeddings, tasks: list[str] | None = None,
