@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import itertools
 import json
 import platform
 import tempfile
@@ -37,6 +38,32 @@ def _corpus(args, tmp: str) -> Path:
     entries = her2st_manifest(her2st_dir(), sections=args.sections.split(","))
     build_corpus(entries, Path(tmp), BuildConfig(kind="genes", vocab_path=str(vocab_file())), progress=False)
     return Path(tmp)
+
+
+def step_flops(tokens: torch.Tensor, valid: torch.Tensor, cfg, buckets: int, trim: bool = True,
+               cgr: bool = True) -> float:
+    """Forward FLOPs of the encoder layers for one Stage-1 batch (IGR + CGR needs), per ``encode_bucketed``'s
+    grouping: per layer and spot of length L, 2 L (4 d^2 + 2 d d_ff) in the linear layers + 4 L^2 d in
+    attention. Machine-independent: what bucketing saves on any device whose kernels scale with the work."""
+    d, f, ctx = cfg.d_model, cfg.d_ff, cfg.context
+    tok = tokens[..., :ctx]
+    pad = tok == 0
+    valid = valid & ~pad.all(-1)
+    lens = (~pad).sum(-1)
+    L = int(lens.max()) if trim else ctx
+    need = lens.clone()
+    if cgr:
+        need[:, 1:] = torch.maximum(lens[:, 1:], lens[:, :1])
+    need = need[valid]
+    if buckets <= 1:
+        groups = [(len(need), L)]
+    else:
+        from stamp_st.models.gene_encoder import length_groups
+
+        need = torch.sort(((need + 7) // 8 * 8).clamp_max(L)).values.numpy()
+        bounds = length_groups(need, buckets, 2.0 * (4 * d * d + 2 * d * f), 4.0 * d)
+        groups = [(b - a, int(need[b - 1])) for a, b in bounds]
+    return float(cfg.n_layers * sum(n * (2 * m * (4 * d * d + 2 * d * f) + 4 * m * m * d) for n, m in groups))
 
 
 def main(argv=None) -> int:
@@ -64,16 +91,35 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = _corpus(args, tmp)
-        ds = GeneGroupDataset(corpus, split=None, seed=args.seed, shuffle=True, buffer_size=1000)
-        loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate_genes, drop_last=True)
-        batches = [b for _, b in zip(range(args.steps + 1), loader)]
-        per_slide: dict[str, list[int]] = {}
-        for item in GeneGroupDataset(corpus, split=None, shuffle=False):
-            n = (item["tokens"] != 0).sum(-1)[item["spot_valid"]].tolist()
-            per_slide.setdefault(item["slide_id"], []).extend(n)
-    ctx_len = GeneEncoderConfig.load(args.model).context
+    tmpdir = tempfile.TemporaryDirectory()  # a corpus built here lives until the end
+    tmp = tmpdir.name
+    corpus = _corpus(args, tmp)
+    ds = GeneGroupDataset(corpus, split=None, seed=args.seed, shuffle=True, buffer_size=1000)
+    loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate_genes, drop_last=True)
+    batches = [b for _, b in zip(range(args.steps + 1), loader)]
+    per_slide: dict[str, list[int]] = {}
+    for item in GeneGroupDataset(corpus, split=None, shuffle=False):
+        n = (item["tokens"] != 0).sum(-1)[item["spot_valid"]].tolist()
+        per_slide.setdefault(item["slide_id"], []).extend(n)
+    full_cfg = GeneEncoderConfig.load(args.model)
+    ctx_len = full_cfg.context
+    flops = {}
+    for bs, cgr in itertools.product(sorted({args.batch_size, 16}), (False, True)):
+        tot = {"padded": 0.0, "trimmed": 0.0, **{f"buckets_{k}": 0.0 for k in map(int, args.buckets.split(","))}}
+        n_batches = 0
+        for epoch in range(3):
+            ds.set_epoch(epoch)
+            for b in DataLoader(ds, batch_size=bs, collate_fn=collate_genes, drop_last=True):
+                n_batches += 1
+                tot["padded"] += step_flops(b["tokens"], b["spot_valid"], full_cfg, 1, trim=False, cgr=cgr)
+                tot["trimmed"] += step_flops(b["tokens"], b["spot_valid"], full_cfg, 1, cgr=cgr)
+                for k in map(int, args.buckets.split(",")):
+                    tot[f"buckets_{k}"] += step_flops(b["tokens"], b["spot_valid"], full_cfg, k, cgr=cgr)
+        flops[f"batch_{bs}_groups_{'igr_cgr' if cgr else 'igr_only'}"] = {"batches": n_batches, "encoder_tflops": {k: round(v / 1e12, 2)
+                                                                                for k, v in tot.items()},
+                                       "saving_vs_trimmed": {k: round(tot["trimmed"] / v, 3) for k, v in tot.items()}}
+    print(json.dumps(flops, indent=1), flush=True)
+    tmpdir.cleanup()
     lengths_by_slide = {k: {"spots": len(v), "median_tokens": float(np.median(v)),
                             "share_at_context": round(float(np.mean(np.asarray(v) >= ctx_len)), 3)}
                         for k, v in sorted(per_slide.items())}
@@ -144,7 +190,7 @@ def main(argv=None) -> int:
               "timed_steps": len(batches) - 1, "non_pad_tokens": tokens, "spots": spots,
               "mean_tokens_per_spot": round(tokens / max(spots, 1), 1), "torch_threads": args.threads, "device": str(dev),
               "sections": None if args.corpus else args.sections, "example_batch_lengths": np.sort(lengths).tolist(),
-              "corpus_lengths_by_slide": lengths_by_slide,
+              "corpus_lengths_by_slide": lengths_by_slide, "flop_model_reference_config": flops,
               "machine": f"{platform.processor() or platform.machine()}, shared and loaded (2 cores, 6 users)",
               "torch": torch.__version__, "results": rows,
               "command": "python benchmarks/bench_length_buckets.py " + " ".join(argv or [])}

@@ -90,3 +90,30 @@ def test_cgr_neighbours_are_computed_up_to_the_centre_length():
     got, _ = _run(model, batch)
     torch.testing.assert_close(got["igr_loss"], ref["igr_loss"], rtol=1e-5, atol=1e-6)
     assert abs(got["cgr_loss"].item() - ref["cgr_loss"].item()) > 1e-3
+
+
+def test_length_groups_is_the_least_cost_cut():
+    """The grouping is the cheapest cut into at most k contiguous groups (checked against every cut), and one
+    group where splitting saves little."""
+    import itertools
+
+    import numpy as np
+
+    from stamp_st.models.gene_encoder import length_groups
+
+    def cost(need, bounds):
+        return sum((b - a) * (3.0 * need[b - 1] + 0.01 * need[b - 1] ** 2) for a, b in bounds)
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        need = np.sort(rng.choice([8, 16, 24, 40, 64, 128, 1500], int(rng.integers(1, 11))))
+        k = int(rng.integers(1, 5))
+        got = length_groups(need, k, 3.0, 0.01, min_saving=0.0)
+        n = len(need)
+        assert got[0][0] == 0 and got[-1][1] == n and len(got) <= k
+        assert all(got[i][1] == got[i + 1][0] for i in range(len(got) - 1))
+        best = min(cost(need, list(zip((0,) + c, c + (n,))))
+                   for g in range(1, k + 1) for c in itertools.combinations(range(1, n), g - 1))
+        assert cost(need, got) == pytest.approx(best)
+    assert length_groups(np.full(20, 1500), 4, 3.0, 0.01) == [(0, 20)]
+    assert length_groups(np.array([100] * 3 + [1500] * 20), 4, 3.0, 0.01) == [(0, 3), (3, 23)]
