@@ -118,6 +118,16 @@ def main(argv=None) -> int:
         flops[f"batch_{bs}_groups_{'igr_cgr' if cgr else 'igr_only'}"] = {"batches": n_batches, "encoder_tflops": {k: round(v / 1e12, 2)
                                                                                 for k, v in tot.items()},
                                        "saving_vs_trimmed": {k: round(tot["trimmed"] / v, 3) for k, v in tot.items()}}
+    for sid in sorted(per_slide):  # one slide's own length mix (batch 16 groups, or the slide when smaller)
+        one = GeneGroupDataset(corpus, split=None, shuffle=False, slides=[sid])
+        row = {}
+        for cgr in (False, True):
+            tot = {"trimmed": 0.0, "buckets_4": 0.0}
+            for b in DataLoader(one, batch_size=16, collate_fn=collate_genes):
+                tot["trimmed"] += step_flops(b["tokens"], b["spot_valid"], full_cfg, 1, cgr=cgr)
+                tot["buckets_4"] += step_flops(b["tokens"], b["spot_valid"], full_cfg, 4, cgr=cgr)
+            row["igr_cgr" if cgr else "igr_only"] = round(tot["trimmed"] / tot["buckets_4"], 3)
+        flops.setdefault("per_slide_batch_16_saving_buckets_4", {})[sid] = row
     print(json.dumps(flops, indent=1), flush=True)
     tmpdir.cleanup()
     lengths_by_slide = {k: {"spots": len(v), "median_tokens": float(np.median(v)),
