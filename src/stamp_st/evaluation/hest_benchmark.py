@@ -27,7 +27,8 @@ Per fold, as ``hest/bench/benchmark.py`` + ``trainer.py`` do it (github:mahmoodl
   gene's mean/std and ``pearson_mean`` / ``pearson_std`` = mean / population std of the fold means; a
   benchmark's average is the mean of the tasks' ``pearson_mean``.
 
-The numbers depend on scikit-learn's version as HEST's do (PCA's randomised solver on large inputs).
+The numbers depend on scikit-learn's version as HEST's do (PCA's randomised solver on large inputs). Only
+HEST's ridge read-out (its published table) is implemented, not its random-forest (cuML) or XGBoost ones.
 API for pipelines: ``run_hest_benchmark(bench_root, BenchEmbeddings([...]), tasks=None)`` -> a dict;
 ``write_bench_task`` writes a task in this layout from our own data (a smoke test of the whole chain).
 """
