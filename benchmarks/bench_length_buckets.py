@@ -103,6 +103,9 @@ def main(argv=None) -> int:
         per_slide.setdefault(item["slide_id"], []).extend(n)
     full_cfg = GeneEncoderConfig.load(args.model)
     ctx_len = full_cfg.context
+    lengths_by_slide = {k: {"spots": len(v), "median_tokens": float(np.median(v)),
+                            "share_at_context": round(float(np.mean(np.asarray(v) >= ctx_len)), 3)}
+                        for k, v in sorted(per_slide.items())}
     flops = {}
     for bs, cgr in itertools.product(sorted({args.batch_size, 16}), (False, True)):
         tot = {"padded": 0.0, "trimmed": 0.0, **{f"buckets_{k}": 0.0 for k in map(int, args.buckets.split(","))}}
@@ -130,9 +133,13 @@ def main(argv=None) -> int:
         flops.setdefault("per_slide_batch_16_saving_buckets_4", {})[sid] = row
     print(json.dumps(flops, indent=1), flush=True)
     tmpdir.cleanup()
-    lengths_by_slide = {k: {"spots": len(v), "median_tokens": float(np.median(v)),
-                            "share_at_context": round(float(np.mean(np.asarray(v) >= ctx_len)), 3)}
-                        for k, v in sorted(per_slide.items())}
+    meta = {"benchmark": "stage1_length_buckets", "model": args.model, "layers": args.layers,
+            "batch_groups": args.batch_size, "corpus_lengths_by_slide": lengths_by_slide,
+            "flop_model_reference_config": flops,
+            "command": "python benchmarks/bench_length_buckets.py " + " ".join(argv or [])}
+    if args.json:  # the machine-independent part first: a loaded machine may never finish the timing
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({**meta, "results": "timing not finished"}, indent=2) + "\n")
     torch.manual_seed(args.seed)
     enc_cfg = dataclasses.replace(GeneEncoderConfig.load(args.model), n_layers=args.layers)
     base = GenePretrainModel(GeneEncoder(enc_cfg), cgr=True, trim=False, length_buckets=1)
@@ -194,16 +201,14 @@ def main(argv=None) -> int:
                      "max_abs_loss_diff_vs_trimmed": float(np.abs(np.array(losses[n]) - ref).max())})
         if "padded_to_context" in basis:
             rows[-1]["speedup_vs_padded"] = round(basis["padded_to_context"] / basis[n], 3)
-    lengths = ((batches[1]["tokens"] != 0).sum(-1)[batches[1]["spot_valid"]].cpu().numpy() if len(batches) > 1
-               else [])
-    result = {"benchmark": "stage1_length_buckets", "model": args.model, "layers": args.layers, "batch_groups": args.batch_size,
-              "timed_steps": len(batches) - 1, "non_pad_tokens": tokens, "spots": spots,
-              "mean_tokens_per_spot": round(tokens / max(spots, 1), 1), "torch_threads": args.threads, "device": str(dev),
-              "sections": None if args.corpus else args.sections, "example_batch_lengths": np.sort(lengths).tolist(),
-              "corpus_lengths_by_slide": lengths_by_slide, "flop_model_reference_config": flops,
+    lengths = (torch.cat([(b["tokens"] != 0).sum(-1)[b["spot_valid"]].cpu() for b in batches[1:]]).numpy()
+               if len(batches) > 1 else np.zeros(0))
+    result = {**meta, "timed_steps": len(batches) - 1, "non_pad_tokens": tokens, "spots": spots,
+              "mean_tokens_per_spot": round(tokens / max(spots, 1), 1), "torch_threads": args.threads,
+              "device": str(dev), "sections": None if args.corpus else args.sections,
+              "timed_batch_lengths": np.sort(lengths).tolist(),
               "machine": f"{platform.processor() or platform.machine()}, shared and loaded (2 cores, 6 users)",
-              "torch": torch.__version__, "results": rows,
-              "command": "python benchmarks/bench_length_buckets.py " + " ".join(argv or [])}
+              "torch": torch.__version__, "results": rows}
     for r in rows:
         print(f"{r['variant']:<22} {r['tokens_per_cpu_s']:>9.1f} tokens/CPU-s  {r['spots_per_cpu_s']:>7.2f} spots/CPU-s  "
               f"x{r['speedup_vs_trimmed']:.2f} vs trimmed  "
