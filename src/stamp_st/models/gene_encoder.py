@@ -68,6 +68,45 @@ class GeneEncoderConfig:
         return cls.from_json(d, source)
 
 
+def length_groups(sorted_need, max_groups: int, linear_cost: float, attention_cost: float,
+                  min_saving: float = 0.1) -> list[tuple[int, int]]:
+    """Cut rows sorted by length into at most ``max_groups`` contiguous groups, each computed at its longest
+    length, so that the layers' cost, sum over groups of n * (linear_cost * L + attention_cost * L^2), is
+    least (dynamic programming over the distinct lengths); one group where the best cut saves under
+    ``min_saving`` of one group's cost (e.g. every spot full length: splitting only adds launches)."""
+    import numpy as np
+
+    need = np.asarray(sorted_need, dtype=np.float64)
+    n = len(need)
+    if n == 0:
+        return []
+    vals, ends = np.unique(need, return_index=False, return_counts=True)
+    ends = np.cumsum(ends)  # rows up to and including each distinct length
+    starts = np.concatenate([[0], ends[:-1]])
+    per_row = linear_cost * vals + attention_cost * vals**2  # cost of a row computed at each length
+    u = len(vals)
+    # seg[i, j]: rows of distinct lengths i..j computed at vals[j]
+    seg = np.where(np.arange(u)[:, None] <= np.arange(u)[None, :],
+                   (ends[None, :] - starts[:, None]) * per_row[None, :], np.inf)
+    dp, args = [seg[0]], [None]  # dp[g-1][j]: least cost of lengths 0..j in g groups
+    for _ in range(1, min(max_groups, u)):
+        prev = np.concatenate([[np.inf], dp[-1][:-1]])  # groups before one that starts at distinct length i
+        total = prev[:, None] + seg  # [start i, end j]
+        arg = total.argmin(axis=0)
+        dp.append(total[arg, np.arange(u)])
+        args.append(arg)
+    g = int(np.argmin([d[-1] for d in dp]))
+    if dp[g][-1] > (1.0 - min_saving) * n * per_row[-1]:
+        return [(0, n)]
+    bounds, j = [], u - 1
+    for level in range(g, 0, -1):
+        i = int(args[level][j])
+        bounds.append((int(starts[i]), int(ends[j])))
+        j = i - 1
+    bounds.append((0, int(ends[j])))
+    return bounds[::-1]
+
+
 class GeneEncoderLayer(nn.Module):
     """Post-norm encoder layer, ReLU, no dropout; the names of ``nn.TransformerEncoderLayer`` so that its
     weights load, attention through ``F.scaled_dot_product_attention``."""
@@ -152,9 +191,20 @@ class GeneEncoder(nn.Module):
         ``padding_mask`` (True = padding) is needed only when ``tokens`` already carry mask ids (0), as in
         IGR; otherwise storage padding (0) is detected.
         """
+        tokens, pad = self._inputs(tokens, padding_mask)
+        x, attn_mask = self._embed(tokens, pad)
+        for layer in self.encoder.layers:
+            x = layer(x, attn_mask)
+        return x
+
+    def _inputs(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None):
         ctx = self.config.context
         tokens = tokens[:, :ctx]
         pad = (tokens == STORAGE_PAD_ID) if padding_mask is None else padding_mask[:, :ctx].bool()
+        return tokens, pad
+
+    def _embed(self, tokens: torch.Tensor, pad: torch.Tensor):
+        """(embedded input [N, L, d], key-padding attention mask or None)."""
         ids = tokens.masked_fill(pad, MODEL_PAD_ID)
         L = ids.shape[1]
         x = self.embeddings(ids) + self.positional_embedding.weight[:L]
@@ -163,9 +213,38 @@ class GeneEncoder(nn.Module):
             keep = ~pad
             keep = keep | ~keep.any(dim=1, keepdim=True)  # an all-padding row attends everywhere, not to NaN
             attn_mask = keep[:, None, None, :]
+        return x, attn_mask
+
+    def encode_bucketed(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                        need: torch.Tensor | None = None, buckets: int = 4, multiple: int = 8) -> torch.Tensor:
+        """``encode``, with each row computed only up to ``need[i]`` positions (default: its own length):
+        rows sorted by need (rounded up to ``multiple``, for tensor cores) and cut into at most ``buckets``
+        groups by :func:`length_groups`, each group encoded trimmed to its largest need, layer by layer across
+        the groups (one FSDP all-gather per layer). Returns [N, L, d] in the input order; positions at or past
+        a row's need (rounded) may hold zeros. Exact: a padding key is masked, so a position's output does not
+        depend on how much padding follows (rows need a non-padding token; all-padding rows attend otherwise).
+        """
+        tokens, pad = self._inputs(tokens, padding_mask)
+        N, L = tokens.shape
+        if buckets <= 1 or N <= 1:
+            return self.encode(tokens, pad)
+        need = (~pad).sum(1) if need is None else need.to(tokens.device)
+        need = ((need.clamp(1, L) + multiple - 1) // multiple * multiple).clamp_max(L)
+        order = torch.argsort(need, stable=True)
+        sorted_need = need[order].cpu().numpy()
+        cfg = self.config
+        bounds = length_groups(sorted_need, buckets, 2.0 * (4 * cfg.d_model**2 + 2 * cfg.d_model * cfg.d_ff),
+                               4.0 * cfg.d_model)
+        groups = [order[a:b] for a, b in bounds]
+        lens = [int(sorted_need[b - 1]) for a, b in bounds]
+        xs, masks = zip(*(self._embed(tokens[idx, :n], pad[idx, :n]) for idx, n in zip(groups, lens)))
+        xs = list(xs)
         for layer in self.encoder.layers:
-            x = layer(x, attn_mask)
-        return x
+            xs = [layer(x, m) for x, m in zip(xs, masks)]
+        out = torch.cat([F.pad(x, (0, 0, 0, L - n)) for x, n in zip(xs, lens)])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(N, device=order.device)
+        return out[inverse]
 
     def pool(self, tokens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
         """Spot embedding [N, d], with gradients (Stage 2 trains through it).

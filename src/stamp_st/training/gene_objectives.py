@@ -38,18 +38,25 @@ class GenePretrainModel(nn.Module):
     spot is encoded once (IGR-corrupted); CGR averages the valid neighbours' last hidden states position by
     position and predicts the centre's (uncorrupted) tokens at its non-padding positions.
     ``logits="full"`` computes the heads at every position first, as the release does (benchmark baseline).
+
+    ``length_buckets`` > 1: the batch's spots are encoded in that many groups of similar length, each trimmed
+    (``GeneEncoder.encode_bucketed``), instead of all at the longest spot's length: the same batches, masks
+    and losses (a padding key is masked out), less attention spent on padding. A spot is computed up to its
+    own length, a CGR neighbour up to its centre's length too (CGR averages the neighbours' hidden states at
+    every position of the centre, their padding positions included, as the release does).
     """
 
     checkpoint_prefix = "encoder."
 
     def __init__(self, encoder: GeneEncoder, mask_prob: float = 0.15, cgr: bool = True, logits: str = "gathered",
-                 trim: bool = True, phases: list[dict] | None = None):
+                 trim: bool = True, phases: list[dict] | None = None, length_buckets: int = 4):
         super().__init__()
         self.encoder = encoder
         self.mask_prob = mask_prob
         self.cgr = cgr
         self.logits = logits
         self.trim = trim
+        self.length_buckets = int(length_buckets)
         self.phases = phases  # e.g. [{"epochs": 1, "cgr": False}, {"epochs": 1, "cgr": True}]
         self.ddp_find_unused_parameters = True  # the CGR head is idle in the IGR-only phase
         if (cgr or any(p.get("cgr") for p in phases or [])) and encoder.cgr_head is None:
@@ -82,7 +89,14 @@ class GenePretrainModel(nn.Module):
         L = tokens.shape[-1]
         flat_tok, flat_pad = tokens[valid], pad[valid]  # [N, L]
         corrupted, sel = mask_tokens(flat_tok, flat_pad, enc.config.n_tokens, self.mask_prob)
-        hidden = enc.encode(corrupted, flat_pad)  # [N, L, d]
+        if self.length_buckets > 1:
+            lens = (~pad).sum(-1)  # [B, G]
+            need = lens.clone()
+            if self.cgr and G > 1:
+                need[:, 1:] = torch.maximum(lens[:, 1:], lens[:, :1])
+            hidden = enc.encode_bucketed(corrupted, flat_pad, need[valid], self.length_buckets)
+        else:
+            hidden = enc.encode(corrupted, flat_pad)  # [N, L, d]
 
         out = {}
         head = enc.classifier_head

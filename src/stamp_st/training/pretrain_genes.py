@@ -34,6 +34,9 @@ class PretrainConfig:
     shuffle_buffer: int = 1000
     val_batch_size: int | None = None
     val_max_batches: int = 50
+    # encode each micro-batch's spots in this many groups of similar length, each trimmed (exact: the same
+    # losses as one batch padded to the longest spot; GenePretrainModel); 1 = one group
+    length_buckets: int = 4
     trainer: dict = field(default_factory=dict)
 
     @classmethod
@@ -49,6 +52,9 @@ class PretrainConfig:
         cfg = config_from_dict(cls, d, source, "pretraining setting", ignore=("description",))
         if cfg.phases is not None:
             cfg.phases = validate_phases(cfg.phases)
+        if not isinstance(cfg.length_buckets, int) or isinstance(cfg.length_buckets, bool) or cfg.length_buckets < 1:
+            raise StampInputError(f"length_buckets must be a whole number >= 1, not {cfg.length_buckets!r}", source,
+                                  hint="1 encodes each batch as one group; 4 is the default")
         TrainerConfig.from_dict({k: v for k, v in cfg.trainer.items()}, source)  # validate early
         return cfg
 
@@ -183,7 +189,8 @@ def run_pretrain(corpus: str | Path, config: PretrainConfig, out: str | Path, re
     np.random.seed(tcfg.seed)
     encoder = GeneEncoder(enc_cfg)
     first_cgr = True if not config.phases else bool(config.phases[0].get("cgr", True))
-    model = GenePretrainModel(encoder, mask_prob=config.mask_prob, cgr=first_cgr, phases=config.phases)
+    model = GenePretrainModel(encoder, mask_prob=config.mask_prob, cgr=first_cgr, phases=config.phases,
+                              length_buckets=config.length_buckets)
     tokenizer = {**manifest.get("tokenizer", {}), "vocab_checksum": vocab.checksum,
                  "divisors_checksum": vocab.divisors_checksum(bool(manifest.get("tokenizer", {}).get("rounded_means",
                                                                                                      True)))}
