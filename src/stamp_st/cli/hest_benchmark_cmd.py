@@ -3,7 +3,10 @@ as HEST's own benchmark code runs it, on embedding files of its tasks' patches."
 
 from __future__ import annotations
 
-import argparse
+EXAMPLES = """
+stamp-st hest-benchmark --bench-root bench_data --model backbone:uni_v1 --backbone-weights uni.bin --out bench
+stamp-st hest-benchmark --bench-root bench_data --embeddings embeddings/ --tasks IDC PRAD --json
+"""
 
 
 def register(subparsers) -> None:
@@ -11,8 +14,7 @@ def register(subparsers) -> None:
 
     d = HestBenchConfig()
     p = subparsers.add_parser(
-        "hest-benchmark", help="HEST-Benchmark gene-expression prediction on its tasks (HEST's protocol)",
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "hest-benchmark", help="HEST-Benchmark gene-expression prediction on its tasks (HEST's protocol)")
     p.add_argument("--bench-root", required=True, metavar="DIR",
                    help="HEST-Benchmark data (bench_data: one folder per task with splits/, adata/, patches/, "
                         "var_50genes.json)")
