@@ -7,8 +7,10 @@ import sys
 
 
 def register(subparsers) -> None:
+    from ..config_types import BATCH_SIZE, FRACTION, PATCH_UM
     from ..models.registry import backbone_names
     from .inspect_cmd import add_sample_arguments
+    from .options import device_type, ranged_type
 
     p = subparsers.add_parser("embed", help="embed a sample's spots (or a whole slide's tiles)",
                               description=__doc__.splitlines()[0])
@@ -18,15 +20,15 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output .h5ad (per-spot obsm keys) or .h5 (TRIDENT-style)")
     p.add_argument("--backbone-weights", default=None, help="local weight file for backbone:NAME (wins "
                    "over the hub)")
-    p.add_argument("--patch-um", type=float, default=112.0, help="patch side in µm for backbone:NAME")
+    p.add_argument("--patch-um", type=ranged_type(float, PATCH_UM), default=112.0, help="patch side in µm for backbone:NAME")
     p.add_argument("--tiles", action="store_true", help="embed tissue tiles of the whole slide instead of spots "
                    "(SAMPLE: a slide file, a HEST root with --section, or any sample with an image); writes "
                    "TRIDENT's .h5 layout")
-    p.add_argument("--min-tissue-fraction", type=float, default=0.5,
+    p.add_argument("--min-tissue-fraction", type=ranged_type(float, FRACTION), default=0.5,
                    help="with --tiles: keep tiles at least this fraction tissue (default 0.5)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=ranged_type(int, BATCH_SIZE), default=32, help="spots per batch")
     p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", type=device_type, default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="image pass: auto = bf16 autocast on CUDA except for released-mode models (fp32)")
     from .options import add_pipeline_options

@@ -7,7 +7,9 @@ import argparse
 
 
 def register(subparsers) -> None:
+    from ..config_types import SEED, Range
     from ..evaluation.registry import EVAL_TASKS
+    from .options import ranged_type
 
     p = subparsers.add_parser(
         "evaluate", help="evaluate embeddings (probe, clustering, expression, retrieval, MIL) with intervals",
@@ -29,9 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--slide-labels", metavar="CSV", help="CSV with columns slide_id,label for the mil task")
     p.add_argument("--test-slides", nargs="+", metavar="SLIDE",
                    help="a given split: these slides are the test set (default: leave-one-slide-out)")
-    p.add_argument("--impute-k", type=int, default=50, help="top-k reference spots for retrieval imputation")
+    p.add_argument("--impute-k", type=ranged_type(int, Range(1, 10**6, integer=True)), default=50, help="top-k reference spots for retrieval imputation")
     p.add_argument("--projection", choices=("umap", "pca"), default="umap", help="2-D projection in figures")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=ranged_type(int, SEED), default=0, help="seed of every random choice")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for results.json, report.html")
     p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
     p.set_defaults(func=run)

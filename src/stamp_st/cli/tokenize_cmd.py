@@ -11,13 +11,15 @@ from .inspect_cmd import add_sample_arguments
 
 
 def register(subparsers) -> None:
+    from ..config_types import CONTEXT
     from ..preprocessing.tokenizer import DEFAULT_CONTEXT
+    from .options import ranged_type
 
     p = subparsers.add_parser("tokenize", help="write a sample's rank-ordered gene tokens to an .npz",
                               description=__doc__.splitlines()[0])
     add_sample_arguments(p)
     p.add_argument("--out", required=True, help="output .npz (written atomically)")
-    p.add_argument("--context", type=int, default=DEFAULT_CONTEXT, help="tokens per spot (default %(default)s)")
+    p.add_argument("--context", type=ranged_type(int, CONTEXT), default=DEFAULT_CONTEXT, help="tokens per spot (default %(default)s)")
     p.add_argument("--unrounded-means", action="store_true",
                    help="divide by the real per-gene means instead of the release's rounded integers")
     p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
@@ -70,8 +72,6 @@ def run(args) -> int:
     from ..io_utils import atomic_path
     from .inspect_cmd import load_vocab, read_sample_from_args
 
-    if args.context < 1:
-        raise StampInputError(f"--context must be a positive number of tokens, got {args.context}")
     adata = read_sample_from_args(args)
     vocab = load_vocab(args.vocab)
     if args.pipeline == "released" and args.unrounded_means:

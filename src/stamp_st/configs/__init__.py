@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import StampInputError
@@ -23,10 +22,9 @@ def load_config_json(kind: str, name_or_path: str | Path) -> tuple[dict, str]:
     if not path.is_file():
         raise StampInputError(f"no {kind.replace('_', ' ')} config named {str(name_or_path)!r}", path,
                               hint=f"use one of {', '.join(names)} or a JSON file path")
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise StampInputError(f"invalid JSON ({err})", path) from err
+    from ..io_utils import read_json
+
+    d = read_json(path, f"{kind.replace('_', ' ')} config")
     if not isinstance(d, dict):
         raise StampInputError(f"the config must be a JSON object, got {type(d).__name__}", path,
                               hint='write it as {"name": value, ...}')

@@ -27,7 +27,16 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ..config_types import config_from_dict
+from ..config_types import (
+    CONTEXT,
+    IMAGE_PX,
+    MAGNIFICATION,
+    PATCH_UM,
+    SEED,
+    check_ranges,
+    config_from_dict,
+    ranged,
+)
 from ..errors import StampInputError
 from ..io_utils import atomic_path, atomic_write_json
 from ..readers.sample_meta import SampleMeta
@@ -61,21 +70,23 @@ log = logging.getLogger(__name__)
 class BuildConfig:
     kind: str
     vocab_path: str
-    context: int = 1500
+    context: int = ranged(1500, CONTEXT)
     rounded_means: bool = True
-    patch_um: float = 112.0
-    out_px: int = 224
-    region_factor: int = 3
-    thumb_px: int = 16
+    patch_um: float = ranged(112.0, PATCH_UM)
+    out_px: int = ranged(224, IMAGE_PX)
+    region_factor: int = ranged(3, lo=1, hi=15, integer=True)
+    thumb_px: int = ranged(16, lo=1, hi=1024, integer=True)
     qc: qcmod.QCConfig = field(default_factory=qcmod.QCConfig)
-    seed: int = 0
-    shard_size: int | None = None
-    chunk_spots: int = 256
+    seed: int = ranged(0, SEED)
+    shard_size: int | None = ranged(None, lo=1, hi=10**7, integer=True, why="samples per shard")
+    chunk_spots: int = ranged(256, lo=1, hi=10**7, integer=True, why="spots processed at once")
     image_codec: str = "png"
     pipeline: str = "default"  # "released": the release's tokens and crops (preprocessing.release_pipeline)
-    magnification: float | None = None  # released pipeline: patch side 2 x 112 x mag / 20 px
+    magnification: float | None = ranged(None, MAGNIFICATION)  # released pipeline: patch side 2 x 112 x mag / 20 px
 
     def __post_init__(self):
+        check_ranges(self, None, "corpus build setting")
+        check_ranges(self.qc, None, "QC setting")
         if self.kind not in KINDS:
             raise StampInputError(f"unknown corpus kind {self.kind!r}", hint=f"use one of {KINDS}")
         if self.shard_size is None:

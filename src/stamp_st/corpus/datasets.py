@@ -30,6 +30,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..distributed import group_rank_world
 from ..errors import StampInputError
+from ..io_utils import read_json
 from .shards import IMAGE_CODECS, decode_sample, iter_shard_raw
 
 
@@ -57,11 +58,7 @@ def load_corpus_manifest(manifest: str | Path | dict) -> tuple[dict, str]:
         p = p / "manifest.json"
     if not p.is_file():
         raise StampInputError("corpus manifest not found", p, hint="build the corpus with `stamp-st build-corpus`")
-    try:
-        man = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise StampInputError(f"the corpus manifest is not valid JSON ({err})", p,
-                              hint="the file is damaged: copy the corpus again or re-run build-corpus") from err
+    man = read_json(p, "corpus manifest", hint="the file is damaged: copy the corpus again or re-run build-corpus")
     return check_corpus_manifest(man, p), str(p.parent)
 
 

@@ -10,7 +10,6 @@ resolved against the manifest's folder so that a manifest travels with its data.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -127,7 +126,9 @@ def read_manifest(path: str | Path) -> list[SampleEntry]:
                                 hint="write one with columns path, format, section, split (see docs/corpus.md)")
     try:
         if path.suffix.lower() == ".json":
-            records = json.loads(path.read_text())
+            from ..io_utils import read_json
+
+            records = read_json(path, "manifest")
             if isinstance(records, dict):
                 records = records.get("samples", [])
         else:

@@ -129,10 +129,12 @@ def load_config(path: str | Path) -> dict:
     if not cfg_path.is_file():
         raise DataNotFoundError("checkpoint has no config.json", directory,
                                 hint="point to a folder written by stamp-st (model.safetensors + config.json)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise StampInputError(f"config.json is not valid JSON ({err})", cfg_path) from err
+    from ..io_utils import read_json
+
+    cfg = read_json(cfg_path, "checkpoint's config.json", hint="use an intact checkpoint folder")
+    if not isinstance(cfg, dict):
+        raise StampInputError(f"config.json must be a JSON object, got {type(cfg).__name__}", cfg_path,
+                              hint="use an intact checkpoint folder written by stamp-st")
     if cfg.get("format") != FORMAT:
         raise StampInputError(f"not a stamp-st checkpoint (format {cfg.get('format')!r})", cfg_path,
                               hint="released STAMP weights must first be converted: stamp-st convert-released")

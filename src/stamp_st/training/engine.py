@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config_types import config_from_dict
+from ..config_types import LR, SEED, STEPS, config_from_dict, ranged
 from ..distributed import env_rank_world
 from ..errors import StampInputError
 from ..io_utils import make_temp_dir
@@ -43,24 +43,24 @@ from .schedule import WarmupCosine
 class TrainerConfig:
     """Optimisation and bookkeeping. Steps are optimizer steps (after gradient accumulation)."""
 
-    max_steps: int = 1000
-    max_epochs: int | None = None
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    grad_accum: int = 1
-    grad_clip: float | None = 1.0
+    max_steps: int = ranged(1000, STEPS)
+    max_epochs: int | None = ranged(None, STEPS)
+    lr: float = ranged(1e-4, LR)
+    weight_decay: float = ranged(0.01, lo=0, hi=100, why="AdamW weight decay, e.g. 0.01")
+    betas: tuple[float, float] = ranged((0.9, 0.999), lo=0, hi=1, hi_open=True, why="Adam betas, e.g. [0.9, 0.999]")
+    adam_eps: float = ranged(1e-8, lo=0, hi=1, lo_open=True)
+    warmup_steps: int = ranged(0, lo=0, hi=10**9, integer=True)
+    min_lr_ratio: float = ranged(0.0, lo=0, hi=1, why="final lr as a fraction of lr")
+    grad_accum: int = ranged(1, lo=1, hi=100_000, integer=True, why="micro-batches per optimizer step")
+    grad_clip: float | None = ranged(1.0, lo=0, hi=1e6, why="gradient norm limit; 0 or null: off")
     precision: str = "auto"  # auto | bf16 | fp32
     strategy: str = "auto"  # auto (DDP when WORLD_SIZE > 1) | ddp | fsdp | single
-    seed: int = 0
-    log_every: int = 10
-    val_every: int = 0  # steps; 0 = at the end only
+    seed: int = ranged(0, SEED)
+    log_every: int = ranged(10, STEPS)
+    val_every: int = ranged(0, lo=0, hi=10**9, integer=True, why="steps; 0: at the end only")  # 0 = at the end only
     val_at_start: bool = False  # validate the initial model too (the curve's first point)
-    ckpt_every: int = 0  # steps; 0 = at the end only
-    keep_checkpoints: int = 2
+    ckpt_every: int = ranged(0, lo=0, hi=10**9, integer=True, why="steps; 0: at the end only")
+    keep_checkpoints: int = ranged(2, lo=1, hi=10**6, integer=True)
     progress: bool = True
     tensorboard: bool = True
     extra: dict = field(default_factory=dict)

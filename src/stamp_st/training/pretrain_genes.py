@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config_types import config_from_dict
+from ..config_types import BATCH_SIZE, LOADER_WORKERS, STEPS, config_from_dict, ranged
 from ..errors import StampInputError
 from ..models.checkpoint import checkpoint_config, load_config
 from ..models.gene_encoder import GeneEncoder, GeneEncoderConfig
@@ -26,14 +26,14 @@ from .schedule import validate_phases
 @dataclass
 class PretrainConfig:
     model: str | dict = "tiny"  # registered gene encoder config name, JSON path, or inline dict
-    batch_size: int = 8  # groups of 9 spots per micro-batch and process
-    epochs: int | None = None  # when set, trainer.max_steps is derived from the corpus size
-    mask_prob: float = 0.15
+    batch_size: int = ranged(8, BATCH_SIZE)  # groups of 9 spots per micro-batch and process
+    epochs: int | None = ranged(None, STEPS)  # when set, trainer.max_steps is derived from the corpus size
+    mask_prob: float = ranged(0.15, lo=0, hi=1, lo_open=True, hi_open=True, why="fraction of tokens masked")
     phases: list[dict] | None = None  # e.g. [{"epochs": 1, "cgr": false}, {"epochs": 1, "cgr": true}]
-    num_workers: int = 0
-    shuffle_buffer: int = 1000
-    val_batch_size: int | None = None
-    val_max_batches: int = 50
+    num_workers: int = ranged(0, LOADER_WORKERS)
+    shuffle_buffer: int = ranged(1000, lo=0, hi=10**8, integer=True)
+    val_batch_size: int | None = ranged(None, BATCH_SIZE)
+    val_max_batches: int = ranged(50, lo=0, hi=10**9, integer=True)
     trainer: dict = field(default_factory=dict)
 
     @classmethod
