@@ -183,6 +183,10 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0  # micro-batches of the current epoch consumed
         self._tb = None
+        # the first optimizer step whose loss was not finite (-1: none), kept on the device so that watching
+        # the loss costs no synchronisation per step; checked before every log, validation and checkpoint
+        self._bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self._bad_value = torch.zeros((), dtype=torch.float32, device=self.device)
 
     @property
     def is_main(self) -> bool:
@@ -274,6 +278,7 @@ class Trainer:
                     out = self.model(batch)
                     loss = out["loss"]
                     (loss / cfg.grad_accum).backward()
+                self._watch_loss(loss)
                 for k, v in out.items():
                     v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
                     sums[k] = sums.get(k, 0.0) + v
@@ -290,6 +295,7 @@ class Trainer:
                 if pbar is not None:
                     pbar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    self._check_finite()
                     metrics = {k: v / n_sum for k, v in sums.items()}
                     metrics = self._reduce(metrics)
                     dt = time.perf_counter() - t_log
@@ -321,6 +327,7 @@ class Trainer:
                     done = True
         if micro:  # a partial accumulation at the very end of the data: drop it, as a resume would
             self.optimizer.zero_grad(set_to_none=True)
+        self._check_finite()
         last_val = self.validate() or last_val
         self.save()
         if pbar is not None:
@@ -328,6 +335,29 @@ class Trainer:
         if self._tb is not None:
             self._tb.close()
         return {"step": self.step, "epoch": self.epoch, "val": last_val}
+
+    def _watch_loss(self, loss: torch.Tensor) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        first = bad & (self._bad_step < 0)
+        self._bad_step.masked_fill_(first, self.step)
+        self._bad_value = torch.where(first, loss.detach().float(), self._bad_value)
+
+    def _check_finite(self) -> None:
+        """Stop at a non-finite loss before anything is logged or saved from the diverged model: a NaN
+        checkpoint would resume into NaN and embed into NaN. Every rank reaches this point together."""
+        bad = self._bad_step.clone()
+        if self.world_size > 1 and dist.is_initialized():
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        step = int(bad)
+        if step < 0:
+            return
+        kept = self.run.latest(resumable=True)
+        raise StampInputError(
+            f"training stopped: the loss became {float(self._bad_value)!s} at optimizer step {step + 1} (the model "
+            "diverged or a batch holds non-finite values); no checkpoint was written from it", self.run_dir,
+            hint="lower the learning rate (--lr / --set lr=...), raise warmup_steps or use fp32 precision, and check "
+                 "the corpus; " + (f"the last good checkpoint is {kept}; re-running resumes from it"
+                                   if kept else "no checkpoint was kept: re-running starts from scratch"))
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
@@ -368,6 +398,7 @@ class Trainer:
     def validate(self) -> dict:
         if self.val_fn is None:
             return {}
+        self._check_finite()
         self.model.eval()
         state = torch.get_rng_state()
         try:
@@ -408,6 +439,7 @@ class Trainer:
         return self.raw_model.state_dict(), self.optimizer.state_dict()
 
     def save(self) -> Path | None:
+        self._check_finite()
         model_sd, optim_sd = self._full_state()
         path = None
         if self.is_main:
@@ -446,7 +478,7 @@ class Trainer:
         if prefix:
             own = set(self.raw_model.state_dict().keys())
             sd = {(prefix + k if prefix + k in own else k): v for k, v in sd.items()}
-        state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+        state = load_trainer_state(path / TRAINER_STATE)
         if int(state.get("world_size", 1)) != self.world_size and self.is_main:
             print(f"warning: resuming a run saved with {state.get('world_size')} processes on {self.world_size}; "
                   "it continues, but not identically")
@@ -467,6 +499,27 @@ class Trainer:
         _set_rng_state(state["rng"])
         if self.is_main:
             print(f"resumed from {path} (step {self.step}, epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+
+TRAINER_STATE_KEYS = ("optimizer", "scheduler", "step", "epoch", "batch_in_epoch", "rng")
+
+
+def load_trainer_state(path: Path) -> dict:
+    """``trainer_state.pt`` (weights only: no code runs), a damaged or truncated one named as such."""
+    hint = (f"this checkpoint is damaged (an interrupted copy or a full disk): move {path.parent.name} out of "
+            f"{path.parent.parent} so that the run resumes from the checkpoint before it, or start a new --out")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure to unpickle is a damaged file, not our bug
+        raise StampInputError(f"cannot read the trainer state ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200] if str(err) else 'empty or truncated'})", path,
+                              hint=hint) from err
+    missing = [k for k in TRAINER_STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise StampInputError(f"the trainer state lacks {missing}", path, hint=hint)
+    return state
 
 
 def _rng_state() -> dict:
