@@ -44,6 +44,16 @@ class GeneVocabulary:
                                   hint="make gene ids unique before building a vocabulary")
         if len(self.mean_nonzero) != len(self.gene_ids):
             raise StampInputError("vocabulary means and ids differ in length", self.source or None)
+        m = np.asarray(self.mean_nonzero, np.float64)
+        bad = np.flatnonzero(~np.isnan(m) & ~(np.isfinite(m) & (m > 0)))
+        if len(bad):  # a divisor <= 0 or infinite would flip or erase the gene's rank silently
+            i = int(bad[0])
+            where = f"row {i} (line {i + 2})" if self.source.endswith(".tsv") else f"gene {i}"
+            raise StampInputError(f"vocabulary mean_nonzero_expression must be positive and finite (or empty "
+                                  f"where unknown): {len(bad)} value(s) are not, first {where}, gene "
+                                  f"{self.gene_ids[i]}: {m[i]!r}", self.source or None,
+                                  hint="fix those means or rebuild the vocabulary (`stamp-st build-corpus` "
+                                       "writes gene_means.tsv)")
         self._index.update({g: i for i, g in enumerate(self.gene_ids)})
 
     def __len__(self) -> int:
