@@ -153,6 +153,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     cfg = load_config(directory)
     if expect_kind is not None and cfg.get("kind") != expect_kind:
         raise StampInputError(f"checkpoint holds a {cfg.get('kind')!r} model, expected {expect_kind!r}", directory)
+    if expect_kind is not None and not isinstance(cfg.get("architecture"), dict):
+        raise StampInputError("config.json has no 'architecture' object, so the model cannot be built",
+                              directory / CONFIG_FILE,
+                              hint="the checkpoint's config.json is damaged or hand-edited: use the config.json "
+                                   "written with these weights")
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise DataNotFoundError("checkpoint has no model.safetensors", directory)

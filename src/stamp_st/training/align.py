@@ -84,14 +84,14 @@ def load_gene_encoder(spec: str):
     """A Stage-1 checkpoint folder, a run folder (its latest checkpoint), or ``random:<config>`` (tests,
     demos). Returns (GeneEncoder, checkpoint config or None)."""
     from ..models.checkpoint import load_checkpoint, load_state_checked
-    from ..models.gene_encoder import GeneEncoder
+    from ..models.gene_encoder import GeneEncoder, GeneEncoderConfig
 
     if spec.startswith("random:"):
         warnings.warn(f"gene encoder {spec}: untrained weights", stacklevel=2)
         return GeneEncoder(spec[len("random:"):]), None
     p = latest_checkpoint(Path(spec))  # a run folder: its latest checkpoint
     sd, cfg = load_checkpoint(p, expect_kind="gene_encoder")
-    enc = GeneEncoder(cfg["architecture"])
+    enc = GeneEncoder(GeneEncoderConfig.from_json(cfg["architecture"], p / "config.json"))
     missing, unexpected = load_state_checked(enc, sd, p)
     if missing or unexpected:
         raise StampInputError(f"gene encoder weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}",

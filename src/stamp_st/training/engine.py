@@ -473,7 +473,8 @@ class Trainer:
         from ..models.checkpoint import load_checkpoint, load_state_checked
 
         path = Path(path)
-        sd, _ = load_checkpoint(path)
+        sd, saved = load_checkpoint(path)
+        self._check_same_architecture(saved, path)
         prefix = getattr(self.raw_model, "checkpoint_prefix", "")
         if prefix:
             own = set(self.raw_model.state_dict().keys())
@@ -499,6 +500,35 @@ class Trainer:
         _set_rng_state(state["rng"])
         if self.is_main:
             print(f"resumed from {path} (step {self.step}, epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+
+    def _check_same_architecture(self, saved: dict, path: Path) -> None:
+        """Resuming with other model settings (``--backbone``, ``--model``, ...) is the command line's mistake,
+        not a damaged checkpoint: name the settings that differ."""
+        now = self._ckpt_config() if callable(self._ckpt_config) else dict(self._ckpt_config)
+        old_arch, new_arch = saved.get("architecture"), now.get("architecture")
+        if not isinstance(old_arch, dict) or not isinstance(new_arch, dict):
+            return
+        old_arch, new_arch = _plain_json(old_arch), _plain_json(new_arch)
+        diff = sorted(k for k in set(old_arch) | set(new_arch) if old_arch.get(k) != new_arch.get(k))
+        if diff:
+            shown = "; ".join(f"{k}: {_short(old_arch.get(k))} in the run, {_short(new_arch.get(k))} now"
+                              for k in diff[:4])
+            raise StampInputError(f"the run folder was trained with other model settings ({shown})", path.parent.parent.parent
+                                  if path.parent.name == CHECKPOINTS else path,
+                                  hint="resume with the options of the first run, or give a new --out for the new "
+                                       "settings")
+
+
+def _plain_json(d: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(d, default=str))
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 TRAINER_STATE_KEYS = ("optimizer", "scheduler", "step", "epoch", "batch_in_epoch", "rng")
