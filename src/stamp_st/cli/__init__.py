@@ -54,7 +54,12 @@ def _whole_description(sub, doc: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as err:  # a bad option, already printed: exit 2 like every input error (--help still exits)
+        if err.code == 2:
+            return 2
+        raise
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -63,7 +63,7 @@ def run(args) -> int:
     if bool(args.manifest) == bool(args.her2st):
         raise StampInputError("give either MANIFEST or --her2st ROOT", hint="see `stamp-st build-corpus --help`")
     out = Path(args.out)
-    check_corpus_out(out)  # before anything is written into it
+    check_corpus_out(out, args.kind)  # before anything is written into it
     if args.her2st:
         sections = args.sections.split(",") if args.sections else None
         entries = her2st_manifest(args.her2st, sections=sections, with_image_only=args.kind == "paired",

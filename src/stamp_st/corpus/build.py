@@ -237,7 +237,7 @@ def build_slide(entry_json: dict, config_json: dict, out_dir: str, settings_hash
     out = Path(out_dir)
     sid = entry.slide_id
     remove_slide_outputs(out, sid)
-    done: dict = {"slide_id": sid, "settings_hash": settings_hash, "status": "ok", "reason": "", "detail": "",
+    done: dict = {"slide_id": sid, "kind": cfg.kind, "settings_hash": settings_hash, "status": "ok", "reason": "", "detail": "",
                   "shards": [], "n_samples": 0, "n_spots": 0, "n_patches": 0,
                   "qc": {"n_spots_input": 0, "n_spots_kept": 0, "dropped": qcmod.empty_counts()}}
 
@@ -429,8 +429,9 @@ _OWN_FILE = re.compile(r"^(?:[A-Za-z0-9_\-]+-\d{5}\.tar|[A-Za-z0-9_\-]+\.done\.j
 _OWN_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 
 
-def check_corpus_out(out: str | Path) -> None:
-    """Refuse an OUT folder that holds files build-corpus did not write (it would overwrite or delete them)."""
+def check_corpus_out(out: str | Path, kind: str | None = None) -> None:
+    """Refuse an OUT folder that holds files build-corpus did not write (it would overwrite or delete them), or
+    (``kind`` given) a corpus of the other kind, finished or not (its manifest and shards would be replaced)."""
     out = Path(out)
     if not out.exists():
         return
@@ -450,6 +451,16 @@ def check_corpus_out(out: str | Path) -> None:
         if not ours:
             raise StampInputError("the corpus output folder holds a manifest.json that build-corpus did not write",
                                   out, hint="give a new or empty folder as OUT (the input manifest goes elsewhere)")
+    if kind is not None:
+        for p in [man, *sorted(out.glob(f"*{DONE_SUFFIX}"))]:
+            try:
+                other = json.loads(p.read_text()).get("kind") if p.is_file() else None
+            except (OSError, ValueError, AttributeError):
+                other = None
+            if other is not None and other != kind:
+                raise StampInputError(f"the corpus output folder holds a {other!r} corpus ({p.name}); this build "
+                                      f"is --kind {kind} and would replace it", out,
+                                      hint=f"give another OUT folder for the {kind} corpus")
 
 
 def _is_own_file(p: Path) -> bool:
@@ -479,7 +490,7 @@ def build_corpus(manifest: str | Path | list[SampleEntry], out_dir: str | Path, 
     """
     entries = read_manifest(manifest) if not isinstance(manifest, list) else list(manifest)
     out = Path(out_dir)
-    check_corpus_out(out)
+    check_corpus_out(out, config.kind)
     out.mkdir(parents=True, exist_ok=True)
     vocab = _load_vocab(str(config.vocab_path))
     settings = config.settings(vocab.checksum, vocab.divisors_checksum(config.rounded_means))

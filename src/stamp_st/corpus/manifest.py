@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from ..errors import DataNotFoundError, StampInputError
+from ..errors import DataNotFoundError, StampInputError, require_file
 
 SPLITS = ("train", "val", "test")
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_\-]+")
@@ -120,10 +120,8 @@ def read_manifest(path: str | Path) -> list[SampleEntry]:
     """Read a TSV/CSV/JSON manifest."""
     import pandas as pd
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataNotFoundError("corpus manifest not found", path,
-                                hint="write one with columns path, format, section, split (see docs/corpus.md)")
+    path = require_file(path, "corpus manifest",
+                        hint="write one with columns path, format, section, split (see docs/corpus.md)")
     try:
         if path.suffix.lower() == ".json":
             from ..io_utils import read_json

@@ -31,7 +31,9 @@ def clipped_interval(row: dict) -> tuple[float, float]:
 def interval_text(row: dict, digits: int = 3) -> str:
     mean = row.get("mean", np.nan)
     if not np.isfinite(mean):
-        return "n/a"
+        from .stats import NA_TEXT
+
+        return NA_TEXT
     if not (np.isfinite(row.get("low", np.nan)) and np.isfinite(row.get("high", np.nan))):
         return f"{mean:.{digits}f}"
     lo, hi = clipped_interval(row)

@@ -39,6 +39,9 @@ def _esc(x) -> str:
     return html.escape(str(x))
 
 
+NOT_RUN = "n/a (this metric does not apply to this source)"
+
+
 def _lower_is_better(metric: str) -> bool:
     return any(s in metric for s in F.HIGHER_IS_BETTER_EXCEPT)
 
@@ -54,7 +57,7 @@ def metric_table_html(results: dict) -> str:
         metrics = list(dict.fromkeys(r["metric"] for r in rows if r["task"] == task and r.get("metric")))
         skipped = {r["source"]: r["skipped"] for r in rows if r["task"] == task and "skipped" in r}
         if not metrics:
-            cells = "".join(f"<td class='skip'>{_esc(skipped.get(s, 'n/a'))}</td>" for s in sources)
+            cells = "".join(f"<td class='skip'>{_esc(skipped.get(s, NOT_RUN))}</td>" for s in sources)
             out.append(f"<tr><td>{_esc(task)}</td><td>—</td>{cells}<td></td></tr>")
             continue
         for m in metrics:
@@ -71,7 +74,7 @@ def metric_table_html(results: dict) -> str:
                     cells.append(f"<td class='{cls}' title='n={r['n']} ({_esc(r['method'])})'>"
                                  f"{_esc(F.interval_text(r))}</td>")
                 else:
-                    cells.append(f"<td class='skip'>{_esc(skipped.get(s, 'n/a'))}</td>")
+                    cells.append(f"<td class='skip'>{_esc(skipped.get(s, NOT_RUN))}</td>")
             note = METRIC_NOTES.get(m, "lower is better" if _lower_is_better(m) else "")
             out.append(f"<tr><td>{_esc(task)}</td><td>{_esc(m)}</td>{''.join(cells)}"
                        f"<td class='note'>{_esc(note)}</td></tr>")
@@ -273,11 +276,16 @@ def json_clean(obj):
 
 def write_report(out_dir: str | Path, results: dict, artifacts: dict | None = None, projection: str = "umap",
                  title: str = "stamp-st evaluation") -> tuple[Path, Path]:
-    """Write ``results.json`` and ``report.html`` into ``out_dir`` (atomically)."""
+    """Write ``report.html`` and ``results.json`` into ``out_dir``, each atomically. ``results.json`` is the
+    completion marker: an earlier run's is removed first and the new one is written last, so a killed run
+    leaves both files of one run or no ``results.json`` (its report, if any, is then incomplete work)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "results.json", json_clean(results))
+    clean = json_clean(results)  # before anything is touched: an unserialisable result fails here
     figs = build_figures(results, artifacts or {}, projection=projection,
                          seed=int(results["meta"].get("seed", 0)))
-    atomic_write_text(out_dir / "report.html", render_html(results, figs, title))
+    html = render_html(results, figs, title)
+    (out_dir / "results.json").unlink(missing_ok=True)
+    atomic_write_text(out_dir / "report.html", html)
+    atomic_write_json(out_dir / "results.json", clean)
     return out_dir / "results.json", out_dir / "report.html"

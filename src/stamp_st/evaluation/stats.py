@@ -27,10 +27,15 @@ class Interval:
 
     def format(self, digits: int = 3) -> str:
         if not np.isfinite(self.mean):
-            return "n/a"
+            return NA_TEXT
         if not (np.isfinite(self.low) and np.isfinite(self.high)):
             return f"{self.mean:.{digits}f}"
         return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+# a metric with no finite value (every held-out slide/fold left it undefined: e.g. one class only, or
+# too few spots): said, not left as a bare "n/a"
+NA_TEXT = "n/a (undefined on every held-out slide/fold: one class or too few spots)"
 
 
 def _finite(values: Sequence[float]) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import DataNotFoundError, StampInputError
+from ..errors import StampInputError, require_file
 from ..readers.ensembl import ENSEMBL_RE
 
 
@@ -63,16 +63,17 @@ class GeneVocabulary:
     @classmethod
     def from_tsv(cls, path: str | Path) -> GeneVocabulary:
         """Read the released table (index, gene_id, symbols, mean_nonzero_expression)."""
-        path = Path(path)
-        if not path.is_file():
-            raise DataNotFoundError("gene vocabulary file not found", path,
-                                    hint="point to stamp_gene_vocab.tsv of the released weights, or build one "
-                                         "from your corpus with `stamp-st build-corpus` (gene_means.tsv)")
+        path = require_file(path, "gene vocabulary file",
+                            hint="point to stamp_gene_vocab.tsv of the released weights, or build one "
+                                 "from your corpus with `stamp-st build-corpus` (gene_means.tsv)")
         try:
             df = pd.read_csv(path, sep="\t", dtype={"gene_id": str, "symbols": str}, keep_default_na=False,
                              na_values={"mean_nonzero_expression": ["nan", "NaN", ""]})
         except Exception as err:  # noqa: BLE001 - any parse error is the user's file
             raise StampInputError(f"cannot parse gene vocabulary ({err})", path) from err
+        if len(df) == 0:
+            raise StampInputError("the gene vocabulary holds no gene", path,
+                                  hint="give a vocabulary with one row per gene (e.g. stamp_gene_vocab.tsv)")
         missing = {"gene_id", "mean_nonzero_expression"} - set(df.columns)
         if missing:
             raise StampInputError(f"gene vocabulary lacks columns {sorted(missing)}", path,
