@@ -88,8 +88,9 @@ def run(args) -> int:
     from .inspect_cmd import read_sample_from_args
 
     adata = read_sample_from_args(args)
+    notes: list[str] = []  # what was left out (Stamp_G / Stamp_F of spots or samples without vocabulary genes)
     embs = embed_sample(embedder, adata, batch_size=args.batch_size, pipeline=args.pipeline,
-                        magnification=args.magnification)
+                        magnification=args.magnification, notes=notes)
     meta = SampleMeta.of(adata)
     sid = meta.sample_id or "sample"
     if out.suffix == ".h5":
@@ -115,11 +116,13 @@ def run(args) -> int:
                              counts=adata.X, gene_names=list(adata.var_names),
                              image_paths={sid: meta.image_path} if meta.image_path else None,
                              extra_uns={"model": embedder.name, "um_per_px": meta.slide_um_per_px or 0.0,
-                                        "pipeline": args.pipeline, "precision": embedder.precision},
+                                        "pipeline": args.pipeline, "precision": embedder.precision,
+                                        **({"notes": notes} if notes else {})},
                              obs_columns=obs_cols, var_columns=var_cols, spatial=spatial_uns(adata, sid))
     _summary(args, {"out": str(out), "kind": "spots", "n_spots": int(adata.n_obs),
-                    "keys": {k: int(v.shape[1]) for k, v in embs.items()}},
-             f"{adata.n_obs} spots, {', '.join(f'{k} {v.shape[1]}-d' for k, v in embs.items())} -> {out}")
+                    "keys": {k: int(v.shape[1]) for k, v in embs.items()}, "notes": notes},
+             f"{adata.n_obs} spots, {', '.join(f'{k} {v.shape[1]}-d' for k, v in embs.items())} -> {out}"
+             + "".join(f"\nnote: {n}" for n in notes))
     return 0
 
 

@@ -19,6 +19,11 @@ def load_config_json(kind: str, name_or_path: str | Path) -> tuple[dict, str]:
     """(parsed JSON, where it came from) for a registered name of ``kind`` or a JSON file path."""
     names = registered(kind)
     path = CONFIG_DIR / kind / f"{name_or_path}.json" if str(name_or_path) in names else Path(name_or_path)
+    if path.exists() and not path.is_file():
+        from ..errors import not_a_file
+
+        raise StampInputError(f"the {kind.replace('_', ' ')} config is {not_a_file(path)}", path,
+                              hint=f"use one of {', '.join(names)} or a JSON file path")
     if not path.is_file():
         raise StampInputError(f"no {kind.replace('_', ' ')} config named {str(name_or_path)!r}", path,
                               hint=f"use one of {', '.join(names)} or a JSON file path")

@@ -398,6 +398,7 @@ def read_source(spec: str, name: str | None = None) -> EmbeddingSet:
         parts = [read_source(f"{f}:{key}" if key else f) for f in files.split(",") if f]
         return concat_sets(parts, name=name or parts[0].name)
     path, key = parse_source_spec(spec)
+    require_file(path, "embedding file", hint="give an .h5ad written by `stamp-st embed` or a TRIDENT-style .h5")
     if path.suffix == ".h5ad":
         return read_embedding_h5ad(path, key, name)
     if path.suffix in (".h5", ".hdf5"):

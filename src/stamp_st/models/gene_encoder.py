@@ -52,6 +52,20 @@ class GeneEncoderConfig:
     def n_tokens(self) -> int:
         return self.vocab_size + TOKEN_OFFSET
 
+    def n_parameters(self) -> int:
+        """Parameters of the encoder and its heads (embeddings, positions, layers, the vocabulary heads)."""
+        d = self.d_model
+        layer = 4 * d * d + 4 * d + 2 * d * self.d_ff + self.d_ff + d + 4 * d
+        heads = (2 if self.cgr_head else 1) * (d * self.n_tokens + self.n_tokens)
+        return (self.n_tokens + EXTRA_EMBEDDING_ROWS) * d + self.context * d + self.n_layers * layer + heads
+
+    def training_bytes(self, batch_rows: int) -> float:
+        """A lower bound of the training memory (to refuse sizes that cannot fit, never ones that might): fp32
+        weights, gradients and two Adam moments, plus each layer's input and output for ``batch_rows``
+        sequences in bf16 (the backward pass keeps more than that)."""
+        acts = batch_rows * self.context * self.n_layers * 2 * self.d_model * 2
+        return 16.0 * self.n_parameters() + acts
+
     def to_json(self) -> dict:
         return asdict(self)
 

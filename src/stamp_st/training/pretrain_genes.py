@@ -181,6 +181,13 @@ def run_pretrain(corpus: str | Path, config: PretrainConfig, out: str | Path, re
 
     torch.manual_seed(tcfg.seed)
     np.random.seed(tcfg.seed)
+    from ..devices import check_fits
+
+    check_fits(enc_cfg.training_bytes(config.batch_size * 9), device,
+               f"the gene encoder {enc_cfg.name!r} ({enc_cfg.n_parameters() / 1e6:.0f} M parameters, context "
+               f"{enc_cfg.context}) with --batch-size {config.batch_size}",
+               hint="use a smaller model (--model tiny/small, or smaller d_model, n_layers, context in its JSON) or "
+                    "a smaller --batch-size, or a machine with more memory")
     encoder = GeneEncoder(enc_cfg)
     first_cgr = True if not config.phases else bool(config.phases[0].get("cgr", True))
     model = GenePretrainModel(encoder, mask_prob=config.mask_prob, cgr=first_cgr, phases=config.phases)
