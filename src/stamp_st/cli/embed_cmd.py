@@ -120,7 +120,8 @@ def run(args) -> int:
                                         **({"notes": notes} if notes else {})},
                              obs_columns=obs_cols, var_columns=var_cols, spatial=spatial_uns(adata, sid))
     _summary(args, {"out": str(out), "kind": "spots", "n_spots": int(adata.n_obs),
-                    "keys": {k: int(v.shape[1]) for k, v in embs.items()}, "notes": notes},
+                    "keys": {k: int(v.shape[1]) for k, v in embs.items()},
+                    **({"notes": notes} if notes else {})},
              f"{adata.n_obs} spots, {', '.join(f'{k} {v.shape[1]}-d' for k, v in embs.items())} -> {out}"
              + "".join(f"\nnote: {n}" for n in notes))
     return 0
