@@ -53,6 +53,26 @@ def _truncated_png(p: Path) -> Path:
     return _write(p, data[: len(data) // 2])
 
 
+def _truncated_jpeg(p: Path) -> Path:
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)).save(p, quality=90)
+    data = p.read_bytes()
+    return _write(p, data[: len(data) // 2])
+
+
+def _truncated_tiff(p: Path) -> Path:
+    from test_bad_inputs import _truncated_tiff as make
+
+    return make(p)
+
+
+def _tsv_of(c, t: Path) -> Path:
+    from test_bad_inputs import _tsv
+
+    return _tsv(t / "m.tsv", [c["good"]])
+
+
 def _hdf5_named_jpg(p: Path) -> Path:
     import h5py
 
@@ -199,7 +219,7 @@ CASES = [
     ("pre-model-too-big", lambda c, t: (_pre(c, t, "--model", str(_huge_model(t)), model=False),
                                         [t / "run" / "checkpoints"]), ["GiB", "smaller model"]),
     ("pre-corpus-is-a-vocab", lambda c, t: (["pretrain-genes", str(c["vocab"]), "--out", str(t / "run")],
-                                            [t / "run"]), ["corpus manifest"]),
+                                            [t / "run"]), ["vocab.tsv", "not a corpus"]),
     ("pre-damaged-member", lambda c, t: (["pretrain-genes", str(_damaged_member(_copy(c["corpus"], t / "c"))),
                                           "--out", str(t / "run"), "--vocab", str(c["vocab"]), "--model",
                                           str(_micro_model(t)), "--skip-sha256", "--max-steps", "2"],
@@ -303,6 +323,23 @@ CASES = [
     ("convert-not-safetensors",
      lambda c, t: (["convert-released", str(_write(t / "p.safetensors", b"\x00" * 64)), str(t / "conv")],
                    [t / "conv"]), ["p.safetensors", "safetensors"]),
+    # ---- swapped arguments, wrong kinds of path
+    ("embed-model-and-sample-swapped", lambda c, t: (["embed", c["good"]["path"], "backbone:efficientnet_lite0",
+                                                      "--out", str(t / "o.h5ad")], [t / "o.h5ad"]),
+     ["good.h5ad", "swapped"]),
+    ("build-manifest-and-out-swapped",
+     lambda c, t: (_build(c, t, manifest=t / "out_dir", out=_tsv_of(c, t)), [t / "out_dir"]),
+     ["m.tsv", "not a folder"]),
+    ("tokenize-out-is-a-folder", lambda c, t: (["tokenize", c["good"]["path"], "--out", str(_dir(t / "o.npz"))],
+                                               []), ["o.npz", "folder"]),
+    ("evaluate-slide-labels-empty",
+     lambda c, t: (["evaluate", "--embeddings", str(_embedding(t)), "--tasks", "mil", "--slide-labels",
+                    str(_write(t / "labels.csv", b"")), "--out", str(t / "ev")], [t / "ev" / "results.json"]),
+     ["labels.csv"]),
+    ("inspect-truncated-jpeg", lambda c, t: (_inspect(c, t, "--image", str(_truncated_jpeg(t / "he.jpg"))), []),
+     ["he.jpg", "truncated"]),
+    ("inspect-truncated-tiff", lambda c, t: (_inspect(c, t, "--image", str(_truncated_tiff(t / "he.tif"))), []),
+     ["he.tif", "truncated"]),
     ("demo-workers-0", lambda c, t: (["demo", "--workers", "0", "--out", str(t / "demo")], [t / "demo"]),
      ["--workers"]),
 ]

@@ -74,7 +74,14 @@ def run(args) -> int:
     labels = load_labels(args.labels, first, args.her2st_root) if args.labels else None
     slide_labels = None
     if args.slide_labels:
-        df = pd.read_csv(args.slide_labels)
+        from ..errors import require_file
+
+        require_file(args.slide_labels, "slide label table", hint="give a CSV with columns slide_id,label")
+        try:
+            df = pd.read_csv(args.slide_labels)
+        except (ValueError, UnicodeDecodeError) as err:  # pandas' parser errors are ValueErrors
+            raise StampInputError(f"cannot parse the slide label table ({err})", args.slide_labels,
+                                  hint="give a CSV with columns slide_id,label") from err
         if not {"slide_id", "label"} <= set(df.columns):
             raise StampInputError("needs columns slide_id,label", args.slide_labels)
         slide_labels = dict(zip(df["slide_id"].astype(str), df["label"]))

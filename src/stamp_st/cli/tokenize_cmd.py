@@ -69,9 +69,10 @@ def run(args) -> int:
     import numpy as np
 
     from ..errors import StampInputError
-    from ..io_utils import atomic_path
+    from ..io_utils import atomic_path, check_output_file
     from .inspect_cmd import load_vocab, read_sample_from_args
 
+    check_output_file(args.out)
     adata = read_sample_from_args(args)
     vocab = load_vocab(args.vocab)
     if args.pipeline == "released" and args.unrounded_means:

@@ -58,6 +58,10 @@ def load_corpus_manifest(manifest: str | Path | dict) -> tuple[dict, str]:
         p = p / "manifest.json"
     if not p.is_file():
         raise StampInputError("corpus manifest not found", p, hint="build the corpus with `stamp-st build-corpus`")
+    if p.suffix.lower() in (".tsv", ".csv", ".txt"):
+        raise StampInputError("this is a sample table (the input of build-corpus), not a corpus", p,
+                              hint="build the corpus first (`stamp-st build-corpus` on this file), then pass the "
+                                   "corpus folder")
     man = read_json(p, "corpus manifest", hint="the file is damaged: copy the corpus again or re-run build-corpus")
     return check_corpus_manifest(man, p), str(p.parent)
 

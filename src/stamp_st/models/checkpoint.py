@@ -186,6 +186,10 @@ def _checkpoint_dir(path: str | Path) -> Path:
     p = Path(path)
     if p.is_file() and p.name in (WEIGHTS_FILE, CONFIG_FILE):
         return p.parent
+    if p.is_file():
+        swapped = " (a sample or embedding file: are MODEL and SAMPLE swapped?)" if p.suffix in (".h5ad", ".h5") else ""
+        raise StampInputError(f"this is a file, not a checkpoint folder{swapped}", p,
+                              hint="give the checkpoint folder (model.safetensors + config.json), or backbone:NAME")
     if not p.is_dir():
-        raise DataNotFoundError("checkpoint folder not found", p)
+        raise DataNotFoundError("checkpoint folder not found", p, hint="check the path")
     return p
