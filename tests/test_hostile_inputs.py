@@ -444,3 +444,25 @@ def test_sources_cut_to_common_spots_are_reported():
     with pytest.warns(UserWarning, match="3 of 10 spots"):
         out = align_sources({"a": a, "b": b}, notes)
     assert len(out["a"]) == 7 and len(notes) == 1 and "'a'" in notes[0]
+
+
+def test_a_cache_path_that_is_a_file_is_blamed_on_the_cache(tmp_path):
+    from PIL import Image
+
+    from stamp_st.readers.slide import CACHE_ENV, open_slide
+
+    img = tmp_path / "he.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(img)
+    cache = _write(tmp_path / "cache", "a file where the cache folder should be")
+    with open_slide(img, cache=cache, max_in_memory_px=100) as s, \
+            pytest.raises(StampInputError, match=f"(?s)decoded-image cache is a file.*{CACHE_ENV}") as err:
+        s.read_region(0, 0, 8, 8)
+    assert "he.png" not in str(err.value).splitlines()[0]
+    assert cache.read_text().startswith("a file")
+
+
+def test_evaluate_says_which_tasks_were_skipped_and_why(tmp_path, capsys):
+    e = _embedding(tmp_path)
+    assert main(["evaluate", "--embeddings", str(e), "--tasks", "probe", "--projection", "pca", "--out",
+                 str(tmp_path / "ev")]) == 0
+    assert "(skipped)" in capsys.readouterr().out and (tmp_path / "ev" / "report.html").is_file()

@@ -97,10 +97,16 @@ def run(args) -> int:
     json_path, html_path = write_report(args.out, results, artifacts, projection=args.projection)
     if args.json:
         print(json.dumps({"results": str(json_path), "report": str(html_path),
-                          "table": [r for r in results["table"] if "mean" in r]}, default=str))
+                          "table": [r for r in results["table"] if "mean" in r],
+                          "skipped": [r for r in results["table"] if "skipped" in r],
+                          "notes": results["meta"].get("notes", [])}, default=str))
         return 0
     for r in results["table"]:
         if "mean" in r:
             print(f"{r['task']:<11} {r['metric']:<22} {r['source']:<24} {r['text']}")
+        elif "skipped" in r:  # asked for but not computed: say why
+            print(f"{r['task']:<11} {'(skipped)':<22} {r['source']:<24} {r['skipped']}")
+    for note in results["meta"].get("notes", []):
+        print(f"note: {note}")
     print(f"wrote {json_path} and {html_path}")
     return 0

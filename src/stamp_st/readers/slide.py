@@ -470,7 +470,8 @@ def check_cache_dir(cache: Path) -> None:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise StampInputError(f"the decoded-image cache {cache} cannot be a folder: {probe} is a file", cache,
+        what = "is a file, not a folder" if probe == cache else f"cannot be a folder: {probe} is a file"
+        raise StampInputError(f"the decoded-image cache {what}", cache,
                               hint=f"set {CACHE_ENV} to a folder (or remove the file {probe})")
     if not _os.access(probe, _os.W_OK | _os.X_OK):
         raise StampInputError(f"no permission to write the decoded-image cache in {probe}", cache,
