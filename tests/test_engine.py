@@ -238,3 +238,13 @@ def test_trainer_settings_out_of_range_are_refused():
                 {"betas": [0.9, 1.0]}, {"warmup_steps": -5}, {"max_steps": 0}):
         with pytest.raises(StampInputError, match=f"'{next(iter(bad))}'"):
             TrainerConfig.from_dict(bad)
+
+
+def test_resume_with_other_model_settings_names_them(tmp_path):
+    arch = {"kind": "toy", "architecture": {"backbone": "efficientnet_lite0", "width": 16}}
+    Trainer(ToyModel(), _cfg(max_steps=2, val_every=0), tmp_path, ToyData(), checkpoint_config=arch).fit()
+    other = {"kind": "toy", "architecture": {"backbone": "resnet18", "width": 16}}
+    with pytest.raises(StampInputError, match="other model settings.*backbone: 'efficientnet_lite0' in the run, "
+                                              "'resnet18' now") as err:
+        Trainer(ToyModel(), _cfg(max_steps=4, val_every=0), tmp_path, ToyData(), checkpoint_config=other).fit()
+    assert "intact" not in str(err.value)
