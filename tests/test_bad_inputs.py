@@ -482,9 +482,11 @@ def test_embed_flags_spots_without_vocabulary_genes(toy_checkpoint, tmp_path):  
     foreign = _sample(tmp_path, vocab)
     foreign.var["gene_ids"] = [f"ENSMUSG{i:011d}" for i in range(foreign.n_vars)]  # no gene of the vocabulary
     foreign.var_names = [f"Mouse{i}" for i in range(foreign.n_vars)]
+    notes: list = []
     with pytest.warns(UserWarning, match="keeps almost nothing.*ENSMUSG.*only the image embedding"):
-        out = embed_sample(embedder, foreign, batch_size=8)
+        out = embed_sample(embedder, foreign, batch_size=8, notes=notes)
     assert "X_stamp_g" not in out and "X_stamp_f" not in out and "X_stamp_v" in out
+    assert len(notes) == 1 and "X_stamp_g and X_stamp_f are not written" in notes[0]  # for uns and the summary
     foreign.uns["stamp_st"]["image_path"] = ""
     with pytest.raises(StampInputError, match="keeps almost nothing.*mouse"):
         embed_sample(embedder, foreign, batch_size=8)

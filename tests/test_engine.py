@@ -189,3 +189,62 @@ def test_bf16_autocast_trains(tmp_path):
     after = _params(model)
     assert all(v.dtype == torch.float32 for v in after.values())  # master weights stay fp32
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+class NaNAfter(ToyModel):
+    """A model whose loss turns NaN from optimizer step ``bad`` on (as a diverging run's would)."""
+
+    def __init__(self, bad):
+        super().__init__()
+        self.bad, self.step = bad, 0
+
+    def on_train_step(self, step, epoch):
+        self.step = step
+
+    def forward(self, batch):
+        out = super().forward(batch)
+        if self.step >= self.bad:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+
+@pytest.mark.parametrize("bad", [0, 5])
+def test_a_non_finite_loss_stops_training_and_saves_no_checkpoint_of_it(tmp_path, bad):
+    with pytest.raises(StampInputError, match=f"the loss became nan at optimizer step {bad + 1}") as err:
+        Trainer(NaNAfter(bad), _cfg(val_every=0), tmp_path, ToyData()).fit()
+    steps = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
+    assert steps == ([] if bad == 0 else ["step-0000004"])  # only the checkpoint before the NaN
+    for s in steps:
+        sd, _ = load_checkpoint(tmp_path / "checkpoints" / s)
+        assert all(torch.isfinite(v).all() for v in sd.values())
+    assert ("the last good checkpoint" in str(err.value)) == bool(steps)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a torch file", None])
+def test_a_damaged_trainer_state_is_named_on_resume(tmp_path, content):
+    Trainer(ToyModel(), _cfg(max_steps=4, val_every=0), tmp_path, ToyData()).fit()
+    state = tmp_path / "checkpoints" / "step-0000004" / "trainer_state.pt"
+    if content is None:
+        torch.save({"step": 4}, state)  # readable, but not a trainer state
+    else:
+        state.write_bytes(content)
+    with pytest.raises(StampInputError, match="trainer state") as err:
+        Trainer(ToyModel(), _cfg(max_steps=8, val_every=0), tmp_path, ToyData()).fit()
+    assert "trainer_state.pt" in str(err.value) and "step-0000004" in str(err.value)
+
+
+def test_trainer_settings_out_of_range_are_refused():
+    for bad in ({"lr": float("inf")}, {"lr": -1}, {"lr": float("nan")}, {"seed": -1}, {"grad_accum": 0},
+                {"betas": [0.9, 1.0]}, {"warmup_steps": -5}, {"max_steps": 0}):
+        with pytest.raises(StampInputError, match=f"'{next(iter(bad))}'"):
+            TrainerConfig.from_dict(bad)
+
+
+def test_resume_with_other_model_settings_names_them(tmp_path):
+    arch = {"kind": "toy", "architecture": {"backbone": "efficientnet_lite0", "width": 16}}
+    Trainer(ToyModel(), _cfg(max_steps=2, val_every=0), tmp_path, ToyData(), checkpoint_config=arch).fit()
+    other = {"kind": "toy", "architecture": {"backbone": "resnet18", "width": 16}}
+    with pytest.raises(StampInputError, match="other model settings.*backbone: 'efficientnet_lite0' in the run, "
+                                              "'resnet18' now") as err:
+        Trainer(ToyModel(), _cfg(max_steps=4, val_every=0), tmp_path, ToyData(), checkpoint_config=other).fit()
+    assert "intact" not in str(err.value)

@@ -21,7 +21,7 @@ def test_t_interval_matches_scipy():
 def test_t_interval_drops_nan_and_single_value():
     iv = t_interval([0.5, float("nan")])
     assert iv.n == 1 and iv.method == "single" and np.isnan(iv.low)
-    assert "n/a" == t_interval([]).format()
+    assert t_interval([]).format().startswith("n/a (undefined")  # n/a always says why
 
 
 def test_bootstrap_matches_scipy_percentile():

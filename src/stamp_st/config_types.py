@@ -7,10 +7,77 @@ where it came from, not surfacing later as a traceback deep inside training (``"
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 
 from .errors import StampInputError
+
+
+# ---------------------------------------------------------------------- numeric ranges (one home)
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: every number must be finite, then ``lo``/``hi`` bound it
+    (``None``: unbounded; ``lo_open``/``hi_open``: strict). ``why`` says what the value measures, for messages.
+    A config field carries one as ``ranged(...)`` metadata; a command-line option uses the same object through
+    ``cli.options.ranged_type``, so a value is checked in one place whether it comes from a file, ``--set`` or
+    an option."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+    why: str = ""
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        parts = []
+        if self.lo is not None:
+            parts.append(f"{'>' if self.lo_open else '>='} {_num(self.lo)}")
+        if self.hi is not None:
+            parts.append(f"{'<' if self.hi_open else '<='} {_num(self.hi)}")
+        return f"{kind} {' and '.join(parts)}" if parts else f"a finite {kind[2:] if self.integer else 'number'}"
+
+    def problem(self, v) -> str | None:
+        """Why ``v`` is out of range, or None (non-numbers are the type check's business)."""
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return None
+        if not math.isfinite(v):
+            return f"{v!r} is not a finite number"
+        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)) or \
+                self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)):
+            return f"{v!r} is out of range: it must be {self.describe()}" + (f" ({self.why})" if self.why else "")
+        return None
+
+
+def _num(x) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def ranged(default=dataclasses.MISSING, rng: Range | None = None, **range_kw):
+    """A dataclass field whose numeric values (or each element of a list/tuple) must lie in ``rng``."""
+    return dataclasses.field(default=default, metadata={"range": rng or Range(**range_kw)})
+
+
+def field_range(cls, name: str) -> Range | None:
+    return next((f.metadata.get("range") for f in dataclasses.fields(cls) if f.name == name), None)
+
+
+# shared ranges: the same quantity has the same limits in every command and config
+SEED = Range(0, 2**32 - 1, integer=True, why="a random seed: 0 .. 2^32-1")
+BATCH_SIZE = Range(1, 1 << 20, integer=True, why="items per batch")
+WORKERS = Range(1, 1024, integer=True, why="worker processes")
+LOADER_WORKERS = Range(0, 1024, integer=True, why="data loader processes; 0 loads in the main process")
+CONTEXT = Range(1, 65_536, integer=True, why="tokens per spot; the released model uses 1500")
+STEPS = Range(1, 10**9, integer=True, why="optimizer steps")
+COUNT0 = Range(0, 10**9, integer=True)
+PATCH_UM = Range(0, 10_000, lo_open=True, why="patch side in micrometres; the paper uses 112")
+IMAGE_PX = Range(8, 8192, integer=True, why="image side in pixels")
+UM_PER_PX = Range(0, 1000, lo_open=True, why="micrometres per slide pixel, about 0.25 at 40x and 0.5 at 20x")
+MAGNIFICATION = Range(0, 200, lo_open=True, why="objective magnification, e.g. 20 or 40")
+FRACTION = Range(0, 1)
+LR = Range(0, 10, lo_open=True, why="learning rate, e.g. 1e-4")
 
 
 def config_from_dict(cls, d, source=None, what: str = "setting", ignore: tuple[str, ...] = (),
@@ -36,11 +103,44 @@ def check_config_types(cls, d, source=None, what: str = "setting") -> dict:
         raise StampInputError(f"the {what}s must be a JSON object, got {type(d).__name__}", source,
                               hint='write them as {"name": value, ...}')
     hints = typing.get_type_hints(cls)
+    ranges = {f.name: f.metadata.get("range") for f in dataclasses.fields(cls)}
     for k, v in d.items():
+        name, where = (f"option --{k.replace('_', '-')}", None) if source == COMMAND_LINE else (f"{what} {k!r}", source)
         if k in hints and not _matches(v, hints[k]):
-            raise StampInputError(f"{what} {k!r} must be {_describe(hints[k])}, got {v!r}", source,
-                                  hint=f"fix {k!r} in the config file or in --set {k}=VALUE (JSON)")
+            raise StampInputError(f"{name} must be {_describe(hints[k])}, got {v!r}", where,
+                                  hint=_fix_hint(k, source))
+        problem = value_problem(v, ranges.get(k))
+        if problem:
+            raise StampInputError(f"{name}: {problem}", where, hint=_fix_hint(k, source))
     return d
+
+
+def value_problem(v, rng: Range | None) -> str | None:
+    """Why ``v`` (a number, or a list/tuple of numbers) is out of ``rng``; every number must be finite."""
+    if isinstance(v, (list, tuple)):
+        return next((p for p in (value_problem(x, rng) for x in v) if p), None)
+    return (rng or Range()).problem(v)
+
+
+def check_ranges(obj, source=None, what: str = "setting") -> None:
+    """Check every ranged field of dataclass instance ``obj`` (for configs built in code, e.g. from options)."""
+    for f in dataclasses.fields(obj):
+        problem = value_problem(getattr(obj, f.name), f.metadata.get("range"))
+        if problem:
+            raise StampInputError(f"{what} {f.name!r}: {problem}", source, hint=_fix_hint(f.name, source))
+
+
+COMMAND_LINE = "the command line"  # the source of values given as options: the hint names the option
+
+
+def _fix_hint(k: str, source) -> str:
+    if source == COMMAND_LINE:
+        return f"fix --{k.replace('_', '-')}"
+    if source is not None and str(source).startswith("--"):
+        return f"fix {source} {k}=VALUE (JSON)" if str(source) == "--set" else f"fix {source}"
+    if source is None:
+        return f"fix the value of {k!r} (option --{k.replace('_', '-')})"
+    return f"fix {k!r} in {source}"
 
 
 def _matches(v, t) -> bool:

@@ -63,6 +63,24 @@ def check_output_file(path: str | Path) -> Path:
     return path
 
 
+def read_json(path: str | Path, what: str = "JSON file", hint: str | None = None):
+    """The parsed JSON of a file the user gave; text that is not JSON (damaged, binary, nested deeper than the
+    parser goes) is a StampInputError naming the file. File-system errors stay OSError (the CLI names them)."""
+    from .errors import StampInputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise StampInputError(f"the {what} is a folder, not a file", path, hint=hint or "give the file's path")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise StampInputError(f"the {what} is not valid JSON ({err})", path,
+                              hint=hint or "fix or replace the file") from err
+    except RecursionError as err:
+        raise StampInputError(f"the {what} is nested too deeply to be read", path,
+                              hint=hint or "fix or replace the file (it is damaged or generated)") from err
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

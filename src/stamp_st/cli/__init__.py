@@ -96,7 +96,12 @@ def _unquote(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as err:  # a bad option, already printed: exit 2 like every input error (--help still exits)
+        if err.code == 2:
+            return 2
+        raise
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -113,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # the file system said no: a path, not a bug, so no traceback
         print(f"stamp-st {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:
+        message = describe_memory_error(err)
+        if message is None:
+            raise  # a genuine internal error keeps its traceback
+        print(f"stamp-st {args.command}: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume where supported", file=sys.stderr)
         return 130
@@ -123,6 +134,18 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 os.environ[k] = v
     return int(rc or 0)
+
+
+def describe_memory_error(err: BaseException) -> str | None:
+    """An allocation that failed (numpy's MemoryError, torch's OutOfMemoryError or CPU allocator RuntimeError)
+    as a message saying what to shrink; None for any other RuntimeError."""
+    text = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    if isinstance(err, RuntimeError) and type(err).__name__ != "OutOfMemoryError" and not any(
+            s in str(err) for s in ("can't allocate memory", "out of memory", "not enough memory")):
+        return None
+    return (f"out of memory ({text})\nWhat to do: the sizes asked for do not fit this machine: use a smaller "
+            "model (--model / d_model, n_layers), --context, --batch-size or image size, or a machine with more "
+            "memory")
 
 
 def describe_os_error(err: OSError) -> str:

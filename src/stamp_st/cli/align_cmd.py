@@ -22,9 +22,12 @@ stamp-st align corpus_paired --gene-encoder runs/genes --backbone uni_v1 --lora 
 
 
 def register(subparsers) -> None:
+    from ..config_types import BATCH_SIZE, IMAGE_PX, LOADER_WORKERS, LR, STEPS, Range
     from ..configs import registered
     from ..models.registry import backbone_names
-    from .options import add_set_option
+    from .options import add_set_option, device_type, ranged_type
+
+    num = ranged_type(float)  # finite; the range is AlignConfig's, checked with the option named (check_options)
 
     p = subparsers.add_parser("align", help="Stage 2: align an image backbone with the gene encoder",
                               description=__doc__.splitlines()[0])
@@ -34,7 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--backbone", help="a registered backbone (default efficientnet_lite0, the offline one): "
                    + ", ".join(backbone_names()))
     p.add_argument("--backbone-weights", help="local weight file of the backbone (UNI, CONCH, timm models)")
-    p.add_argument("--image-px", type=int, help="model input side in px (default: the backbone's, 224)")
+    p.add_argument("--image-px", type=ranged_type(int, IMAGE_PX), help="model input side in px (default: the backbone's, 224)")
     p.add_argument("--gene-encoder", required=True,
                    help="Stage-1 run or checkpoint folder (stamp-st pretrain-genes), or random:<config> for tests")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.csv, tb/)")
@@ -49,15 +52,15 @@ def register(subparsers) -> None:
     p.add_argument("--grad-ckpt", action="store_true", default=None, help="gradient checkpointing in the ViT blocks")
     p.add_argument("--augment", choices=["none", "dihedral"],
                    help="none (default) or dihedral: random rotations / mirrorings of the patch (of its cached trunk map on a CNN)")
-    p.add_argument("--temperature-init", type=float, default=None,
+    p.add_argument("--temperature-init", type=num, default=None,
                    help="initial contrastive temperature (default: the release's 0.07; 1.0 suits a few thousand "
                         "spots)")
     p.add_argument("--folds", action="store_true",
                    help="cross-validation: one model per slide held out (OUT/folds/<slide>/), then one final model "
                         "on every slide (OUT/)")
-    p.add_argument("--neighbour-radius-um", type=float,
+    p.add_argument("--neighbour-radius-um", type=num,
                    help="mask same-slide negatives closer than this to the anchor (off by default)")
-    p.add_argument("--expr-sim-threshold", type=float,
+    p.add_argument("--expr-sim-threshold", type=num,
                    help="mask negatives whose gene features have cosine similarity above this")
     p.add_argument("--neighbour-mode", choices=["mask", "soft"], help="default mask")
     p.add_argument("--released-mode", action="store_true", default=None,
@@ -65,19 +68,19 @@ def register(subparsers) -> None:
     p.add_argument("--val-slides", type=lambda v: [x for x in v.split(",") if x], default=None, metavar="ID,ID",
                    help="hold out these slide ids for validation and train on every other slide of the corpus, "
                         "whatever split it gave them (cross-validation over one corpus)")
-    p.add_argument("--val-max-batches", type=int,
+    p.add_argument("--val-max-batches", type=ranged_type(int, Range(0, 10**9, integer=True)),
                    help="validation batches per evaluation (0: every held-out spot; default 20)")
-    p.add_argument("--image-cache-gb", type=float,
+    p.add_argument("--image-cache-gb", type=num,
                    help="with --freeze-backbone or --trainable-blocks on a CNN: cache the frozen part's outputs "
                         "up to this size (0: off; default 4)")
-    p.add_argument("--batch-size", type=int, help="items (2 spots each) per micro-batch and process (default 16)")
-    p.add_argument("--num-workers", type=int, help="data loader processes (default 0)")
-    p.add_argument("--max-steps", type=int, help="default 1000")
-    p.add_argument("--lr", type=float, help="default 1e-4")
-    p.add_argument("--weight-decay", type=float, help="default 1e-3")
+    p.add_argument("--batch-size", type=ranged_type(int, BATCH_SIZE), help="items (2 spots each) per micro-batch and process (default 16)")
+    p.add_argument("--num-workers", type=ranged_type(int, LOADER_WORKERS), help="data loader processes (default 0)")
+    p.add_argument("--max-steps", type=ranged_type(int, STEPS), help="default 1000")
+    p.add_argument("--lr", type=ranged_type(float, LR), help="default 1e-4")
+    p.add_argument("--weight-decay", type=num, help="default 1e-3")
     p.add_argument("--warmup-steps", type=int, help="default 0")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default auto")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU when present)")
+    p.add_argument("--device", type=device_type, help="cpu, cuda, cuda:1 ... (default: GPU when present)")
     p.add_argument("--skip-sha256", action="store_true",
                    help="do not hash every shard against manifest.json before training (sizes are still checked)")
     add_set_option(p, "ckpt_every=500")
@@ -92,9 +95,10 @@ def register(subparsers) -> None:
 def config_from_args(args):
     """The AlignConfig of a command line: ``--config`` (or the command's defaults), then the options given."""
     from ..training.align import AlignConfig
-    from .options import parse_set_overrides
+    from ..training.engine import TrainerConfig
+    from .options import check_options, parse_set_overrides
 
-    given = {k: v for k, v in {
+    given = check_options(AlignConfig, {
         "backbone": args.backbone, "backbone_weights": args.backbone_weights,
         "image_px": args.image_px, "gene_encoder": args.gene_encoder,
         "batch_size": args.batch_size, "freeze_gene_encoder": args.freeze_gene_encoder,
@@ -104,11 +108,11 @@ def config_from_args(args):
         "neighbour_radius_um": args.neighbour_radius_um, "expr_sim_threshold": args.expr_sim_threshold,
         "neighbour_mode": args.neighbour_mode, "released_mode": args.released_mode,
         "num_workers": args.num_workers, "val_slides": args.val_slides,
-        "val_max_batches": args.val_max_batches, "image_cache_gb": args.image_cache_gb}.items() if v is not None}
-    if given.get("val_max_batches") == 0:
+        "val_max_batches": args.val_max_batches or None, "image_cache_gb": args.image_cache_gb})
+    if args.val_max_batches == 0:
         given["val_max_batches"] = None  # every held-out spot
-    trainer = {k: getattr(args, k) for k in TRAINER_OPTIONS if getattr(args, k) is not None}
-    trainer.update(parse_set_overrides(args.set, "ckpt_every=500"))
+    trainer = check_options(TrainerConfig, {k: getattr(args, k) for k in TRAINER_OPTIONS})
+    trainer.update(parse_set_overrides(args.set, "ckpt_every=500", cls=TrainerConfig))
     if not args.config:
         return AlignConfig.from_dict({**given, "trainer": {**CLI_TRAINER_DEFAULTS, **trainer}})
     if {"freeze_backbone", "trainable_blocks", "lora"} & set(given):  # the command line picks what trains

@@ -9,6 +9,9 @@ stamp-st build-corpus --kind paired manifest.tsv corpus_paired --workers 4
 
 
 def register(sub) -> None:
+    from ..config_types import CONTEXT, COUNT0, IMAGE_PX, PATCH_UM, SEED, WORKERS, Range
+    from .options import ranged_type
+
     p = sub.add_parser("build-corpus", help="build WebDataset shards (Stage-1 gene groups or Stage-2 pairs) on Dask",
                        description="Build a training corpus from MANIFEST (TSV/CSV/JSON: path, format, section, "
                                    "slide_id, organ, study, um_per_px, image_path, split) into OUT. Re-running "
@@ -20,26 +23,26 @@ def register(sub) -> None:
     p.add_argument("--her2st", metavar="ROOT", help="build from a her2st folder instead of a manifest "
                    "(writes OUT/input_manifest.tsv)")
     p.add_argument("--sections", help="her2st sections, comma-separated (default all; paired: those with images)")
-    p.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
+    p.add_argument("--workers", type=ranged_type(int, WORKERS), default=2, help="local Dask worker processes (default 2)")
     p.add_argument("--scheduler", help="address of a running Dask scheduler (e.g. tcp://host:8786); OUT must be "
                    "a folder every worker can write")
     p.add_argument("--threads", action="store_true", help="local workers as threads in this process")
     p.add_argument("--vocab", help="gene vocabulary TSV (default: the released vocabulary in the data directory)")
-    p.add_argument("--context", type=int, default=1500, help="tokens per spot (default 1500)")
+    p.add_argument("--context", type=ranged_type(int, CONTEXT), default=1500, help="tokens per spot (default 1500)")
     p.add_argument("--unrounded-means", action="store_true",
                    help="divide by the vocabulary's real means (a vocabulary built from your corpus), not the "
                         "release's rounded ones")
-    p.add_argument("--patch-um", type=float, default=112.0, help="patch side in µm (default 112)")
-    p.add_argument("--out-px", type=int, default=224, help="patch/region size after resizing (default 224)")
+    p.add_argument("--patch-um", type=ranged_type(float, PATCH_UM), default=112.0, help="patch side in µm (default 112)")
+    p.add_argument("--out-px", type=ranged_type(int, IMAGE_PX), default=224, help="patch/region size after resizing (default 224)")
     p.add_argument("--image-codec", choices=["png", "qoi"], default="png",
                    help="lossless image encoding of paired samples: png (standard) or qoi (~10x faster to "
                         "encode, ~4x to decode; read with imagecodecs)")
-    p.add_argument("--min-counts", type=int, default=100, help="minimum raw counts per spot (default 100)")
-    p.add_argument("--min-genes", type=int, default=50, help="minimum vocabulary genes per spot (default 50)")
+    p.add_argument("--min-counts", type=ranged_type(int, COUNT0), default=100, help="minimum raw counts per spot (default 100)")
+    p.add_argument("--min-genes", type=ranged_type(int, COUNT0), default=50, help="minimum vocabulary genes per spot (default 50)")
     p.add_argument("--keep-off-tissue", action="store_true", help="keep spots marked not in tissue")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-    p.add_argument("--shard-size", type=int, help="max samples per shard (default genes 2048, paired 512)")
-    p.add_argument("--chunk-spots", type=int, default=256, help="spots processed at once in a task (memory bound)")
+    p.add_argument("--seed", type=ranged_type(int, SEED), default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--shard-size", type=ranged_type(int, Range(1, 10**7, integer=True)), help="max samples per shard (default genes 2048, paired 512)")
+    p.add_argument("--chunk-spots", type=ranged_type(int, Range(1, 10**7, integer=True)), default=256, help="spots processed at once in a task (memory bound)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--allow-skipped", action="store_true",
                    help="exit 0 even when manifest rows gave nothing (unreadable, no spot left after QC, no image); "
@@ -65,7 +68,7 @@ def run(args) -> int:
     if bool(args.manifest) == bool(args.her2st):
         raise StampInputError("give either MANIFEST or --her2st ROOT", hint="see `stamp-st build-corpus --help`")
     out = Path(args.out)
-    check_corpus_out(out)  # before anything is written into it
+    check_corpus_out(out, args.kind)  # before anything is written into it
     if args.her2st:
         sections = args.sections.split(",") if args.sections else None
         entries = her2st_manifest(args.her2st, sections=sections, with_image_only=args.kind == "paired",

@@ -11,18 +11,20 @@ stamp-st demo --out stamp_st_demo --force evaluate
 
 
 def register(subparsers) -> None:
+    from ..config_types import STEPS, WORKERS
     from ..demo import STAGES
+    from .options import ranged_type
 
     p = subparsers.add_parser("demo", help="run the whole pipeline on real HER2+ data and write a report",
                               description=__doc__.splitlines()[0])
     p.add_argument("--out", default="stamp_st_demo", help="output folder (re-runs reuse finished stages)")
-    p.add_argument("--workers", type=int, default=2, help="Dask workers for the corpus builds")
+    p.add_argument("--workers", type=ranged_type(int, WORKERS), default=2, help="Dask workers for the corpus builds")
     p.add_argument("--pretrain-config", default="demo_cpu",
                    help="Stage-1 config: demo_cpu, her2st_small_gpu, or a JSON file (default demo_cpu)")
     p.add_argument("--align-config", default="demo_cpu",
                    help="Stage-2 config: demo_cpu, her2st_gpu, or a JSON file (default demo_cpu)")
-    p.add_argument("--pretrain-steps", type=int, default=None, help="Stage-1 optimizer steps")
-    p.add_argument("--align-steps", type=int, default=None, help="Stage-2 optimizer steps")
+    p.add_argument("--pretrain-steps", type=ranged_type(int, STEPS), default=None, help="Stage-1 optimizer steps")
+    p.add_argument("--align-steps", type=ranged_type(int, STEPS), default=None, help="Stage-2 optimizer steps")
     p.add_argument("--force", action="append", default=[], choices=STAGES,
                    help="re-run this stage even if it finished before (repeatable)")
     p.set_defaults(func=run)

@@ -13,8 +13,10 @@ stamp-st embed backbone:conch_v1 slide.svs --tiles --pt --out feats/h5_files/sli
 
 
 def register(subparsers) -> None:
+    from ..config_types import BATCH_SIZE, FRACTION, PATCH_UM
     from ..models.registry import backbone_names
     from .inspect_cmd import add_sample_arguments
+    from .options import device_type, ranged_type
 
     p = subparsers.add_parser("embed", help="embed a sample's spots (or a whole slide's tiles)",
                               description=__doc__.splitlines()[0])
@@ -24,17 +26,17 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output .h5ad (per-spot obsm keys) or .h5 (TRIDENT-style)")
     p.add_argument("--backbone-weights", default=None, help="local weight file for backbone:NAME (wins "
                    "over the hub)")
-    p.add_argument("--patch-um", type=float, default=112.0, help="patch side in µm for backbone:NAME")
+    p.add_argument("--patch-um", type=ranged_type(float, PATCH_UM), default=112.0, help="patch side in µm for backbone:NAME")
     p.add_argument("--tiles", action="store_true", help="embed tissue tiles of the whole slide instead of spots "
                    "(SAMPLE: a slide file, a HEST root with --section, or any sample with an image); writes "
                    "TRIDENT's .h5 layout")
     p.add_argument("--pt", action="store_true", help="with --tiles: also write CLAM's pt_files/SLIDE.pt (FEAT_DIR/pt_files/ "
                    "when OUT is FEAT_DIR/h5_files/SLIDE.h5, else pt_files/ beside OUT)")
-    p.add_argument("--min-tissue-fraction", type=float, default=0.5,
+    p.add_argument("--min-tissue-fraction", type=ranged_type(float, FRACTION), default=0.5,
                    help="with --tiles: keep tiles at least this fraction tissue (default 0.5)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=ranged_type(int, BATCH_SIZE), default=32, help="spots per batch")
     p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", type=device_type, default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="image pass: auto = bf16 autocast on CUDA except for released-mode models (fp32)")
     from .options import add_pipeline_options
@@ -103,8 +105,9 @@ def run(args) -> int:
     from .inspect_cmd import read_sample_from_args
 
     adata = read_sample_from_args(args)
+    notes: list[str] = []  # what was left out (Stamp_G / Stamp_F of spots or samples without vocabulary genes)
     embs = embed_sample(embedder, adata, batch_size=args.batch_size, pipeline=args.pipeline,
-                        magnification=args.magnification)
+                        magnification=args.magnification, notes=notes)
     meta = SampleMeta.of(adata)
     sid = meta.sample_id or "sample"
     if out.suffix == ".h5":
@@ -130,11 +133,14 @@ def run(args) -> int:
                              counts=adata.X, gene_names=list(adata.var_names),
                              image_paths={sid: meta.image_path} if meta.image_path else None,
                              extra_uns={"model": embedder.name, "um_per_px": meta.slide_um_per_px or 0.0,
-                                        "pipeline": args.pipeline, "precision": embedder.precision},
+                                        "pipeline": args.pipeline, "precision": embedder.precision,
+                                        **({"notes": notes} if notes else {})},
                              obs_columns=obs_cols, var_columns=var_cols, spatial=spatial_uns(adata, sid))
     _summary(args, {"out": str(out), "kind": "spots", "n_spots": int(adata.n_obs),
-                    "keys": {k: int(v.shape[1]) for k, v in embs.items()}},
-             f"{adata.n_obs} spots, {', '.join(f'{k} {v.shape[1]}-d' for k, v in embs.items())} -> {out}")
+                    "keys": {k: int(v.shape[1]) for k, v in embs.items()},
+                    **({"notes": notes} if notes else {})},
+             f"{adata.n_obs} spots, {', '.join(f'{k} {v.shape[1]}-d' for k, v in embs.items())} -> {out}"
+             + "".join(f"\nnote: {n}" for n in notes))
     return 0
 
 

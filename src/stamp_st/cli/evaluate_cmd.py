@@ -10,7 +10,9 @@ stamp-st evaluate --embeddings all.h5ad:X_stamp_v --add-expression-pca --tasks p
 
 
 def register(subparsers) -> None:
+    from ..config_types import SEED, Range
     from ..evaluation.registry import EVAL_TASKS
+    from .options import ranged_type
 
     p = subparsers.add_parser(
         "evaluate", help="evaluate embeddings (probe, clustering, expression, retrieval, MIL) with intervals",
@@ -32,9 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--slide-labels", metavar="CSV", help="CSV with columns slide_id,label for the mil task")
     p.add_argument("--test-slides", nargs="+", metavar="SLIDE",
                    help="a given split: these slides are the test set (default: leave-one-slide-out)")
-    p.add_argument("--impute-k", type=int, default=50, help="top-k reference spots for retrieval imputation")
+    p.add_argument("--impute-k", type=ranged_type(int, Range(1, 10**6, integer=True)), default=50, help="top-k reference spots for retrieval imputation")
     p.add_argument("--projection", choices=("umap", "pca"), default="umap", help="2-D projection in figures")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=ranged_type(int, SEED), default=0, help="seed of every random choice")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for results.json, report.html")
     p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
     p.set_defaults(func=run)
@@ -75,7 +77,14 @@ def run(args) -> int:
     labels = load_labels(args.labels, first, args.her2st_root) if args.labels else None
     slide_labels = None
     if args.slide_labels:
-        df = pd.read_csv(args.slide_labels)
+        from ..errors import require_file
+
+        require_file(args.slide_labels, "slide label table", hint="give a CSV with columns slide_id,label")
+        try:
+            df = pd.read_csv(args.slide_labels)
+        except (ValueError, UnicodeDecodeError) as err:  # pandas' parser errors are ValueErrors
+            raise StampInputError(f"cannot parse the slide label table ({err})", args.slide_labels,
+                                  hint="give a CSV with columns slide_id,label") from err
         if not {"slide_id", "label"} <= set(df.columns):
             raise StampInputError("needs columns slide_id,label", args.slide_labels)
         slide_labels = dict(zip(df["slide_id"].astype(str), df["label"]))
@@ -91,10 +100,16 @@ def run(args) -> int:
     json_path, html_path = write_report(args.out, results, artifacts, projection=args.projection)
     if args.json:
         print(json.dumps({"results": str(json_path), "report": str(html_path),
-                          "table": [r for r in results["table"] if "mean" in r]}, default=str))
+                          "table": [r for r in results["table"] if "mean" in r],
+                          "skipped": [r for r in results["table"] if "skipped" in r],
+                          "notes": results["meta"].get("notes", [])}, default=str))
         return 0
     for r in results["table"]:
         if "mean" in r:
             print(f"{r['task']:<11} {r['metric']:<22} {r['source']:<24} {r['text']}")
+        elif "skipped" in r:  # asked for but not computed: say why
+            print(f"{r['task']:<11} {'(skipped)':<22} {r['source']:<24} {r['skipped']}")
+    for note in results["meta"].get("notes", []):
+        print(f"note: {note}")
     print(f"wrote {json_path} and {html_path}")
     return 0

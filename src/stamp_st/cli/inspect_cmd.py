@@ -10,14 +10,16 @@ import sys
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments shared by every command that reads one sample."""
+    from ..config_types import UM_PER_PX
     from ..readers import FORMATS, INPUT_FORMATS
+    from .options import ranged_type
 
     p.add_argument("sample", help="sample path: Space Ranger outs/, HEST root or st/<id>.h5ad, her2st root, .h5ad")
     p.add_argument("--format", choices=FORMATS, default=None, help="input format (default: detect): "
                    + "; ".join(f"{f.name}: {f.layout}" for f in INPUT_FORMATS.values()))
     p.add_argument("--section", default=None, help="section / sample id inside a her2st or HEST root")
     p.add_argument("--image", default=None, help="full-resolution H&E image the spot pixels refer to")
-    p.add_argument("--um-per-px", type=float, default=None, help="pixel size in µm (default: metadata or "
+    p.add_argument("--um-per-px", type=ranged_type(float, UM_PER_PX), default=None, help="pixel size in µm (default: metadata or "
                    "inferred from the spot grid)")
     p.add_argument("--vocab", default=None, help="gene vocabulary TSV (default: the released vocabulary in "
                    "the data directory)")

@@ -13,7 +13,8 @@ torchrun --nproc-per-node 4 -m stamp_st.cli pretrain-genes corpus_genes --config
 
 
 def register(subparsers) -> None:
-    from .options import add_set_option
+    from ..config_types import BATCH_SIZE, STEPS
+    from .options import add_set_option, device_type, ranged_type
 
     p = subparsers.add_parser("pretrain-genes", help="Stage 1: pretrain the gene encoder on a genes corpus",
                               description=__doc__.splitlines()[0])
@@ -28,11 +29,13 @@ def register(subparsers) -> None:
                    help="require a checkpoint to resume from (default: resume when the run folder has one)")
     g.add_argument("--no-resume", dest="resume", action="store_const", const=False,
                    help="refuse to touch a run folder that already holds checkpoints")
-    p.add_argument("--epochs", type=int, help="override the number of epochs")
-    p.add_argument("--max-steps", type=int, help="train this many optimizer steps (replaces epochs)")
-    p.add_argument("--batch-size", type=int, help="groups of 9 spots per micro-batch and process")
+    p.add_argument("--epochs", type=ranged_type(int, STEPS), help="override the number of epochs")
+    p.add_argument("--max-steps", type=ranged_type(int, STEPS),
+                   help="train this many optimizer steps (replaces epochs)")
+    p.add_argument("--batch-size", type=ranged_type(int, BATCH_SIZE),
+                   help="groups of 9 spots per micro-batch and process")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="override the precision")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU when present)")
+    p.add_argument("--device", type=device_type, help="cpu, cuda, cuda:1 ... (default: GPU when present)")
     p.add_argument("--skip-sha256", action="store_true",
                    help="do not hash every shard against manifest.json before training (sizes are still checked)")
     add_set_option(p)
@@ -44,9 +47,11 @@ def run(args) -> int:
 
     from ..distributed import env_rank_world
     from ..preprocessing.vocab import GeneVocabulary
+    from ..training.engine import TrainerConfig
     from ..training.pretrain_genes import PretrainConfig, run_pretrain
     from .options import parse_set_overrides
 
+    overrides = parse_set_overrides(args.set, cls=TrainerConfig)  # checked before the config file is read
     cfg = PretrainConfig.load(args.config)
     if args.model:
         cfg.model = args.model
@@ -61,7 +66,7 @@ def run(args) -> int:
         cfg.batch_size = args.batch_size
     if args.precision:
         cfg.trainer["precision"] = args.precision
-    cfg.trainer.update(parse_set_overrides(args.set))
+    cfg.trainer.update(overrides)
     cfg = PretrainConfig.from_dict(cfg.to_json(), args.config)  # re-validate the overrides
     vocab = GeneVocabulary.from_tsv(args.vocab) if args.vocab else None
     result = run_pretrain(args.corpus, cfg, args.out, resume=args.resume, vocab=vocab, device=args.device,

@@ -15,13 +15,15 @@ stamp-st tokenize /data/her2st --section B1 --out B1_tokens.npz
 
 
 def register(subparsers) -> None:
+    from ..config_types import CONTEXT
     from ..preprocessing.tokenizer import DEFAULT_CONTEXT
+    from .options import ranged_type
 
     p = subparsers.add_parser("tokenize", help="write a sample's rank-ordered gene tokens to an .npz",
                               description=__doc__.splitlines()[0])
     add_sample_arguments(p)
     p.add_argument("--out", required=True, help="output .npz (written atomically)")
-    p.add_argument("--context", type=int, default=DEFAULT_CONTEXT, help="tokens per spot (default %(default)s)")
+    p.add_argument("--context", type=ranged_type(int, CONTEXT), default=DEFAULT_CONTEXT, help="tokens per spot (default %(default)s)")
     p.add_argument("--unrounded-means", action="store_true",
                    help="divide by the real per-gene means instead of the release's rounded integers")
     p.add_argument("--json", action="store_true", help="print one JSON summary object instead of text")
@@ -74,11 +76,10 @@ def run(args) -> int:
     import numpy as np
 
     from ..errors import StampInputError
-    from ..io_utils import atomic_path
+    from ..io_utils import atomic_path, check_output_file
     from .inspect_cmd import load_vocab, read_sample_from_args
 
-    if args.context < 1:
-        raise StampInputError(f"--context must be a positive number of tokens, got {args.context}")
+    check_output_file(args.out)
     adata = read_sample_from_args(args)
     vocab = load_vocab(args.vocab)
     if args.pipeline == "released" and args.unrounded_means:

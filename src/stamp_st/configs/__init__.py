@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import StampInputError
@@ -20,13 +19,17 @@ def load_config_json(kind: str, name_or_path: str | Path) -> tuple[dict, str]:
     """(parsed JSON, where it came from) for a registered name of ``kind`` or a JSON file path."""
     names = registered(kind)
     path = CONFIG_DIR / kind / f"{name_or_path}.json" if str(name_or_path) in names else Path(name_or_path)
+    if path.exists() and not path.is_file():
+        from ..errors import not_a_file
+
+        raise StampInputError(f"the {kind.replace('_', ' ')} config is {not_a_file(path)}", path,
+                              hint=f"use one of {', '.join(names)} or a JSON file path")
     if not path.is_file():
         raise StampInputError(f"no {kind.replace('_', ' ')} config named {str(name_or_path)!r}", path,
                               hint=f"use one of {', '.join(names)} or a JSON file path")
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise StampInputError(f"invalid JSON ({err})", path) from err
+    from ..io_utils import read_json
+
+    d = read_json(path, f"{kind.replace('_', ' ')} config")
     if not isinstance(d, dict):
         raise StampInputError(f"the config must be a JSON object, got {type(d).__name__}", path,
                               hint='write it as {"name": value, ...}')

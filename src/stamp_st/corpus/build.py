@@ -27,7 +27,16 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ..config_types import config_from_dict
+from ..config_types import (
+    CONTEXT,
+    IMAGE_PX,
+    MAGNIFICATION,
+    PATCH_UM,
+    SEED,
+    check_ranges,
+    config_from_dict,
+    ranged,
+)
 from ..errors import StampInputError
 from ..io_utils import atomic_path, atomic_write_json
 from ..readers.sample_meta import SampleMeta
@@ -61,21 +70,23 @@ log = logging.getLogger(__name__)
 class BuildConfig:
     kind: str
     vocab_path: str
-    context: int = 1500
+    context: int = ranged(1500, CONTEXT)
     rounded_means: bool = True
-    patch_um: float = 112.0
-    out_px: int = 224
-    region_factor: int = 3
-    thumb_px: int = 16
+    patch_um: float = ranged(112.0, PATCH_UM)
+    out_px: int = ranged(224, IMAGE_PX)
+    region_factor: int = ranged(3, lo=1, hi=15, integer=True)
+    thumb_px: int = ranged(16, lo=1, hi=1024, integer=True)
     qc: qcmod.QCConfig = field(default_factory=qcmod.QCConfig)
-    seed: int = 0
-    shard_size: int | None = None
-    chunk_spots: int = 256
+    seed: int = ranged(0, SEED)
+    shard_size: int | None = ranged(None, lo=1, hi=10**7, integer=True, why="samples per shard")
+    chunk_spots: int = ranged(256, lo=1, hi=10**7, integer=True, why="spots processed at once")
     image_codec: str = "png"
     pipeline: str = "default"  # "released": the release's tokens and crops (preprocessing.release_pipeline)
-    magnification: float | None = None  # released pipeline: patch side 2 x 112 x mag / 20 px
+    magnification: float | None = ranged(None, MAGNIFICATION)  # released pipeline: patch side 2 x 112 x mag / 20 px
 
     def __post_init__(self):
+        check_ranges(self, None, "corpus build setting")
+        check_ranges(self.qc, None, "QC setting")
         if self.kind not in KINDS:
             raise StampInputError(f"unknown corpus kind {self.kind!r}", hint=f"use one of {KINDS}")
         if self.shard_size is None:
@@ -226,7 +237,7 @@ def build_slide(entry_json: dict, config_json: dict, out_dir: str, settings_hash
     out = Path(out_dir)
     sid = entry.slide_id
     remove_slide_outputs(out, sid)
-    done: dict = {"slide_id": sid, "settings_hash": settings_hash, "status": "ok", "reason": "", "detail": "",
+    done: dict = {"slide_id": sid, "kind": cfg.kind, "settings_hash": settings_hash, "status": "ok", "reason": "", "detail": "",
                   "shards": [], "n_samples": 0, "n_spots": 0, "n_patches": 0,
                   "qc": {"n_spots_input": 0, "n_spots_kept": 0, "dropped": qcmod.empty_counts()}}
 
@@ -425,8 +436,9 @@ _OWN_FILE = re.compile(r"^(?:[A-Za-z0-9_\-]+-\d{5}\.tar|[A-Za-z0-9_\-]+\.done\.j
 _OWN_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 
 
-def check_corpus_out(out: str | Path) -> None:
-    """Refuse an OUT folder that holds files build-corpus did not write (it would overwrite or delete them)."""
+def check_corpus_out(out: str | Path, kind: str | None = None) -> None:
+    """Refuse an OUT folder that holds files build-corpus did not write (it would overwrite or delete them), or
+    (``kind`` given) a corpus of the other kind, finished or not (its manifest and shards would be replaced)."""
     out = Path(out)
     if not out.exists():
         return
@@ -446,6 +458,16 @@ def check_corpus_out(out: str | Path) -> None:
         if not ours:
             raise StampInputError("the corpus output folder holds a manifest.json that build-corpus did not write",
                                   out, hint="give a new or empty folder as OUT (the input manifest goes elsewhere)")
+    if kind is not None:
+        for p in [man, *sorted(out.glob(f"*{DONE_SUFFIX}"))]:
+            try:
+                other = json.loads(p.read_text()).get("kind") if p.is_file() else None
+            except (OSError, ValueError, AttributeError):
+                other = None
+            if other is not None and other != kind:
+                raise StampInputError(f"the corpus output folder holds a {other!r} corpus ({p.name}); this build "
+                                      f"is --kind {kind} and would replace it", out,
+                                      hint=f"give another OUT folder for the {kind} corpus")
 
 
 def _is_own_file(p: Path) -> bool:
@@ -475,7 +497,7 @@ def build_corpus(manifest: str | Path | list[SampleEntry], out_dir: str | Path, 
     """
     entries = read_manifest(manifest) if not isinstance(manifest, list) else list(manifest)
     out = Path(out_dir)
-    check_corpus_out(out)
+    check_corpus_out(out, config.kind)
     out.mkdir(parents=True, exist_ok=True)
     vocab = _load_vocab(str(config.vocab_path))
     settings = config.settings(vocab.checksum, vocab.divisors_checksum(config.rounded_means))

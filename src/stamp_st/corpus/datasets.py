@@ -30,7 +30,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..distributed import group_rank_world
 from ..errors import StampInputError
-from .shards import IMAGE_CODECS, decode_sample, iter_shard_raw
+from ..io_utils import read_json
+from .shards import IMAGE_CODECS, decode_sample, iter_shard_raw, member_errors
 
 
 def load_corpus_manifest(manifest: str | Path | dict) -> tuple[dict, str]:
@@ -57,11 +58,11 @@ def load_corpus_manifest(manifest: str | Path | dict) -> tuple[dict, str]:
         p = p / "manifest.json"
     if not p.is_file():
         raise StampInputError("corpus manifest not found", p, hint="build the corpus with `stamp-st build-corpus`")
-    try:
-        man = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise StampInputError(f"the corpus manifest is not valid JSON ({err})", p,
-                              hint="the file is damaged: copy the corpus again or re-run build-corpus") from err
+    if p.suffix.lower() in (".tsv", ".csv", ".txt"):
+        raise StampInputError("this is a sample table (the input of build-corpus), not a corpus", p,
+                              hint="build the corpus first (`stamp-st build-corpus` on this file), then pass the "
+                                   "corpus folder")
+    man = read_json(p, "corpus manifest", hint="the file is damaged: copy the corpus again or re-run build-corpus")
     return check_corpus_manifest(man, p), str(p.parent)
 
 
@@ -124,11 +125,27 @@ def _int_hash(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
-def _pad(tokens: np.ndarray, context: int) -> np.ndarray:
+GROUP_SIZE = 9  # a Stage-1 item: the centre spot and its 8 neighbours
+
+
+def _pad(tokens: np.ndarray, context: int, rows: int | None = None) -> np.ndarray:
+    """Token ids padded to ``context``; ``rows``: the group size a Stage-1 item must have (None: one spot)."""
+    want = (rows,) if rows else ()
+    if not isinstance(tokens, np.ndarray) or tokens.ndim != len(want) + 1 or tokens.shape[:-1] != want \
+            or tokens.dtype.kind not in "iu":
+        raise ValueError(f"tokens.npy is {getattr(tokens, 'dtype', type(tokens))} "
+                         f"{getattr(tokens, 'shape', '')}, expected integer ids of shape {(*want, 'L')}")
     t = tokens[..., :context]
     if t.shape[-1] < context:
         t = np.concatenate([t, np.zeros(t.shape[:-1] + (context - t.shape[-1],), t.dtype)], axis=-1)
     return t.astype(np.int64)
+
+
+def _valid(v) -> np.ndarray:
+    v = np.asarray(v)
+    if v.shape != (GROUP_SIZE,):
+        raise ValueError(f"spot_valid.npy has shape {v.shape}, expected ({GROUP_SIZE},)")
+    return v.astype(bool)
 
 
 class _ShardDataset(IterableDataset):
@@ -257,15 +274,18 @@ class GeneGroupDataset(_ShardDataset):
 
     def _items(self, plan):
         for si, first, stop in plan:
-            for i, raw in enumerate(iter_shard_raw(self.url(self.shards[si]))):
+            url = self.url(self.shards[si])
+            for i, raw in enumerate(iter_shard_raw(url)):
                 if i < first:
                     continue
                 if i >= stop:
                     break
-                s = decode_sample(raw)
-                yield {"tokens": torch.from_numpy(_pad(s["tokens.npy"], self.context)),
-                       "spot_valid": torch.from_numpy(np.asarray(s["spot_valid.npy"], bool)),
-                       "slide_id": s["meta.json"]["slide_id"], "spot_id": s["meta.json"]["spot_ids"][0]}
+                with member_errors(url, raw):
+                    s = decode_sample(raw)
+                    item = {"tokens": torch.from_numpy(_pad(s["tokens.npy"], self.context, GROUP_SIZE)),
+                            "spot_valid": torch.from_numpy(_valid(s["spot_valid.npy"])),
+                            "slide_id": s["meta.json"]["slide_id"], "spot_id": s["meta.json"]["spot_ids"][0]}
+                yield item
 
 
 class PairedSpotDataset(_ShardDataset):
@@ -283,11 +303,18 @@ class PairedSpotDataset(_ShardDataset):
 
     def _items(self, plan):
         for si, first, stop in plan:
-            raws = list(iter_shard_raw(self.url(self.shards[si])))
+            url = self.url(self.shards[si])
+            raws = list(iter_shard_raw(url))
             part = self.partners(si, len(raws), self.epoch)
             for i in range(first, stop):
-                a, b = decode_sample(raws[i]), decode_sample(raws[int(part[i])])
-                yield self._pair(a, b)
+                ra, rb = raws[i], raws[int(part[i])]
+                with member_errors(url, ra):
+                    a = decode_sample(ra)
+                with member_errors(url, rb):
+                    b = decode_sample(rb)
+                with member_errors(url, ra, rb):
+                    item = self._pair(a, b)
+                yield item
 
     def _pair(self, a: dict, b: dict) -> dict:
         ma, mb = a["meta.json"], b["meta.json"]

@@ -5,7 +5,6 @@ reads them from here."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import StampInputError
@@ -23,4 +22,6 @@ def read_finished_manifest(corpus_dir: str | Path) -> dict:
     if not mpath.is_file():
         raise StampInputError("no manifest.json: not a finished corpus", corpus_dir,
                               hint="run `stamp-st build-corpus` (again) to finish it")
-    return json.loads(mpath.read_text())
+    from ..io_utils import read_json
+
+    return read_json(mpath, "corpus manifest", hint="the file is damaged: copy the corpus again or re-run build-corpus")

@@ -10,14 +10,13 @@ resolved against the manifest's folder so that a manifest travels with its data.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from ..errors import DataNotFoundError, StampInputError
+from ..errors import DataNotFoundError, StampInputError, require_file
 
 SPLITS = ("train", "val", "test")
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_\-]+")
@@ -121,13 +120,13 @@ def read_manifest(path: str | Path) -> list[SampleEntry]:
     """Read a TSV/CSV/JSON manifest."""
     import pandas as pd
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataNotFoundError("corpus manifest not found", path,
-                                hint="write one with columns path, format, section, split (see docs/corpus.md)")
+    path = require_file(path, "corpus manifest",
+                        hint="write one with columns path, format, section, split (see docs/corpus.md)")
     try:
         if path.suffix.lower() == ".json":
-            records = json.loads(path.read_text())
+            from ..io_utils import read_json
+
+            records = read_json(path, "manifest")
             if isinstance(records, dict):
                 records = records.get("samples", [])
         else:

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from ..config_types import COUNT0, FRACTION, ranged
+
 # spot rules, in the order they are applied
 SPOT_RULES = ("not_in_tissue", "empty", "min_counts", "min_genes", "off_image")
 # slide rules (a skipped slide has exactly one of these reasons)
@@ -24,10 +26,10 @@ class QCConfig:
     non-zero count *in the vocabulary*; ``max_outside_fraction``: drop a spot (paired corpora) when more than
     this fraction of its patch square lies outside the image."""
 
-    min_counts: int = 100
-    min_genes: int = 50
+    min_counts: int = ranged(100, COUNT0)
+    min_genes: int = ranged(50, COUNT0)
     require_in_tissue: bool = True
-    max_outside_fraction: float = 0.5
+    max_outside_fraction: float = ranged(0.5, FRACTION)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -12,9 +12,11 @@ imagecodecs); ``.json`` small metadata; ``.txt`` UTF-8 strings.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -195,6 +197,30 @@ def iter_shard_raw(url: str) -> Iterator[dict]:
         stream.close()
 
 
+# what decoding a damaged member raises (numpy's .npy reader, PIL / imagecodecs, json, a missing or odd field)
+DAMAGED_MEMBER_ERRORS = (ValueError, KeyError, TypeError, IndexError, OSError, EOFError, zlib.error)
+
+
+@contextlib.contextmanager
+def member_errors(url: str, *raws: Mapping) -> Iterator[None]:
+    """Decode (and use) shard members inside this block: a damaged member becomes a StampInputError naming the
+    shard and the member, whatever the decoder raised."""
+    from ..errors import StampInputError
+
+    try:
+        yield
+    except StampInputError:
+        raise
+    except DAMAGED_MEMBER_ERRORS as err:
+        keys = ", ".join(repr(r.get("__key__", "?")) for r in raws)
+        raise StampInputError(f"member {keys} of the shard cannot be decoded ({type(err).__name__}: "
+                              f"{str(err)[:200]})", url,
+                              hint="the shard is damaged although its size matches: check it with its sha256 "
+                                   "(drop --skip-sha256), copy the corpus again or re-run build-corpus") from err
+
+
 def iter_shard(url: str, fields: set[str] | None = None) -> Iterator[dict]:
     for raw in iter_shard_raw(url):
-        yield decode_sample(raw, fields)
+        with member_errors(url, raw):
+            sample = decode_sample(raw, fields)
+        yield sample

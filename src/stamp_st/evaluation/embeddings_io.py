@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import DataNotFoundError, StampInputError
+from ..errors import StampInputError, require_file
 from ..io_utils import atomic_path
 
 # obsm keys written by the embed command; the first one present is the default image-side source.
@@ -72,6 +72,11 @@ class EmbeddingSet:
                 f"{len(self.spot_ids)} spot ids do not agree", self.source_path or None,
                 hint="write one row per spot with obs['slide_id'] set",
             )
+        if n == 0 or self.emb.shape[1] == 0:
+            raise StampInputError(f"embedding source {self.name!r} is empty ({n} spots x {self.emb.shape[1]} "
+                                  "dimensions)", self.source_path or None,
+                                  hint="give an embedding with at least one spot and one dimension (check the "
+                                       "obsm key: FILE.h5ad:KEY)")
         if self.gene_emb is not None:
             self.gene_emb = np.asarray(self.gene_emb, dtype=np.float32)
             if self.gene_emb.shape[0] != n:
@@ -173,9 +178,7 @@ def read_embedding_h5ad(path: str | Path, key: str | None = None, name: str | No
     import anndata as ad
     import scipy.sparse as sp
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataNotFoundError("embedding file not found", path, hint="run `stamp-st embed` first")
+    path = require_file(path, "embedding file", hint="run `stamp-st embed` first, or check the path")
     try:
         adata = ad.read_h5ad(path)
     except Exception as err:  # noqa: BLE001 - any parse failure is a bad input file
@@ -384,9 +387,7 @@ def read_trident_h5(path: str | Path, name: str | None = None, slide_id: str | N
     ``xy_px`` is the tile centre; without it coords are taken as centres (older stamp-st spot files)."""
     import h5py
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataNotFoundError("embedding file not found", path)
+    path = require_file(path, "embedding file", hint="check the path")
     with h5py.File(path, "r") as f:
         if "features" not in f or "coords" not in f:
             raise StampInputError(f"HDF5 lacks 'features' or 'coords' (has {list(f.keys())})", path,
@@ -417,6 +418,7 @@ def read_source(spec: str, name: str | None = None) -> EmbeddingSet:
         parts = [read_source(f"{f}:{key}" if key else f) for f in files.split(",") if f]
         return concat_sets(parts, name=name or parts[0].name)
     path, key = parse_source_spec(spec)
+    require_file(path, "embedding file", hint="give an .h5ad written by `stamp-st embed` or a TRIDENT-style .h5")
     if path.suffix == ".h5ad":
         return read_embedding_h5ad(path, key, name)
     if path.suffix in (".h5", ".hdf5"):
@@ -458,7 +460,7 @@ def concat_sets(sets: Sequence[EmbeddingSet], name: str | None = None) -> Embedd
                         image_paths=paths, patches=patches, source_path=",".join(s.source_path for s in sets))
 
 
-def align_sources(sources: Mapping[str, EmbeddingSet]) -> dict[str, EmbeddingSet]:
+def align_sources(sources: Mapping[str, EmbeddingSet], notes: list | None = None) -> dict[str, EmbeddingSet]:
     """Restrict every source to the spots all of them share, in one common order, so that metrics
     compare like with like."""
     if not sources:
@@ -475,6 +477,13 @@ def align_sources(sources: Mapping[str, EmbeddingSet]) -> dict[str, EmbeddingSet
         raise StampInputError("the embedding sources share no spots",
                               hint="check that obs['slide_id'] and spot ids agree between files")
     order = [k for k in items[0][1].keys.tolist() if k in common]
+    for name, s in items:  # nothing narrowed without a word: say how many spots each source loses
+        if len(s) > len(order):
+            msg = (f"source {name!r} ({s.source_path or 'in memory'}): {len(s) - len(order)} of {len(s)} spots "
+                   f"are not in every source and are left out; {len(order)} common spots are evaluated")
+            warnings.warn(msg, stacklevel=2)
+            if notes is not None:
+                notes.append(msg)
     out = {}
     for name, s in items:
         pos = pd.Index(s.keys).get_indexer(order)

@@ -36,6 +36,11 @@ def load_labels(spec: str, source: EmbeddingSet, her2st_root: str | Path | None 
     from ..paths import her2st_dir
 
     root = Path(her2st_root) if her2st_root else her2st_dir()
+    if not root.is_dir():
+        from ..errors import not_a_file
+
+        raise StampInputError(f"the her2st label root is {not_a_file(root).replace('a regular file', 'a file')}",
+                              root, hint="pass --her2st-root with the her2st folder (holding ST-cluster/ and ST-pat/)")
     fn = rl.her2st_cluster_labels if spec == "her2st-cluster" else rl.her2st_pathologist_labels
     out = np.full(len(source), "", dtype=object)
     for sl in dict.fromkeys(source.slide_ids.tolist()):
@@ -48,4 +53,9 @@ def load_labels(spec: str, source: EmbeddingSet, her2st_root: str | Path | None 
             raise
         lab = lab.astype(object).where(lab.notna(), "").astype(str)
         out[idx] = lab.reindex(source.spot_ids[idx]).fillna("").to_numpy()
+    if not (out != "").any():
+        raise StampInputError(f"--labels {spec}: no spot of the {len(dict.fromkeys(source.slide_ids.tolist()))} "
+                              f"slide(s) has a label under this root", root,
+                              hint="check --her2st-root and that the embedding's slide ids are her2st section "
+                                   "ids (e.g. A1, B1)")
     return pd.Series(out.astype(str), index=keys)

@@ -43,6 +43,9 @@ def _esc(x) -> str:
     return html.escape(str(x))
 
 
+NOT_RUN = "n/a (this metric does not apply to this source)"
+
+
 def _lower_is_better(metric: str) -> bool:
     return any(s in metric for s in F.HIGHER_IS_BETTER_EXCEPT)
 
@@ -59,8 +62,7 @@ def metric_table_html(results: dict) -> str:
     reasons: dict[str, str] = {}  # skip reason -> footnote mark
 
     def skip_cell(reason: str | None) -> str:
-        if not reason:
-            return "<td class='skip'>n/a</td>"
+        reason = reason or NOT_RUN
         mark = reasons.setdefault(reason, "*" * (len(reasons) + 1) if len(reasons) < 3 else str(len(reasons) + 1))
         return f"<td class='skip' title='{_esc(reason)}'>—<sup>{_esc(mark)}</sup></td>"
 
@@ -354,11 +356,16 @@ def json_clean(obj):
 
 def write_report(out_dir: str | Path, results: dict, artifacts: dict | None = None, projection: str = "umap",
                  title: str = "stamp-st evaluation") -> tuple[Path, Path]:
-    """Write ``results.json`` and ``report.html`` into ``out_dir`` (atomically)."""
+    """Write ``report.html`` and ``results.json`` into ``out_dir``, each atomically. ``results.json`` is the
+    completion marker: an earlier run's is removed first and the new one is written last, so a killed run
+    leaves both files of one run or no ``results.json`` (its report, if any, is then incomplete work)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "results.json", json_clean(results))
+    clean = json_clean(results)  # before anything is touched: an unserialisable result fails here
     figs = build_figures(results, artifacts or {}, projection=projection,
                          seed=int(results["meta"].get("seed", 0)))
-    atomic_write_text(out_dir / "report.html", render_html(results, figs, title))
+    html = render_html(results, figs, title)
+    (out_dir / "results.json").unlink(missing_ok=True)
+    atomic_write_text(out_dir / "report.html", html)
+    atomic_write_json(out_dir / "results.json", clean)
     return out_dir / "results.json", out_dir / "report.html"

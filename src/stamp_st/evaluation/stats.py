@@ -54,12 +54,17 @@ def interval_text(row: dict, digits: int = 3) -> str:
     """'mean [low, high]' of a result row (metric, mean, low, high), the interval clipped to the metric's range."""
     mean = row.get("mean", np.nan)
     if mean is None or not np.isfinite(mean):
-        return "n/a"
+        return NA_TEXT
     low, high = row.get("low"), row.get("high")
     if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
         return f"{mean:.{digits}f}"
     lo, hi = clip_interval(row.get("metric", ""), low, high)
     return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+# a metric with no finite value (every held-out slide/fold left it undefined: e.g. one class only, or
+# too few spots): said, not left as a bare "n/a"
+NA_TEXT = "n/a (undefined on every held-out slide/fold: one class or too few spots)"
 
 
 def _finite(values: Sequence[float]) -> np.ndarray:

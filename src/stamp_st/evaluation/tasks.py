@@ -67,7 +67,8 @@ def evaluate_sources(
         if any(len(s) != len(first) or not np.array_equal(s.keys, first.keys) for s in sources.values()):
             raise StampInputError("labels given as an array but the sources' spots differ",
                                   hint="pass labels as a Series indexed by '<slide_id>/<spot_id>'")
-    aligned = align_sources(sources)
+    notes: list[str] = []
+    aligned = align_sources(sources, notes)
     names = list(aligned)
     first = aligned[names[0]]
     n = len(first)
@@ -87,6 +88,7 @@ def evaluate_sources(
             "n_labelled": None if lab is None else int((lab != "").sum()),
             "n_genes_expression": None if expr_log is None else int(expr_log.shape[1]),
             "interval": "95% Student-t interval over held-out slides / folds",
+            "notes": notes,
         },
         "sources": {k: {"modality": s.modality, "dim": int(s.emb.shape[1]), "has_gene_embedding":
                         s.gene_emb is not None, "path": s.source_path} for k, s in aligned.items()},

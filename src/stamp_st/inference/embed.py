@@ -182,12 +182,14 @@ OBS_NO_VOCAB_GENES = "stamp_st_no_vocab_genes"  # obs flag: the spot has no coun
 
 
 def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bool = True,
-                 pipeline: str = "default", magnification: float | None = None) -> dict[str, np.ndarray]:
+                 pipeline: str = "default", magnification: float | None = None,
+                 notes: list | None = None) -> dict[str, np.ndarray]:
     """Per-spot embeddings of one sample (AnnData contract of ``stamp_st.readers``): obsm key -> [n, d].
     Stamp_G and Stamp_F are computed for spots with counts in the vocabulary; the others get NaN rows, a
     warning and ``adata.obs['stamp_st_no_vocab_genes']`` (set on the given AnnData). A sample with no
     vocabulary gene at all gets no Stamp_G / Stamp_F (an error when there is no image either).
-    ``pipeline="released"``: the release's tokens and patches (module docstring)."""
+    ``pipeline="released"``: the release's tokens and patches (module docstring). ``notes``: a list that
+    receives each such message, for the output file and the command's summary."""
     released = pipeline == "released"
     from ..readers.sample_meta import SampleMeta
     from ..readers.slide import open_slide
@@ -232,8 +234,10 @@ def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bo
             if "X_stamp_v" not in result:
                 raise
             first, _, rest = str(err).partition("\n")
-            warnings.warn(f"{first}: X_stamp_g and X_stamp_f are not written, only the image embedding\n{rest}",
-                          stacklevel=2)
+            msg = f"{first}: X_stamp_g and X_stamp_f are not written, only the image embedding"
+            warnings.warn(f"{msg}\n{rest}", stacklevel=2)
+            if notes is not None:
+                notes.append(msg)
             return result
         if not ok.any():
             msg = (f"{where}: no spot has a count for any gene of the model's vocabulary ({mapping.n_kept} of "
@@ -241,17 +245,22 @@ def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bo
             if "X_stamp_v" not in result:
                 raise StampInputError(msg, hint="check the gene names / var['gene_ids'] (human symbols or Ensembl "
                                                 "ids) and that the sample holds counts")
-            warnings.warn(msg + ": X_stamp_g and X_stamp_f are not written, only the image embedding",
-                          stacklevel=2)
+            msg += ": X_stamp_g and X_stamp_f are not written, only the image embedding"
+            warnings.warn(msg, stacklevel=2)
+            if notes is not None:
+                notes.append(msg)
             return result
         emb = embed_tokens(embedder, tok.tokens[ok])
         g = np.full((adata.n_obs, emb.shape[1]), np.nan, np.float32)
         g[ok] = emb
         if empty.any():
             ids = ", ".join(map(str, np.asarray(adata.obs_names)[empty][:5]))
-            warnings.warn(f"{where}: {int(empty.sum())} of {adata.n_obs} spots have no count in the model's "
-                          f"vocabulary (e.g. {ids}): their X_stamp_g / X_stamp_f rows are NaN, and "
-                          f"obs['{OBS_NO_VOCAB_GENES}'] marks them", stacklevel=2)
+            msg = (f"{where}: {int(empty.sum())} of {adata.n_obs} spots have no count in the model's vocabulary "
+                   f"(e.g. {ids}): their X_stamp_g / X_stamp_f rows are NaN, and obs['{OBS_NO_VOCAB_GENES}'] "
+                   "marks them")
+            warnings.warn(msg, stacklevel=2)
+            if notes is not None:
+                notes.append(msg)
         result["X_stamp_g"] = g
         if "X_stamp_v_joint" in result:
             from ..models.stamp import StampModel

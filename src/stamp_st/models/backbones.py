@@ -224,13 +224,19 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from safetensors or a torch pickle (``weights_only=True``: never runs code).
 
     Unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` containers (Lightning, DINO-style checkpoints)."""
-    path = Path(path)
-    if not path.is_file():
-        raise StampInputError("weight file not found", path, "check the path (or run `stamp-st doctor`)")
+    from ..errors import require_file
+
+    path = require_file(path, "weight file", "check the path (or run `stamp-st doctor`)")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        sd = load_file(str(path), device="cpu")
+        try:
+            sd = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise StampInputError(f"not a readable safetensors file ({err})", path,
+                                  "the file is damaged, truncated or another format under a .safetensors name: "
+                                  "download it again, or give it its real extension (.bin/.pt/.pth)") from err
     else:
         try:
             with torch.serialization.safe_globals(checkpoint_safe_globals()):

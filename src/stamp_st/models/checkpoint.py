@@ -129,10 +129,12 @@ def load_config(path: str | Path) -> dict:
     if not cfg_path.is_file():
         raise DataNotFoundError("checkpoint has no config.json", directory,
                                 hint="point to a folder written by stamp-st (model.safetensors + config.json)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise StampInputError(f"config.json is not valid JSON ({err})", cfg_path) from err
+    from ..io_utils import read_json
+
+    cfg = read_json(cfg_path, "checkpoint's config.json", hint="use an intact checkpoint folder")
+    if not isinstance(cfg, dict):
+        raise StampInputError(f"config.json must be a JSON object, got {type(cfg).__name__}", cfg_path,
+                              hint="use an intact checkpoint folder written by stamp-st")
     if cfg.get("format") != FORMAT:
         raise StampInputError(f"not a stamp-st checkpoint (format {cfg.get('format')!r})", cfg_path,
                               hint="released STAMP weights must first be converted: stamp-st convert-released")
@@ -151,6 +153,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     cfg = load_config(directory)
     if expect_kind is not None and cfg.get("kind") != expect_kind:
         raise StampInputError(f"checkpoint holds a {cfg.get('kind')!r} model, expected {expect_kind!r}", directory)
+    if expect_kind is not None and not isinstance(cfg.get("architecture"), dict):
+        raise StampInputError("config.json has no 'architecture' object, so the model cannot be built",
+                              directory / CONFIG_FILE,
+                              hint="the checkpoint's config.json is damaged or hand-edited: use the config.json "
+                                   "written with these weights")
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise DataNotFoundError("checkpoint has no model.safetensors", directory)
@@ -179,6 +186,10 @@ def _checkpoint_dir(path: str | Path) -> Path:
     p = Path(path)
     if p.is_file() and p.name in (WEIGHTS_FILE, CONFIG_FILE):
         return p.parent
+    if p.is_file():
+        swapped = " (a sample or embedding file: are MODEL and SAMPLE swapped?)" if p.suffix in (".h5ad", ".h5") else ""
+        raise StampInputError(f"this is a file, not a checkpoint folder{swapped}", p,
+                              hint="give the checkpoint folder (model.safetensors + config.json), or backbone:NAME")
     if not p.is_dir():
-        raise DataNotFoundError("checkpoint folder not found", p)
+        raise DataNotFoundError("checkpoint folder not found", p, hint="check the path")
     return p

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config_types import CONTEXT, check_ranges, ranged
 from ..errors import StampInputError
 from ..preprocessing.tokenizer import MODEL_PAD_ID, STORAGE_PAD_ID, TOKEN_OFFSET
 
@@ -30,16 +31,17 @@ class GeneEncoderConfig:
     """Architecture. ``n_tokens`` = vocabulary size + 30 reserved ids = the heads' output size."""
 
     name: str = "reference"
-    vocab_size: int = 20_310
-    d_model: int = 512
-    n_layers: int = 12
-    n_heads: int = 16
-    d_ff: int = 1024
-    context: int = 1500
-    layer_norm_eps: float = 1e-12
+    vocab_size: int = ranged(20_310, lo=1, hi=10_000_000, integer=True, why="genes in the vocabulary")
+    d_model: int = ranged(512, lo=1, hi=65_536, integer=True, why="hidden size; the reference model uses 512")
+    n_layers: int = ranged(12, lo=1, hi=1024, integer=True)
+    n_heads: int = ranged(16, lo=1, hi=1024, integer=True)
+    d_ff: int = ranged(1024, lo=1, hi=262_144, integer=True)
+    context: int = ranged(1500, CONTEXT)
+    layer_norm_eps: float = ranged(1e-12, lo=0, hi=1, lo_open=True)
     cgr_head: bool = True
 
     def __post_init__(self):
+        check_ranges(self, f"gene encoder config {self.name!r}", "gene encoder setting")
         if self.d_model % self.n_heads:
             raise StampInputError(f"gene encoder config {self.name!r}: d_model {self.d_model} is not a multiple "
                                   f"of n_heads {self.n_heads}")
@@ -49,6 +51,20 @@ class GeneEncoderConfig:
     @property
     def n_tokens(self) -> int:
         return self.vocab_size + TOKEN_OFFSET
+
+    def n_parameters(self) -> int:
+        """Parameters of the encoder and its heads (embeddings, positions, layers, the vocabulary heads)."""
+        d = self.d_model
+        layer = 4 * d * d + 4 * d + 2 * d * self.d_ff + self.d_ff + d + 4 * d
+        heads = (2 if self.cgr_head else 1) * (d * self.n_tokens + self.n_tokens)
+        return (self.n_tokens + EXTRA_EMBEDDING_ROWS) * d + self.context * d + self.n_layers * layer + heads
+
+    def training_bytes(self, batch_rows: int) -> float:
+        """A lower bound of the training memory (to refuse sizes that cannot fit, never ones that might): fp32
+        weights, gradients and two Adam moments, plus each layer's input and output for ``batch_rows``
+        sequences in bf16 (the backward pass keeps more than that)."""
+        acts = batch_rows * self.context * self.n_layers * 2 * self.d_model * 2
+        return 16.0 * self.n_parameters() + acts
 
     def to_json(self) -> dict:
         return asdict(self)

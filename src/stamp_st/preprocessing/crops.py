@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..config_types import IMAGE_PX, PATCH_UM, check_ranges, ranged
 from ..errors import StampInputError
 from ..readers.pixel_size import check_patch_resolution, resolve_um_per_px
 
@@ -19,10 +20,13 @@ WHITE = 255
 
 @dataclass(frozen=True)
 class CropGeometry:
-    patch_um: float = 112.0  # side of the patch, in µm (2 x 112 px at 20x in the release)
-    out_px: int = 224  # patch and region are both resized to out_px x out_px
-    region_factor: int = 3  # region side = region_factor x patch side; the label grid is factor x factor
-    thumb_px: int = 16  # thumbnail of the patch fed to the region pass's pretext token
+    patch_um: float = ranged(112.0, PATCH_UM)  # side of the patch, in µm (2 x 112 px at 20x in the release)
+    out_px: int = ranged(224, IMAGE_PX)  # patch and region are both resized to out_px x out_px
+    region_factor: int = ranged(3, lo=1, hi=15, integer=True)  # region side = factor x patch side; label grid factor x factor
+    thumb_px: int = ranged(16, lo=1, hi=1024, integer=True)  # thumbnail of the patch fed to the region pass's pretext token
+
+    def __post_init__(self):
+        check_ranges(self, None, "crop setting")
 
     def patch_side_px(self, um_per_px: float) -> float:
         return self.patch_um / float(um_per_px)

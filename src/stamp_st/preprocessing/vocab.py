@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import DataNotFoundError, StampInputError
+from ..errors import StampInputError, require_file
 from ..readers.ensembl import (
     ENSEMBL_RE,
     ORGDB_TABLE,
@@ -49,6 +49,16 @@ class GeneVocabulary:
                                   hint="make gene ids unique before building a vocabulary")
         if len(self.mean_nonzero) != len(self.gene_ids):
             raise StampInputError("vocabulary means and ids differ in length", self.source or None)
+        m = np.asarray(self.mean_nonzero, np.float64)
+        bad = np.flatnonzero(~np.isnan(m) & ~(np.isfinite(m) & (m > 0)))
+        if len(bad):  # a divisor <= 0 or infinite would flip or erase the gene's rank silently
+            i = int(bad[0])
+            where = f"row {i} (line {i + 2})" if self.source.endswith(".tsv") else f"gene {i}"
+            raise StampInputError(f"vocabulary mean_nonzero_expression must be positive and finite (or empty "
+                                  f"where unknown): {len(bad)} value(s) are not, first {where}, gene "
+                                  f"{self.gene_ids[i]}: {m[i]!r}", self.source or None,
+                                  hint="fix those means or rebuild the vocabulary (`stamp-st build-corpus` "
+                                       "writes gene_means.tsv)")
         self._index.update({g: i for i, g in enumerate(self.gene_ids)})
 
     def __len__(self) -> int:
@@ -58,16 +68,17 @@ class GeneVocabulary:
     @classmethod
     def from_tsv(cls, path: str | Path) -> GeneVocabulary:
         """Read the released table (index, gene_id, symbols, mean_nonzero_expression)."""
-        path = Path(path)
-        if not path.is_file():
-            raise DataNotFoundError("gene vocabulary file not found", path,
-                                    hint="point to stamp_gene_vocab.tsv of the released weights, or build one "
-                                         "from your corpus with `stamp-st build-corpus` (gene_means.tsv)")
+        path = require_file(path, "gene vocabulary file",
+                            hint="point to stamp_gene_vocab.tsv of the released weights, or build one "
+                                 "from your corpus with `stamp-st build-corpus` (gene_means.tsv)")
         try:
             df = pd.read_csv(path, sep="\t", dtype={"gene_id": str, "symbols": str}, keep_default_na=False,
                              na_values={"mean_nonzero_expression": ["nan", "NaN", ""]})
         except Exception as err:  # noqa: BLE001 - any parse error is the user's file
             raise StampInputError(f"cannot parse gene vocabulary ({err})", path) from err
+        if len(df) == 0:
+            raise StampInputError("the gene vocabulary holds no gene", path,
+                                  hint="give a vocabulary with one row per gene (e.g. stamp_gene_vocab.tsv)")
         missing = {"gene_id", "mean_nonzero_expression"} - set(df.columns)
         if missing:
             raise StampInputError(f"gene vocabulary lacks columns {sorted(missing)}", path,

@@ -64,13 +64,23 @@ def _formats_text() -> str:
 def detect_format(path: str | Path) -> str:
     """The one format whose layout ``path`` matches; StampInputError when none or several match."""
     p = Path(path)
-    if not p.exists():
-        raise DataNotFoundError("input not found", p, hint="check the sample path")
+    _check_input_path(p)
     found = [name for name, f in INPUT_FORMATS.items() if f.matches(p)]
     if len(found) == 1:
         return found[0]
     what = "matches several formats (" + ", ".join(found) + ")" if found else "matches no known input layout"
     raise StampInputError(f"{what}", p, hint=f"pass the format explicitly (--format). Formats: {_formats_text()}")
+
+
+def _check_input_path(p: Path) -> None:
+    """A sample is a folder or a regular file: absent, a device (/dev/zero) or a pipe is said as such."""
+    from ..errors import not_a_file
+
+    if p.is_dir() or p.is_file():
+        return
+    problem = not_a_file(p)
+    cls = DataNotFoundError if problem.startswith("not found") else StampInputError
+    raise cls(f"sample input: {problem}", p, hint="give a sample folder or file (see --help for the layouts)")
 
 
 def her2st_sections(root: str | Path) -> list[str]:
@@ -86,8 +96,7 @@ def read_sample(path: str | Path, format: str | None = None, section: str | None
     fmt = format or detect_format(path)
     if fmt not in INPUT_FORMATS:
         raise StampInputError(f"unknown format '{fmt}'", path, hint=f"use one of: {', '.join(FORMATS)}")
-    if not Path(path).exists():
-        raise DataNotFoundError("input not found", path, hint="check the sample path")
+    _check_input_path(Path(path))
     entry = INPUT_FORMATS[fmt]
     if section is not None and not entry.sections:
         raise StampInputError(f"--section applies to her2st and HEST inputs, not to {fmt}", path,

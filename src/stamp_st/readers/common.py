@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import DataNotFoundError, StampInputError
+from ..errors import StampInputError
 from .constants import (
     IMAGE_SCALE_MISMATCH_FACTOR,
     OBS_ARRAY_COL,
@@ -27,9 +27,33 @@ from .sample_meta import SampleMeta
 
 
 def require_file(path: Path, what: str, hint: str) -> Path:
-    if not Path(path).is_file():
-        raise DataNotFoundError(f"{what} not found", path, hint=hint)
-    return Path(path)
+    from ..errors import require_file as _require
+
+    return _require(path, what, hint)
+
+
+def numeric_columns(df: pd.DataFrame, columns: Sequence[str], path, integer: Sequence[str] = ()) -> pd.DataFrame:
+    """``df`` with ``columns`` as finite numbers (``integer``: whole numbers): a text value (a decimal comma
+    ``12,5``, a unit, a shifted row) or an empty cell (a short, ragged row) is named with its row and column."""
+    df = df.copy()
+    for col in columns:
+        raw = df[col]
+        num = pd.to_numeric(raw, errors="coerce")
+        bad = ~np.isfinite(num.to_numpy(np.float64)) | (num.isna().to_numpy())
+        if col in integer:
+            bad |= np.isfinite(num.to_numpy(np.float64)) & (num.to_numpy(np.float64) % 1 != 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            value = raw.iloc[i]
+            comma = isinstance(value, str) and re.fullmatch(r"-?\d+,\d+", value.strip())
+            raise StampInputError(
+                f"column {col!r}: {int(bad.sum())} value(s) are not {'whole ' if col in integer else ''}numbers, "
+                f"first in data row {i + 1}: {value!r}", path,
+                hint="write decimals with a dot (12.5), not a comma" if comma else
+                "every row needs a number in every column (a short or shifted row, or an empty cell, "
+                "gives this)")
+        df[col] = num
+    return df
 
 
 _SECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")

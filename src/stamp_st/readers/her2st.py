@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataNotFoundError, StampInputError
-from .common import build_sample, check_section_id, match_spot_ids, require_file
+from .common import build_sample, check_section_id, match_spot_ids, numeric_columns, require_file
 from .constants import (
     FORMAT_HER2ST,
     GRID_SQUARE,
@@ -101,7 +101,8 @@ def read_spot_table(path: Path) -> pd.DataFrame:
     if need - set(df.columns):
         raise StampInputError(f"spot table lacks columns {sorted(need - set(df.columns))}", path,
                               hint=f"expected columns {sorted(need)}")
-    df.index = [spot_id(x, y) for x, y in zip(df[HER2ST_COL_X], df[HER2ST_COL_Y])]
+    df = numeric_columns(df, sorted(need), path, integer=(HER2ST_COL_X, HER2ST_COL_Y, HER2ST_COL_SELECTED))
+    df.index = [spot_id(int(x), int(y)) for x, y in zip(df[HER2ST_COL_X], df[HER2ST_COL_Y])]
     if df.index.duplicated().any():
         raise StampInputError("spot table lists an array position twice", path)
     return df

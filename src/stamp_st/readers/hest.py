@@ -3,7 +3,6 @@ WSI pixels), ``wsis/<id>.tif`` (pyramidal WSI) and ``metadata/<id>.json`` (pixel
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import StampInputError
@@ -74,10 +73,12 @@ def read_metadata(root: Path, sample_id: str) -> tuple[dict, Path | None]:
     path = root / HEST_METADATA_DIR / f"{sample_id}{HEST_METADATA_SUFFIX}"
     if not path.is_file():
         return {}, None
-    try:
-        return json.loads(path.read_text()), path
-    except json.JSONDecodeError as err:
-        raise StampInputError(f"metadata is not valid JSON ({err})", path) from err
+    from ..io_utils import read_json
+
+    meta = read_json(path, "HEST metadata file")
+    if not isinstance(meta, dict):
+        raise StampInputError(f"the HEST metadata must be a JSON object, got {type(meta).__name__}", path)
+    return meta, path
 
 
 def metadata_pixel_size(meta: dict, path) -> float | None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataNotFoundError, StampInputError
+from ..errors import StampInputError, require_file
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8", ".scn", ".bif", ".qptiff")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -41,9 +41,7 @@ CACHE_ENV = "STAMP_ST_CACHE"
 def image_size_px(path: str | Path) -> tuple[int, int]:
     """(width, height) of level 0, read from headers only (no pixel decode), so readers can validate spot
     coordinates against images of any size cheaply."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataNotFoundError("image file not found", path, hint="check the image path")
+    path = require_file(path, "image file", hint="check the image path")
     if path.suffix.lower() in TIFF_SUFFIXES:
         try:
             import tifffile
@@ -51,7 +49,11 @@ def image_size_px(path: str | Path) -> tuple[int, int]:
             with tifffile.TiffFile(path) as tf:
                 page = tf.series[0].levels[0] if tf.series else tf.pages[0]
                 shape, axes = page.shape, page.axes
-                return int(shape[axes.index("X")]), int(shape[axes.index("Y")])
+                size = int(shape[axes.index("X")]), int(shape[axes.index("Y")])
+                _check_tiff_data(tf, path)
+                return size
+        except StampInputError:
+            raise
         except Exception as err:  # noqa: BLE001 - any parse failure is a bad input file
             try:
                 return _pil_size(path)
@@ -68,12 +70,55 @@ def _pil_size(path: Path) -> tuple[int, int]:
     Image.MAX_IMAGE_PIXELS = None  # whole-slide JPEGs exceed PIL's decompression-bomb limit; we do not decode
     try:
         with Image.open(path) as im:
-            return int(im.size[0]), int(im.size[1])
+            w, h, fmt = int(im.size[0]), int(im.size[1]), im.format
     except Exception as err:  # noqa: BLE001
         raise StampInputError(f"cannot read image header ({err})", path,
                               hint="check that the file is a complete JPEG/PNG/TIFF image") from err
     finally:
         Image.MAX_IMAGE_PIXELS = old
+    if fmt in PIL_STUB_FORMATS or w <= 0 or h <= 0:  # PIL names these formats but holds no pixels of them
+        raise StampInputError(f"this is a {fmt or 'non-image'} file, not an image (whatever its name says)", path,
+                              hint="give the H&E image itself (TIFF/SVS, JPEG or PNG)")
+    _check_image_bytes(path, w, h, fmt)
+    return w, h
+
+
+# PIL formats identified from a header but never decoded (their plugins are stubs)
+PIL_STUB_FORMATS = {"HDF5", "BUFR", "GRIB", "FITS", "WMF"}
+# a compressed image holds at least this many bytes per 1000 pixels (deflate's best ratio is ~1:1032 on
+# 1-bit data packed 8 px per byte); a file far smaller than its header's size is truncated or a decompression bomb
+MIN_BYTES_PER_KPX = 1000 / (8 * 1100)
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+
+
+def _check_image_bytes(path: Path, w: int, h: int, fmt: str | None) -> None:
+    """Header-only checks that catch a truncated JPEG/PNG (no end marker) and a header claiming far more pixels
+    than the file could hold (a decompression bomb), without decoding the image."""
+    size = path.stat().st_size
+    if size < w * h / 1000 * MIN_BYTES_PER_KPX:
+        raise StampInputError(f"the header claims {w} x {h} px but the file holds only {size} bytes: it is "
+                              "truncated or a decompression bomb", path,
+                              hint="give the complete image file (copy it again)")
+    marker = _END_MARKERS.get(fmt or "")
+    if marker:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, size - 4096))
+            tail = fh.read()
+        if marker not in tail:
+            raise StampInputError(f"the {fmt} file is truncated or damaged: it ends before its end marker", path,
+                                  hint="copy the image again (an interrupted download or copy)")
+
+
+def _check_tiff_data(tf, path: Path) -> None:
+    """Every strip/tile of every page lies inside the file: a truncated TIFF is reported here, not as a crop of
+    white or a decoder error later (only offsets are read, no pixels)."""
+    size = path.stat().st_size
+    for page in tf.pages:
+        offsets, counts = getattr(page, "dataoffsets", ()), getattr(page, "databytecounts", ())
+        ends = [o + c for o, c in zip(offsets, counts) if c]
+        if ends and max(ends) > size:
+            raise StampInputError(f"the TIFF is truncated or damaged: its image data reach byte {max(ends)}, the file has "
+                                  f"{size}", path, hint="copy the image again (an interrupted download or copy)")
 
 
 def _plausible_mpp(v: float | None) -> float | None:
@@ -416,6 +461,23 @@ def cache_dir() -> Path:
     return base / "slides"
 
 
+def check_cache_dir(cache: Path) -> None:
+    """The decoded-image cache must be a folder we can write: a file or a read-only folder there is the
+    cache setting's problem (``STAMP_ST_CACHE`` / XDG_CACHE_HOME), not the image's."""
+    import os as _os
+
+    probe = cache
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "is a file, not a folder" if probe == cache else f"cannot be a folder: {probe} is a file"
+        raise StampInputError(f"the decoded-image cache {what}", cache,
+                              hint=f"set {CACHE_ENV} to a folder (or remove the file {probe})")
+    if not _os.access(probe, _os.W_OK | _os.X_OK):
+        raise StampInputError(f"no permission to write the decoded-image cache in {probe}", cache,
+                              hint=f"set {CACHE_ENV} to a folder you can write")
+
+
 CACHE_LIMIT_ENV = "STAMP_ST_CACHE_GB"
 DEFAULT_CACHE_LIMIT_GB = 20.0
 _CACHE_FILE = re.compile(r"^[0-9a-f]{20}_x\d+\.npy$")  # the only names the cache writes (and may evict)
@@ -484,6 +546,10 @@ class ImageSlide(Slide):
                                   hint="check that the file is a complete JPEG/PNG") from err
         finally:
             Image.MAX_IMAGE_PIXELS = old
+        if self._format in PIL_STUB_FORMATS or w <= 0 or h <= 0:
+            raise StampInputError(f"this is a {self._format or 'non-image'} file, not an image", self.path,
+                                  hint="give the H&E image itself (TIFF/SVS, JPEG or PNG)")
+        _check_image_bytes(self.path, w, h, self._format)
         self.um_per_px = _plausible_mpp(25_400.0 / float(dpi[0])) if dpi and dpi[0] else None
         self._in_memory = w * h <= max_in_memory_px
         self.level_dimensions = [(w, h)]
@@ -542,6 +608,8 @@ class ImageSlide(Slide):
         scale = self._scales[level]
         lw, lh = self.level_dimensions[level]
         target = self._cache / f"{self._key()}_x{scale}.npy"
+        if not self._in_memory:
+            check_cache_dir(self._cache)
         if not self._in_memory and not target.exists():
             need = 3 * lw * lh + 128
             if make_cache_room(self._cache, need):
@@ -593,9 +661,7 @@ class ImageSlide(Slide):
 def open_slide(path: str | Path, backend: str = "auto", **kwargs) -> Slide:
     """Open a slide. ``backend``: ``auto`` (tifffile for TIFF-like files, OpenSlide where tifffile fails or
     for other formats, PIL+memmap for JPEG/PNG), or one of ``tifffile``, ``openslide``, ``image``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataNotFoundError("slide file not found", path, hint="check the image path")
+    path = require_file(path, "slide file", hint="check the image path")
     suffix = path.suffix.lower()
     if backend == "tifffile":
         return _open_tiff(path, **kwargs)

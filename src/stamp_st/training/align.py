@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..config_types import config_from_dict
+from ..config_types import BATCH_SIZE, IMAGE_PX, LOADER_WORKERS, config_from_dict, ranged
 from ..errors import StampInputError
 from ..io_utils import atomic_write_json
 from ..models.pretext import PretextConvNet
@@ -30,26 +30,26 @@ from .run_folder import RunFolder, check_run_folder, latest_checkpoint
 class AlignConfig:
     backbone: str = "efficientnet_lite0"
     backbone_weights: str | None = None
-    image_px: int | None = None  # model input side; default: the backbone's own (224 for all named ones)
+    image_px: int | None = ranged(None, IMAGE_PX)  # model input side; default: the backbone's own (224 for all named ones)
     gene_encoder: str = "random:tiny"  # checkpoint folder / run folder of Stage 1, or random:<config>
-    batch_size: int = 16  # items (2 spots each) per micro-batch and process
+    batch_size: int = ranged(16, BATCH_SIZE)  # items (2 spots each) per micro-batch and process
     freeze_gene_encoder: bool = False
     cache_gene_features: bool = True  # only with a frozen gene encoder
-    image_cache_gb: float = 4.0  # frozen CNN backbone: cache patch features and region maps (0: off)
+    image_cache_gb: float = ranged(4.0, lo=0, hi=1e5, why="GB of cache; 0: off")  # frozen CNN backbone: cache patch features and region maps (0: off)
     freeze_backbone: bool = False
-    trainable_blocks: int | None = None  # partial fine-tuning: only the backbone's last N blocks (+ head) train
+    trainable_blocks: int | None = ranged(None, lo=0, hi=10_000, integer=True)  # partial fine-tuning: only the backbone's last N blocks (+ head) train
     cache_trunk: bool = True  # partial fine-tuning of a CNN: compute the frozen trunk once per crop, cache it
     augment: str = "none"  # "dihedral": random rotations / mirrorings of the patch (or of its cached trunk map)
-    temperature_init: float | None = None  # None: the release's 0.07
-    lora: int = 0
+    temperature_init: float | None = ranged(None, lo=0, hi=10, lo_open=True, why="contrastive temperature, e.g. 0.07")  # None: the release's 0.07
+    lora: int = ranged(0, lo=0, hi=4096, integer=True, why="LoRA rank; 0: off")
     grad_ckpt: bool = False
-    neighbour_radius_um: float | None = None
-    expr_sim_threshold: float | None = None
+    neighbour_radius_um: float | None = ranged(None, lo=0, hi=1e5, lo_open=True, why="micrometres")
+    expr_sim_threshold: float | None = ranged(None, lo=-1, hi=1, why="a cosine similarity")
     neighbour_mode: str = "mask"
     released_mode: bool = False
-    num_workers: int = 0
-    shuffle_buffer: int = 500
-    val_max_batches: int | None = 20  # None: every held-out spot
+    num_workers: int = ranged(0, LOADER_WORKERS)
+    shuffle_buffer: int = ranged(500, lo=0, hi=10**8, integer=True)
+    val_max_batches: int | None = ranged(20, lo=1, hi=10**9, integer=True, why="batches; null: every held-out spot")  # None: every held-out spot
     val_slides: list[str] | None = None  # hold out these slides (any split) and train on all others
     trainer: dict = field(default_factory=lambda: {"lr": 1e-4, "weight_decay": 1e-3})
 
@@ -73,8 +73,6 @@ class AlignConfig:
             raise StampInputError("choose one of --freeze-backbone, --lora, --trainable-blocks", source)
         if cfg.augment not in AUGMENTATIONS:
             raise StampInputError(f"unknown augmentation {cfg.augment!r}", source, f"choose one of {AUGMENTATIONS}")
-        if cfg.temperature_init is not None and not 0 < cfg.temperature_init <= 10:
-            raise StampInputError(f"temperature_init {cfg.temperature_init} is outside (0, 10]", source)
         TrainerConfig.from_dict(cfg.trainer, source)
         return cfg
 
@@ -86,14 +84,14 @@ def load_gene_encoder(spec: str):
     """A Stage-1 checkpoint folder, a run folder (its latest checkpoint), or ``random:<config>`` (tests,
     demos). Returns (GeneEncoder, checkpoint config or None)."""
     from ..models.checkpoint import load_checkpoint, load_state_checked
-    from ..models.gene_encoder import GeneEncoder
+    from ..models.gene_encoder import GeneEncoder, GeneEncoderConfig
 
     if spec.startswith("random:"):
         warnings.warn(f"gene encoder {spec}: untrained weights", stacklevel=2)
         return GeneEncoder(spec[len("random:"):]), None
     p = latest_checkpoint(Path(spec))  # a run folder: its latest checkpoint
     sd, cfg = load_checkpoint(p, expect_kind="gene_encoder")
-    enc = GeneEncoder(cfg["architecture"])
+    enc = GeneEncoder(GeneEncoderConfig.from_json(cfg["architecture"], p / "config.json"))
     missing, unexpected = load_state_checked(enc, sd, p)
     if missing or unexpected:
         raise StampInputError(f"gene encoder weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}",

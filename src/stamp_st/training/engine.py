@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config_types import config_from_dict
+from ..config_types import LR, SEED, STEPS, config_from_dict, ranged
 from ..distributed import env_rank_world
 from ..errors import StampInputError
 from ..io_utils import make_temp_dir
@@ -43,24 +43,24 @@ from .schedule import WarmupCosine
 class TrainerConfig:
     """Optimisation and bookkeeping. Steps are optimizer steps (after gradient accumulation)."""
 
-    max_steps: int = 1000
-    max_epochs: int | None = None
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    grad_accum: int = 1
-    grad_clip: float | None = 1.0
+    max_steps: int = ranged(1000, STEPS)
+    max_epochs: int | None = ranged(None, STEPS)
+    lr: float = ranged(1e-4, LR)
+    weight_decay: float = ranged(0.01, lo=0, hi=100, why="AdamW weight decay, e.g. 0.01")
+    betas: tuple[float, float] = ranged((0.9, 0.999), lo=0, hi=1, hi_open=True, why="Adam betas, e.g. [0.9, 0.999]")
+    adam_eps: float = ranged(1e-8, lo=0, hi=1, lo_open=True)
+    warmup_steps: int = ranged(0, lo=0, hi=10**9, integer=True)
+    min_lr_ratio: float = ranged(0.0, lo=0, hi=1, why="final lr as a fraction of lr")
+    grad_accum: int = ranged(1, lo=1, hi=100_000, integer=True, why="micro-batches per optimizer step")
+    grad_clip: float | None = ranged(1.0, lo=0, hi=1e6, why="gradient norm limit; 0 or null: off")
     precision: str = "auto"  # auto | bf16 | fp32
     strategy: str = "auto"  # auto (DDP when WORLD_SIZE > 1) | ddp | fsdp | single
-    seed: int = 0
-    log_every: int = 10
-    val_every: int = 0  # steps; 0 = at the end only
+    seed: int = ranged(0, SEED)
+    log_every: int = ranged(10, STEPS)
+    val_every: int = ranged(0, lo=0, hi=10**9, integer=True, why="steps; 0: at the end only")  # 0 = at the end only
     val_at_start: bool = False  # validate the initial model too (the curve's first point)
-    ckpt_every: int = 0  # steps; 0 = at the end only
-    keep_checkpoints: int = 2
+    ckpt_every: int = ranged(0, lo=0, hi=10**9, integer=True, why="steps; 0: at the end only")
+    keep_checkpoints: int = ranged(2, lo=1, hi=10**6, integer=True)
     progress: bool = True
     tensorboard: bool = True
     extra: dict = field(default_factory=dict)
@@ -183,6 +183,10 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0  # micro-batches of the current epoch consumed
         self._tb = None
+        # the first optimizer step whose loss was not finite (-1: none), kept on the device so that watching
+        # the loss costs no synchronisation per step; checked before every log, validation and checkpoint
+        self._bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self._bad_value = torch.zeros((), dtype=torch.float32, device=self.device)
 
     @property
     def is_main(self) -> bool:
@@ -274,6 +278,7 @@ class Trainer:
                     out = self.model(batch)
                     loss = out["loss"]
                     (loss / cfg.grad_accum).backward()
+                self._watch_loss(loss)
                 for k, v in out.items():
                     v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
                     sums[k] = sums.get(k, 0.0) + v
@@ -290,6 +295,7 @@ class Trainer:
                 if pbar is not None:
                     pbar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    self._check_finite()
                     metrics = {k: v / n_sum for k, v in sums.items()}
                     metrics = self._reduce(metrics)
                     dt = time.perf_counter() - t_log
@@ -321,6 +327,7 @@ class Trainer:
                     done = True
         if micro:  # a partial accumulation at the very end of the data: drop it, as a resume would
             self.optimizer.zero_grad(set_to_none=True)
+        self._check_finite()
         last_val = self.validate() or last_val
         self.save()
         if pbar is not None:
@@ -328,6 +335,29 @@ class Trainer:
         if self._tb is not None:
             self._tb.close()
         return {"step": self.step, "epoch": self.epoch, "val": last_val}
+
+    def _watch_loss(self, loss: torch.Tensor) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        first = bad & (self._bad_step < 0)
+        self._bad_step.masked_fill_(first, self.step)
+        self._bad_value = torch.where(first, loss.detach().float(), self._bad_value)
+
+    def _check_finite(self) -> None:
+        """Stop at a non-finite loss before anything is logged or saved from the diverged model: a NaN
+        checkpoint would resume into NaN and embed into NaN. Every rank reaches this point together."""
+        bad = self._bad_step.clone()
+        if self.world_size > 1 and dist.is_initialized():
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        step = int(bad)
+        if step < 0:
+            return
+        kept = self.run.latest(resumable=True)
+        raise StampInputError(
+            f"training stopped: the loss became {float(self._bad_value)!s} at optimizer step {step + 1} (the model "
+            "diverged or a batch holds non-finite values); no checkpoint was written from it", self.run_dir,
+            hint="lower the learning rate (--lr / --set lr=...), raise warmup_steps or use fp32 precision, and check "
+                 "the corpus; " + (f"the last good checkpoint is {kept}; re-running resumes from it"
+                                   if kept else "no checkpoint was kept: re-running starts from scratch"))
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
@@ -368,6 +398,7 @@ class Trainer:
     def validate(self) -> dict:
         if self.val_fn is None:
             return {}
+        self._check_finite()
         self.model.eval()
         state = torch.get_rng_state()
         try:
@@ -408,6 +439,7 @@ class Trainer:
         return self.raw_model.state_dict(), self.optimizer.state_dict()
 
     def save(self) -> Path | None:
+        self._check_finite()
         model_sd, optim_sd = self._full_state()
         path = None
         if self.is_main:
@@ -441,12 +473,13 @@ class Trainer:
         from ..models.checkpoint import load_checkpoint, load_state_checked
 
         path = Path(path)
-        sd, _ = load_checkpoint(path)
+        sd, saved = load_checkpoint(path)
+        self._check_same_architecture(saved, path)
         prefix = getattr(self.raw_model, "checkpoint_prefix", "")
         if prefix:
             own = set(self.raw_model.state_dict().keys())
             sd = {(prefix + k if prefix + k in own else k): v for k, v in sd.items()}
-        state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+        state = load_trainer_state(path / TRAINER_STATE)
         if int(state.get("world_size", 1)) != self.world_size and self.is_main:
             print(f"warning: resuming a run saved with {state.get('world_size')} processes on {self.world_size}; "
                   "it continues, but not identically")
@@ -467,6 +500,56 @@ class Trainer:
         _set_rng_state(state["rng"])
         if self.is_main:
             print(f"resumed from {path} (step {self.step}, epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+
+    def _check_same_architecture(self, saved: dict, path: Path) -> None:
+        """Resuming with other model settings (``--backbone``, ``--model``, ...) is the command line's mistake,
+        not a damaged checkpoint: name the settings that differ."""
+        now = self._ckpt_config() if callable(self._ckpt_config) else dict(self._ckpt_config)
+        old_arch, new_arch = saved.get("architecture"), now.get("architecture")
+        if not isinstance(old_arch, dict) or not isinstance(new_arch, dict):
+            return
+        old_arch, new_arch = _plain_json(old_arch), _plain_json(new_arch)
+        diff = sorted(k for k in set(old_arch) | set(new_arch) if old_arch.get(k) != new_arch.get(k))
+        if diff:
+            shown = "; ".join(f"{k}: {_short(old_arch.get(k))} in the run, {_short(new_arch.get(k))} now"
+                              for k in diff[:4])
+            raise StampInputError(f"the run folder was trained with other model settings ({shown})", path.parent.parent.parent
+                                  if path.parent.name == CHECKPOINTS else path,
+                                  hint="resume with the options of the first run, or give a new --out for the new "
+                                       "settings")
+
+
+def _plain_json(d: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(d, default=str))
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+TRAINER_STATE_KEYS = ("optimizer", "scheduler", "step", "epoch", "batch_in_epoch", "rng")
+
+
+def load_trainer_state(path: Path) -> dict:
+    """``trainer_state.pt`` (weights only: no code runs), a damaged or truncated one named as such."""
+    hint = (f"this checkpoint is damaged (an interrupted copy or a full disk): move {path.parent.name} out of "
+            f"{path.parent.parent} so that the run resumes from the checkpoint before it, or start a new --out")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure to unpickle is a damaged file, not our bug
+        raise StampInputError(f"cannot read the trainer state ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200] if str(err) else 'empty or truncated'})", path,
+                              hint=hint) from err
+    missing = [k for k in TRAINER_STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise StampInputError(f"the trainer state lacks {missing}", path, hint=hint)
+    return state
 
 
 def _rng_state() -> dict:

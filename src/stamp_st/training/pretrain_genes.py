@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config_types import config_from_dict
+from ..config_types import BATCH_SIZE, LOADER_WORKERS, STEPS, config_from_dict, ranged
 from ..errors import StampInputError
 from ..models.checkpoint import checkpoint_config, load_config
 from ..models.gene_encoder import GeneEncoder, GeneEncoderConfig
@@ -26,17 +26,17 @@ from .schedule import validate_phases
 @dataclass
 class PretrainConfig:
     model: str | dict = "tiny"  # registered gene encoder config name, JSON path, or inline dict
-    batch_size: int = 8  # groups of 9 spots per micro-batch and process
-    epochs: int | None = None  # when set, trainer.max_steps is derived from the corpus size
-    mask_prob: float = 0.15
+    batch_size: int = ranged(8, BATCH_SIZE)  # groups of 9 spots per micro-batch and process
+    epochs: int | None = ranged(None, STEPS)  # when set, trainer.max_steps is derived from the corpus size
+    mask_prob: float = ranged(0.15, lo=0, hi=1, lo_open=True, hi_open=True, why="fraction of tokens masked")
     phases: list[dict] | None = None  # e.g. [{"epochs": 1, "cgr": false}, {"epochs": 1, "cgr": true}]
-    num_workers: int = 0
-    shuffle_buffer: int = 1000
-    val_batch_size: int | None = None
-    val_max_batches: int = 50
+    num_workers: int = ranged(0, LOADER_WORKERS)
+    shuffle_buffer: int = ranged(1000, lo=0, hi=10**8, integer=True)
+    val_batch_size: int | None = ranged(None, BATCH_SIZE)
+    val_max_batches: int = ranged(50, lo=0, hi=10**9, integer=True)
     # encode each micro-batch's spots in this many groups of similar length, each trimmed (exact: the same
     # losses as one batch padded to the longest spot; GenePretrainModel); 1 = one group
-    length_buckets: int = 4
+    length_buckets: int = ranged(4, lo=1, hi=64, integer=True)
     trainer: dict = field(default_factory=dict)
 
     @classmethod
@@ -187,6 +187,13 @@ def run_pretrain(corpus: str | Path, config: PretrainConfig, out: str | Path, re
 
     torch.manual_seed(tcfg.seed)
     np.random.seed(tcfg.seed)
+    from ..devices import check_fits
+
+    check_fits(enc_cfg.training_bytes(config.batch_size * 9), device,
+               f"the gene encoder {enc_cfg.name!r} ({enc_cfg.n_parameters() / 1e6:.0f} M parameters, context "
+               f"{enc_cfg.context}) with --batch-size {config.batch_size}",
+               hint="use a smaller model (--model tiny/small, or smaller d_model, n_layers, context in its JSON) or "
+                    "a smaller --batch-size, or a machine with more memory")
     encoder = GeneEncoder(enc_cfg)
     first_cgr = True if not config.phases else bool(config.phases[0].get("cgr", True))
     model = GenePretrainModel(encoder, mask_prob=config.mask_prob, cgr=first_cgr, phases=config.phases,
