@@ -25,7 +25,10 @@ from .io_utils import atomic_write_json
 
 IMAGED_SECTIONS = ("B4", "C2", "C3", "C4")
 REPO_ROOT = Path(__file__).resolve().parents[2]  # src/stamp_st/demo.py in a source checkout
-GENE_VAL_SECTIONS = IMAGED_SECTIONS
+# genes-only sections that no stage trains on: Stamp_G is scored against a raw-expression PCA on them
+# (fixed a priori: the first section of each patient with a pathologist's annotation and no imaged section)
+GENES_ONLY_HELDOUT = ("A1", "D1", "E1", "F1")
+GENE_VAL_SECTIONS = IMAGED_SECTIONS + GENES_ONLY_HELDOUT
 EVAL_SECTIONS = IMAGED_SECTIONS
 # evaluated sources: the aligned encoder's feature (what a user runs on H&E) and its joint-space projection
 STAMP_V = "STAMP_V (aligned encoder)"
