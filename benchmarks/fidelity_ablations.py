@@ -120,6 +120,8 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (and shuffle seeds)")
     ap.add_argument("--no-controls", action="store_true", help="skip the shuffled-gene controls")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's steps per model")
+    ap.add_argument("--train-only", action="store_true",
+                    help="train the runs and stop (several invocations in parallel, then one that scores them all)")
     ap.add_argument("--json", default="benchmarks/results/fidelity_ablations_cpu.json")
     args = ap.parse_args()
 
@@ -148,7 +150,7 @@ def main() -> int:
                 corpus = (shuffled_genes_copy(args.corpus, out_dir / f"corpus_shuffled_seed{seed}", seed=seed)
                           if control else Path(args.corpus))
                 v = VARIANTS[name]
-                trainer = {**v.get("trainer", {}), "seed": seed}
+                trainer = {**v.get("trainer", {}), "seed": seed, "progress": False}
                 if args.steps:
                     trainer["max_steps"] = args.steps
                 settings = {k: x for k, x in v.items() if k != "trainer"}
@@ -156,15 +158,23 @@ def main() -> int:
                 caches = gene_caches.setdefault(str(corpus), {})
                 caches.update({k: c for k, c in trunk_caches.items() if k not in caches})
                 t0 = time.perf_counter()
-                run_align_folds(corpus, cfg, run, slides=slides, final=False, caches=caches,
-                                progress=lambda m, t=tag: print(f"[{t}] {m}", flush=True))
+                timing = run / "bench_train_seconds.json"
+                if (run / "folds.json").is_file():  # finished before (e.g. by a parallel invocation): reuse
+                    print(f"[{tag}] reusing {run}", flush=True)
+                    seconds[tag] = json.loads(timing.read_text())["seconds"] if timing.is_file() else None
+                else:
+                    run_align_folds(corpus, cfg, run, slides=slides, final=False, caches=caches,
+                                    progress=lambda m, t=tag: print(f"[{t}] {m}", flush=True))
+                    seconds[tag] = round(time.perf_counter() - t0, 1)
+                    timing.write_text(json.dumps({"seconds": seconds[tag]}))
+                    print(f"[{tag}] trained in {seconds[tag]:.0f} s", flush=True)
                 trunk_caches.update({k: c for k, c in caches.items() if k.startswith("trunk_cache")})
-                seconds[tag] = round(time.perf_counter() - t0, 1)
                 runs[tag] = run
                 meta[tag] = {"variant": name, "seed": seed, "control": control, "run": str(run),
                              "settings": v}
-                print(f"[{tag}] trained in {seconds[tag]:.0f} s", flush=True)
 
+    if args.train_only:
+        return 0
     t0 = time.perf_counter()
     r = evaluate_runs(runs, args.corpus, her2st_dir(), slides)
     ev, art = r["ev"], r["artifacts"]

@@ -19,26 +19,33 @@ import json
 import sys
 from pathlib import Path
 
-POOLINGS = ("mean", "rank", "top256")
+POOLINGS = ("mean", "rank", "top256", "embedbag")
 
 
 def pooled(encoder, tokens, pooling: str):
     """[N, d] per-spot features: ``mean`` over real tokens (Stamp_G's own), ``rank``: weighted by
     1 / log2(rank + 2) (the top-ranked genes count most, as in a discounted gain), ``top256``: mean over the
-    256 top-ranked genes."""
+    256 top-ranked genes; ``embedbag``: the learned gene embeddings (input layer, no transformer) weighted as
+    ``rank``."""
     import torch
 
     from stamp_st.preprocessing.tokenizer import STORAGE_PAD_ID
 
     if pooling == "mean":
         return encoder.embed(tokens, "mean")
+    tokens = tokens[:, :encoder.config.context]  # what the encoder reads, as in GeneEncoder.pool
     valid = tokens != STORAGE_PAD_ID
     n = max(int(valid.sum(-1).max()), 1)
     tokens, valid = tokens[:, :n], valid[:, :n]
     with torch.no_grad():
-        h = encoder.encode(tokens)
+        if pooling == "embedbag":
+            from stamp_st.models.gene_encoder import MODEL_PAD_ID
+
+            h = encoder.embeddings(tokens.masked_fill(~valid, MODEL_PAD_ID))
+        else:
+            h = encoder.encode(tokens)
     rank = torch.arange(n, dtype=h.dtype)
-    if pooling == "rank":
+    if pooling in ("rank", "embedbag"):
         w = 1.0 / torch.log2(rank + 2.0)
     elif pooling == "top256":
         w = (rank < 256).to(h.dtype)

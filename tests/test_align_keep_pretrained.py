@@ -195,3 +195,51 @@ def _paired_corpus(tmp_path):
     build_corpus(entries_from_records(rows), out, _config(_vocab(tmp_path), "paired"), workers=1, processes=False,
                  progress=False)
     return out
+
+
+def test_report_shows_each_seed_the_spread_and_the_genes_only_sections():
+    from stamp_st.evaluation.report import ablations_table_html, genes_only_table_html
+
+    def gain(v, lo, hi):
+        return {"task": "expression", "metric": "ridge_pearson", "gain": v, "low": lo, "high": hi}
+
+    results = {"ablations": {"what": "w", "a_priori_choice": "fixed first", "command": "c", "variants": {
+        "recipe": {"seeds": {"0": {"genes_share": [gain(0.02, 0.01, 0.03)]},
+                             "1": {"genes_share": [gain(0.04, 0.02, 0.05)]}},
+                   "summary": {"genes_share": {"expression/ridge_pearson": {
+                       "mean": 0.03, "sd": 0.0141, "min": 0.02, "max": 0.04, "n_seeds": 2}}}},
+        "frozen backbone, heads only": {"note": "gain 0 by construction"}}},
+        "genes_only": {"what": "held out", "labels": {"clusters": {
+            "table": [{"source": "G", "metric": "kmeans_ari", "mean": 0.2, "low": 0.1, "high": 0.3},
+                      {"source": "PCA", "metric": "kmeans_ari", "mean": 0.15, "low": 0.1, "high": 0.2}],
+            "gains": [{"source": "G", "gain": 0.05, "low": -0.01, "high": 0.1}]}}}}
+    html = ablations_table_html(results)
+    assert "+0.030 ± 0.014 [+0.020, +0.040] (n=2)" in html and "#e3f4e3" in html  # both seeds above zero
+    assert "+0.020 [+0.010, +0.030]; +0.040 [+0.020, +0.050]" in html and "by construction" in html
+    assert "fixed first" in html
+    g = genes_only_table_html(results)
+    assert "+0.050 [-0.010, +0.100]" in g and "(baseline)" in g
+    assert ablations_table_html({}) == "" and genes_only_table_html({}) == ""
+
+
+def test_gene_corpus_tokens_give_each_held_out_spot_once_at_full_context(tmp_path):
+    from test_corpus import _config, _slide, _vocab
+
+    from stamp_st.corpus.build import build_corpus
+    from stamp_st.corpus.manifest import entries_from_records
+    from stamp_st.inference.corpus_embed import gene_corpus_tokens
+
+    rows = [_slide(tmp_path, f"S{i}", seed=i, image=False) for i in range(2)]
+    rows[1]["split"] = "val"
+    out = tmp_path / "genes"
+    build_corpus(entries_from_records(rows), out, _config(_vocab(tmp_path), "genes"), workers=1, processes=False,
+                 progress=False)
+    sid, spot, toks = gene_corpus_tokens(out, ["S1"], split="val")
+    man = json.loads((out / "manifest.json").read_text())
+    n_spots = next(s["n_spots"] for s in man["slides"] if s["slide_id"] == "S1")
+    assert len(spot) == len(set(spot)) == n_spots and set(sid) == {"S1"}
+    assert toks.shape == (n_spots, 32) and (toks[:, 0] != 0).all()  # every spot has tokens, padded to context
+    with pytest.raises(StampInputError, match="split"):
+        gene_corpus_tokens(out, ["S0"], split="val")  # Stage 1 trained on it
+    with pytest.raises(StampInputError, match="not in the corpus"):
+        gene_corpus_tokens(out, ["S9"])

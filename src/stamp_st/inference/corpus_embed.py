@@ -35,11 +35,12 @@ def gene_corpus_tokens(corpus: str | Path, slides: list[str], split: str | None 
     """(slide ids, spot ids, storage tokens [n, context]) of every real spot of ``slides`` in a ``genes``
     corpus (its samples are spatial groups; each spot is stored once). ``split``: refuse a slide that is not
     in this split (e.g. ``val``: held out of Stage 1)."""
-    from ..corpus.datasets import load_corpus_manifest
+    from ..corpus.datasets import _pad, load_corpus_manifest
     from ..corpus.shards import iter_shard
     from ..errors import StampInputError
 
     manifest, base = load_corpus_manifest(corpus)
+    context = int(manifest.get("tokenizer", {}).get("context") or 1500)
     shards = [sh for sh in manifest.get("shards", []) if sh["slide_id"] in set(slides)]
     missing = sorted(set(slides) - {sh["slide_id"] for sh in shards})
     if missing:
@@ -57,7 +58,7 @@ def gene_corpus_tokens(corpus: str | Path, slides: list[str], split: str | None 
                 if ok and sp_id:
                     sid.append(sh["slide_id"])
                     spot.append(sp_id)
-                    toks.append(tok[j])
+                    toks.append(_pad(tok[j], context))  # samples are trimmed to their longest spot
     return np.asarray(sid), np.asarray(spot), np.stack(toks)
 
 
