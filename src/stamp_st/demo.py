@@ -301,7 +301,7 @@ def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path) -> dict
         json_path, html_path = write_report(report_dir, results, artifacts, projection="umap")
         headline = [r for r in results["table"] if "mean" in r]
         return {"report": str(html_path), "results": str(json_path), "table": headline,
-                "gains": results.get("gains", [])}
+                "gains": results.get("gains", []), "genes_only": results.get("genes_only", {})}
 
     return _stage(settings, "evaluate", go)
 
@@ -336,4 +336,12 @@ def print_summary(ev: dict, wall_s: float) -> None:
         print(f"\n=== gain over {gains[0]['baseline']} (paired bootstrap over held-out spots, 95% CI) ===")
         for g in gains:
             print(f"{g['task']:<11} {g['metric']:<24} {g['source']:<32} {format_gain(g)}")
+    genes_only = ev.get("genes_only") or {}
+    if genes_only:
+        print(f"\n=== gene encoder on the held-out genes-only sections {', '.join(genes_only['sections'])} "
+              "(k-means ARI; gain over the expression PCA, paired 95% CI) ===")
+        for lab, r in genes_only["labels"].items():
+            for row in r["table"]:
+                gain = next((g for g in r["gains"] if g["source"] == row["source"]), None)
+                print(f"{lab:<22} {row['source']:<40} {row['mean']:.3f}  {format_gain(gain) if gain else '(baseline)'}")
     print(f"\nreport: {ev.get('report')}\nwall time this run: {wall_s / 60:.1f} min")
