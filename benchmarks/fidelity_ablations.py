@@ -111,6 +111,23 @@ def evaluate_runs(runs: dict[str, Path], corpus: str, her2st: Path, slides: list
     return {"ev": ev, "artifacts": artifacts}
 
 
+def merge_results(files: list[str], out: str) -> int:
+    """One result file from several (their variants side by side; each keeps its own command)."""
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    merged = {k: parts[0][k] for k in ("what", "a_priori_choice", "held_out")}
+    merged["command"] = " && ".join(p["command"] for p in parts) + " && python " + " ".join(sys.argv)
+    merged["seeds"] = sorted({s for p in parts for s in p["seeds"]})
+    merged["variants"], merged["seconds"], merged["parts"] = {}, {}, []
+    for f, p in zip(files, parts):
+        if p["held_out"] != merged["held_out"]:
+            raise SystemExit(f"{f} held out {p['held_out']}, not {merged['held_out']}")
+        merged["variants"].update(p["variants"])
+        merged["parts"].append({"command": p["command"], "seconds": p["seconds"], "scores": p["scores"]})
+    Path(out).write_text(json.dumps(merged, indent=1, default=float))
+    print(f"wrote {out}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", required=True, help="paired corpus of the imaged sections")
@@ -123,7 +140,12 @@ def main() -> int:
     ap.add_argument("--train-only", action="store_true",
                     help="train the runs and stop (several invocations in parallel, then one that scores them all)")
     ap.add_argument("--json", default="benchmarks/results/fidelity_ablations_cpu.json")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="only merge result files of earlier invocations (e.g. one per variant, run in parallel) "
+                         "into --json")
     args = ap.parse_args()
+    if args.merge:
+        return merge_results(args.merge, args.json)
 
     from stamp_st.corpus.controls import shuffled_genes_copy
     from stamp_st.evaluation.gains import format_gain, task_gains
