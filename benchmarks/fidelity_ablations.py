@@ -111,6 +111,18 @@ def evaluate_runs(runs: dict[str, Path], corpus: str, her2st: Path, slides: list
     return {"ev": ev, "artifacts": artifacts}
 
 
+def summarise(entry: dict) -> dict:
+    """``entry["summary"]``: the spread over seeds of each read-out's gain."""
+    entry["summary"] = {}
+    for key in ("gain_over_backbone", "control_gain_over_backbone", "genes_share"):
+        for task, metric, _ in COLS:
+            vals = [g["gain"] for s in entry["seeds"].values() for g in s[key]
+                    if g["task"] == task and g["metric"] == metric]
+            if vals:
+                entry["summary"].setdefault(key, {})[f"{task}/{metric}"] = spread(vals)
+    return entry
+
+
 def merge_results(files: list[str], out: str) -> int:
     """One result file from several (their variants side by side; each keeps its own command)."""
     parts = [json.loads(Path(f).read_text()) for f in files]
@@ -121,7 +133,16 @@ def merge_results(files: list[str], out: str) -> int:
     for f, p in zip(files, parts):
         if p["held_out"] != merged["held_out"]:
             raise SystemExit(f"{f} held out {p['held_out']}, not {merged['held_out']}")
-        merged["variants"].update(p["variants"])
+        for name, v in p["variants"].items():  # seeds of one variant may come from several invocations
+            if name in merged["variants"] and "seeds" in v:
+                seen = merged["variants"][name]
+                overlap = set(seen["seeds"]) & set(v["seeds"])
+                if overlap:
+                    raise SystemExit(f"{f}: variant {name!r} seeds {sorted(overlap)} are in another file too")
+                seen["seeds"].update(v["seeds"])
+                summarise(seen)
+            else:
+                merged["variants"][name] = v
         merged["parts"].append({"command": p["command"], "seconds": p["seconds"], "scores": p["scores"]})
     Path(out).write_text(json.dumps(merged, indent=1, default=float))
     print(f"wrote {out}")
@@ -222,12 +243,7 @@ def main() -> int:
                 "control_gain_over_backbone": list(rows_of(ev["gains"], tag + " | control").values()),
                 "genes_share": list(rows_of(share, tag).values()),
                 "train_seconds": seconds.get(tag), "control_train_seconds": seconds.get(tag + " | control")}
-        for key in ("gain_over_backbone", "control_gain_over_backbone", "genes_share"):
-            for task, metric, _ in COLS:
-                vals = [g["gain"] for s in entry["seeds"].values() for g in s[key]
-                        if g["task"] == task and g["metric"] == metric]
-                if vals:
-                    entry["summary"].setdefault(key, {})[f"{task}/{metric}"] = spread(vals)
+        summarise(entry)
         # the seed-0 rows in the shape the demo's report reads (``gains``)
         first = entry["seeds"][str(seeds[0])]
         entry["gains"] = ([{**g, "source": f"STAMP_V, seed {seeds[0]}"} for g in first["gain_over_backbone"]]
