@@ -157,6 +157,7 @@ def main() -> int:
     ap.add_argument("--variants", default=";".join(VARIANTS), help="semicolon-separated variant names")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (and shuffle seeds)")
     ap.add_argument("--no-controls", action="store_true", help="skip the shuffled-gene controls")
+    ap.add_argument("--controls-only", action="store_true", help="train only the shuffled-gene controls")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's steps per model")
     ap.add_argument("--train-only", action="store_true",
                     help="train the runs and stop (several invocations in parallel, then one that scores them all)")
@@ -187,7 +188,7 @@ def main() -> int:
     seconds: dict[str, float] = {}
     for name in names:
         for seed in seeds:
-            for control in ([False] if args.no_controls else [False, True]):
+            for control in ([False] if args.no_controls else [True] if args.controls_only else [False, True]):
                 tag = f"{name} | seed {seed}" + (" | control" if control else "")
                 run = out_dir / run_name(name) / (f"control_seed{seed}" if control else f"seed{seed}")
                 corpus = (shuffled_genes_copy(args.corpus, out_dir / f"corpus_shuffled_seed{seed}", seed=seed)
