@@ -151,24 +151,64 @@ def gains_table_html(results: dict) -> str:
 
 
 def ablations_table_html(results: dict) -> str:
-    """Stage-2 ablations measured separately (``benchmarks/fidelity_ablations.py``): each variant's gains over
-    the unaligned backbone, with the same paired intervals as the gain table."""
+    """Stage-2 ablations measured separately (``benchmarks/fidelity_ablations.py``): per variant, the gain of
+    Stamp_V over the unaligned backbone, its shuffled-gene control's gain and the genes' share (variant minus
+    control), each as the mean ± sd over seeds with the range, and each seed's paired interval."""
     from .gains import format_gain
 
     abl = results.get("ablations") or {}
     variants = abl.get("variants") or {}
     if not variants:
         return ""
-    out = [f"<h2>Ablations</h2><p class='note'>{_esc(abl.get('what', ''))} Command: "
-           f"<code>{_esc(abl.get('command', ''))}</code></p>",
-           "<table><thead><tr><th>variant</th><th>source</th><th>task</th><th>metric</th><th>gain [95% CI]</th>"
-           "</tr></thead><tbody>"]
+    titles = {"gain_over_backbone": "Stamp_V gain over the backbone",
+              "control_gain_over_backbone": "shuffled-gene control's gain over the backbone",
+              "genes_share": "genes' share (variant minus its control, paired)"}
+    out = [f"<h2>Ablations</h2><p class='note'>{_esc(abl.get('what', ''))} "
+           f"{_esc(abl.get('a_priori_choice', ''))} Command: <code>{_esc(abl.get('command', ''))}</code></p>",
+           "<table><thead><tr><th>variant</th><th>read-out</th><th>task / metric</th>"
+           "<th>mean ± sd over seeds [min, max]</th><th>each seed: gain [paired 95% CI]</th></tr></thead><tbody>"]
     for name, v in variants.items():
-        for r in v.get("gains", []):
-            colour = "#e3f4e3" if r["low"] > 0 else "#f8e0e0" if r["high"] < 0 else "transparent"
-            out.append(f"<tr><td>{_esc(name)}</td><td>{_esc(r['source'])}</td><td>{_esc(r['task'])}</td>"
-                       f"<td>{_esc(r['metric'])}</td><td class='num' style='background:{colour}'>"
-                       f"{_esc(format_gain(r))}</td></tr>")
+        if "summary" not in v:
+            out.append(f"<tr><td>{_esc(name)}</td><td colspan='4' class='note'>{_esc(v.get('note', ''))}</td></tr>")
+            continue
+        for key, per_metric in v["summary"].items():
+            for metric, sm in per_metric.items():
+                task, met = metric.split("/", 1)
+                rows = [g for seed in v.get("seeds", {}).values() for g in seed.get(key, [])
+                        if g["task"] == task and g["metric"] == met]
+                every_above = rows and all(g["low"] > 0 for g in rows)
+                every_below = rows and all(g["high"] < 0 for g in rows)
+                colour = "#e3f4e3" if every_above else "#f8e0e0" if every_below else "transparent"
+                sd = "" if sm.get("sd") is None or not np.isfinite(sm["sd"]) else f" ± {sm['sd']:.3f}"
+                out.append(f"<tr><td>{_esc(name)}</td><td>{_esc(titles.get(key, key))}</td><td>{_esc(metric)}</td>"
+                           f"<td class='num' style='background:{colour}'>{sm['mean']:+.3f}{sd} "
+                           f"[{sm['min']:+.3f}, {sm['max']:+.3f}] (n={sm['n_seeds']})</td>"
+                           f"<td class='num'>{_esc('; '.join(format_gain(g) for g in rows))}</td></tr>")
+    out.append("</tbody></table><p class='note'>Green: every seed's paired interval lies above zero; red: every "
+               "seed's lies below.</p>")
+    return "".join(out)
+
+
+def genes_only_table_html(results: dict) -> str:
+    """The gene encoder on genes-only sections that no stage trained on: k-means ARI of Stamp_G beside a
+    50-component expression PCA, and the paired gain."""
+    from .gains import format_gain
+
+    g = results.get("genes_only") or {}
+    if not g:
+        return ""
+    out = [f"<h2>Gene encoder on held-out genes-only sections</h2><p class='note'>{_esc(g.get('what', ''))}</p>",
+           "<table><thead><tr><th>labels</th><th>source</th><th>k-means ARI [95% CI over sections]</th>"
+           "<th>gain over the expression PCA [paired 95% CI]</th></tr></thead><tbody>"]
+    for lab, r in g.get("labels", {}).items():
+        gains = {x["source"]: x for x in r.get("gains", [])}
+        for row in r.get("table", []):
+            gain = gains.get(row["source"])
+            colour = ("transparent" if gain is None else "#e3f4e3" if gain["low"] > 0
+                      else "#f8e0e0" if gain["high"] < 0 else "transparent")
+            out.append(f"<tr><td>{_esc(lab)}</td><td>{_esc(row['source'])}</td>"
+                       f"<td class='num'>{_esc(F.interval_text(row))}</td><td class='num' style='background:"
+                       f"{colour}'>{_esc(format_gain(gain) if gain else '(baseline)')}</td></tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
@@ -311,6 +351,7 @@ def render_html(results: dict, figs: dict[str, list[str]] | None = None, title: 
     for note in meta.get("notes", []):
         parts.insert(-3, f"<p class='note'>{_esc(note)}</p>")
     parts.append(gains_table_html(results))
+    parts.append(genes_only_table_html(results))
     parts.append(ablations_table_html(results))
     if any(figs.get("training", [])):
         parts.append("<h2>Training</h2>")

@@ -31,6 +31,37 @@ def iter_corpus_spots(corpus: str | Path):
             yield s["meta.json"], _image(s, "patch"), s["tokens.npy"]
 
 
+def gene_corpus_tokens(corpus: str | Path, slides: list[str], split: str | None = "val"):
+    """(slide ids, spot ids, storage tokens [n, context]) of every real spot of ``slides`` in a ``genes``
+    corpus (its samples are spatial groups; each spot is stored once). ``split``: refuse a slide that is not
+    in this split (e.g. ``val``: held out of Stage 1)."""
+    from ..corpus.datasets import _pad, load_corpus_manifest
+    from ..corpus.shards import iter_shard
+    from ..errors import StampInputError
+
+    manifest, base = load_corpus_manifest(corpus)
+    context = int(manifest.get("tokenizer", {}).get("context") or 1500)
+    shards = [sh for sh in manifest.get("shards", []) if sh["slide_id"] in set(slides)]
+    missing = sorted(set(slides) - {sh["slide_id"] for sh in shards})
+    if missing:
+        raise StampInputError(f"slides {missing} are not in the corpus", corpus)
+    sid, spot, toks = [], [], []
+    for sh in shards:
+        if split is not None and sh["split"] != split:
+            raise StampInputError(f"{sh['slide_id']} is in the corpus's {sh['split']!r} split, not {split!r}",
+                                  corpus, hint="evaluate the gene encoder on slides it was not trained on")
+        for s in iter_shard(str(Path(base) / sh["url"])):
+            ids = s["meta.json"].get("spot_ids") or [s["meta.json"].get("spot_id")]
+            tok = s["tokens.npy"] if s["tokens.npy"].ndim == 2 else s["tokens.npy"][None]
+            valid = s.get("spot_valid.npy", np.ones(len(ids), bool))
+            for j, (sp_id, ok) in enumerate(zip(ids, valid)):
+                if ok and sp_id:
+                    sid.append(sh["slide_id"])
+                    spot.append(sp_id)
+                    toks.append(_pad(tok[j], context))  # samples are trimmed to their longest spot
+    return np.asarray(sid), np.asarray(spot), np.stack(toks)
+
+
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -40,6 +40,14 @@ class AlignConfig:
     trainable_blocks: int | None = ranged(None, lo=0, hi=10_000, integer=True)  # partial fine-tuning: only the backbone's last N blocks (+ head) train
     cache_trunk: bool = True  # partial fine-tuning of a CNN: compute the frozen trunk once per crop, cache it
     augment: str = "none"  # "dihedral": random rotations / mirrorings of the patch (or of its cached trunk map)
+    # keeping the pretrained image features (AlignTask): BatchNorm in eval mode, L2-SP towards the pretrained
+    # weights, HED stain jitter (scale / shift of each stain; with a cached trunk, ``stain_variants`` jittered
+    # copies of each crop are cached, the first unjittered, and training draws one per spot and step)
+    freeze_bn_stats: bool = False
+    l2sp_weight: float = ranged(0.0, lo=0, hi=1e6, why="L2-SP weight, e.g. 0.01")
+    hed_scale: float = ranged(0.0, lo=0, hi=1, hi_open=True, why="HED stain scale jitter below 1, e.g. 0.05")
+    hed_shift: float = ranged(0.0, lo=0, hi=1, why="HED stain shift jitter, e.g. 0.005")
+    stain_variants: int = ranged(4, lo=1, hi=64, integer=True, why="cached stain-jittered copies per crop")
     temperature_init: float | None = ranged(None, lo=0, hi=10, lo_open=True, why="contrastive temperature, e.g. 0.07")  # None: the release's 0.07
     lora: int = ranged(0, lo=0, hi=4096, integer=True, why="LoRA rank; 0: off")
     grad_ckpt: bool = False
@@ -73,8 +81,14 @@ class AlignConfig:
             raise StampInputError("choose one of --freeze-backbone, --lora, --trainable-blocks", source)
         if cfg.augment not in AUGMENTATIONS:
             raise StampInputError(f"unknown augmentation {cfg.augment!r}", source, f"choose one of {AUGMENTATIONS}")
+        if cfg.hed_scale >= 1:
+            raise StampInputError(f"hed_scale {cfg.hed_scale} would flip a stain's sign: keep it below 1", source,
+                                  "the literature's light jitter is 0.05")
         TrainerConfig.from_dict(cfg.trainer, source)
         return cfg
+
+    def stain_jitter(self) -> bool:
+        return self.hed_scale > 0 or self.hed_shift > 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -102,7 +116,8 @@ def load_gene_encoder(spec: str):
 def build_align_task(cfg: AlignConfig, model: StampModel) -> AlignTask:
     """The Stage-2 task the engine trains: the model, its losses and the augmentation of the config."""
     return AlignTask(model, neighbour_radius_um=cfg.neighbour_radius_um, expr_sim_threshold=cfg.expr_sim_threshold,
-                     neighbour_mode=cfg.neighbour_mode, augment=cfg.augment)
+                     neighbour_mode=cfg.neighbour_mode, augment=cfg.augment, freeze_bn_stats=cfg.freeze_bn_stats,
+                     l2sp_weight=cfg.l2sp_weight, hed_scale=cfg.hed_scale, hed_shift=cfg.hed_shift)
 
 
 def build_align_model(cfg: AlignConfig):
@@ -152,10 +167,14 @@ class SpotFeatureCache:
     def compute(self, model: StampModel, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def fill(self, batch: dict, model: StampModel) -> dict:
-        """``batch`` with the cached outputs in place of the inputs (fp32 features, outside any autocast)."""
+    def fill(self, batch: dict, model: StampModel, train: bool = False) -> dict:
+        """``batch`` with the cached outputs in place of the inputs (fp32 features, outside any autocast).
+        ``train``: a training batch (a cache of augmented copies draws one; otherwise the plain one)."""
         with torch.autocast(model.logit_scale.device.type, enabled=False):
-            return self._fill(batch, model)
+            return self.pick(self._fill(batch, model), train)
+
+    def pick(self, batch: dict, train: bool) -> dict:
+        return batch
 
     def _fill(self, batch: dict, model: StampModel) -> dict:
         keys = [f"{sid}\x00{spot}" for sid, pair in zip(batch["slide_id"], batch["spot_id"]) for spot in pair]
@@ -213,15 +232,54 @@ class TrunkFeatureCache(SpotFeatureCache):
     """Partial fine-tuning of a CNN: the frozen trunk's maps of the patch and the region (``patch``,
     ``region`` -> ``patch_trunk``, ``region_trunk``, float16); the last blocks, conv head, pretext query and
     heads train on top, so a step costs the tail's forward and backward only. Rotations / mirrorings are
-    then applied to the cached patch map (``augment="dihedral"``)."""
+    then applied to the cached patch map (``augment="dihedral"``).
+
+    With HED stain jitter (``hed_scale`` / ``hed_shift`` > 0) the cache holds ``variants`` maps per crop:
+    the plain one first, then jittered copies (one draw per spot for patch and region, from a generator
+    seeded by ``seed``); a training batch takes one of them at random per spot, any other batch the plain one."""
 
     inputs = ("patch", "region")
+
+    def __init__(self, max_bytes: float = float("inf"), hed_scale: float = 0.0, hed_shift: float = 0.0,
+                 variants: int = 1, seed: int = 0):
+        super().__init__(max_bytes)
+        jitter = hed_scale > 0 or hed_shift > 0
+        self.hed_scale, self.hed_shift = hed_scale, hed_shift
+        self.variants = int(variants) if jitter else 1
+        self._rng = None
+        if jitter:
+            import numpy as np
+
+            self._rng = np.random.default_rng(seed)
 
     def compute(self, model, inputs):
         dev = model.logit_scale.device
         vb = model.visual_backbone
-        return {"patch_trunk": vb.trunk(model.prepare_images(inputs["patch"].to(dev))).half().cpu(),
-                "region_trunk": vb.trunk(model.prepare_images(inputs["region"].to(dev))).half().cpu()}
+        if self.variants == 1:
+            return {"patch_trunk": vb.trunk(model.prepare_images(inputs["patch"].to(dev))).half().cpu(),
+                    "region_trunk": vb.trunk(model.prepare_images(inputs["region"].to(dev))).half().cpu()}
+        from ..preprocessing.stain import hed_jitter, hed_jitter_params
+
+        out: dict[str, list[torch.Tensor]] = {"patch_trunk": [], "region_trunk": []}
+        n = inputs["patch"].shape[0]
+        for v in range(self.variants):
+            if v:
+                scale, shift = hed_jitter_params(n, self.hed_scale, self.hed_shift, self._rng)
+            for k in ("patch", "region"):
+                x = inputs[k]
+                if v:
+                    x = torch.from_numpy(hed_jitter(x.cpu().numpy(), scale, shift))
+                out[f"{k}_trunk"].append(vb.trunk(model.prepare_images(x.to(dev))).half().cpu())
+        return {k: torch.stack(v, dim=1) for k, v in out.items()}  # [n, variants, C, h, w]
+
+    def pick(self, batch: dict, train: bool) -> dict:
+        if self.variants == 1:
+            return batch
+        p = batch["patch_trunk"]  # [B, 2, variants, C, h, w]
+        choice = (torch.randint(0, self.variants, p.shape[:2]) if train
+                  else torch.zeros(p.shape[:2], dtype=torch.long))
+        idx = choice.view(*choice.shape, 1, 1, 1, 1).expand(*p.shape[:2], 1, *p.shape[3:])
+        return {**batch, **{k: batch[k].gather(2, idx).squeeze(2) for k in ("patch_trunk", "region_trunk")}}
 
 
 def image_cache_applies(cfg: AlignConfig, model: StampModel) -> bool:
@@ -241,8 +299,8 @@ def trunk_cache_applies(cfg: AlignConfig, model: StampModel) -> bool:
 class CachedBatches:
     """Wraps a loader: every batch goes through the caches; epochs pass through."""
 
-    def __init__(self, loader, model: StampModel, caches: list[SpotFeatureCache]):
-        self.loader, self.model, self.caches = loader, model, caches
+    def __init__(self, loader, model: StampModel, caches: list[SpotFeatureCache], train: bool = False):
+        self.loader, self.model, self.caches, self.train = loader, model, caches, train
 
     def set_epoch(self, epoch: int) -> None:
         ds = getattr(self.loader, "dataset", self.loader)
@@ -252,7 +310,7 @@ class CachedBatches:
     def __iter__(self):
         for batch in self.loader:
             for cache in self.caches:
-                batch = cache.fill(batch, self.model)
+                batch = cache.fill(batch, self.model, train=self.train)
             yield batch
 
 
@@ -412,9 +470,14 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
     if image_cache_applies(cfg, model):
         caches["image_cache"] = shared.setdefault("image_cache", ImageFeatureCache(cfg.image_cache_gb * 2**30))
     elif trunk_cache_applies(cfg, model):
-        caches["trunk_cache"] = shared.setdefault("trunk_cache", TrunkFeatureCache(cfg.image_cache_gb * 2**30))
+        # the jittered copies come from a fixed generator, so runs that differ only in their seed (folds,
+        # seeds of one recipe) share one bank; the seed still decides which copy each step draws
+        key = "trunk_cache" if not cfg.stain_jitter() else \
+            f"trunk_cache:hed{cfg.hed_scale}/{cfg.hed_shift}x{cfg.stain_variants}"
+        caches["trunk_cache"] = shared.setdefault(key, TrunkFeatureCache(
+            cfg.image_cache_gb * 2**30, cfg.hed_scale, cfg.hed_shift, cfg.stain_variants, seed=0))
     if caches:
-        train_data = CachedBatches(train_data, model, list(caches.values()))
+        train_data = CachedBatches(train_data, model, list(caches.values()), train=True)
         if val_data is not None:
             val_data = CachedBatches(val_data, model, list(caches.values()))
     val_fn = make_val_fn(val_data, cfg.val_max_batches) if val_data is not None else None
@@ -440,16 +503,18 @@ def corpus_slides(corpus) -> list[str]:
 
 def run_align_folds(corpus: str | Path, cfg: AlignConfig, out: str | Path, slides: list[str] | None = None,
                     resume: str | bool = "auto", device: str | None = None, final: bool = True,
-                    verify_sha256: bool = True, progress=None) -> dict:
+                    verify_sha256: bool = True, progress=None,
+                    caches: dict[str, SpotFeatureCache] | None = None) -> dict:
     """Cross-validation over the slides of one paired corpus: one model per held-out slide
     (``OUT/folds/<slide>/``, trained on every other slide and validated on the held-out one, so each slide
     has a model that never saw it), then, with ``final``, one model on every slide with the same recipe
-    (``OUT/``), the one to embed new slides with. The frozen parts' caches are shared between runs."""
+    (``OUT/``), the one to embed new slides with. The frozen parts' caches are shared between runs (and
+    with the caller's ``caches``: only between runs on corpora with the same crops and tokens)."""
     slides = list(slides) if slides else corpus_slides(corpus)
     if len(slides) < 2:
         raise StampInputError(f"folds need at least 2 slides, the corpus has {len(slides)}", corpus)
     out = Path(out)
-    caches: dict[str, SpotFeatureCache] = {}
+    caches = {} if caches is None else caches
     say = progress or (lambda msg: None)
     folds: dict = {}
     for sl in slides:

@@ -48,12 +48,21 @@ class AlignTask(nn.Module):
 
     ``gather``: negatives from every rank (off in released mode); ``neighbour_radius_um`` /
     ``expr_sim_threshold`` / ``neighbour_mode``: neighbour-aware negatives (``StampLoss``); ``augment``:
-    ``"dihedral"`` rotates / mirrors the patch pass in training mode."""
+    ``"dihedral"`` rotates / mirrors the patch pass in training mode.
+
+    Keeping what the pretrained image encoder knows where the genes have nothing to say: ``freeze_bn_stats``
+    keeps every BatchNorm of the image backbone in eval mode (ImageNet statistics, not those of a few
+    training slides' stain); ``l2sp_weight`` adds ``weight * sum((w - w_pretrained) ** 2)`` over the
+    backbone's trainable weights (L2-SP, Li et al., ICML 2018: a pull towards the starting point instead of
+    towards zero); ``hed_scale`` / ``hed_shift``: HED stain jitter of patch and region in training mode
+    (``preprocessing.stain``; with a cached trunk the cache holds jittered copies instead)."""
 
     checkpoint_prefix = "model."
 
     def __init__(self, model: StampModel, gather: bool = True, neighbour_radius_um: float | None = None,
-                 expr_sim_threshold: float | None = None, neighbour_mode: str = "mask", augment: str = "none"):
+                 expr_sim_threshold: float | None = None, neighbour_mode: str = "mask", augment: str = "none",
+                 freeze_bn_stats: bool = False, l2sp_weight: float = 0.0, hed_scale: float = 0.0,
+                 hed_shift: float = 0.0):
         super().__init__()
         if augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}")
@@ -63,9 +72,58 @@ class AlignTask(nn.Module):
         self.augment = augment
         self.loss_fn = StampLoss(gather=gather and not model.released, neighbour_radius_um=neighbour_radius_um,
                                  expr_sim_threshold=expr_sim_threshold, neighbour_mode=neighbour_mode)
+        self.freeze_bn_stats = bool(freeze_bn_stats)
+        self.l2sp_weight = float(l2sp_weight)
+        self.hed_scale, self.hed_shift = float(hed_scale), float(hed_shift)
+        # the starting point of L2-SP: the backbone's trainable weights as they are now (pretrained), kept out
+        # of the state dict (a checkpoint holds the model alone)
+        self._l2sp_ref: dict[str, torch.Tensor] = {}
+        if self.l2sp_weight > 0:
+            self._l2sp_ref = {n: p.detach().clone() for n, p in self._backbone_params() if p.requires_grad}
+
+    def _backbone_params(self):
+        return ((f"model.visual_backbone.base_model.{n}", p)
+                for n, p in self.model.visual_backbone.base_model.named_parameters())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.freeze_bn_stats:
+            for mod in self.model.visual_backbone.modules():
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                    mod.eval()
+        return self
 
     def no_weight_decay(self) -> set[str]:
-        return {self.checkpoint_prefix + n for n in self.model.no_weight_decay()}
+        """L2-SP replaces weight decay on the weights it pulls back to their pretrained values."""
+        return {self.checkpoint_prefix + n for n in self.model.no_weight_decay()} | set(self._l2sp_ref)
+
+    def l2sp_penalty(self) -> torch.Tensor | None:
+        if not self._l2sp_ref:
+            return None
+        params = dict(self._backbone_params())
+        total = None
+        for n, ref in self._l2sp_ref.items():
+            p = params[n]
+            d = (p.float() - ref.to(p.device, torch.float32)).pow(2).sum()
+            total = d if total is None else total + d
+        return total
+
+    def _stain_jitter(self, b: dict) -> dict:
+        """HED jitter of the raw patch and region of each spot (one draw per spot, the same for both)."""
+        import numpy as np
+
+        from ..preprocessing.stain import hed_jitter, hed_jitter_params
+
+        if b.get("patch") is None or b["patch"].dtype != torch.uint8:
+            return b  # cached features: the cache holds jittered copies
+        n = b["patch"].shape[0]
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # the engine reseeds torch before every step
+        scale, shift = hed_jitter_params(n, self.hed_scale, self.hed_shift, np.random.default_rng(seed))
+        out = dict(b)
+        for k in ("patch", "region"):
+            if b.get(k) is not None and b[k].dtype == torch.uint8:
+                out[k] = torch.from_numpy(hed_jitter(b[k].cpu().numpy(), scale, shift)).to(b[k].device)
+        return out
 
     def fsdp_units(self) -> list[nn.Module]:
         return self.model.fsdp_units()
@@ -74,10 +132,12 @@ class AlignTask(nn.Module):
         b = flatten_batch(batch)
         m = self.model
         dev = m.logit_scale.device
+        if self.training and (self.hed_scale > 0 or self.hed_shift > 0):
+            b = self._stain_jitter(b)
         f = m(b, augment=self.augment == "dihedral" and self.training)
         xy = b.get("xy_um")
         slide_idx = b.get("slide_idx")
-        return self.loss_fn(
+        out = self.loss_fn(
             patch=f["patch"], region=f["region"], spot=f["spot"], pretext=f["pretext"], windows=f["windows"],
             region_label=b["region_label"].to(dev),
             region_valid=b["region_valid"].to(dev),
@@ -86,3 +146,8 @@ class AlignTask(nn.Module):
             slide_idx=slide_idx.to(dev) if slide_idx is not None else None,
             sim_emb=f["gene_feat"] if self.loss_fn.expr_sim_threshold is not None else None,
         )
+        penalty = self.l2sp_penalty() if self.training else None
+        if penalty is not None:
+            out["l2sp"] = penalty.detach()
+            out["loss"] = out["loss"] + self.l2sp_weight * penalty
+        return out

@@ -61,6 +61,9 @@ class TrainerConfig:
     val_at_start: bool = False  # validate the initial model too (the curve's first point)
     ckpt_every: int = ranged(0, lo=0, hi=10**9, integer=True, why="steps; 0: at the end only")
     keep_checkpoints: int = ranged(2, lo=1, hi=10**6, integer=True)
+    # exponential moving average of the weights (timm's ModelEmaV3), started from the initial weights and
+    # updated after every optimizer step; the run's final checkpoint holds the average (None: off)
+    ema_decay: float | None = ranged(None, lo=0, hi=1, hi_open=True, why="EMA decay, e.g. 0.99; null: off")
     progress: bool = True
     tensorboard: bool = True
     extra: dict = field(default_factory=dict)
@@ -75,6 +78,9 @@ class TrainerConfig:
             raise StampInputError(f"strategy {cfg.strategy!r} is not auto, ddp, fsdp or single", source)
         if cfg.grad_accum < 1 or cfg.max_steps < 1:
             raise StampInputError("grad_accum and max_steps must be >= 1", source)
+        if cfg.ema_decay is not None and not 0 < cfg.ema_decay < 1:
+            raise StampInputError(f"ema_decay {cfg.ema_decay} is outside (0, 1)", source,
+                                  "e.g. 0.99: the average then spans about 100 steps")
         return cfg
 
     def to_json(self) -> dict:
@@ -179,6 +185,13 @@ class Trainer:
         self.optimizer = (optimizer_fn or (lambda m: build_optimizer(m, config, self.device)))(self.raw_model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupCosine(config.warmup_steps, config.max_steps, config.min_lr_ratio))
+        self.ema = None
+        if config.ema_decay is not None:
+            if self.strategy == "fsdp":
+                raise StampInputError("ema_decay is not supported with FSDP", hint="use DDP or drop ema_decay")
+            from timm.utils.model_ema import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.raw_model, decay=config.ema_decay, dtype=torch.float32)
         self.step = 0  # optimizer steps done
         self.epoch = 0
         self.batch_in_epoch = 0  # micro-batches of the current epoch consumed
@@ -328,6 +341,8 @@ class Trainer:
         if micro:  # a partial accumulation at the very end of the data: drop it, as a resume would
             self.optimizer.zero_grad(set_to_none=True)
         self._check_finite()
+        if self.ema is not None:  # the final model is the average
+            self._load_ema_weights()
         last_val = self.validate() or last_val
         self.save()
         if pbar is not None:
@@ -383,7 +398,15 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.raw_model)
         return gnorm.detach().float()
+
+    def _load_ema_weights(self) -> None:
+        ema_sd = self.ema.module.state_dict()
+        with torch.no_grad():
+            for k, v in self.raw_model.state_dict().items():
+                v.copy_(ema_sd[k].to(v.dtype))
 
     def _reduce(self, metrics: dict) -> dict:
         if self.world_size > 1 and dist.is_initialized():
@@ -457,6 +480,7 @@ class Trainer:
                     "optimizer": optim_sd, "scheduler": self.scheduler.state_dict(), "step": self.step,
                     "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "world_size": self.world_size,
                     "rng": _rng_state(),
+                    **({"ema": self.ema.module.state_dict()} if self.ema is not None else {}),
                 }, tmp / TRAINER_STATE)
                 path = root / name
                 replace_dir(tmp, path)
@@ -494,6 +518,11 @@ class Trainer:
             load_state_checked(self.raw_model, sd, path, strict=True)
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise StampInputError("the checkpoint has no weight average, this run asks for one (ema_decay)",
+                                      path, hint="resume with the settings the run started with")
+            self.ema.module.load_state_dict(state["ema"])
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])

@@ -1,0 +1,148 @@
+"""Is the gene encoder (Stamp_G's pooled features) at least as good as a 50-component expression PCA on
+genes-only sections that no training stage saw?
+
+Reads the held-out sections' tokens from the demo's gene corpus (its ``val`` split: Stage 1 never trains on
+them), pools each Stage-1 encoder's states per spot in several ways, and clusters each section with the
+evaluation's protocol (per slide, top-50 PCs, k-means with k = the section's labels) against the study's
+expression clusters and the pathologist's labels, beside the expression PCA (the same spots' log1p CP10k
+expression), with the gain over the PCA and its paired 95% bootstrap interval over spots. Several encoders
+(one per Stage-1 seed) give the spread over seeds.
+
+    python benchmarks/gene_encoder_heldout.py --corpus stamp_st_demo/corpus_genes \\
+        --encoders stamp_st_demo/gene_encoder,runs/genes_seed1,runs/genes_seed2 --sections A1,D1,E1,F1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+POOLINGS = ("mean", "rank", "top256", "embedbag")
+
+
+def pooled(encoder, tokens, pooling: str):
+    """[N, d] per-spot features: ``mean`` over real tokens (Stamp_G's own), ``rank``: weighted by
+    1 / log2(rank + 2) (the top-ranked genes count most, as in a discounted gain), ``top256``: mean over the
+    256 top-ranked genes; ``embedbag``: the learned gene embeddings (input layer, no transformer) weighted as
+    ``rank``."""
+    import torch
+
+    from stamp_st.preprocessing.tokenizer import STORAGE_PAD_ID
+
+    if pooling == "mean":
+        return encoder.embed(tokens, "mean")
+    tokens = tokens[:, :encoder.config.context]  # what the encoder reads, as in GeneEncoder.pool
+    valid = tokens != STORAGE_PAD_ID
+    n = max(int(valid.sum(-1).max()), 1)
+    tokens, valid = tokens[:, :n], valid[:, :n]
+    with torch.no_grad():
+        if pooling == "embedbag":
+            from stamp_st.models.gene_encoder import MODEL_PAD_ID
+
+            h = encoder.embeddings(tokens.masked_fill(~valid, MODEL_PAD_ID))
+        else:
+            h = encoder.encode(tokens)
+    rank = torch.arange(n, dtype=h.dtype)
+    if pooling in ("rank", "embedbag"):
+        w = 1.0 / torch.log2(rank + 2.0)
+    elif pooling == "top256":
+        w = (rank < 256).to(h.dtype)
+    else:
+        raise ValueError(pooling)
+    w = w.unsqueeze(0) * valid.to(h.dtype)
+    return (h * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-6)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", required=True, help="the demo's gene corpus (held-out sections in its val split)")
+    ap.add_argument("--encoders", required=True, help="comma-separated Stage-1 run folders (one per seed)")
+    ap.add_argument("--sections", default="A1,D1,E1,F1", help="held-out genes-only her2st sections")
+    ap.add_argument("--poolings", default=",".join(POOLINGS))
+    ap.add_argument("--json", default="benchmarks/results/gene_encoder_heldout_cpu.json")
+    args = ap.parse_args()
+
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+    import torch
+
+    from stamp_st.errors import StampInputError
+    from stamp_st.evaluation.embeddings_io import EmbeddingSet, expression_pca_source
+    from stamp_st.evaluation.tasks import evaluate_sources
+    from stamp_st.inference.corpus_embed import gene_corpus_tokens
+    from stamp_st.paths import her2st_dir
+    from stamp_st.readers import read_sample
+    from stamp_st.readers.labels import her2st_cluster_labels, her2st_pathologist_labels
+    from stamp_st.training.align import load_gene_encoder
+
+    torch.set_grad_enabled(False)
+    root = her2st_dir()
+    sections = [s for s in args.sections.split(",") if s]
+    sid, spot, toks = gene_corpus_tokens(args.corpus, [f"her2st_{s}" for s in sections], split="val")
+    slides = np.char.replace(sid.astype(str), "her2st_", "")
+    per = {s: read_sample(root, format="her2st", section=s) for s in sections}
+    genes = sorted(set.intersection(*[set(a.var_names) for a in per.values()]))
+    counts = sp.lil_matrix((len(sid), len(genes)), dtype=np.float32)
+    labels = {"study clusters": np.full(len(sid), "", dtype=object),
+              "pathologist": np.full(len(sid), "", dtype=object)}
+    for s, a in per.items():
+        m = np.flatnonzero(slides == s)
+        counts[m] = sp.csr_matrix(a[:, genes].X)[pd.Index(a.obs_names).get_indexer(spot[m])]
+        labels["study clusters"][m] = her2st_cluster_labels(root, s).reindex(spot[m]).fillna("").to_numpy()
+        try:
+            labels["pathologist"][m] = her2st_pathologist_labels(root, s).reindex(spot[m]).fillna("").to_numpy()
+        except StampInputError as err:  # a section without the pathologist's table is reported
+            print(f"{s}: no pathologist labels ({err})")
+    counts = counts.tocsr()
+
+    def src(name, emb):
+        return EmbeddingSet(name, np.asarray(emb, np.float32), slides, spot, counts=counts,
+                            gene_names=np.asarray(genes))
+
+    sources = {}
+    for i, run in enumerate(e for e in args.encoders.split(",") if e):
+        enc, _ = load_gene_encoder(run)
+        enc.eval()
+        t = torch.from_numpy(toks.astype(np.int64))
+        for pooling in args.poolings.split(","):
+            feats = torch.cat([pooled(enc, t[j:j + 64], pooling) for j in range(0, len(t), 64)]).float().numpy()
+            sources[f"Stamp_G {pooling} | encoder {i}"] = src(f"Stamp_G {pooling} | encoder {i}", feats)
+    pca = expression_pca_source(next(iter(sources.values())))
+    sources[pca.name] = pca
+    out = {"sections": sections, "n_spots": int(len(sid)), "encoders": args.encoders.split(","),
+           "command": "python " + " ".join(sys.argv), "labels": {}}
+    for lab_name, lab in labels.items():
+        if not (lab != "").any():
+            continue
+        ev = evaluate_sources(sources, lab, ["cluster"], baseline=pca.name)
+        ari = {r["source"]: r for r in ev["table"] if r["metric"] == "kmeans_ari" and "mean" in r}
+        gains = {g["source"]: g for g in ev["gains"] if g["metric"] == "kmeans_ari"}
+        summary = {}
+        for pooling in args.poolings.split(","):
+            names = [n for n in sources if n.startswith(f"Stamp_G {pooling} |")]
+            vals = [ari[n]["mean"] for n in names if n in ari]
+            gv = [gains[n]["gain"] for n in names if n in gains]
+            summary[pooling] = {"ari_per_encoder": vals, "ari_mean": float(np.mean(vals)),
+                                "ari_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+                                "gain_over_pca_per_encoder": gv,
+                                "gain_over_pca_intervals": [[gains[n]["low"], gains[n]["high"]] for n in names
+                                                            if n in gains]}
+        out["labels"][lab_name] = {"pca_ari": ari[pca.name]["mean"], "summary": summary,
+                                   "table": {k: {x: v[x] for x in ("mean", "low", "high")} for k, v in ari.items()},
+                                   "per_slide_pca": ari[pca.name].get("per_fold")}
+        print(f"\n{lab_name}: expression PCA k-means ARI {ari[pca.name]['mean']:.3f}")
+        for pooling, s in summary.items():
+            print(f"  Stamp_G {pooling:<7} ARI {s['ari_mean']:.3f} ± {s['ari_sd'] or 0:.3f} over encoders "
+                  f"{[round(v, 3) for v in s['ari_per_encoder']]}; gain over PCA per encoder "
+                  f"{[f'{g:+.3f} [{lo:+.3f}, {hi:+.3f}]' for g, (lo, hi) in zip(s['gain_over_pca_per_encoder'], s['gain_over_pca_intervals'])]}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
