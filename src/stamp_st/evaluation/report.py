@@ -207,7 +207,7 @@ def genes_only_table_html(results: dict) -> str:
             colour = ("transparent" if gain is None else "#e3f4e3" if gain["low"] > 0
                       else "#f8e0e0" if gain["high"] < 0 else "transparent")
             out.append(f"<tr><td>{_esc(lab)}</td><td>{_esc(row['source'])}</td>"
-                       f"<td class='num'>{_esc(F.interval_text(row))}</td><td class='num' style='background:"
+                       f"<td class='num'>{_esc(interval_text(row))}</td><td class='num' style='background:"
                        f"{colour}'>{_esc(format_gain(gain) if gain else '(baseline)')}</td></tr>")
     out.append("</tbody></table>")
     return "".join(out)
