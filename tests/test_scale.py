@@ -254,9 +254,11 @@ def test_reproduce_smoke_end_to_end_then_every_stage_is_skipped(her2st_root, voc
 
     cmd = [sys.executable, "-m", "stamp_st", "reproduce", "--smoke", "--out", str(tmp_path)]
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+    res = subprocess.run([*cmd, "--json"], env=_env(), capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - t0
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    summary = json.loads(res.stdout)  # stdout is the one JSON object; progress went to stderr
+    assert set(summary["stage_seconds"]) == set(STAGES) and Path(summary["report"]).is_file()
     for st in STAGES:
         assert (tmp_path / "stages" / f"{st}.json").is_file(), st
     for run in ("gene_encoder", "stamp_model"):  # both stages ran on 2 processes

@@ -34,6 +34,8 @@ def register(subparsers) -> None:
                    help="write the stage configs and print the exact torchrun / srun lines; run nothing")
     p.add_argument("--force", action="append", default=[], choices=STAGES,
                    help="re-run this stage even if it finished before (repeatable)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON summary object (progress and training output go to stderr)")
     p.set_defaults(func=run)
 
 
@@ -42,16 +44,20 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..pipeline.launch import Launch, head_node_endpoint
-    from ..pipeline.reproduce import ReproduceConfig, Settings, run_reproduce
+    from ..pipeline.reproduce import ReproduceConfig, Settings, print_summary, run_reproduce
 
     out = Path(args.out)
     cfg = ReproduceConfig.load(args.config or ("smoke" if args.smoke else "paper"))
     if args.hest_root:
         cfg.hest_root = args.hest_root
     elif args.smoke and not args.print_commands:
+        import sys
+
         from ..pipeline.smoke_data import build_smoke_hest_root
 
-        cfg.hest_root = str(build_smoke_hest_root(out / "hest_smoke", say=lambda m: print(f"[reproduce] {m}")))
+        log = sys.stderr if args.json else sys.stdout
+        cfg.hest_root = str(build_smoke_hest_root(out / "hest_smoke",
+                                                  say=lambda m: print(f"[reproduce] {m}", file=log)))
     for key, value in (("nproc_per_node", args.nproc_per_node), ("nnodes", args.nnodes),
                        ("dask_workers", args.workers), ("dask_scheduler", args.scheduler)):
         if value is not None:
@@ -61,6 +67,14 @@ def run(args) -> int:
     if args.launcher == "slurm" and endpoint is None and not args.print_commands:
         endpoint = head_node_endpoint(os.environ.get("SLURM_JOB_NODELIST"))
     launch = Launch(args.launcher, cfg.nproc_per_node, cfg.nnodes, endpoint)
-    run_reproduce(Settings(out=out, config=cfg, launch=launch, force=tuple(args.force),
-                           print_commands=args.print_commands))
+    rep = run_reproduce(Settings(out=out, config=cfg, launch=launch, force=tuple(args.force),
+                                 print_commands=args.print_commands, json=args.json))
+    if args.print_commands:
+        return 0
+    if args.json:
+        import json
+
+        print(json.dumps(rep, default=str))
+    else:
+        print_summary(rep)
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -86,13 +87,17 @@ class Settings:
     launch: Launch
     force: tuple[str, ...] = ()
     print_commands: bool = False
+    json: bool = False  # stdout holds one JSON summary: progress and the training processes' output go to stderr
 
     def path(self, what: str) -> Path:
         return self.out / {**DEFAULT_OUTPUTS, **self.config.outputs}[what]
 
 
+_LOG = {"stream": None}  # None: stdout
+
+
 def _say(msg: str) -> None:
-    print(f"[reproduce] {msg}", flush=True)
+    print(f"[reproduce] {msg}", flush=True, file=_LOG["stream"])
 
 
 def _stage(s: Settings, name: str, fn) -> dict:
@@ -253,7 +258,7 @@ def train_stage(s: Settings, name: str) -> Path:
         argv = stage_commands(s)[name]
         _say(f"{name}: {shell_line(argv)}")
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        rc = subprocess.run(argv, env=env, check=False).returncode
+        rc = subprocess.run(argv, env=env, check=False, stdout=sys.stderr if s.json else None).returncode
         if rc != 0:
             raise StampInputError(f"{name} exited with status {rc} (its output is above)", run_dir,
                                   hint="fix what it reports and re-run the same command: finished stages are "
@@ -377,6 +382,8 @@ def print_commands(s: Settings) -> None:
 
 
 def run_reproduce(s: Settings) -> dict:
+    """The chain; returns the report stage's result (report, results, headline table) and each stage's seconds."""
+    _LOG["stream"] = sys.stderr if s.json else None
     s.out.mkdir(parents=True, exist_ok=True)
     _say(f"outputs: {s.out.resolve()}; {s.launch.nnodes} node(s) x {s.launch.nproc_per_node} process(es), "
          f"launcher {s.launch.launcher}")
@@ -394,16 +401,15 @@ def run_reproduce(s: Settings) -> dict:
     files = embed(s, root, held, stamp_run)
     results = benchmark(s, files)
     rep = report(s, results, train, held)
-    print_summary(s, rep)
+    rep["stage_seconds"] = {n: json.loads((s.out / "stages" / f"{n}.json").read_text()).get("seconds")
+                            for n in STAGES if stage_done(s.out, n)}
     return rep
 
 
-def print_summary(s: Settings, rep: dict) -> None:
+def print_summary(rep: dict) -> None:
     print("\n=== stamp-st reproduce: HEST ridge on the held-out samples (mean [95% CI] over slides) ===")
     for r in rep.get("table", []):
         print(f"{r['task']:<11} {r['metric']:<24} {r['source']:<36} {r.get('text', '')}")
-    times = {n: json.loads((s.out / "stages" / f"{n}.json").read_text()).get("seconds")
-             for n in STAGES if stage_done(s.out, n)}
-    print("stage seconds: " + ", ".join(f"{n} {t}" for n, t in times.items()))
+    print("stage seconds: " + ", ".join(f"{n} {t}" for n, t in rep.get("stage_seconds", {}).items()))
     print(f"report: {rep.get('report')}")
 
