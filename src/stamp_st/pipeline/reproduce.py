@@ -263,7 +263,7 @@ def train_stage(s: Settings, name: str) -> Path:
             raise StampInputError(f"{name} exited with status {rc} (its output is above)", run_dir,
                                   hint="fix what it reports and re-run the same command: finished stages are "
                                        "skipped and training resumes from its last checkpoint")
-        return {"run": str(run_dir), "command": shell_line(argv)}
+        return {"run": str(run_dir), "processes": s.launch.nproc_per_node * s.launch.nnodes}
 
     _stage(s, name, go)
     return run_dir
@@ -387,7 +387,6 @@ def run_reproduce(s: Settings) -> dict:
     s.out.mkdir(parents=True, exist_ok=True)
     _say(f"outputs: {s.out.resolve()}; {s.launch.nnodes} node(s) x {s.launch.nproc_per_node} process(es), "
          f"launcher {s.launch.launcher}")
-    atomic_write_json(s.path("configs") / "reproduce.json", s.config.to_json())
     if s.print_commands:
         print_commands(s)
         return {}
