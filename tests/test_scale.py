@@ -268,7 +268,7 @@ def test_reproduce_smoke_end_to_end_then_every_stage_is_skipped(her2st_root, voc
         assert torch.load(ck / "trainer_state.pt", weights_only=True)["world_size"] == 2
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     scored = {r["source"] for r in results["table"] if r["task"] == "expression" and "mean" in r}
-    assert scored == {"STAMP_V (aligned encoder)", "efficientnet_lite0 (unaligned)"}
+    assert scored == {"STAMP_V (aligned encoder)", "STAMP_V joint (projected)", "efficientnet_lite0 (unaligned)"}
     assert (tmp_path / "report" / "report.html").is_file()
     again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("done before, reusing") == len(STAGES)

@@ -309,13 +309,17 @@ def embed(s: Settings, root: Path, held: list[str], stamp_run: Path) -> dict[str
 
 
 STAMP_V = "STAMP_V (aligned encoder)"
+STAMP_V_JOINT = "STAMP_V joint (projected)"
 
 
 def benchmark_sources(files: dict[str, str], backbone: str) -> dict:
+    """The aligned encoder's feature (unchanged by Stage 2 where the backbone is frozen), its projection into the
+    joint space (trained in every recipe), and the unaligned backbone (the baseline)."""
     from ..evaluation.embeddings_io import read_source
 
     base = f"{backbone} (unaligned)"
     return {STAMP_V: read_source(f"{files['stamp']}:X_stamp_v", STAMP_V),
+            STAMP_V_JOINT: read_source(f"{files['stamp']}:X_stamp_v_joint", STAMP_V_JOINT),
             base: read_source(f"{files['backbone']}:X_backbone", base)}, base
 
 
