@@ -94,13 +94,13 @@ def main(argv=None) -> int:
             res["reproduce_smoke_seconds"] = time.perf_counter() - t0
     if args.equivalence:
         import ast
+        import re
 
         tests = Path(__file__).resolve().parents[1] / "tests" / "test_scale.py"
         out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", str(tests), "-k", "processes"],
                              capture_output=True, text=True, check=True).stdout
-        res["rank_equivalence_2_vs_1_process"] = {
-            line.split(",")[0]: ast.literal_eval(line.split(": ", 1)[1]) for line in out.splitlines()
-            if line.startswith("stage ") and "processes vs 1" in line}
+        res["rank_equivalence_2_vs_1_process"] = {  # the tests print "stage N, 2 processes vs 1: {...}"
+            m.group(1): ast.literal_eval(m.group(2)) for m in re.finditer(r"(stage \d), 2 processes vs 1: (\{.*?\})", out)}
     (RESULTS / "scale_projection.json").write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
     return 0
