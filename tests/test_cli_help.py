@@ -9,7 +9,7 @@ import shlex
 import pytest
 
 MAIN = {"inspect", "tokenize", "build-corpus", "pretrain-genes", "align", "embed", "evaluate", "demo", "doctor",
-        "download", "convert-released", "hest-benchmark"}
+        "download", "convert-released", "hest-benchmark", "reproduce"}
 
 
 def _commands():

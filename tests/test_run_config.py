@@ -9,6 +9,7 @@ from stamp_st.configs import registered
 from stamp_st.corpus.build import BuildConfig
 from stamp_st.errors import StampInputError
 from stamp_st.models.gene_encoder import GeneEncoderConfig
+from stamp_st.pipeline.reproduce import ReproduceConfig
 from stamp_st.training.align import AlignConfig
 from stamp_st.training.engine import TrainerConfig
 from stamp_st.training.pretrain_genes import PretrainConfig
@@ -21,9 +22,11 @@ LOADERS = {
     "gene_encoder": lambda d: GeneEncoderConfig.from_json(d, "g.json"),
     "build": lambda d: BuildConfig.from_json({"kind": "genes", "vocab_path": "v.tsv", **d}, "b.json"),
     "build_qc": lambda d: BuildConfig.from_json({"kind": "genes", "vocab_path": "v.tsv", "qc": d}, "b.json"),
+    "reproduce": lambda d: ReproduceConfig.from_dict(d, "r.json"),
 }
 WRONG_TYPE = {"trainer": {"lr": "3e-4"}, "pretrain": {"batch_size": "8"}, "align": {"lora": 1.5},
-              "gene_encoder": {"d_model": "wide"}, "build": {"context": "long"}, "build_qc": {"min_counts": True}}
+              "gene_encoder": {"d_model": "wide"}, "build": {"context": "long"}, "build_qc": {"min_counts": True},
+              "reproduce": {"nproc_per_node": "4"}}
 
 
 @pytest.mark.parametrize("kind", sorted(LOADERS))
@@ -35,9 +38,11 @@ def test_unknown_keys_and_wrong_types_are_named(kind):
         LOADERS[kind](WRONG_TYPE[kind])
 
 
-@pytest.mark.parametrize("kind,name", [(k, n) for k in ("gene_encoder", "pretrain", "align") for n in registered(k)])
+@pytest.mark.parametrize("kind,name", [(k, n) for k in ("gene_encoder", "pretrain", "align", "reproduce")
+                                       for n in registered(k)])
 def test_every_registered_config_loads(kind, name):
-    cls = {"gene_encoder": GeneEncoderConfig, "pretrain": PretrainConfig, "align": AlignConfig}[kind]
+    cls = {"gene_encoder": GeneEncoderConfig, "pretrain": PretrainConfig, "align": AlignConfig,
+           "reproduce": ReproduceConfig}[kind]
     assert isinstance(cls.load(name), cls)
 
 

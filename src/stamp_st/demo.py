@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import StampInputError
-from .io_utils import atomic_write_json
+from .stages import run_stage
 
 IMAGED_SECTIONS = ("B4", "C2", "C3", "C4")
 # the 32 her2st sections the demo is defined on (the study has 36): the same run from the project's data
@@ -60,17 +60,7 @@ def _say(msg: str) -> None:
 
 
 def _stage(settings: DemoSettings, name: str, fn: Callable[[], dict]) -> dict:
-    marker = settings.out / "stages" / f"{name}.json"
-    if marker.is_file() and name not in settings.force:
-        _say(f"{name}: done before, reusing ({marker})")
-        return json.loads(marker.read_text())
-    _say(f"{name}: running")
-    t0 = time.perf_counter()
-    result = fn() or {}
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    atomic_write_json(marker, result)
-    _say(f"{name}: finished in {result['seconds']:.0f} s")
-    return result
+    return run_stage(settings.out, name, fn, settings.force, _say)
 
 
 def her2st_root() -> Path:

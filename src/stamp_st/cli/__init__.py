@@ -14,7 +14,8 @@ from ..errors import StampInputError
 # command module names, in the order shown by --help (data flows one way through them)
 COMMAND_MODULES = [
     "inspect_cmd", "tokenize_cmd", "build_corpus_cmd", "pretrain_genes_cmd", "align_cmd",
-    "convert_released_cmd", "embed_cmd", "evaluate_cmd", "hest_benchmark_cmd", "demo_cmd", "doctor_cmd", "download_cmd",
+    "convert_released_cmd", "embed_cmd", "evaluate_cmd", "hest_benchmark_cmd", "demo_cmd", "reproduce_cmd",
+    "doctor_cmd", "download_cmd",
 ]
 
 

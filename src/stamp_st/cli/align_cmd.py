@@ -137,5 +137,8 @@ def run(args) -> int:
     else:
         result = run_align(args.corpus, cfg, args.out, resume=args.resume, device=args.device,
                            verify_sha256=not args.skip_sha256)
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}, default=str))
+    from ..distributed import env_rank_world
+
+    if env_rank_world()[0] == 0:  # one summary per run, not one per process
+        print(json.dumps({k: v for k, v in result.items() if k != "history"}, default=str))
     return 0

@@ -10,6 +10,15 @@ the shard sizes. DDP needs the same number of batches on every rank: ``equalize=
 ``equalize="pad"`` gives ``ceil(total / world)`` by repeating the first few samples of the sequence; the
 default ``None`` keeps exactly-once semantics.
 
+``global_batch=G`` (the training loaders of both stages) makes the batches independent of the number of
+processes: the epoch's sequence (the seeded shard permutation, then a seeded shuffle inside consecutive windows
+of ``buffer_size`` samples, both rank-free) is cut into global batches of G samples (the last partial one is
+dropped), and rank r of W takes the r-th block of G / W samples of each, worker j of a rank the global batches
+j, j + num_workers, ... (which a DataLoader's round-robin puts back in order). One process with batch G and
+W processes with batch G / W then see the same samples in every step. Each rank streams every shard (it
+decodes only its own samples): W times the reading of the default ``rank`` order, whose ranks stream only
+their own contiguous part.
+
 Stage-2 partners: shards hold a single slide, so the partner of a spot is a random *other* spot of the same
 shard, drawn from (seed, epoch, shard) for the whole shard at once, so it does not depend on which worker
 reads the anchor. Use ``persistent_workers=False`` (the default) with ``set_epoch`` so workers see the new
@@ -32,6 +41,15 @@ from ..distributed import group_rank_world
 from ..errors import StampInputError
 from ..io_utils import read_json
 from .shards import IMAGE_CODECS, decode_sample, iter_shard_raw, member_errors
+
+SAMPLE_ORDERS = ("global", "rank")  # global_batch set, or each rank's contiguous part (module docstring)
+
+
+def check_sample_order(order: str, source=None) -> None:
+    """The training configs' ``sample_order`` setting."""
+    if order not in SAMPLE_ORDERS:
+        raise StampInputError(f"sample_order {order!r} is not one of {SAMPLE_ORDERS}", source,
+                              hint="global: the same batches on any number of processes; rank: less reading")
 
 
 def load_corpus_manifest(manifest: str | Path | dict) -> tuple[dict, str]:
@@ -155,9 +173,11 @@ class _ShardDataset(IterableDataset):
                  shuffle: bool = True, buffer_size: int = 1000, rank: int | None = None,
                  world_size: int | None = None, equalize: str | None = None, base_url: str | None = None,
                  context: int | None = None, slides: Collection[str] | None = None,
-                 exclude_slides: Collection[str] = ()):
+                 exclude_slides: Collection[str] = (), global_batch: int | None = None):
         """``split`` (None: all), then ``slides`` (only these slide ids) and ``exclude_slides`` select shards,
-        e.g. to hold out slides for cross-validation whatever split the corpus gave them."""
+        e.g. to hold out slides for cross-validation whatever split the corpus gave them. ``global_batch``:
+        samples per optimizer micro-step over all processes, for batches that do not depend on the number of
+        processes (module docstring)."""
         man, base = load_corpus_manifest(manifest)
         self.kind = man["kind"]
         splits = None if split is None else ({split} if isinstance(split, str) else set(split))
@@ -178,6 +198,9 @@ class _ShardDataset(IterableDataset):
             raise ValueError("equalize must be None, 'drop' or 'pad'")
         self.equalize = equalize
         self._rank, self._world = rank, world_size
+        self.global_batch = None if global_batch is None else int(global_batch)
+        if self.global_batch is not None and self.global_batch < 1:
+            raise ValueError("global_batch must be >= 1")
         self.epoch = 0
 
     # ---------------------------------------------------------- planning
@@ -213,8 +236,57 @@ class _ShardDataset(IterableDataset):
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch (over all its workers)."""
+        if self.global_batch is not None:
+            return (self.total() // self.global_batch) * self.rank_batch(self.rank_world()[1])
         a, b = self.rank_range(*self.rank_world())
         return b - a
+
+    # ---------------------------------------------------------- global-batch order (any number of processes)
+    def rank_batch(self, world: int) -> int:
+        """Samples per micro-batch of one rank: the global batch split evenly over the ranks."""
+        if self.global_batch % world:
+            raise StampInputError(f"the global batch of {self.global_batch} samples does not split over {world} "
+                                  "processes", hint="choose a batch size and process count whose product is it")
+        return self.global_batch // world
+
+    def global_order(self, epoch: int) -> np.ndarray:
+        """Positions of the epoch's sequence in the order they are consumed, the same for any world size: the
+        shard permutation laid end to end, shuffled inside consecutive windows of ``buffer_size`` samples."""
+        t = self.total()
+        if not self.shuffle or self.buffer_size <= 1:
+            return np.arange(t)
+        keys = np.random.default_rng([self.seed, epoch, 3]).random(t)
+        return np.lexsort((keys, np.arange(t) // self.buffer_size))
+
+    def global_positions(self, epoch: int, rank: int, world: int, worker: int, num_workers: int) -> np.ndarray:
+        """This consumer's positions, in the order it yields them (whole micro-batches)."""
+        b = self.rank_batch(world)
+        n = self.total() // self.global_batch
+        blocks = self.global_order(epoch)[: n * self.global_batch].reshape(n, world, b)[:, rank]
+        return blocks[worker::num_workers].reshape(-1)
+
+    def _global_items(self, positions: np.ndarray):
+        """Stream the shards in sequence order, decode only ``positions`` and yield them in their order (at
+        most about one window of decoded samples is held)."""
+        order = self.shard_order(self.epoch)
+        counts = np.array([self.shards[i]["n_samples"] for i in order], np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        mine = np.zeros(int(starts[-1]), bool)
+        mine[positions] = True
+
+        def stream():
+            for j, si in enumerate(order):
+                local = np.flatnonzero(mine[starts[j]:starts[j + 1]])
+                if len(local):
+                    for i, item in self._shard_items(int(si), local):
+                        yield int(starts[j]) + i, item
+
+        items, held = stream(), {}
+        for p in positions.tolist():
+            while p not in held:
+                q, item = next(items)
+                held[q] = item
+            yield held.pop(p)
 
     def plan(self, epoch: int, rank: int, world: int, worker: int, num_workers: int) -> list[tuple[int, int, int]]:
         """(shard index, first, stop) sample ranges this consumer reads, in order."""
@@ -260,11 +332,19 @@ class _ShardDataset(IterableDataset):
 
     def __iter__(self):
         rank, world, worker, num_workers = self.consumer()
+        if self.global_batch is not None:
+            return self._global_items(self.global_positions(self.epoch, rank, world, worker, num_workers))
         plan = self.plan(self.epoch, rank, world, worker, num_workers)
         rng = np.random.default_rng([self.seed, self.epoch, 1, rank, worker])
         return self._shuffled(self._items(plan), rng)
 
-    def _items(self, plan):  # pragma: no cover - abstract
+    def _items(self, plan):
+        for si, first, stop in plan:
+            for _, item in self._shard_items(si, np.arange(first, stop)):
+                yield item
+
+    def _shard_items(self, si: int, indices: np.ndarray):  # pragma: no cover - abstract
+        """(index, item) for the given increasing sample indices of shard ``si``."""
         raise NotImplementedError
 
 
@@ -272,20 +352,22 @@ class GeneGroupDataset(_ShardDataset):
     """Stage 1: items ``tokens`` int64 [9, L] (storage ids, centre first), ``spot_valid`` bool [9],
     ``slide_id`` str, ``spot_id`` str (the centre)."""
 
-    def _items(self, plan):
-        for si, first, stop in plan:
-            url = self.url(self.shards[si])
-            for i, raw in enumerate(iter_shard_raw(url)):
-                if i < first:
-                    continue
-                if i >= stop:
-                    break
-                with member_errors(url, raw):
-                    s = decode_sample(raw)
-                    item = {"tokens": torch.from_numpy(_pad(s["tokens.npy"], self.context, GROUP_SIZE)),
-                            "spot_valid": torch.from_numpy(_valid(s["spot_valid.npy"])),
-                            "slide_id": s["meta.json"]["slide_id"], "spot_id": s["meta.json"]["spot_ids"][0]}
-                yield item
+    def _shard_items(self, si: int, indices: np.ndarray):
+        if not len(indices):
+            return
+        want, last = set(indices.tolist()), int(indices[-1])
+        url = self.url(self.shards[si])
+        for i, raw in enumerate(iter_shard_raw(url)):
+            if i > last:
+                break
+            if i not in want:
+                continue
+            with member_errors(url, raw):
+                s = decode_sample(raw)
+                item = {"tokens": torch.from_numpy(_pad(s["tokens.npy"], self.context, GROUP_SIZE)),
+                        "spot_valid": torch.from_numpy(_valid(s["spot_valid.npy"])),
+                        "slide_id": s["meta.json"]["slide_id"], "spot_id": s["meta.json"]["spot_ids"][0]}
+            yield i, item
 
 
 class PairedSpotDataset(_ShardDataset):
@@ -301,20 +383,21 @@ class PairedSpotDataset(_ShardDataset):
         rng = np.random.default_rng([self.seed, epoch, 2, _int_hash(self.shards[shard_index]["url"])])
         return (np.arange(n) + 1 + rng.integers(0, n - 1, size=n)) % n
 
-    def _items(self, plan):
-        for si, first, stop in plan:
-            url = self.url(self.shards[si])
-            raws = list(iter_shard_raw(url))
-            part = self.partners(si, len(raws), self.epoch)
-            for i in range(first, stop):
-                ra, rb = raws[i], raws[int(part[i])]
-                with member_errors(url, ra):
-                    a = decode_sample(ra)
-                with member_errors(url, rb):
-                    b = decode_sample(rb)
-                with member_errors(url, ra, rb):
-                    item = self._pair(a, b)
-                yield item
+    def _shard_items(self, si: int, indices: np.ndarray):
+        if not len(indices):
+            return
+        url = self.url(self.shards[si])
+        raws = list(iter_shard_raw(url))
+        part = self.partners(si, len(raws), self.epoch)
+        for i in indices.tolist():
+            ra, rb = raws[i], raws[int(part[i])]
+            with member_errors(url, ra):
+                a = decode_sample(ra)
+            with member_errors(url, rb):
+                b = decode_sample(rb)
+            with member_errors(url, ra, rb):
+                item = self._pair(a, b)
+            yield i, item
 
     def _pair(self, a: dict, b: dict) -> dict:
         ma, mb = a["meta.json"], b["meta.json"]

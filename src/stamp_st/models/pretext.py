@@ -142,8 +142,16 @@ def dihedral_augment(x: torch.Tensor, generator: torch.Generator | None = None) 
     """Each map of ``x`` [N, C, H, W] under one of the 8 rotations / mirrorings, drawn per sample.
 
     H&E has no preferred orientation, so these are label-preserving; applied to images or to cached
-    feature maps of a frozen trunk (where they stand in for rotating the image, which the cache forbids)."""
-    choice = torch.randint(0, len(DIHEDRAL), (x.shape[0],), generator=generator).tolist()
+    feature maps of a frozen trunk (where they stand in for rotating the image, which the cache forbids).
+    ``generator`` (seeded alike on every rank): the choices are drawn for the global batch and cut to this rank's
+    rows (``distributed.rank_rows``), so N processes augment as one process with the whole batch does."""
+    if generator is None:
+        choice = torch.randint(0, len(DIHEDRAL), (x.shape[0],)).tolist()
+    else:
+        from ..distributed import rank_rows
+
+        rows, total = rank_rows(x.shape[0])
+        choice = torch.randint(0, len(DIHEDRAL), (total,), generator=generator)[rows].tolist()
     out = torch.empty_like(x) if x.shape[-1] == x.shape[-2] else None
     if out is None:  # non-square maps: mirrorings only
         flip = torch.tensor([c % 2 == 1 for c in choice], device=x.device)

@@ -145,12 +145,13 @@ class StampModel(nn.Module):
         return torch.cat([F.normalize(stamp_v, dim=-1), F.normalize(stamp_g, dim=-1)], dim=-1)
 
     # ------------------------------------------------------------------ the features training aligns
-    def forward(self, b: dict, augment: bool = False) -> dict:
+    def forward(self, b: dict, augment: bool = False, generator: torch.Generator | None = None) -> dict:
         """Every embedding the Stage-2 losses compare, for a flat batch of N spots (``AlignTask`` flattens
         pairs), from raw inputs or the cached features that replace them (``training.align``): ``patch``,
         ``region``, ``spot`` [N, 512] and ``pretext`` [N, 512], ``windows`` [N, 9, 512] (L2-normalised), and
         ``gene_feat`` (pooled gene states). ``augment``: random rotations / mirrorings of the patch pass (or of
-        its cached trunk map); the region pass is left as is (its 3 x 3 label would move)."""
+        its cached trunk map); the region pass is left as is (its 3 x 3 label would move); ``generator``: drawn
+        for the global batch (``pretext.dihedral_augment``)."""
         dev = self.logit_scale.device
         t = self.transform
         thumb = normalise_images(b["thumb"].to(dev, non_blocking=True), t.mean, t.std, None)
@@ -159,10 +160,10 @@ class StampModel(nn.Module):
             patch_f = b["patch_feat"].to(dev, non_blocking=True).float()
         elif b.get("patch_trunk") is not None:
             trunk = b["patch_trunk"].to(dev, non_blocking=True).float()
-            patch_f = vb.patch_from_trunk(dihedral_augment(trunk) if augment else trunk)
+            patch_f = vb.patch_from_trunk(dihedral_augment(trunk, generator) if augment else trunk)
         else:
             images = self.prepare_images(b["patch"].to(dev, non_blocking=True))
-            patch_f = vb.forward_patch(dihedral_augment(images) if augment else images)
+            patch_f = vb.forward_patch(dihedral_augment(images, generator) if augment else images)
         if b.get("region_map") is not None:
             region_f, pretext_f, token_map = vb.region_from_map(b["region_map"].to(dev, non_blocking=True).float(),
                                                                 thumb)

@@ -57,6 +57,7 @@ class AlignConfig:
     released_mode: bool = False
     num_workers: int = ranged(0, LOADER_WORKERS)
     shuffle_buffer: int = ranged(500, lo=0, hi=10**8, integer=True)
+    sample_order: str = "global"  # or "rank" (pretrain_genes.PretrainConfig.sample_order)
     val_max_batches: int | None = ranged(20, lo=1, hi=10**9, integer=True, why="batches; null: every held-out spot")  # None: every held-out spot
     val_slides: list[str] | None = None  # hold out these slides (any split) and train on all others
     trainer: dict = field(default_factory=lambda: {"lr": 1e-4, "weight_decay": 1e-3})
@@ -79,6 +80,9 @@ class AlignConfig:
                                   "drop --neighbour-radius-um / --expr-sim-threshold or --released-mode")
         if sum([bool(cfg.freeze_backbone), bool(cfg.lora), cfg.trainable_blocks is not None]) > 1:
             raise StampInputError("choose one of --freeze-backbone, --lora, --trainable-blocks", source)
+        from ..corpus.datasets import check_sample_order
+
+        check_sample_order(cfg.sample_order, source)
         if cfg.augment not in AUGMENTATIONS:
             raise StampInputError(f"unknown augmentation {cfg.augment!r}", source, f"choose one of {AUGMENTATIONS}")
         if cfg.hed_scale >= 1:
@@ -453,8 +457,9 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
                 sel = {"split": None, "slides": holdout} if split == "val" else {"split": None, "exclude_slides": holdout}
             else:
                 sel = {"split": split}
+            glob = cfg.batch_size * world if shuffle and cfg.sample_order == "global" else None
             ds = PairedSpotDataset(corpus, seed=tcfg.seed, shuffle=shuffle, buffer_size=cfg.shuffle_buffer,
-                                   rank=rank, world_size=world, equalize=equalize, **sel)
+                                   rank=rank, world_size=world, equalize=equalize, global_batch=glob, **sel)
             return DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate_pairs,
                               drop_last=shuffle)
 

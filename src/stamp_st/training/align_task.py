@@ -70,6 +70,7 @@ class AlignTask(nn.Module):
             raise ValueError("neighbour-aware negatives are not part of the release: off in released mode")
         self.model = model
         self.augment = augment
+        self._noise: torch.Generator | None = None  # set by the engine each step (augmentations)
         self.loss_fn = StampLoss(gather=gather and not model.released, neighbour_radius_um=neighbour_radius_um,
                                  expr_sim_threshold=expr_sim_threshold, neighbour_mode=neighbour_mode)
         self.freeze_bn_stats = bool(freeze_bn_stats)
@@ -128,13 +129,18 @@ class AlignTask(nn.Module):
     def fsdp_units(self) -> list[nn.Module]:
         return self.model.fsdp_units()
 
+    def seed_batch_noise(self, seed: int) -> None:
+        """Engine hook: the step's seed, the same on every rank (augmentations drawn for the global batch)."""
+        self._noise = torch.Generator()
+        self._noise.manual_seed(int(seed))
+
     def forward(self, batch: dict) -> dict:
         b = flatten_batch(batch)
         m = self.model
         dev = m.logit_scale.device
         if self.training and (self.hed_scale > 0 or self.hed_shift > 0):
             b = self._stain_jitter(b)
-        f = m(b, augment=self.augment == "dihedral" and self.training)
+        f = m(b, augment=self.augment == "dihedral" and self.training, generator=self._noise)
         xy = b.get("xy_um")
         slide_idx = b.get("slide_idx")
         out = self.loss_fn(

@@ -206,6 +206,10 @@ class Trainer:
         return self.rank == 0
 
     def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.world_size > 1:  # BatchNorm statistics of the global batch, as one process computes them
+            from ..models.batchnorm import cross_rank_batchnorm
+
+            cross_rank_batchnorm(model)
         if self.strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -283,6 +287,8 @@ class Trainer:
             for batch in batches:
                 if micro == 0:
                     torch.manual_seed(step_seed(cfg.seed, self.step, self.rank))
+                    if hasattr(self.raw_model, "seed_batch_noise"):
+                        self.raw_model.seed_batch_noise(step_seed(cfg.seed, self.step, 0))
                     if hasattr(self.raw_model, "on_train_step"):
                         self.raw_model.on_train_step(self.step, self.epoch)
                 batch = move_to(batch, self.device)

@@ -12,20 +12,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import all_reduce_sum, rank_rows
 from ..errors import StampInputError
 from ..models.gene_encoder import GeneEncoder
 from ..preprocessing.tokenizer import MASK_ID, STORAGE_PAD_ID, TOKEN_OFFSET
 from .schedule import phase_at
 
 
+def mask_noise(shape, n_tokens: int, device, generator: torch.Generator | None = None):
+    """The draws of ``mask_tokens``: (selection uniforms, replacement uniforms, random gene ids)."""
+    return (torch.rand(shape, device=device, generator=generator), torch.rand(shape, device=device, generator=generator),
+            torch.randint(TOKEN_OFFSET, n_tokens, shape, device=device, generator=generator))
+
+
 def mask_tokens(tokens: torch.Tensor, pad: torch.Tensor, n_tokens: int, mask_prob: float = 0.15,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None = None, noise=None) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT-style corruption: select ``mask_prob`` of the non-padding tokens; of those 80 % become the mask id,
-    10 % a random gene id, 10 % stay. Returns (corrupted tokens, selected bool mask)."""
-    dev = tokens.device
-    sel = (torch.rand(tokens.shape, device=dev, generator=generator) < mask_prob) & ~pad
-    r = torch.rand(tokens.shape, device=dev, generator=generator)
-    rand_ids = torch.randint(TOKEN_OFFSET, n_tokens, tokens.shape, device=dev, generator=generator)
+    10 % a random gene id, 10 % stay. Returns (corrupted tokens, selected bool mask). ``noise``: the draws
+    (``mask_noise``) made beforehand, e.g. for the global batch."""
+    u_sel, r, rand_ids = noise if noise is not None else mask_noise(tokens.shape, n_tokens, tokens.device, generator)
+    sel = (u_sel < mask_prob) & ~pad
     out = torch.where(sel & (r < 0.8), torch.full_like(tokens, MASK_ID), tokens)
     out = torch.where(sel & (r >= 0.8) & (r < 0.9), rand_ids, out)
     return out, sel
@@ -59,6 +65,8 @@ class GenePretrainModel(nn.Module):
         self.length_buckets = int(length_buckets)
         self.phases = phases  # e.g. [{"epochs": 1, "cgr": False}, {"epochs": 1, "cgr": True}]
         self.ddp_find_unused_parameters = True  # the CGR head is idle in the IGR-only phase
+        self._noise_seed: int | None = None  # set by the engine each step: masks drawn for the global batch
+        self._noise: torch.Generator | None = None
         if (cgr or any(p.get("cgr") for p in phases or [])) and encoder.cgr_head is None:
             raise StampInputError("CGR needs a gene encoder config with cgr_head: true")
 
@@ -69,6 +77,22 @@ class GenePretrainModel(nn.Module):
 
     def fsdp_units(self) -> list[nn.Module]:
         return list(self.encoder.encoder.layers)
+
+    def seed_batch_noise(self, seed: int) -> None:
+        """Engine hook: the step's seed, the same on every rank (masks of the global batch, cut to this rank's)."""
+        self._noise_seed = int(seed)
+        self._noise = None
+
+    def _global_mask_noise(self, shape: tuple[int, ...], device) -> tuple[torch.Tensor, ...] | None:
+        """Masking draws for this rank's groups, cut from the draws for every rank's (``rank_rows``)."""
+        if self._noise_seed is None or not self.training:
+            return None
+        if self._noise is None or self._noise.device != torch.device(device):
+            self._noise = torch.Generator(device=device)
+            self._noise.manual_seed(self._noise_seed)
+        rows, total = rank_rows(shape[0])
+        return tuple(t[rows] for t in mask_noise((total, *shape[1:]), self.encoder.config.n_tokens, device,
+                                                 self._noise))
 
     def no_weight_decay(self) -> set[str]:
         return {"encoder." + n for n in self.encoder.no_weight_decay()}
@@ -83,12 +107,15 @@ class GenePretrainModel(nn.Module):
         valid = torch.ones(B, G, dtype=torch.bool, device=tokens.device) if valid is None else valid.bool()
         pad = tokens == STORAGE_PAD_ID
         valid = valid & ~pad.all(dim=-1)
+        noise = self._global_mask_noise(tuple(tokens.shape), tokens.device)
         if self.trim:  # padding past the longest spot changes nothing (key-padding mask): drop it
             L = max(int((~pad).sum(-1).max()), 1)
             tokens, pad = tokens[..., :L], pad[..., :L]
         L = tokens.shape[-1]
         flat_tok, flat_pad = tokens[valid], pad[valid]  # [N, L]
-        corrupted, sel = mask_tokens(flat_tok, flat_pad, enc.config.n_tokens, self.mask_prob)
+        if noise is not None:
+            noise = tuple(t[..., :L][valid] for t in noise)
+        corrupted, sel = mask_tokens(flat_tok, flat_pad, enc.config.n_tokens, self.mask_prob, noise=noise)
         if self.length_buckets > 1:
             lens = (~pad).sum(-1)  # [B, G]
             need = lens.clone()
@@ -104,6 +131,7 @@ class GenePretrainModel(nn.Module):
             igr_loss, igr_acc = _ce_and_acc(head(hidden)[sel], flat_tok[sel], hidden)
         else:
             igr_loss, igr_acc = head_ce_and_acc(head, hidden[sel], flat_tok[sel], hidden)
+        igr_loss, igr_acc = self._global_mean(igr_loss, igr_acc, sel.sum())
         out.update(igr_loss=igr_loss, igr_acc=igr_acc, igr_tokens=sel.sum().float())
         loss = igr_loss
 
@@ -119,11 +147,23 @@ class GenePretrainModel(nn.Module):
                 cgr_loss, cgr_acc = _ce_and_acc(enc.cgr_head(mean_nb)[tgt_pos], tokens[:, 0][tgt_pos], hidden)
             else:
                 cgr_loss, cgr_acc = head_ce_and_acc(enc.cgr_head, mean_nb[tgt_pos], tokens[:, 0][tgt_pos], hidden)
+            cgr_loss, cgr_acc = self._global_mean(cgr_loss, cgr_acc, tgt_pos.sum())
             out.update(cgr_loss=cgr_loss, cgr_acc=cgr_acc, cgr_tokens=tgt_pos.sum().float())
             loss = loss + cgr_loss
         out["loss"] = loss
         out["spots"] = valid.sum().float()
         return out
+
+    def _global_mean(self, loss: torch.Tensor, acc: torch.Tensor, n: torch.Tensor):
+        """A rank's token mean reweighted so that the rank mean (what DDP's gradient averaging and the logged
+        metrics take) is the mean over every rank's tokens, as one process with the global batch computes it:
+        x_r * n_r * W / sum(n). Training only; validation weighs tokens itself."""
+        _, world = rank_rows(1)
+        if world == 1 or not self.training:
+            return loss, acc
+        total = all_reduce_sum(n.float())
+        w = n.float() * world / total.clamp_min(1)
+        return loss * w, acc * w
 
 
 def _ce_and_acc(logits: torch.Tensor, target: torch.Tensor, anchor: torch.Tensor):

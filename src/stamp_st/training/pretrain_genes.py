@@ -32,6 +32,9 @@ class PretrainConfig:
     phases: list[dict] | None = None  # e.g. [{"epochs": 1, "cgr": false}, {"epochs": 1, "cgr": true}]
     num_workers: int = ranged(0, LOADER_WORKERS)
     shuffle_buffer: int = ranged(1000, lo=0, hi=10**8, integer=True)
+    # "global": the same batches on any number of processes (corpus.datasets, global_batch); "rank": each process
+    # streams only its own contiguous part of the corpus (less reading, batches depend on the process count)
+    sample_order: str = "global"
     val_batch_size: int | None = ranged(None, BATCH_SIZE)
     val_max_batches: int = ranged(50, lo=0, hi=10**9, integer=True)
     # encode each micro-batch's spots in this many groups of similar length, each trimmed (exact: the same
@@ -52,9 +55,9 @@ class PretrainConfig:
         cfg = config_from_dict(cls, d, source, "pretraining setting", ignore=("description",))
         if cfg.phases is not None:
             cfg.phases = validate_phases(cfg.phases)
-        if not isinstance(cfg.length_buckets, int) or isinstance(cfg.length_buckets, bool) or cfg.length_buckets < 1:
-            raise StampInputError(f"length_buckets must be a whole number >= 1, not {cfg.length_buckets!r}", source,
-                                  hint="1 encodes each batch as one group; 4 is the default")
+        from ..corpus.datasets import check_sample_order
+
+        check_sample_order(cfg.sample_order, source)
         TrainerConfig.from_dict({k: v for k, v in cfg.trainer.items()}, source)  # validate early
         return cfg
 
@@ -73,14 +76,16 @@ def micro_batches_per_epoch(n_rank_samples: int, batch_size: int, num_workers: i
     return sum((((w + 1) * n_rank_samples // nw) - (w * n_rank_samples // nw)) // batch_size for w in range(nw))
 
 
-def _gene_loader(corpus, split, cfg: PretrainConfig, seed: int, shuffle: bool, batch_size: int, equalize=None):
+def _gene_loader(corpus, split, cfg: PretrainConfig, seed: int, shuffle: bool, batch_size: int, equalize=None,
+                 global_order: bool = False):
     from torch.utils.data import DataLoader
 
     from ..corpus.datasets import GeneGroupDataset, collate_genes
 
     rank, world, _ = dist_env()
     ds = GeneGroupDataset(corpus, split=split, seed=seed, shuffle=shuffle, buffer_size=cfg.shuffle_buffer,
-                          rank=rank, world_size=world, equalize=equalize)
+                          rank=rank, world_size=world, equalize=equalize,
+                          global_batch=batch_size * world if global_order else None)
     return DataLoader(ds, batch_size=batch_size, num_workers=cfg.num_workers, collate_fn=collate_genes,
                       drop_last=shuffle, persistent_workers=False)
 
@@ -169,9 +174,10 @@ def run_pretrain(corpus: str | Path, config: PretrainConfig, out: str | Path, re
     out = Path(out)
     _check_run_matches(out, enc_cfg, vocab.checksum, resume)
     train = _gene_loader(corpus, "train", config, tcfg.seed, True, config.batch_size,
-                         equalize="drop" if world > 1 else None)
+                         equalize="drop" if world > 1 else None, global_order=config.sample_order == "global")
     if config.epochs is not None:
-        micro = micro_batches_per_epoch(len(train.dataset), config.batch_size, config.num_workers)
+        micro = (len(train.dataset) // config.batch_size if train.dataset.global_batch is not None
+                 else micro_batches_per_epoch(len(train.dataset), config.batch_size, config.num_workers))
         if micro < tcfg.grad_accum:
             raise StampInputError(f"the corpus gives {micro} micro-batches per epoch and process, fewer than "
                                   f"grad_accum {tcfg.grad_accum}", corpus, hint="lower batch_size or grad_accum")
