@@ -7,11 +7,19 @@ layout. Re-running the command skips finished stages and resumes interrupted one
 
 from __future__ import annotations
 
+EXAMPLES = """
+stamp-st reproduce --smoke --out smoke
+stamp-st reproduce --config paper --hest-root /data/hest --nproc-per-node 4 --out runs/paper
+stamp-st reproduce --config paper --launcher slurm --nnodes 2 --nproc-per-node 4 --print-commands
+"""
+
 
 def register(subparsers) -> None:
+    from ..config_types import WORKERS, Range
     from ..configs import registered
     from ..pipeline.launch import LAUNCHERS
     from ..pipeline.reproduce import STAGES
+    from .options import ranged_type
 
     p = subparsers.add_parser("reproduce", help="the paper's chain at scale (HEST-1k -> both stages -> benchmark)",
                               description=__doc__.splitlines()[0])
@@ -24,11 +32,11 @@ def register(subparsers) -> None:
     p.add_argument("--hest-root", help="a local HEST-1k root (st/, wsis/, metadata/): no download")
     p.add_argument("--launcher", choices=LAUNCHERS, default="local",
                    help="local: torchrun here; slurm: srun + torchrun on every node of the allocation")
-    p.add_argument("--nproc-per-node", type=int, help="processes (GPUs) per node in both training stages")
-    p.add_argument("--nnodes", type=int, help="nodes (with --launcher slurm)")
+    p.add_argument("--nproc-per-node", type=ranged_type(int, Range(1, 1024, integer=True, why="processes per node")), help="processes (GPUs) per node in both training stages")
+    p.add_argument("--nnodes", type=ranged_type(int, Range(1, 100_000, integer=True, why="nodes")), help="nodes (with --launcher slurm)")
     p.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
                    help="torchrun rendezvous (slurm default: the first node of $SLURM_JOB_NODELIST, port 29500)")
-    p.add_argument("--workers", type=int, help="local Dask worker processes for the corpora")
+    p.add_argument("--workers", type=ranged_type(int, WORKERS), help="local Dask worker processes for the corpora")
     p.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler for the corpora")
     p.add_argument("--print-commands", action="store_true",
                    help="write the stage configs and print the exact torchrun / srun lines; run nothing")
