@@ -270,6 +270,15 @@ def test_reproduce_smoke_end_to_end_then_every_stage_is_skipped(her2st_root, voc
     scored = {r["source"] for r in results["table"] if r["task"] == "expression" and "mean" in r}
     assert scored == {"STAMP_V (aligned encoder)", "STAMP_V joint (projected)", "efficientnet_lite0 (unaligned)"}
     assert (tmp_path / "report" / "report.html").is_file()
+    # HEST-Benchmark's protocol at the end, on a task written in its layout from the two held-out samples
+    hb = summary["hest_benchmark"]
+    task = Path(hb["bench_root"]) / "HELDOUT"
+    assert hb["written_from_held_out_samples"] and set(hb["sources"]) == {"STAMP_V", "STAMP_V_joint", "backbone"}
+    assert sorted(p.name for p in (task / "splits").iterdir()) == ["test_0.csv", "test_1.csv", "train_0.csv",
+                                                                   "train_1.csv"]
+    assert (task / "var_50genes.json").is_file() and len(list((task / "patches").glob("*.h5"))) == 2
+    for r in hb["sources"].values():
+        assert -1 <= r["average"] <= 1 and set(r["tasks"]) == {"HELDOUT"}
     again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("done before, reusing") == len(STAGES)
     print(f"reproduce --smoke: {wall:.0f} s")

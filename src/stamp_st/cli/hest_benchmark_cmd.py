@@ -73,34 +73,14 @@ def run(args) -> int:
 def embed_bench(args):
     """Embed every patch file the tasks' splits name into EMBED_DIR/<TASK>/<sample_id>.h5 (HEST's format);
     files already there from the same model are kept, so a re-run resumes."""
-    import json
     from pathlib import Path
 
     from ..errors import StampInputError
     from ..evaluation.hest_benchmark import bench_samples
-    from ..inference.bench_patches import HEST_PATCH_UM, embed_patch_file, write_hest_embeddings
-    from ..inference.embed import load_embedder
-    from ..io_utils import atomic_write_json
+    from ..inference.bench_patches import embed_bench_tasks
 
     if not args.embed_dir and not args.out:
         raise StampInputError("--model needs --out or --embed-dir for its embeddings")
     embed_dir = Path(args.embed_dir or Path(args.out) / "embeddings")
-    samples = bench_samples(args.bench_root, args.tasks)
-    record = {"model": str(args.model), "key": args.key}
-    rec_path = embed_dir / "stamp_st_embeddings.json"
-    if rec_path.is_file() and json.loads(rec_path.read_text()) != record:
-        raise StampInputError(f"holds embeddings of another model ({rec_path.read_text().strip()})", embed_dir,
-                              hint="give a new --embed-dir for this model")
-    todo = [(t, s, p) for t, s, p in samples if not (embed_dir / t / f"{s}.h5").is_file()]
-    if todo:
-        embedder = load_embedder(args.model, args.device, args.backbone_weights, patch_um=HEST_PATCH_UM,
-                                 precision=args.precision)
-        if abs(embedder.geometry.patch_um - HEST_PATCH_UM) > 1e-6:
-            print(f"note: the model was trained on {embedder.geometry.patch_um:g} µm patches; HEST-Benchmark's "
-                  f"are {HEST_PATCH_UM:g} µm")
-        embed_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(rec_path, record)
-        for task, sid, patches in todo:
-            barcodes, emb = embed_patch_file(embedder, patches, args.key, args.batch_size)
-            write_hest_embeddings(embed_dir / task / f"{sid}.h5", barcodes, emb)
-    return embed_dir
+    return embed_bench_tasks(args.model, bench_samples(args.bench_root, args.tasks), embed_dir, args.key,
+                             args.device, args.backbone_weights, args.precision, args.batch_size)

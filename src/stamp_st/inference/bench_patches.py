@@ -61,3 +61,34 @@ def write_hest_embeddings(path: str | Path, barcodes, embeddings: np.ndarray) ->
         f.create_dataset("embeddings", data=np.asarray(embeddings, np.float32))
         f.create_dataset("barcodes", data=np.asarray(barcodes).astype("S").reshape(-1, 1))
     return path
+
+
+def embed_bench_tasks(model: str, samples: list[tuple[str, str, Path]], embed_dir: str | Path, key: str | None = None,
+                      device: str = "auto", backbone_weights: str | None = None, precision: str = "auto",
+                      batch_size: int = 64, say=print) -> Path:
+    """Embed the patch files of HEST-Benchmark samples (``evaluation.hest_benchmark.bench_samples``: task, sample
+    id, patch file) into ``embed_dir/<TASK>/<sample_id>.h5``; files already there from the same model and key are
+    kept, so a re-run resumes, and a folder holding another model's embeddings is refused."""
+    import json
+
+    from ..io_utils import atomic_write_json
+    from .embed import load_embedder
+
+    embed_dir = Path(embed_dir)
+    record = {"model": str(model), "key": key}
+    rec_path = embed_dir / "stamp_st_embeddings.json"
+    if rec_path.is_file() and json.loads(rec_path.read_text()) != record:
+        raise StampInputError(f"holds embeddings of another model ({rec_path.read_text().strip()})", embed_dir,
+                              hint="give a new embedding folder for this model")
+    todo = [(t, s, p) for t, s, p in samples if not (embed_dir / t / f"{s}.h5").is_file()]
+    if todo:
+        embedder = load_embedder(model, device, backbone_weights, patch_um=HEST_PATCH_UM, precision=precision)
+        if abs(embedder.geometry.patch_um - HEST_PATCH_UM) > 1e-6:
+            say(f"note: the model was trained on {embedder.geometry.patch_um:g} µm patches; HEST-Benchmark's "
+                f"are {HEST_PATCH_UM:g} µm")
+        embed_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(rec_path, record)
+        for task, sid, patches in todo:
+            barcodes, emb = embed_patch_file(embedder, patches, key, batch_size)
+            write_hest_embeddings(embed_dir / task / f"{sid}.h5", barcodes, emb)
+    return embed_dir
