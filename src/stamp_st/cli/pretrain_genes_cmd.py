@@ -14,13 +14,14 @@ torchrun --nproc-per-node 4 -m stamp_st.cli pretrain-genes corpus_genes --config
 
 def register(subparsers) -> None:
     from ..config_types import BATCH_SIZE, STEPS
+    from ..configs import registered
     from .options import add_set_option, device_type, ranged_type
 
     p = subparsers.add_parser("pretrain-genes", help="Stage 1: pretrain the gene encoder on a genes corpus",
                               description=__doc__.splitlines()[0])
     p.add_argument("corpus", help="corpus folder (or its manifest.json) built with --kind genes")
     p.add_argument("--config", default="demo_cpu",
-                   help="pretraining config: demo_cpu, reference, or a JSON file (default %(default)s)")
+                   help="pretraining config: " + ", ".join(registered("pretrain")) + ", or a JSON file (default %(default)s)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.csv, tb/)")
     p.add_argument("--model", help="override the gene encoder config: tiny, small, reference or a JSON file")
     p.add_argument("--vocab", help="gene vocabulary TSV the corpus was built with (default: the released one)")
