@@ -168,6 +168,13 @@ def ablations_table_html(results: dict) -> str:
            "<table><thead><tr><th>variant</th><th>read-out</th><th>task / metric</th>"
            "<th>mean ± sd over seeds [min, max]</th><th>each seed: gain [paired 95% CI]</th></tr></thead><tbody>"]
     for name, v in variants.items():
+        if "summary" not in v and v.get("gains"):  # one run (a results file written before seeds were kept)
+            for g in v["gains"]:
+                colour = "#e3f4e3" if g["low"] > 0 else "#f8e0e0" if g["high"] < 0 else "transparent"
+                out.append(f"<tr><td>{_esc(name)}</td><td>{_esc(titles['gain_over_backbone'])}</td>"
+                           f"<td>{_esc(g['task'])}/{_esc(g['metric'])}</td><td class='num' style='background:"
+                           f"{colour}'>{g['gain']:+.3f} (n=1)</td><td class='num'>{_esc(format_gain(g))}</td></tr>")
+            continue
         if "summary" not in v:
             out.append(f"<tr><td>{_esc(name)}</td><td colspan='4' class='note'>{_esc(v.get('note', ''))}</td></tr>")
             continue
