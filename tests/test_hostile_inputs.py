@@ -126,12 +126,10 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def _damaged_member(corpus: Path) -> Path:
-    """A member's .npy header destroyed in place: same size, manifest intact (only sha256 would see it)."""
-    shard = sorted(corpus.glob("*.tar"))[0]
-    data = bytearray(shard.read_bytes())
-    i = data.index(b"\x93NUMPY")
-    data[i:i + 6] = b"GARBAG"
-    shard.write_bytes(bytes(data))
+    """Every member's .npy header destroyed in place: same size, manifest intact (only sha256 would see it); every
+    member, since a short run reads only the members its global batches pick."""
+    for shard in sorted(corpus.glob("*.tar")):
+        shard.write_bytes(shard.read_bytes().replace(b"\x93NUMPY", b"GARBAG"))
     return corpus
 
 
