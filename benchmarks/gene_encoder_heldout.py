@@ -65,38 +65,19 @@ def main() -> int:
     args = ap.parse_args()
 
     import numpy as np
-    import pandas as pd
-    import scipy.sparse as sp
     import torch
 
-    from stamp_st.errors import StampInputError
+    from stamp_st.demo import genes_only_sections
     from stamp_st.evaluation.embeddings_io import EmbeddingSet, expression_pca_source
     from stamp_st.evaluation.tasks import evaluate_sources
-    from stamp_st.inference.corpus_embed import gene_corpus_tokens
     from stamp_st.paths import her2st_dir
-    from stamp_st.readers import read_sample
-    from stamp_st.readers.labels import her2st_cluster_labels, her2st_pathologist_labels
     from stamp_st.training.align import load_gene_encoder
 
     torch.set_grad_enabled(False)
     root = her2st_dir()
     sections = [s for s in args.sections.split(",") if s]
-    sid, spot, toks = gene_corpus_tokens(args.corpus, [f"her2st_{s}" for s in sections], split="val")
-    slides = np.char.replace(sid.astype(str), "her2st_", "")
-    per = {s: read_sample(root, format="her2st", section=s) for s in sections}
-    genes = sorted(set.intersection(*[set(a.var_names) for a in per.values()]))
-    counts = sp.lil_matrix((len(sid), len(genes)), dtype=np.float32)
-    labels = {"study clusters": np.full(len(sid), "", dtype=object),
-              "pathologist": np.full(len(sid), "", dtype=object)}
-    for s, a in per.items():
-        m = np.flatnonzero(slides == s)
-        counts[m] = sp.csr_matrix(a[:, genes].X)[pd.Index(a.obs_names).get_indexer(spot[m])]
-        labels["study clusters"][m] = her2st_cluster_labels(root, s).reindex(spot[m]).fillna("").to_numpy()
-        try:
-            labels["pathologist"][m] = her2st_pathologist_labels(root, s).reindex(spot[m]).fillna("").to_numpy()
-        except StampInputError as err:  # a section without the pathologist's table is reported
-            print(f"{s}: no pathologist labels ({err})")
-    counts = counts.tocsr()
+    slides, spot, toks, counts, genes, by_kind = genes_only_sections(args.corpus, root, sections, strict=False)
+    labels = {"study clusters": by_kind["clusters"], "pathologist": by_kind["pathologist"]}
 
     def src(name, emb):
         return EmbeddingSet(name, np.asarray(emb, np.float32), slides, spot, counts=counts,
@@ -112,7 +93,7 @@ def main() -> int:
             sources[f"Stamp_G {pooling} | encoder {i}"] = src(f"Stamp_G {pooling} | encoder {i}", feats)
     pca = expression_pca_source(next(iter(sources.values())))
     sources[pca.name] = pca
-    out = {"sections": sections, "n_spots": int(len(sid)), "encoders": args.encoders.split(","),
+    out = {"sections": sections, "n_spots": int(len(spot)), "encoders": args.encoders.split(","),
            "command": "python " + " ".join(sys.argv), "labels": {}}
     for lab_name, lab in labels.items():
         if not (lab != "").any():

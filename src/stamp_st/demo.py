@@ -199,47 +199,63 @@ def embed(settings: DemoSettings, root: Path, stamp_run: Path, paired_dir: Path)
     return files
 
 
+def genes_only_sections(corpus: Path, root: Path, sections, strict: bool = True):
+    """The held-out genes-only sections of a genes corpus, aligned spot by spot: (slide ids, spot ids, storage
+    tokens, counts CSR over the genes all sections share, those genes, labels {"clusters", "pathologist"}).
+    ``strict=False``: a section without the pathologist's table is said and left unlabelled there."""
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from .inference.corpus_embed import gene_corpus_tokens
+    from .readers import read_sample
+    from .readers.labels import her2st_cluster_labels, her2st_pathologist_labels
+
+    sid, spot, toks = gene_corpus_tokens(corpus, [f"her2st_{s}" for s in sections], split="val")
+    slides = np.char.replace(sid.astype(str), "her2st_", "")
+    per = {s: read_sample(root, format="her2st", section=s) for s in sections}
+    genes = sorted(set.intersection(*[set(a.var_names) for a in per.values()]))
+    counts = sp.lil_matrix((len(sid), len(genes)), dtype=np.float32)
+    labels = {"clusters": np.full(len(sid), "", dtype=object), "pathologist": np.full(len(sid), "", dtype=object)}
+    for s, a in per.items():
+        m = np.flatnonzero(slides == s)
+        counts[m] = sp.csr_matrix(a[:, genes].X)[pd.Index(a.obs_names).get_indexer(spot[m])]
+        labels["clusters"][m] = her2st_cluster_labels(root, s).reindex(spot[m]).fillna("").to_numpy()
+        try:
+            labels["pathologist"][m] = her2st_pathologist_labels(root, s).reindex(spot[m]).fillna("").to_numpy()
+        except StampInputError as err:
+            if strict:
+                raise
+            print(f"{s}: no pathologist labels ({err})")
+    return slides, spot, toks, counts.tocsr(), genes, labels
+
+
 def genes_only_heldout(settings: DemoSettings, gene_run: Path, root: Path) -> dict:
     """The gene encoder's mean-pooled features on the genes-only sections held out of Stage 1
     (``GENES_ONLY_HELDOUT``), clustered per section beside a 50-component expression PCA of the same spots:
     k-means ARI against the study's clusters and the pathologist's labels, and the paired gain."""
     import numpy as np
-    import pandas as pd
-    import scipy.sparse as sp
     import torch
 
     from .evaluation.embeddings_io import EmbeddingSet, expression_pca_source
     from .evaluation.tasks import evaluate_sources
-    from .inference.corpus_embed import gene_corpus_tokens
-    from .readers import read_sample
-    from .readers.labels import her2st_cluster_labels, her2st_pathologist_labels
     from .training.align import load_gene_encoder
 
-    sid, spot, toks = gene_corpus_tokens(settings.out / "corpus_genes", [f"her2st_{s}" for s in GENES_ONLY_HELDOUT],
-                                         split="val")
-    slides = np.char.replace(sid.astype(str), "her2st_", "")
+    slides, spot, toks, counts, genes, by_kind = genes_only_sections(settings.out / "corpus_genes", root,
+                                                                     GENES_ONLY_HELDOUT)
+    labels = {"study's clusters": by_kind["clusters"], "pathologist's labels": by_kind["pathologist"]}
     enc, _ = load_gene_encoder(str(gene_run))
     enc.eval()
     t = torch.from_numpy(toks.astype(np.int64))
     feats = torch.cat([enc.embed(t[i:i + 64]) for i in range(0, len(t), 64)]).float().numpy()
-    per = {s: read_sample(root, format="her2st", section=s) for s in GENES_ONLY_HELDOUT}
-    genes = sorted(set.intersection(*[set(a.var_names) for a in per.values()]))
-    counts = sp.lil_matrix((len(sid), len(genes)), dtype=np.float32)
-    labels = {"study's clusters": np.full(len(sid), "", dtype=object),
-              "pathologist's labels": np.full(len(sid), "", dtype=object)}
-    for s, a in per.items():
-        m = np.flatnonzero(slides == s)
-        counts[m] = sp.csr_matrix(a[:, genes].X)[pd.Index(a.obs_names).get_indexer(spot[m])]
-        labels["study's clusters"][m] = her2st_cluster_labels(root, s).reindex(spot[m]).fillna("").to_numpy()
-        labels["pathologist's labels"][m] = her2st_pathologist_labels(root, s).reindex(spot[m]).fillna("").to_numpy()
     name = "STAMP_G encoder features (mean-pooled)"
-    g = EmbeddingSet(name, feats, slides, spot, counts=counts.tocsr(), gene_names=np.asarray(genes))
+    g = EmbeddingSet(name, feats, slides, spot, counts=counts, gene_names=np.asarray(genes))
     pca = expression_pca_source(g)
     out = {"what": f"Sections {', '.join(GENES_ONLY_HELDOUT)} (no image; held out of Stage 1, which validated on "
                    "them and chose nothing on them): per section, top-50 PCs of each source, k-means with k = the "
                    "section's labels; 95% interval over sections; gain over a 50-component PCA of the same spots' "
                    "log1p CP10k expression with a paired bootstrap over spots.",
-           "sections": list(GENES_ONLY_HELDOUT), "n_spots": int(len(sid)), "labels": {}}
+           "sections": list(GENES_ONLY_HELDOUT), "n_spots": int(len(spot)), "labels": {}}
     for lab_name, lab in labels.items():
         ev = evaluate_sources({name: g, pca.name: pca}, lab, ["cluster"], baseline=pca.name, seed=settings.seed)
         out["labels"][lab_name] = {"table": [r for r in ev["table"] if r.get("metric") == "kmeans_ari"],

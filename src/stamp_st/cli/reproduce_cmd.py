@@ -15,10 +15,10 @@ stamp-st reproduce --config paper --launcher slurm --nnodes 2 --nproc-per-node 4
 
 
 def register(subparsers) -> None:
-    from ..config_types import WORKERS, Range
+    from ..config_types import field_range
     from ..configs import registered
     from ..pipeline.launch import LAUNCHERS
-    from ..pipeline.reproduce import STAGES
+    from ..pipeline.reproduce import STAGES, ReproduceConfig
     from .options import ranged_type
 
     p = subparsers.add_parser("reproduce", help="the paper's chain at scale (HEST-1k -> both stages -> benchmark)",
@@ -32,11 +32,11 @@ def register(subparsers) -> None:
     p.add_argument("--hest-root", help="a local HEST-1k root (st/, wsis/, metadata/): no download")
     p.add_argument("--launcher", choices=LAUNCHERS, default="local",
                    help="local: torchrun here; slurm: srun + torchrun on every node of the allocation")
-    p.add_argument("--nproc-per-node", type=ranged_type(int, Range(1, 1024, integer=True, why="processes per node")), help="processes (GPUs) per node in both training stages")
-    p.add_argument("--nnodes", type=ranged_type(int, Range(1, 100_000, integer=True, why="nodes")), help="nodes (with --launcher slurm)")
+    p.add_argument("--nproc-per-node", type=ranged_type(int, field_range(ReproduceConfig, "nproc_per_node")), help="processes (GPUs) per node in both training stages")
+    p.add_argument("--nnodes", type=ranged_type(int, field_range(ReproduceConfig, "nnodes")), help="nodes (with --launcher slurm)")
     p.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
                    help="torchrun rendezvous (slurm default: the first node of $SLURM_JOB_NODELIST, port 29500)")
-    p.add_argument("--workers", type=ranged_type(int, WORKERS), help="local Dask worker processes for the corpora")
+    p.add_argument("--workers", type=ranged_type(int, field_range(ReproduceConfig, "dask_workers")), help="local Dask worker processes for the corpora")
     p.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler for the corpora")
     p.add_argument("--print-commands", action="store_true",
                    help="write the stage configs and print the exact torchrun / srun lines; run nothing")

@@ -22,7 +22,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..config_types import config_from_dict
+from ..config_types import BATCH_SIZE, SEED, WORKERS, config_from_dict, ranged
 from ..errors import StampInputError
 from ..io_utils import atomic_write_json
 from ..stages import run_stage, stage_done
@@ -43,23 +43,23 @@ class ReproduceConfig:
     hest_filters: dict = field(default_factory=lambda: {"st_technology": "Visium", "species": "Homo sapiens"})
     hest_ids: list[str] = field(default_factory=list)  # samples named outright (with or instead of filters)
     eval_ids: list[str] = field(default_factory=list)  # held out of both stages, benchmarked
-    eval_fraction: float = 0.1  # when no eval_ids: this fraction of the groups below, drawn with the seed
+    eval_fraction: float = ranged(0.1, lo=0, hi=1, hi_open=True, why="fraction of groups held out")  # when no eval_ids: this fraction of the groups below, drawn with the seed
     eval_group_column: str = "dataset_title"  # a HEST metadata column (whole studies held out by default)
     pretrain: str | dict = "reference"  # Stage-1 config: a configs/pretrain name, a JSON file or the config
     align: str | dict = "paper"  # Stage-2 config: a configs/align name, a JSON file or the config
     backbone: str | None = None  # replaces the align config's backbone
     corpus: dict = field(default_factory=dict)  # build-corpus settings for both kinds (out_px, shard_size ...)
-    dask_workers: int = 4  # local Dask worker processes
+    dask_workers: int = ranged(4, WORKERS)  # local Dask worker processes
     dask_scheduler: str | None = None  # or the address of a running Dask scheduler
-    nproc_per_node: int = 1  # torchrun processes per node (GPUs per node) for Stage 1 and Stage 2
-    nnodes: int = 1
-    embed_batch_size: int = 64
+    nproc_per_node: int = ranged(1, lo=1, hi=1024, integer=True, why="processes per node")  # torchrun processes per node (GPUs per node) for Stage 1 and Stage 2
+    nnodes: int = ranged(1, lo=1, hi=100_000, integer=True, why="nodes")
+    embed_batch_size: int = ranged(64, BATCH_SIZE)
     # HEST-Benchmark's bench_data (gated: MahmoodLab/hest-bench), run with HEST's own protocol at the end; without
     # it the protocol runs on a task written in HEST-Benchmark's layout from the held-out samples
     bench_root: str | None = None
     bench_tasks: list[str] = field(default_factory=list)  # default: every task folder of bench_root
-    bench_latent_dim: int = 256  # HEST's PCA size; only a smoke run, whose folds hold fewer spots, sets less
-    seed: int = 0
+    bench_latent_dim: int = ranged(256, lo=1, hi=1 << 16, integer=True, why="PCA dimensions")  # HEST's PCA size; only a smoke run, whose folds hold fewer spots, sets less
+    seed: int = ranged(0, SEED)
     outputs: dict = field(default_factory=dict)  # stage -> folder under --out (DEFAULT_OUTPUTS)
 
     @classmethod
@@ -75,10 +75,6 @@ class ReproduceConfig:
         unknown = set(cfg.outputs) - set(DEFAULT_OUTPUTS)
         if unknown:
             raise StampInputError(f"unknown outputs {sorted(unknown)}", source, hint=f"allowed: {sorted(DEFAULT_OUTPUTS)}")
-        if not 0 <= cfg.eval_fraction < 1:
-            raise StampInputError(f"eval_fraction {cfg.eval_fraction} is outside [0, 1)", source)
-        if cfg.nproc_per_node < 1 or cfg.nnodes < 1 or cfg.dask_workers < 1:
-            raise StampInputError("nproc_per_node, nnodes and dask_workers must be >= 1", source)
         return cfg
 
     def to_json(self) -> dict:
