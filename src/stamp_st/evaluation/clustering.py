@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .probe import labelled_mask
-from .stats import summarise
+from .splits import score_folds, slide_units
 
 
 def _reduce(emb: np.ndarray, n_pcs: int, seed: int) -> np.ndarray:
@@ -71,16 +71,15 @@ def cluster_slides(emb: np.ndarray, labels: np.ndarray, slide_ids: np.ndarray,
     slide_ids = np.asarray(slide_ids).astype(str)
     has = labelled_mask(labels)
     clusters = {m: np.full(len(labels), -1, dtype=np.int64) for m in methods}
-    per_slide = []
-    for sl in dict.fromkeys(slide_ids.tolist()):
-        idx = np.flatnonzero((slide_ids == sl) & has)
+
+    def score(unit):
+        idx = unit.test_idx
         y = labels[idx].astype(str)
         k = len(np.unique(y))
         if k < 2 or len(idx) <= k:
-            per_slide.append({"slide": sl, "skipped": "fewer than 2 labels or too few spots"})
-            continue
+            return "fewer than 2 labels or too few spots"
         x = _reduce(emb[idx], n_pcs, seed)
-        row = {"slide": sl, "k": k, "n": int(len(idx))}
+        row = {"k": k, "n": int(len(idx))}
         for m in methods:
             if m == "kmeans":
                 c = kmeans_clusters(x, k, seed)
@@ -93,7 +92,23 @@ def cluster_slides(emb: np.ndarray, labels: np.ndarray, slide_ids: np.ndarray,
             clusters[m][idx] = c
             row[f"{m}_ari"] = float(adjusted_rand_score(y, c))
             row[f"{m}_nmi"] = float(normalized_mutual_info_score(y, c))
-        per_slide.append(row)
-    ok = [r for r in per_slide if "skipped" not in r]
-    metrics = {f"{m}_{s}": summarise([r[f"{m}_{s}"] for r in ok]) for m in methods for s in ("ari", "nmi")}
-    return {"metrics": metrics, "per_fold": per_slide, "clusters": clusters}
+        return row
+
+    metrics = [f"{m}_{s}" for m in methods for s in ("ari", "nmi")]
+    return {**score_folds(slide_units(slide_ids, has), score, metrics, key="slide"), "clusters": clusters}
+
+
+def run(s, emb, gene_emb, folds, ctx, sel):
+    """Registry runner (``evaluation.registry``): predictions are every spot's cluster per method (-1 where
+    unlabelled or outside ``sel``)."""
+    if ctx.lab is None:
+        return "no spot labels given"
+    r = cluster_slides(emb[sel], ctx.lab[sel], ctx.slide_ids[sel], seed=ctx.seed)
+    return r, {m: _on_all_spots(c, sel, len(ctx.slide_ids)) for m, c in r.pop("clusters").items()}
+
+
+def _on_all_spots(values: np.ndarray, sel, n: int) -> np.ndarray:
+    """Per-spot values of the rows ``sel`` placed on all ``n`` spots (-1 elsewhere)."""
+    out = np.full(n, -1, dtype=values.dtype)
+    out[sel] = values
+    return out

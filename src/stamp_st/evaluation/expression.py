@@ -21,11 +21,11 @@ import warnings
 
 import numpy as np
 
-from .splits import Fold, make_folds
-from .stats import summarise
+from .splits import Fold, make_folds, score_folds
 
 HEST_PCA_DIM = 256
 HEST_N_GENES = 50
+FOLD_METRICS = ("pearson_mean", "mse")
 
 
 def top_variable_genes(expr_train: np.ndarray, n: int = HEST_N_GENES) -> np.ndarray:
@@ -67,13 +67,6 @@ def _fold_scores(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float, 
     return (float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")), mse, r
 
 
-def _summarise_folds(per_fold: list[dict], artifacts: list[dict]) -> dict:
-    ok = [f for f in per_fold if "skipped" not in f]
-    return {"metrics": {"pearson_mean": summarise([f["pearson_mean"] for f in ok]),
-                        "mse": summarise([f["mse"] for f in ok])},
-            "per_fold": per_fold, "folds": artifacts}
-
-
 RIDGE_CV_ALPHAS = tuple(np.logspace(-1, 5, 13))
 
 
@@ -90,12 +83,12 @@ def hest_ridge(emb: np.ndarray, expr_log: np.ndarray, slide_ids: np.ndarray, gen
     expr_log = np.asarray(expr_log, dtype=np.float64)
     gene_names = np.asarray(gene_names).astype(str)
     folds = folds if folds is not None else make_folds(slide_ids)
-    per_fold, arts = [], []
-    for fold in folds:
+    arts = []
+
+    def score(fold: Fold):
         genes = top_variable_genes(expr_log[fold.train_idx], n_genes)
         if len(genes) == 0 or len(fold.train_idx) < 2:
-            per_fold.append({"fold": fold.name, "skipped": "no variable genes or too few training spots"})
-            continue
+            return "no variable genes or too few training spots"
         y_tr, y_te = expr_log[fold.train_idx][:, genes], expr_log[fold.test_idx][:, genes]
         x_tr, x_te, used_pca = hest_features(emb[fold.train_idx], emb[fold.test_idx],
                                              pca_dim if alpha == "hest" else 10**9, seed)
@@ -110,12 +103,18 @@ def hest_ridge(emb: np.ndarray, expr_log: np.ndarray, slide_ids: np.ndarray, gen
         alpha_used = float(reg.alpha_ if alpha == "cv" else reg.alpha)
         y_hat = reg.predict(x_te)
         pm, mse, r = _fold_scores(y_te, y_hat)
-        per_fold.append({"fold": fold.name, "pearson_mean": pm, "mse": mse, "n_genes": int(len(genes)),
-                         "n_genes_constant_in_test": int(np.isnan(r).sum()), "alpha": alpha_used,
-                         "pca": used_pca, "n_features": int(x_tr.shape[1]), "n_test": int(len(fold.test_idx))})
-        arts.append({"fold": fold.name, "test_idx": fold.test_idx, "genes": gene_names[genes].tolist(),
-                     "true": y_te.astype(np.float32), "pred": y_hat.astype(np.float32), "pearson": r})
-    return _summarise_folds(per_fold, arts)
+        arts.append(_fold_record(fold, gene_names[genes], y_te, y_hat, r))
+        return {"pearson_mean": pm, "mse": mse, "n_genes": int(len(genes)),
+                "n_genes_constant_in_test": int(np.isnan(r).sum()), "alpha": alpha_used,
+                "pca": used_pca, "n_features": int(x_tr.shape[1]), "n_test": int(len(fold.test_idx))}
+
+    return {**score_folds(folds, score, FOLD_METRICS), "folds": arts}
+
+
+def _fold_record(fold: Fold, genes: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, r: np.ndarray) -> dict:
+    """A held-out fold's predictions, for figures and paired gains (``true`` / ``pred``: spots x genes)."""
+    return {"fold": fold.name, "test_idx": fold.test_idx, "genes": genes.tolist(),
+            "true": y_true.astype(np.float32), "pred": y_pred.astype(np.float32), "pearson": r}
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
@@ -149,12 +148,12 @@ def retrieval_imputation(query_emb: np.ndarray, reference_emb: np.ndarray, expr_
     expr_log = np.asarray(expr_log, dtype=np.float64)
     gene_names = np.asarray(gene_names).astype(str)
     folds = folds if folds is not None else make_folds(slide_ids)
-    per_fold, arts = [], []
-    for fold in folds:
+    arts = []
+
+    def score(fold: Fold):
         genes = top_variable_genes(expr_log[fold.train_idx], n_genes)
         if len(genes) == 0:
-            per_fold.append({"fold": fold.name, "skipped": "no variable genes"})
-            continue
+            return "no variable genes"
         idx, sim = topk_cosine(query_emb[fold.test_idx], reference_emb[fold.train_idx], k)
         w = np.clip(sim, 0, None).astype(np.float64)
         none = w.sum(axis=1) <= 0
@@ -164,8 +163,31 @@ def retrieval_imputation(query_emb: np.ndarray, reference_emb: np.ndarray, expr_
         y_hat = np.einsum("qk,qkg->qg", w, ref_y[idx])
         y_te = expr_log[fold.test_idx][:, genes]
         pm, mse, r = _fold_scores(y_te, y_hat)
-        per_fold.append({"fold": fold.name, "pearson_mean": pm, "mse": mse, "n_genes": int(len(genes)),
-                         "k": int(idx.shape[1]), "n_test": int(len(fold.test_idx))})
-        arts.append({"fold": fold.name, "test_idx": fold.test_idx, "genes": gene_names[genes].tolist(),
-                     "true": y_te.astype(np.float32), "pred": y_hat.astype(np.float32), "pearson": r})
-    return _summarise_folds(per_fold, arts)
+        arts.append(_fold_record(fold, gene_names[genes], y_te, y_hat, r))
+        return {"pearson_mean": pm, "mse": mse, "n_genes": int(len(genes)), "k": int(idx.shape[1]),
+                "n_test": int(len(fold.test_idx))}
+
+    return {**score_folds(folds, score, FOLD_METRICS), "folds": arts}
+
+
+def run(s, emb, gene_emb, folds, ctx, sel):
+    """Registry runner (``evaluation.registry``): HEST ridge (fixed and CV alpha) and retrieval imputation;
+    predictions are each read-out's held-out fold records (``_fold_record``)."""
+    from .embeddings_io import MODALITY_IMAGE
+
+    if ctx.expr_log is None:
+        return "no expression counts in any source (h5ad X is empty)"
+    if s.modality != MODALITY_IMAGE:
+        return (f"{s.modality}-side embedding is computed from the expression it would predict; image "
+                "embeddings only")
+    slide_ids, genes = ctx.slide_ids[sel], ctx.expr_src.gene_names
+    ridge = hest_ridge(emb, ctx.expr_log, slide_ids, genes, folds, seed=ctx.seed)
+    ridge_cv = hest_ridge(emb, ctx.expr_log, slide_ids, genes, folds, seed=ctx.seed, alpha="cv")
+    ref = gene_emb if gene_emb is not None else emb
+    imp = retrieval_imputation(emb, ref, ctx.expr_log, slide_ids, genes, folds, k=ctx.impute_k)
+    r = {"metrics": {"ridge_pearson": ridge["metrics"]["pearson_mean"], "ridge_mse": ridge["metrics"]["mse"],
+                     "ridge_cv_pearson": ridge_cv["metrics"]["pearson_mean"],
+                     "impute_pearson": imp["metrics"]["pearson_mean"], "impute_mse": imp["metrics"]["mse"]},
+         "per_fold": {"ridge": ridge["per_fold"], "ridge_cv": ridge_cv["per_fold"], "impute": imp["per_fold"]},
+         "impute_reference": "gene embedding" if gene_emb is not None else "image embedding"}
+    return r, {"ridge": ridge.pop("folds"), "ridge_cv": ridge_cv.pop("folds"), "impute": imp.pop("folds")}

@@ -15,16 +15,6 @@ import numpy as np
 
 N_BOOT = 1000
 
-# (task, metric) -> how a per-slide metric is computed from (truth, prediction) rows of one held-out slide
-METRIC_FNS: dict[tuple[str, str], str] = {
-    ("expression", "ridge_pearson"): "pearson",
-    ("expression", "ridge_cv_pearson"): "pearson",
-    ("expression", "impute_pearson"): "pearson",
-    ("probe", "balanced_accuracy"): "balanced_accuracy",
-    ("cluster", "kmeans_ari"): "ari",
-}
-
-
 def _pearson_mean(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     from .expression import per_gene_pearson
 
@@ -57,16 +47,19 @@ def _ari(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)))
 
 
-_FNS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+# the per-slide statistics a task's ``Gain`` may name (``evaluation.registry``); a task may also give its own
+STATISTICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "pearson": _pearson_mean, "balanced_accuracy": _balanced_accuracy, "ari": _ari}
 
 
-def paired_bootstrap_gain(per_slide: list[tuple[np.ndarray, np.ndarray, np.ndarray]], metric: str,
+def paired_bootstrap_gain(per_slide: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                          metric: str | Callable[[np.ndarray, np.ndarray], float],
                           n_boot: int = N_BOOT, seed: int = 0, confidence: float = 0.95) -> dict:
     """``per_slide``: (truth, source prediction, baseline prediction) row-aligned arrays of each held-out
-    slide; ``metric``: pearson (rows are spots, columns genes), balanced_accuracy or ari (1-d labels).
-    Returns the mean over slides of source - baseline, its paired percentile interval, and per-slide gains."""
-    fn = _FNS[metric]
+    slide; ``metric``: a statistic of ``STATISTICS`` (pearson: rows are spots, columns genes; balanced_accuracy,
+    ari: 1-d labels) or a function (truth, prediction) -> float. Returns the mean over slides of source -
+    baseline, its paired percentile interval, and per-slide gains."""
+    fn = metric if callable(metric) else STATISTICS[metric]
     per = [(t, a, b) for t, a, b in per_slide if len(t) >= 2]
     if not per:
         return {"gain": float("nan"), "low": float("nan"), "high": float("nan"), "n_slides": 0,
@@ -86,47 +79,58 @@ def paired_bootstrap_gain(per_slide: list[tuple[np.ndarray, np.ndarray, np.ndarr
             "per_slide": [float(p) for p in point], "n_boot": n_boot, "confidence": confidence}
 
 
-def _expression_rows(preds: dict, kind: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {f["fold"]: (np.asarray(f["true"]), np.asarray(f["pred"])) for f in preds.get(kind, [])}
+def _present(pred: np.ndarray) -> np.ndarray:
+    """Where a per-spot prediction exists: not "" (labels), not negative (cluster ids), not NaN."""
+    if pred.dtype.kind in "OUS":
+        return pred.astype(str) != ""
+    return pred >= 0 if pred.dtype.kind in "iu" else np.isfinite(pred)
+
+
+def _paired_slides(a, b, labels: np.ndarray | None, folds) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(truth, source, baseline) of each held-out slide from two sources' predictions of one kind: per-spot
+    arrays against the spot labels on the held-out spots both predicted, or per-fold records (``fold``,
+    ``true``, ``pred``) paired by fold."""
+    if isinstance(a, np.ndarray):
+        if labels is None:
+            return []
+        both = _present(a) & _present(b)
+        if a.dtype.kind in "OUS":  # labels compare as strings
+            a, b = a.astype(str), b.astype(str)
+        return [(labels[te].astype(str), a[te], b[te]) for fold in folds for te in [fold.test_idx[both[fold.test_idx]]]]
+    rows_b = {f["fold"]: f for f in b}
+    return [(np.asarray(f["true"]), np.asarray(f["pred"]), np.asarray(rows_b[f["fold"]]["pred"]))
+            for f in a if f["fold"] in rows_b]
 
 
 def task_gains(results: dict, predictions: dict, labels: np.ndarray | None, folds, baseline: str,
                sources: list[str] | None = None, n_boot: int = N_BOOT, seed: int = 0) -> list[dict]:
-    """One row per (task, metric, source != baseline) that both were evaluated on: the paired gain.
+    """One row per (task, metric of the task's ``gains``, source != baseline) that both were evaluated on: the
+    paired gain. ``predictions`` is the per-task prediction store of ``evaluate_sources``; ``folds`` its
+    held-out folds."""
+    from .registry import EVAL_TASKS
 
-    ``predictions`` is the per-task prediction store of ``evaluate_sources``; ``folds`` its held-out folds."""
     rows = []
     names = sources or [s for t in results["tasks"].values() for s in t]
     names = [s for s in dict.fromkeys(names) if s != baseline]
-    for (task, metric), kind in METRIC_FNS.items():
-        per_task = predictions.get(task, {})
-        if baseline not in per_task:
+    for task, per_task in predictions.items():
+        entry = EVAL_TASKS.get(task)
+        if entry is None or per_task.get(baseline) is None:
             continue
-        for src in names:
-            if src not in per_task:
-                continue
-            per_slide = []
-            if task == "expression":
-                key = {"ridge_pearson": "ridge", "ridge_cv_pearson": "ridge_cv"}.get(metric, "impute")
-                a, b = _expression_rows(per_task[src], key), _expression_rows(per_task[baseline], key)
-                per_slide = [(a[f][0], a[f][1], b[f][1]) for f in a if f in b]
-            elif task == "probe" and labels is not None:
-                pa, pb = np.asarray(per_task[src], dtype=object), np.asarray(per_task[baseline], dtype=object)
-                for fold in folds:
-                    te = fold.test_idx[(pa[fold.test_idx] != "") & (pb[fold.test_idx] != "")]
-                    per_slide.append((labels[te].astype(str), pa[te].astype(str), pb[te].astype(str)))
-            elif task == "cluster" and labels is not None:
-                ca, cb = per_task[src].get("kmeans"), per_task[baseline].get("kmeans")
-                if ca is None or cb is None:
+        for gain in entry.gains:
+            for src in names:
+                if per_task.get(src) is None:
                     continue
-                for fold in folds:
-                    te = fold.test_idx[(ca[fold.test_idx] >= 0) & (cb[fold.test_idx] >= 0)]
-                    per_slide.append((labels[te].astype(str), ca[te], cb[te]))
-            if not per_slide:
-                continue
-            g = paired_bootstrap_gain(per_slide, kind, n_boot=n_boot, seed=seed)
-            rows.append({"task": task, "metric": metric, "source": src, "baseline": baseline, **g,
-                         "method": "paired bootstrap over spots within held-out slides"})
+                a, b = per_task[src], per_task[baseline]
+                if gain.predictions:
+                    a, b = a.get(gain.predictions), b.get(gain.predictions)
+                if a is None or b is None:
+                    continue
+                per_slide = _paired_slides(a, b, labels, folds)
+                if not per_slide:
+                    continue
+                g = paired_bootstrap_gain(per_slide, gain.statistic, n_boot=n_boot, seed=seed)
+                rows.append({"task": task, "metric": gain.metric, "source": src, "baseline": baseline, **g,
+                             "method": "paired bootstrap over spots within held-out slides"})
     return rows
 
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .probe import labelled_mask
-from .splits import make_folds
-from .stats import summarise
+from .probe import LABEL_METRICS, labelled_mask
+from .splits import make_folds, score_folds
 
 K = 15
 
@@ -23,22 +22,21 @@ def knn_transfer(emb: np.ndarray, labels: np.ndarray, slide_ids: np.ndarray, fol
     has = labelled_mask(labels)
     lab = np.where(has, np.asarray(labels, dtype=object), "").astype(str)
     folds = folds if folds is not None else make_folds(np.asarray(slide_ids).astype(str))
-    per_fold, pred = [], np.full(len(emb), "", dtype=object)
-    for fold in folds:
+    pred = np.full(len(emb), "", dtype=object)
+
+    def score(fold):
         tr, te = fold.train_idx[has[fold.train_idx]], fold.test_idx[has[fold.test_idx]]
         te = te[np.isin(lab[te], np.unique(lab[tr]))]
         if len(np.unique(lab[tr])) < 2 or len(te) == 0:
-            per_fold.append({"fold": fold.name, "skipped": "fewer than 2 training classes or no test labels"})
-            continue
+            return "fewer than 2 training classes or no test labels"
         clf = KNeighborsClassifier(n_neighbors=min(k, len(tr)), metric="cosine").fit(emb[tr], lab[tr])
         yp, yt = clf.predict(emb[te]), lab[te]
         pred[te] = yp
-        per_fold.append({"fold": fold.name, "balanced_accuracy": float(balanced_accuracy_score(yt, yp)),
-                         "macro_f1": float(f1_score(yt, yp, labels=np.unique(yt), average="macro", zero_division=0)),
-                         "n_test": int(len(te)), "n_train": int(len(tr))})
-    ok = [f for f in per_fold if "skipped" not in f]
-    return {"metrics": {m: summarise([f[m] for f in ok]) for m in ("balanced_accuracy", "macro_f1")},
-            "per_fold": per_fold, "predictions": pred}
+        return {"balanced_accuracy": float(balanced_accuracy_score(yt, yp)),
+                "macro_f1": float(f1_score(yt, yp, labels=np.unique(yt), average="macro", zero_division=0)),
+                "n_test": int(len(te)), "n_train": int(len(tr))}
+
+    return {**score_folds(folds, score, LABEL_METRICS), "predictions": pred}
 
 
 def run(s, emb, gene_emb, folds, ctx, sel):

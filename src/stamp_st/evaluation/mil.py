@@ -97,3 +97,13 @@ def bags_by_slide(emb: np.ndarray, slide_ids: np.ndarray) -> tuple[list[str], li
     slide_ids = np.asarray(slide_ids).astype(str)
     names = list(dict.fromkeys(slide_ids.tolist()))
     return names, [np.asarray(emb[slide_ids == s], dtype=np.float32) for s in names]
+
+
+def run(s, emb, gene_emb, folds, ctx, sel):
+    """Registry runner (``evaluation.registry``): ABMIL over the slides' bags, no per-spot predictions."""
+    if not ctx.slide_labels:
+        return "no slide labels given"
+    bag_names, bags = bags_by_slide(emb, ctx.slide_ids[sel])
+    keep = [i for i, b in enumerate(bag_names) if b in ctx.slide_labels]
+    r = abmil_cv([bags[i] for i in keep], [ctx.slide_labels[bag_names[i]] for i in keep], seed=ctx.seed)
+    return r["skipped"] if "skipped" in r else (r, None)

@@ -7,8 +7,9 @@ import warnings
 
 import numpy as np
 
-from .splits import Fold, make_folds
-from .stats import summarise
+from .splits import Fold, make_folds, score_folds
+
+LABEL_METRICS = ("balanced_accuracy", "macro_f1")
 
 
 def labelled_mask(labels: np.ndarray) -> np.ndarray:
@@ -41,20 +42,18 @@ def linear_probe(
     has = labelled_mask(labels)
     lab = np.where(has, labels, "").astype(str)
     folds = folds if folds is not None else make_folds(slide_ids)
-    per_fold = []
     pred = np.full(len(emb), "", dtype=object)
-    for fold in folds:
+
+    def score(fold: Fold):
         tr = fold.train_idx[has[fold.train_idx]]
         te = fold.test_idx[has[fold.test_idx]]
         classes = np.unique(lab[tr])
         if len(classes) < 2 or len(te) == 0:
-            per_fold.append({"fold": fold.name, "skipped": "fewer than 2 training classes or no test labels"})
-            continue
+            return "fewer than 2 training classes or no test labels"
         seen = np.isin(lab[te], classes)
         te_seen = te[seen]
         if len(te_seen) == 0:
-            per_fold.append({"fold": fold.name, "skipped": "no test label occurs in training"})
-            continue
+            return "no test label occurs in training"
         clf = make_pipeline(StandardScaler(), LogisticRegression(
             C=C, class_weight="balanced", max_iter=max_iter, random_state=seed))
         with warnings.catch_warnings():
@@ -67,9 +66,15 @@ def linear_probe(
             warnings.simplefilter("ignore")  # balanced accuracy warns when a predicted class is absent
             bacc = float(balanced_accuracy_score(yt, yp))
         f1 = float(f1_score(yt, yp, labels=np.unique(yt), average="macro", zero_division=0))
-        per_fold.append({"fold": fold.name, "balanced_accuracy": bacc, "macro_f1": f1,
-                         "n_test": int(len(te_seen)), "n_unseen": int((~seen).sum()),
-                         "n_train": int(len(tr)), "n_classes_train": int(len(classes))})
-    ok = [f for f in per_fold if "skipped" not in f]
-    metrics = {m: summarise([f[m] for f in ok]) for m in ("balanced_accuracy", "macro_f1")}
-    return {"metrics": metrics, "per_fold": per_fold, "predictions": pred}
+        return {"balanced_accuracy": bacc, "macro_f1": f1, "n_test": int(len(te_seen)),
+                "n_unseen": int((~seen).sum()), "n_train": int(len(tr)), "n_classes_train": int(len(classes))}
+
+    return {**score_folds(folds, score, LABEL_METRICS), "predictions": pred}
+
+
+def run(s, emb, gene_emb, folds, ctx, sel):
+    """Registry runner (``evaluation.registry``): predictions are the held-out spots' labels ("" elsewhere)."""
+    if ctx.lab is None:
+        return "no spot labels given"
+    r = linear_probe(emb, ctx.lab[sel], ctx.slide_ids[sel], folds, seed=ctx.seed)
+    return r, r.pop("predictions")

@@ -5,12 +5,14 @@ embedding source side by side, then the figures per task."""
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..io_utils import atomic_write_json, atomic_write_text
 from . import figures as F
+from .registry import EVAL_TASKS
 from .stats import interval_text
 from .tasks import TASK_TITLES
 
@@ -28,16 +30,6 @@ table.metrics td{padding:.25em .45em}span.ci{color:#666;font-size:.88em}ul.note{
 figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
 code{background:#f4f5f7;padding:0 .25em;border-radius:3px}
 """
-
-METRIC_NOTES = {
-    "balanced_accuracy": "mean recall over classes", "macro_f1": "unweighted mean F1 over classes",
-    "kmeans_ari": "k-means, k = number of labels", "leiden_ari": "Leiden at about k clusters",
-    "ridge_pearson": "HEST protocol: PCA256 + ridge, mean PCC over 50 most variable genes",
-    "ridge_mse": "log1p CP10k, same genes", "impute_pearson": "BLEEP-style top-k retrieval imputation",
-    "impute_mse": "log1p CP10k, same genes", "auc": "stratified k-fold over slides",
-    "ridge_cv_pearson": "ridge with alpha by leave-one-out CV, same genes",
-}
-
 
 def _esc(x) -> str:
     return html.escape(str(x))
@@ -66,7 +58,7 @@ def metric_table_html(results: dict) -> str:
         mark = reasons.setdefault(reason, "*" * (len(reasons) + 1) if len(reasons) < 3 else str(len(reasons) + 1))
         return f"<td class='skip' title='{_esc(reason)}'>—<sup>{_esc(mark)}</sup></td>"
 
-    used_metrics = []
+    used_metrics = []  # (task, metric)
     for task in results["tasks"]:
         metrics = list(dict.fromkeys(r["metric"] for r in rows if r["task"] == task and r.get("metric")))
         skipped = {r["source"]: r["skipped"] for r in rows if r["task"] == task and "skipped" in r}
@@ -75,7 +67,7 @@ def metric_table_html(results: dict) -> str:
             out.append(f"<tr><td>{_esc(task)}</td><td>—</td>{cells}</tr>")
             continue
         for m in metrics:
-            used_metrics.append(m)
+            used_metrics.append((task, m))
             by_src = {r["source"]: r for r in rows if r["task"] == task and r.get("metric") == m}
             means = {s: r["mean"] for s, r in by_src.items() if r["mean"] is not None and np.isfinite(r["mean"])}
             best = None
@@ -95,9 +87,9 @@ def metric_table_html(results: dict) -> str:
             out.append(f"<tr><td>{_esc(task)}</td><td>{_esc(m)}</td>{''.join(cells)}</tr>")
     out.append("</tbody></table>")
     by_note: dict[str, list[str]] = {}  # one line per meaning, listing the metrics it covers
-    for m in dict.fromkeys(used_metrics):
-        note = metric_note(m)
-        if note:
+    for task, m in used_metrics:
+        note = metric_note(m, task)
+        if note and m not in by_note.get(note, []):
             by_note.setdefault(note, []).append(m)
     notes = [f"<li>{', '.join(f'<code>{_esc(m)}</code>' for m in ms)}: {_esc(note)}</li>"
              for note, ms in by_note.items()]
@@ -107,19 +99,10 @@ def metric_table_html(results: dict) -> str:
     return "\n".join(out)
 
 
-def metric_note(metric: str) -> str:
-    """What a metric is, by its name (the retrieval and clustering names carry k and the direction)."""
-    if metric in METRIC_NOTES:
-        note = METRIC_NOTES[metric]
-    elif metric.startswith("chance_R@"):
-        note = "chance level of recall@k (k / spots in the slide)"
-    elif "_R@" in metric:
-        direction = metric.split("_R@")[0].replace("_", " ")
-        note = f"{direction} retrieval within each slide: share of queries whose own spot ranks in the top k"
-    elif metric.endswith("_nmi"):
-        note = "normalised mutual information of the clusters with the labels"
-    else:
-        note = ""
+def metric_note(metric: str, task: str | None = None) -> str:
+    """What a metric is: the note of ``task``'s registry entry, else of the first entry that names it."""
+    entries = ([EVAL_TASKS[task]] if task in EVAL_TASKS else []) + list(EVAL_TASKS.values())
+    note = next((n for e in entries if (n := e.metric_note(metric)) is not None), "")
     if _lower_is_better(metric):
         note = (note + "; " if note else "") + "lower is better"
     return note
@@ -250,45 +233,12 @@ def build_figures(results: dict, artifacts: dict, projection: str = "umap", max_
     for sl in slides:
         p = next((s.image_paths.get(sl) for s in sources.values() if s.image_paths.get(sl)), None)
         thumbs[sl] = F.load_thumbnail(p) if p else None
-    xy = first.xy_px
-    # expression maps: measured vs predicted (ridge) on held-out slides
-    for name, p in (preds.get("expression") or {}).items():
-        if xy is None:
-            break
-        for fold in p["ridge"]:
-            if fold["fold"] not in slides:
-                continue
-            idx = fold["test_idx"]
-            out["expression"].append(_img(
-                F.expression_maps(xy[idx], fold["true"], fold["pred"], fold["genes"], fold["pearson"],
-                                  thumbs.get(fold["fold"]), title=f"{name}, held-out slide {fold['fold']}"),
-                f"{name}: measured vs ridge-predicted expression of the best-predicted genes, "
-                f"slide {fold['fold']}"))
-    # clusters over the H&E
-    for name, cl in (preds.get("cluster") or {}).items():
-        if xy is None or labels is None:
-            break
-        for sl in slides:
-            idx = np.flatnonzero((first.slide_ids == sl) & (labels != ""))
-            if len(idx) == 0:
-                continue
-            out["cluster"].append(_img(
-                F.cluster_maps(xy[idx], labels[idx], {m: c[idx] for m, c in cl.items()}, thumbs.get(sl),
-                               title=f"{name}, slide {sl}", label_palette=palette),
-                f"{name}: labels and clusters over the H&E, slide {sl}"))
-    # retrieval examples
-    for name, ex in (preds.get("retrieval") or {}).items():
-        ex = ex[:4]
-        patches, how = sources[name].patches, "the embedding file's patches"
-        if patches is None:
-            patches, how = _patches_from_he(sources[name], ex), "cut from the H&E, one spot pitch wide"
-        b64 = F.retrieval_examples(patches, ex, title=name) if patches is not None else None
-        if b64:
-            out["retrieval"].append(_img(b64, f"{name}: image->gene retrieval; first column is the query's patch, "
-                                              f"then the patches of the retrieved spots (green = own spot; {how})"))
-        else:
-            out["retrieval"].append("<p class='note'>Retrieval examples omitted: the embedding file carries no "
-                                    "patches and no readable H&E for these slides.</p>")
+    page = FigurePage(sources, labels, first, slides, thumbs, palette)
+    for task in results["tasks"]:
+        draw = EVAL_TASKS[task].load("figures") if task in EVAL_TASKS and EVAL_TASKS[task].figures else None
+        for name, p in (preds.get(task) or {}).items() if draw else ():
+            if p is not None:
+                out[task].extend(draw(name, p, page))
     # UMAP by label and by slide
     n = len(first)
     rng = np.random.default_rng(seed)
@@ -300,6 +250,66 @@ def build_figures(results: dict, artifacts: dict, projection: str = "umap", max_
                                 label_palette=palette),
             f"{name}: {projection.upper()} of the embeddings coloured by label and by slide"))
     return out
+
+
+@dataclass
+class FigurePage:
+    """What a task's figure function (``EvalTask.figures``: ``draw(source name, predictions, page)`` -> HTML
+    snippets) may draw on: the aligned sources, spot labels, the first source (spot positions, slide ids), the
+    slides to draw, their H&E thumbnails and the label colours."""
+
+    sources: dict
+    labels: np.ndarray | None
+    first: object
+    slides: list[str]
+    thumbs: dict
+    palette: dict | None
+
+
+def expression_figures(name: str, p: dict, page: FigurePage) -> list[str]:
+    """Measured vs ridge-predicted expression maps of each held-out slide."""
+    xy, out = page.first.xy_px, []
+    if xy is None:
+        return out
+    for fold in p["ridge"]:
+        if fold["fold"] not in page.slides:
+            continue
+        idx = fold["test_idx"]
+        out.append(_img(
+            F.expression_maps(xy[idx], fold["true"], fold["pred"], fold["genes"], fold["pearson"],
+                              page.thumbs.get(fold["fold"]), title=f"{name}, held-out slide {fold['fold']}"),
+            f"{name}: measured vs ridge-predicted expression of the best-predicted genes, slide {fold['fold']}"))
+    return out
+
+
+def cluster_figures(name: str, cl: dict, page: FigurePage) -> list[str]:
+    """Labels and clusters over the H&E, per slide."""
+    xy, labels, out = page.first.xy_px, page.labels, []
+    if xy is None or labels is None:
+        return out
+    for sl in page.slides:
+        idx = np.flatnonzero((page.first.slide_ids == sl) & (labels != ""))
+        if len(idx) == 0:
+            continue
+        out.append(_img(
+            F.cluster_maps(xy[idx], labels[idx], {m: c[idx] for m, c in cl.items()}, page.thumbs.get(sl),
+                           title=f"{name}, slide {sl}", label_palette=page.palette),
+            f"{name}: labels and clusters over the H&E, slide {sl}"))
+    return out
+
+
+def retrieval_figures(name: str, ex: list, page: FigurePage) -> list[str]:
+    """A few image->gene retrieval examples with their patches."""
+    ex = ex[:4]
+    patches, how = page.sources[name].patches, "the embedding file's patches"
+    if patches is None:
+        patches, how = _patches_from_he(page.sources[name], ex), "cut from the H&E, one spot pitch wide"
+    b64 = F.retrieval_examples(patches, ex, title=name) if patches is not None else None
+    if b64:
+        return [_img(b64, f"{name}: image->gene retrieval; first column is the query's patch, "
+                          f"then the patches of the retrieved spots (green = own spot; {how})")]
+    return ["<p class='note'>Retrieval examples omitted: the embedding file carries no "
+            "patches and no readable H&E for these slides.</p>"]
 
 
 def _patches_from_he(source, examples: list[dict], out_px: int = 96) -> dict | None:
@@ -351,8 +361,7 @@ def render_html(results: dict, figs: dict[str, list[str]] | None = None, title: 
         f"<th>gene embedding</th><th>file</th></tr></thead><tbody>{src_rows}</tbody></table>",
         "<h2>All metrics</h2>",
         "<p class='note'>Mean over held-out slides (folds) with a 95% Student-t interval in brackets (clipped to "
-        "the metric's range, as everywhere in this report and the console); hover a cell for the number of folds. Bold: best mean of the row. Gene-side sources are not scored on "
-        "expression prediction (their input is the target).</p>",
+        "the metric's range, as everywhere in this report and the console); hover a cell for the number of folds. Bold: best mean of the row.</p>",
         metric_table_html(results),
     ]
     for note in meta.get("notes", []):
@@ -369,18 +378,10 @@ def render_html(results: dict, figs: dict[str, list[str]] | None = None, title: 
     if figs.get("embeddings"):
         parts.append("<h2>Embeddings</h2>")
         parts.extend(figs["embeddings"])
-    parts.append("<h2>Protocols</h2><ul class='note'>"
-                 "<li>Probe: standardise + class-balanced logistic regression fit on the training slides; test "
-                 "spots whose label never occurs in training are excluded and counted.</li>"
-                 "<li>Clustering: per slide on labelled spots, top-50 PCs; k-means with k = labels in the "
-                 "slide; Leiden on a 15-NN graph, resolution bisected to about k clusters.</li>"
-                 "<li>Expression: HEST-Benchmark (standardise, PCA 256 fit on train when samples allow, ridge "
-                 "alpha = 100/(features x genes), Pearson per gene on the 50 most variable training genes); "
-                 "ridge_cv: the same genes, standardised features, alpha by leave-one-out CV on the training "
-                 "spots; "
-                 "imputation: similarity-weighted mean of the top-k training spots (BLEEP).</li>"
-                 "<li>Retrieval: recall@k within each slide between image and gene embeddings; chance = k/n.</li>"
-                 "<li>MIL: gated attention MIL (Ilse et al. 2018), stratified k-fold over slides, AUC.</li></ul>")
+    protocols = [EVAL_TASKS[t].protocol for t in results["tasks"] if t in EVAL_TASKS and EVAL_TASKS[t].protocol]
+    if protocols:
+        parts.append("<h2>Protocols</h2><ul class='note'>" + "".join(f"<li>{_esc(p)}</li>" for p in protocols)
+                     + "</ul>")
     parts.append("</body></html>")
     return "\n".join(p for p in parts if p)
 

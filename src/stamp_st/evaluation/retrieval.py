@@ -12,7 +12,7 @@ import numpy as np
 
 from ..metrics import recall_from_ranks, true_match_ranks
 from .expression import topk_cosine
-from .stats import summarise
+from .splits import score_folds, slide_units
 
 
 def recall_at_k(img_emb: np.ndarray, gene_emb: np.ndarray, slide_ids: np.ndarray,
@@ -21,15 +21,15 @@ def recall_at_k(img_emb: np.ndarray, gene_emb: np.ndarray, slide_ids: np.ndarray
     image->gene examples (query index, retrieved indices) for figures."""
     slide_ids = np.asarray(slide_ids).astype(str)
     kmax = max(ks)
-    per_slide, examples = [], []
+    examples = []
     rng = np.random.default_rng(seed)
-    for sl in dict.fromkeys(slide_ids.tolist()):
-        idx = np.flatnonzero(slide_ids == sl)
+
+    def score(unit):
+        idx = unit.test_idx
         n = len(idx)
         if n < 2:
-            per_slide.append({"slide": sl, "skipped": "fewer than 2 spots"})
-            continue
-        row = {"slide": sl, "n": n}
+            return "fewer than 2 spots"
+        row = {"n": n}
         for direction, q, r in (("image_to_gene", img_emb[idx], gene_emb[idx]),
                                 ("gene_to_image", gene_emb[idx], img_emb[idx])):
             for k, v in recall_from_ranks(true_match_ranks(q, r), ks).items():
@@ -37,11 +37,20 @@ def recall_at_k(img_emb: np.ndarray, gene_emb: np.ndarray, slide_ids: np.ndarray
             if direction == "image_to_gene":
                 top, _ = topk_cosine(q, r, kmax)
                 for qi in rng.choice(n, size=min(n_examples, n), replace=False):
-                    examples.append({"slide": sl, "query": int(idx[qi]), "retrieved": idx[top[qi]].tolist()})
+                    examples.append({"slide": unit.name, "query": int(idx[qi]), "retrieved": idx[top[qi]].tolist()})
         for k in ks:
             row[f"chance_R@{k}"] = min(k, n) / n
-        per_slide.append(row)
-    ok = [r for r in per_slide if "skipped" not in r]
+        return row
+
     names = [f"{d}_R@{k}" for d in ("image_to_gene", "gene_to_image") for k in ks] + [f"chance_R@{k}" for k in ks]
-    return {"metrics": {m: summarise([r[m] for r in ok]) for m in names}, "per_fold": per_slide,
-            "examples": examples}
+    return {**score_folds(slide_units(slide_ids), score, names, key="slide"), "examples": examples}
+
+
+def run(s, emb, gene_emb, folds, ctx, sel):
+    """Registry runner (``evaluation.registry``): predictions are a few image->gene examples, by spot index."""
+    if gene_emb is None:
+        return "no gene-side embedding in the same space (cross-modal retrieval needs an aligned model)"
+    r = recall_at_k(emb[sel], gene_emb[sel], ctx.slide_ids[sel], seed=ctx.seed)
+    spots = np.arange(len(ctx.slide_ids))[sel]  # rows of ``sel`` -> spot indices
+    return r, [{**e, "query": int(spots[e["query"]]), "retrieved": spots[e["retrieved"]].tolist()}
+               for e in r.pop("examples")]

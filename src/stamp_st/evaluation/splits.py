@@ -4,7 +4,7 @@ paper received)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,3 +50,26 @@ def given_split(slide_ids: Sequence[str], test_slides: Sequence[str]) -> list[Fo
 
 def make_folds(slide_ids: Sequence[str], test_slides: Sequence[str] | None = None) -> list[Fold]:
     return leave_one_slide_out(slide_ids) if not test_slides else given_split(slide_ids, test_slides)
+
+
+def slide_units(slide_ids: Sequence[str], keep: np.ndarray | None = None) -> list[Fold]:
+    """One unit per slide (first-seen order) for tasks scored within each slide (clustering, retrieval):
+    ``test_idx`` = the slide's spots (where ``keep``), nothing to train on."""
+    s = np.asarray(slide_ids).astype(str)
+    keep = np.ones(len(s), dtype=bool) if keep is None else keep
+    return [Fold(sl, np.empty(0, dtype=np.int64), np.flatnonzero((s == sl) & keep)) for sl in dict.fromkeys(s.tolist())]
+
+
+def score_folds(folds: Sequence[Fold], score: Callable[[Fold], dict | str], metrics: Sequence[str],
+                key: str = "fold") -> dict:
+    """The one fold loop of every task: ``score(fold)`` returns that fold's row (its metrics and counts) or
+    the reason it is skipped (a string). Returns ``{"metrics": {m: mean [95% t-interval] over the scored
+    folds}, "per_fold": rows}``, each row named by ``key`` (``fold``, or ``slide`` for per-slide units)."""
+    from .stats import summarise
+
+    rows = []
+    for fold in folds:
+        out = score(fold)
+        rows.append({key: fold.name, "skipped": out} if isinstance(out, str) else {key: fold.name, **out})
+    ok = [r for r in rows if "skipped" not in r]
+    return {"metrics": {m: summarise([r[m] for r in ok]) for m in metrics}, "per_fold": rows}

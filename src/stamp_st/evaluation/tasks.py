@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StampInputError
-from .embeddings_io import MODALITY_IMAGE, EmbeddingSet, align_sources, log1p_cp10k
-from .registry import EVAL_TASKS
+from .embeddings_io import EmbeddingSet, align_sources, log1p_cp10k
+from .registry import EVAL_TASKS, MERGE_METRICS
 from .splits import make_folds
 
 # from the registry (evaluation/registry.py): one entry per task
@@ -149,86 +149,9 @@ def _task_once(task: str, s: EmbeddingSet, emb: np.ndarray, gene_emb: np.ndarray
     return EVAL_TASKS[task].load_runner()(s, emb, gene_emb, folds, ctx, sel)
 
 
-def _labels_and_slides(ctx: TaskContext, sel):
-    return (None if ctx.lab is None else ctx.lab[sel]), ctx.slide_ids[sel]
-
-
-def run_probe(s: EmbeddingSet, emb, gene_emb, folds, ctx: TaskContext, sel):
-    lab, slide_ids = _labels_and_slides(ctx, sel)
-    if lab is None:
-        return "no spot labels given"
-    from .probe import linear_probe
-
-    r = linear_probe(emb, lab, slide_ids, folds, seed=ctx.seed)
-    return r, r.pop("predictions")
-
-
-def run_cluster(s: EmbeddingSet, emb, gene_emb, folds, ctx: TaskContext, sel):
-    lab, slide_ids = _labels_and_slides(ctx, sel)
-    if lab is None:
-        return "no spot labels given"
-    from .clustering import cluster_slides
-
-    r = cluster_slides(emb[sel], lab, slide_ids, seed=ctx.seed)
-    return r, r.pop("clusters")
-
-
-def run_expression(s: EmbeddingSet, emb, gene_emb, folds, ctx: TaskContext, sel):
-    slide_ids = ctx.slide_ids[sel]
-    if ctx.expr_log is None:
-        return "no expression counts in any source (h5ad X is empty)"
-    if s.modality != MODALITY_IMAGE:
-        return (f"{s.modality}-side embedding is computed from the expression it would predict; image "
-                "embeddings only")
-    from .expression import hest_ridge, retrieval_imputation
-
-    genes = ctx.expr_src.gene_names
-    ridge = hest_ridge(emb, ctx.expr_log, slide_ids, genes, folds, seed=ctx.seed)
-    ridge_cv = hest_ridge(emb, ctx.expr_log, slide_ids, genes, folds, seed=ctx.seed, alpha="cv")
-    ref = gene_emb if gene_emb is not None else emb
-    imp = retrieval_imputation(emb, ref, ctx.expr_log, slide_ids, genes, folds, k=ctx.impute_k)
-    r = {"metrics": {"ridge_pearson": ridge["metrics"]["pearson_mean"], "ridge_mse": ridge["metrics"]["mse"],
-                     "ridge_cv_pearson": ridge_cv["metrics"]["pearson_mean"],
-                     "impute_pearson": imp["metrics"]["pearson_mean"], "impute_mse": imp["metrics"]["mse"]},
-         "per_fold": {"ridge": ridge["per_fold"], "ridge_cv": ridge_cv["per_fold"], "impute": imp["per_fold"]},
-         "impute_reference": "gene embedding" if gene_emb is not None else "image embedding"}
-    return r, {"ridge": ridge.pop("folds"), "ridge_cv": ridge_cv.pop("folds"), "impute": imp.pop("folds")}
-
-
-def run_retrieval(s: EmbeddingSet, emb, gene_emb, folds, ctx: TaskContext, sel):
-    slide_ids = ctx.slide_ids[sel]
-    if gene_emb is None:
-        return "no gene-side embedding in the same space (cross-modal retrieval needs an aligned model)"
-    from .retrieval import recall_at_k
-
-    r = recall_at_k(emb[sel], gene_emb[sel], slide_ids, seed=ctx.seed)
-    return r, r.pop("examples")
-
-
-def run_mil(s: EmbeddingSet, emb, gene_emb, folds, ctx: TaskContext, sel):
-    slide_ids = ctx.slide_ids[sel]
-    if not ctx.slide_labels:
-        return "no slide labels given"
-    from .mil import abmil_cv, bags_by_slide
-
-    bag_names, bags = bags_by_slide(emb, slide_ids)
-    keep = [i for i, b in enumerate(bag_names) if b in ctx.slide_labels]
-    r = abmil_cv([bags[i] for i in keep], [ctx.slide_labels[bag_names[i]] for i in keep], seed=ctx.seed)
-    return r["skipped"] if "skipped" in r else (r, None)
-
-
-# per_fold keys that each summarised metric is computed from, where the names differ
-_EXPRESSION_METRICS = {"ridge_pearson": ("ridge", "pearson_mean"), "ridge_mse": ("ridge", "mse"),
-                       "ridge_cv_pearson": ("ridge_cv", "pearson_mean"),
-                       "impute_pearson": ("impute", "pearson_mean"), "impute_mse": ("impute", "mse")}
-_EXPRESSION_KINDS = ("ridge", "ridge_cv", "impute")
-
-
 def _task_foldwise(task: str, s: EmbeddingSet, folds, ctx: TaskContext):
     """A cross-validated source: each held-out slide is scored with the embedding of its own model (trained
-    without it), training-side spots included; per-fold results are merged and summarised again."""
-    from .stats import summarise
-
+    without it), training-side spots included; the per-fold results merge as the task's entry says."""
     entry = EVAL_TASKS[task]
     if entry.merge is None:
         return f"{entry.title.split(',')[0].lower()} needs one embedding for every slide (not a cross-validated source)"
@@ -243,31 +166,59 @@ def _task_foldwise(task: str, s: EmbeddingSet, folds, ctx: TaskContext):
                          spots=f.test_idx if per_slide else None)
         if isinstance(out, str):
             return out
+        _check_result(entry, out)
         parts.append((f, *out))
+    results = [r for _, r, _ in parts]
+    merged = {**results[0], "metrics": merge_metrics([r["metrics"] for r in results]),
+              "per_fold": _join([r["per_fold"] for r in results]), "cross_validated": True}
+    if entry.merge == MERGE_METRICS:
+        return merged, None
+    return merged, merge_predictions([(f, p) for f, _, p in parts])
+
+
+def _check_result(entry, out) -> None:
+    """A runner's answer in the shape the fold merge reads; otherwise say what the task's author must fix."""
+    ok = (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], dict)
+          and isinstance(out[0].get("metrics"), dict) and isinstance(out[0].get("per_fold"), list | dict))
+    if not ok:
+        raise ValueError(f"evaluation task {entry.name!r}: its runner must return (result, predictions) with "
+                         "result = {'metrics': {name: stats.summarise(...)}, 'per_fold': rows} (splits.score_folds "
+                         f"builds both) or a reason string; got {type(out).__name__}")
+
+
+def merge_metrics(per_fold_metrics: list[dict]) -> dict:
+    """Each metric again as mean [95% t-interval], now over the values of every fold (each fold's summary keeps
+    its values; a fold where the metric is undefined has none)."""
+    from .stats import summarise
+
+    return {m: summarise([v for fm in per_fold_metrics for v in fm.get(m, {}).get("values", [])])
+            for m in per_fold_metrics[0]}
+
+
+def _join(parts: list):
+    """Per-fold rows of every fold in fold order: lists joined, dicts of lists joined per key."""
+    if isinstance(parts[0], dict):
+        return {k: [row for p in parts for row in p[k]] for k in parts[0]}
+    return [row for p in parts for row in p]
+
+
+def merge_predictions(parts: list[tuple]) -> object:
+    """(fold, predictions) of each fold -> one set: a per-spot array takes each fold's held-out rows (the first
+    fold's array elsewhere, i.e. its empty value), lists are joined, dicts merge per key."""
     first = parts[0][1]
-    n = len(s)
-    if entry.merge == "expression":
-        per_fold = {k: [row for _, r, _ in parts for row in r["per_fold"][k]] for k in _EXPRESSION_KINDS}
-        metrics = {m: summarise([row[key] for row in per_fold[kind] if "skipped" not in row])
-                   for m, (kind, key) in _EXPRESSION_METRICS.items()}
-        preds = {k: [a for _, _, p in parts for a in p[k]] for k in _EXPRESSION_KINDS}
-        return {**first, "metrics": metrics, "per_fold": per_fold, "cross_validated": True}, preds
-    per_fold = [row for _, r, _ in parts for row in r["per_fold"]]
-    ok = [row for row in per_fold if "skipped" not in row]
-    metrics = {m: summarise([row[m] for row in ok if m in row]) for m in first["metrics"]}
-    if entry.merge == "labels":
-        preds = np.full(n, "", dtype=object)
-        for f, _, p in parts:
-            preds[f.test_idx] = p[f.test_idx]
-    elif entry.merge == "clusters":
-        preds = {m: np.full(n, -1, dtype=np.int64) for m in parts[0][2]}
-        for f, _, p in parts:
-            for m, c in p.items():
-                preds[m][f.test_idx] = c
-    else:  # retrieval examples: indices within the held-out slide -> spot indices
-        preds = [{**e, "query": int(f.test_idx[e["query"]]), "retrieved": f.test_idx[e["retrieved"]].tolist()}
-                 for f, _, p in parts for e in p]
-    return {**first, "metrics": metrics, "per_fold": per_fold, "cross_validated": True}, preds
+    if first is None:
+        return None
+    if isinstance(first, dict):
+        return {k: merge_predictions([(f, p[k]) for f, p in parts]) for k in first}
+    if isinstance(first, list):
+        return [x for _, p in parts for x in p]
+    if isinstance(first, np.ndarray):
+        out = first.copy()
+        for f, p in parts:
+            out[f.test_idx] = p[f.test_idx]
+        return out
+    raise ValueError(f"predictions of type {type(first).__name__} cannot merge over folds: return a per-spot "
+                     "array, a list of per-fold records, a dict of those, or None (see evaluation.registry)")
 
 
 def metric_table(results: dict) -> list[dict]:
