@@ -80,16 +80,10 @@ def hest_ridge(emb: np.ndarray, expr_log: np.ndarray, slide_ids: np.ndarray, gen
     from sklearn.linear_model import Ridge, RidgeCV
 
     emb = np.asarray(emb, dtype=np.float64)
-    expr_log = np.asarray(expr_log, dtype=np.float64)
-    gene_names = np.asarray(gene_names).astype(str)
-    folds = folds if folds is not None else make_folds(slide_ids)
-    arts = []
 
-    def score(fold: Fold):
-        genes = top_variable_genes(expr_log[fold.train_idx], n_genes)
+    def predict(fold: Fold, genes: np.ndarray, y_tr: np.ndarray):
         if len(genes) == 0 or len(fold.train_idx) < 2:
             return "no variable genes or too few training spots"
-        y_tr, y_te = expr_log[fold.train_idx][:, genes], expr_log[fold.test_idx][:, genes]
         x_tr, x_te, used_pca = hest_features(emb[fold.train_idx], emb[fold.test_idx],
                                              pca_dim if alpha == "hest" else 10**9, seed)
         if alpha == "hest":
@@ -101,12 +95,32 @@ def hest_ridge(emb: np.ndarray, expr_log: np.ndarray, slide_ids: np.ndarray, gen
             warnings.simplefilter("ignore")
             reg.fit(x_tr, y_tr)
         alpha_used = float(reg.alpha_ if alpha == "cv" else reg.alpha)
-        y_hat = reg.predict(x_te)
+        return reg.predict(x_te), lambda r: {"n_genes_constant_in_test": int(np.isnan(r).sum()), "alpha": alpha_used,
+                                             "pca": used_pca, "n_features": int(x_tr.shape[1])}
+
+    return _expression_folds(expr_log, slide_ids, gene_names, folds, n_genes, predict)
+
+
+def _expression_folds(expr_log, slide_ids, gene_names, folds: list[Fold] | None, n_genes: int, predict) -> dict:
+    """The expression read-outs' fold loop: the ``n_genes`` most variable training genes, ``predict(fold, genes,
+    training targets)`` -> (test predictions, ``extras(per-gene r)`` -> the row's own fields) or a skip reason;
+    mean Pearson and MSE per fold, and each fold's record (``_fold_record``) in ``folds``."""
+    expr_log = np.asarray(expr_log, dtype=np.float64)
+    gene_names = np.asarray(gene_names).astype(str)
+    folds = folds if folds is not None else make_folds(slide_ids)
+    arts = []
+
+    def score(fold: Fold):
+        genes = top_variable_genes(expr_log[fold.train_idx], n_genes)
+        out = predict(fold, genes, expr_log[fold.train_idx][:, genes])
+        if isinstance(out, str):
+            return out
+        y_hat, extras = out
+        y_te = expr_log[fold.test_idx][:, genes]
         pm, mse, r = _fold_scores(y_te, y_hat)
         arts.append(_fold_record(fold, gene_names[genes], y_te, y_hat, r))
-        return {"pearson_mean": pm, "mse": mse, "n_genes": int(len(genes)),
-                "n_genes_constant_in_test": int(np.isnan(r).sum()), "alpha": alpha_used,
-                "pca": used_pca, "n_features": int(x_tr.shape[1]), "n_test": int(len(fold.test_idx))}
+        return {"pearson_mean": pm, "mse": mse, "n_genes": int(len(genes)), **extras(r),
+                "n_test": int(len(fold.test_idx))}
 
     return {**score_folds(folds, score, FOLD_METRICS), "folds": arts}
 
@@ -145,13 +159,7 @@ def retrieval_imputation(query_emb: np.ndarray, reference_emb: np.ndarray, expr_
     the ``k`` training spots whose reference embedding is most cosine-similar to the query embedding
     (weights = positive similarities; uniform where none is positive). Same genes and metrics as
     :func:`hest_ridge`."""
-    expr_log = np.asarray(expr_log, dtype=np.float64)
-    gene_names = np.asarray(gene_names).astype(str)
-    folds = folds if folds is not None else make_folds(slide_ids)
-    arts = []
-
-    def score(fold: Fold):
-        genes = top_variable_genes(expr_log[fold.train_idx], n_genes)
+    def predict(fold: Fold, genes: np.ndarray, y_tr: np.ndarray):
         if len(genes) == 0:
             return "no variable genes"
         idx, sim = topk_cosine(query_emb[fold.test_idx], reference_emb[fold.train_idx], k)
@@ -159,15 +167,9 @@ def retrieval_imputation(query_emb: np.ndarray, reference_emb: np.ndarray, expr_
         none = w.sum(axis=1) <= 0
         w[none] = 1.0
         w /= w.sum(axis=1, keepdims=True)
-        ref_y = expr_log[fold.train_idx][:, genes]
-        y_hat = np.einsum("qk,qkg->qg", w, ref_y[idx])
-        y_te = expr_log[fold.test_idx][:, genes]
-        pm, mse, r = _fold_scores(y_te, y_hat)
-        arts.append(_fold_record(fold, gene_names[genes], y_te, y_hat, r))
-        return {"pearson_mean": pm, "mse": mse, "n_genes": int(len(genes)), "k": int(idx.shape[1]),
-                "n_test": int(len(fold.test_idx))}
+        return np.einsum("qk,qkg->qg", w, y_tr[idx]), lambda r: {"k": int(idx.shape[1])}
 
-    return {**score_folds(folds, score, FOLD_METRICS), "folds": arts}
+    return _expression_folds(expr_log, slide_ids, gene_names, folds, n_genes, predict)
 
 
 def run(s, emb, gene_emb, folds, ctx, sel):
