@@ -77,7 +77,7 @@ def test_every_evaluation_task_runs_or_says_why_not(name):
     from test_eval_tasks import synthetic
 
     from stamp_st.evaluation.embeddings_io import EmbeddingSet
-    from stamp_st.evaluation.report import TASK_TITLES
+    from stamp_st.evaluation.report import task_title
     from stamp_st.evaluation.tasks import evaluate_sources
 
     d = synthetic(n_slides=4, n_per=40)
@@ -90,4 +90,4 @@ def test_every_evaluation_task_runs_or_says_why_not(name):
                            slide_labels=slide_labels)
     r = res["tasks"][name]["model"]
     assert "skipped" in r or all(np.isfinite(m["mean"]) or m["n"] == 0 for m in r["metrics"].values())
-    assert TASK_TITLES[name] == EVAL_TASKS[name].title
+    assert task_title(name) == EVAL_TASKS[name].title

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .stats import summarise
+from .splits import Fold, score_folds
 
 
 def _build_abmil(in_dim: int, hidden: int, attn: int, dropout: float):
@@ -82,14 +82,16 @@ def abmil_cv(bags: Sequence[np.ndarray], y: Sequence, n_splits: int = 5, seed: i
     n_splits = int(min(n_splits, np.bincount(yb).min()))
     if n_splits < 2:
         return {"metrics": {}, "per_fold": [], "skipped": "fewer than 2 slides in the minority class"}
-    per_fold = []
     skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    for i, (tr, te) in enumerate(skf.split(np.zeros(len(yb)), yb)):
-        model = train_abmil([bags[j] for j in tr], yb[tr], seed=seed + i, **train_kw)
-        p = predict_abmil(model, [bags[j] for j in te])
-        per_fold.append({"fold": f"fold{i}", "auc": float(roc_auc_score(yb[te], p)), "n_test": int(len(te))})
-    return {"metrics": {"auc": summarise([f["auc"] for f in per_fold])}, "per_fold": per_fold,
-            "positive_class": str(classes[1])}
+    folds = [Fold(f"fold{i}", tr, te) for i, (tr, te) in enumerate(skf.split(np.zeros(len(yb)), yb))]
+    order = {f.name: i for i, f in enumerate(folds)}  # each fold's model gets its own seed
+
+    def score(fold: Fold):
+        model = train_abmil([bags[j] for j in fold.train_idx], yb[fold.train_idx], seed=seed + order[fold.name], **train_kw)
+        p = predict_abmil(model, [bags[j] for j in fold.test_idx])
+        return {"auc": float(roc_auc_score(yb[fold.test_idx], p)), "n_test": int(len(fold.test_idx))}
+
+    return {**score_folds(folds, score, ("auc",)), "positive_class": str(classes[1])}
 
 
 def bags_by_slide(emb: np.ndarray, slide_ids: np.ndarray) -> tuple[list[str], list[np.ndarray]]:

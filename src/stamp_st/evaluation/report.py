@@ -14,7 +14,6 @@ from ..io_utils import atomic_write_json, atomic_write_text
 from . import figures as F
 from .registry import EVAL_TASKS
 from .stats import interval_text
-from .tasks import TASK_TITLES
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1150px;color:#222;
@@ -97,6 +96,11 @@ def metric_table_html(results: dict) -> str:
     if notes:
         out.append(f"<ul class='note'>{''.join(notes)}</ul>")
     return "\n".join(out)
+
+
+def task_title(task: str) -> str:
+    """The report's heading of a task: its registry title (the name of a task no longer registered)."""
+    return EVAL_TASKS[task].title if task in EVAL_TASKS else task
 
 
 def metric_note(metric: str, task: str | None = None) -> str:
@@ -373,7 +377,7 @@ def render_html(results: dict, figs: dict[str, list[str]] | None = None, title: 
         parts.append("<h2>Training</h2>")
         parts.extend(figs["training"])
     for task in results["tasks"]:
-        parts.append(f"<h2>{_esc(TASK_TITLES.get(task, task))}</h2>")
+        parts.append(f"<h2>{_esc(task_title(task))}</h2>")
         parts.extend(figs.get(task, []))
     if figs.get("embeddings"):
         parts.append("<h2>Embeddings</h2>")

@@ -18,11 +18,6 @@ from .embeddings_io import EmbeddingSet, align_sources, log1p_cp10k
 from .registry import EVAL_TASKS, MERGE_METRICS
 from .splits import make_folds
 
-# from the registry (evaluation/registry.py): one entry per task
-TASKS = tuple(EVAL_TASKS)
-DEFAULT_TASKS = tuple(n for n, t in EVAL_TASKS.items() if t.default)
-TASK_TITLES = {n: t.title for n, t in EVAL_TASKS.items()}
-
 
 def _resolve_labels(labels, first: EmbeddingSet, n: int) -> np.ndarray | None:
     if labels is None:
@@ -41,7 +36,7 @@ def _resolve_labels(labels, first: EmbeddingSet, n: int) -> np.ndarray | None:
 def evaluate_sources(
     sources: Mapping[str, EmbeddingSet],
     labels: pd.Series | Mapping | Sequence | None = None,
-    tasks: Sequence[str] = DEFAULT_TASKS,
+    tasks: Sequence[str] | None = None,
     slide_labels: Mapping[str, object] | None = None,
     test_slides: Sequence[str] | None = None,
     baseline: str | None = None,
@@ -50,16 +45,19 @@ def evaluate_sources(
     artifacts: dict | None = None,
     progress=None,
 ) -> dict:
-    """Evaluate each source on each task. ``labels``: a Series indexed by ``<slide_id>/<spot_id>`` (""
+    """Evaluate each source on each task (``tasks``: names in ``registry.EVAL_TASKS``; None: its default
+    tasks). ``labels``: a Series indexed by ``<slide_id>/<spot_id>`` (""
     = unlabelled), or an array in the spot order shared by all sources. ``slide_labels``: slide id ->
     class for the MIL task. ``test_slides``: a given split instead of leave-one-slide-out. When
     ``artifacts`` is a dict it is filled with arrays for figures (aligned sources, labels, expression,
     predictions)."""
     from .. import __version__
 
-    unknown = sorted(set(tasks) - set(TASKS))
+    if tasks is None:  # the registry's default tasks
+        tasks = [n for n, t in EVAL_TASKS.items() if t.default]
+    unknown = sorted(set(tasks) - set(EVAL_TASKS))
     if unknown:
-        raise StampInputError(f"unknown tasks {unknown}", hint=f"choose from {', '.join(TASKS)}")
+        raise StampInputError(f"unknown tasks {unknown}", hint=f"choose from {', '.join(EVAL_TASKS)}")
     if not sources:
         raise StampInputError("no embedding sources to evaluate")
     if labels is not None and not isinstance(labels, pd.Series | Mapping):
@@ -146,7 +144,10 @@ def _task_once(task: str, s: EmbeddingSet, emb: np.ndarray, gene_emb: np.ndarray
     if task not in EVAL_TASKS:
         raise StampInputError(f"unknown task {task!r}")
     sel = slice(None) if spots is None else spots
-    return EVAL_TASKS[task].load_runner()(s, emb, gene_emb, folds, ctx, sel)
+    out = EVAL_TASKS[task].load_runner()(s, emb, gene_emb, folds, ctx, sel)
+    if not isinstance(out, str):
+        _check_result(EVAL_TASKS[task], out)
+    return out
 
 
 def _task_foldwise(task: str, s: EmbeddingSet, folds, ctx: TaskContext):
@@ -166,7 +167,6 @@ def _task_foldwise(task: str, s: EmbeddingSet, folds, ctx: TaskContext):
                          spots=f.test_idx if per_slide else None)
         if isinstance(out, str):
             return out
-        _check_result(entry, out)
         parts.append((f, *out))
     results = [r for _, r, _ in parts]
     merged = {**results[0], "metrics": merge_metrics([r["metrics"] for r in results]),
