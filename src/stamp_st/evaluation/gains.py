@@ -52,14 +52,22 @@ STATISTICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "pearson": _pearson_mean, "balanced_accuracy": _balanced_accuracy, "ari": _ari}
 
 
+def statistic_fn(statistic: str | Callable) -> Callable[[np.ndarray, np.ndarray], float]:
+    """A ``Gain.statistic``: the function, a name in ``STATISTICS``, or ``"module:function"`` under
+    ``stamp_st.evaluation`` (a new task's own statistic, imported when gains are computed)."""
+    from .registry import resolve
+
+    return resolve(statistic) if callable(statistic) or ":" in statistic else STATISTICS[statistic]
+
+
 def paired_bootstrap_gain(per_slide: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
                           metric: str | Callable[[np.ndarray, np.ndarray], float],
                           n_boot: int = N_BOOT, seed: int = 0, confidence: float = 0.95) -> dict:
     """``per_slide``: (truth, source prediction, baseline prediction) row-aligned arrays of each held-out
-    slide; ``metric``: a statistic of ``STATISTICS`` (pearson: rows are spots, columns genes; balanced_accuracy,
-    ari: 1-d labels) or a function (truth, prediction) -> float. Returns the mean over slides of source -
+    slide; ``metric``: a statistic (``statistic_fn``; pearson: rows are spots, columns genes; balanced_accuracy,
+    ari: 1-d labels; or a function (truth, prediction) -> float). Returns the mean over slides of source -
     baseline, its paired percentile interval, and per-slide gains."""
-    fn = metric if callable(metric) else STATISTICS[metric]
+    fn = statistic_fn(metric)
     per = [(t, a, b) for t, a, b in per_slide if len(t) >= 2]
     if not per:
         return {"gain": float("nan"), "low": float("nan"), "high": float("nan"), "n_slides": 0,

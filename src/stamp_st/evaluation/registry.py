@@ -26,10 +26,19 @@ MERGE_METRICS = "metrics"  # metrics and per-fold rows only: no predictions (so 
 MERGES = (MERGE_PREDICTIONS, MERGE_METRICS)
 
 
+def resolve(ref: str | Callable) -> Callable:
+    """A function given as itself or as ``"module:function"`` under ``stamp_st.evaluation`` (imported on use)."""
+    if callable(ref):
+        return ref
+    module, func = ref.split(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), func)
+
+
 @dataclass(frozen=True)
 class Gain:
     """A gain-over-baseline row: ``metric`` (a key of the task's metrics), recomputed per held-out slide by
-    ``statistic`` (a name in ``gains.STATISTICS`` or a callable ``(truth, prediction) -> float``) from the
+    ``statistic`` (a name in ``gains.STATISTICS``, ``"module:function"`` under ``stamp_st.evaluation``, or a
+    callable ``(truth, prediction) -> float``) from the
     task's predictions (``predictions``: their key where they are a dict, "" for the predictions themselves),
     inside a paired bootstrap over the held-out spots. Per-spot predictions are compared with the spot labels;
     per-fold records carry their own truth."""
@@ -65,12 +74,8 @@ class EvalTask:
         return self.load("runner")
 
     def load(self, field: str) -> Callable:
-        """The function a field names (``runner``, ``figures``): given, or imported on first use."""
-        ref = getattr(self, field)
-        if callable(ref):
-            return ref
-        module, func = ref.split(":")
-        return getattr(importlib.import_module(f"{__package__}.{module}"), func)
+        """The function a field names (``runner``, ``figures``)."""
+        return resolve(getattr(self, field))
 
     def metric_note(self, metric: str) -> str | None:
         return next((text for pattern, text in self.metric_notes if fnmatch.fnmatchcase(metric, pattern)), None)
