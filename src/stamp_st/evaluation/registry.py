@@ -124,9 +124,4 @@ EVAL_TASKS: dict[str, EvalTask] = {t.name: t for t in (
              protocol="k-NN: majority label of the 15 most cosine-similar labelled training spots; test spots "
                       "whose label never occurs in training are excluded.",
              metric_notes=_LABEL_NOTES),
-    EvalTask("spearman", "Expression, Spearman per gene (held-out slide)", "spearman:run", default=False,
-             gains=(Gain("spearman_mean", "spearman:mean_spearman"),),
-             protocol="Spearman: ridge (alpha 1) from the embedding to the 50 most variable training genes; "
-                      "Spearman's rho per gene on the held-out slide, averaged.",
-             metric_notes=(("spearman_mean", "mean Spearman rho over the 50 most variable genes"),)),
 )}
