@@ -114,3 +114,20 @@ def test_a_runner_returning_the_wrong_shape_is_told_what_to_return(monkeypatch):
         evaluate_sources(sources, None, ["broken"])
     with pytest.raises(ValueError, match="merge="):
         EvalTask("x", "X", run_spearman, merge="labels")
+
+
+def test_a_metrics_only_task_merges_its_folds_without_predictions(monkeypatch):
+    """merge="metrics": a cross-validated source gets its metrics over every held-out slide and no predictions,
+    so no gain row (the plain sources still pair)."""
+    monkeypatch.setitem(EVAL_TASKS, "spearman", EvalTask("spearman", "Spearman", run_spearman, merge="metrics",
+                                                         gains=SPEARMAN.gains))
+    d = synthetic(n_per=40, seed=2)
+    slides, sources = _sources(d)
+    sources["plain"] = EmbeddingSet("plain", d["good"], d["slide"], sources["noise"].spot_ids,
+                                    counts=d["counts"], gene_names=d["genes"])
+    art: dict = {}
+    res = evaluate_sources(sources, None, ["spearman"], baseline="noise", artifacts=art)
+    cv = res["tasks"]["spearman"]["cv"]
+    assert cv["cross_validated"] and cv["metrics"]["spearman_mean"]["n"] == len(slides)
+    assert art["predictions"]["spearman"]["cv"] is None
+    assert [g["source"] for g in res["gains"]] == ["plain"]
