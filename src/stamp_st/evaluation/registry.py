@@ -38,9 +38,8 @@ def resolve(ref: str | Callable) -> Callable:
 class Gain:
     """A gain-over-baseline row: ``metric`` (a key of the task's metrics), recomputed per held-out slide by
     ``statistic`` (a name in ``gains.STATISTICS``, ``"module:function"`` under ``stamp_st.evaluation``, or a
-    callable ``(truth, prediction) -> float``) from the
-    task's predictions (``predictions``: their key where they are a dict, "" for the predictions themselves),
-    inside a paired bootstrap over the held-out spots. Per-spot predictions are compared with the spot labels;
+    callable ``(truth, prediction) -> float``) from the task's predictions (``predictions``: their key where
+    they are a dict, "" for the predictions themselves), inside a paired bootstrap over the held-out spots. Per-spot predictions are compared with the spot labels;
     per-fold records carry their own truth."""
 
     metric: str
@@ -69,9 +68,6 @@ class EvalTask:
     def __post_init__(self):
         if self.merge is not None and self.merge not in MERGES:
             raise ValueError(f"evaluation task {self.name!r}: merge={self.merge!r}; choose from {MERGES} or None")
-
-    def load_runner(self) -> Callable:
-        return self.load("runner")
 
     def load(self, field: str) -> Callable:
         """The function a field names (``runner``, ``figures``)."""

@@ -144,7 +144,7 @@ def _task_once(task: str, s: EmbeddingSet, emb: np.ndarray, gene_emb: np.ndarray
     if task not in EVAL_TASKS:
         raise StampInputError(f"unknown task {task!r}")
     sel = slice(None) if spots is None else spots
-    out = EVAL_TASKS[task].load_runner()(s, emb, gene_emb, folds, ctx, sel)
+    out = EVAL_TASKS[task].load("runner")(s, emb, gene_emb, folds, ctx, sel)
     if not isinstance(out, str):
         _check_result(EVAL_TASKS[task], out)
     return out
@@ -213,6 +213,9 @@ def merge_predictions(parts: list[tuple]) -> object:
     if isinstance(first, list):
         return [x for _, p in parts for x in p]
     if isinstance(first, np.ndarray):
+        if any(len(p) != len(first) or (len(f.test_idx) and f.test_idx.max() >= len(p)) for f, p in parts):
+            raise ValueError("per-spot predictions must have one entry per spot of the source (a per-slide task "
+                             "places its held-out slide's values at their spot indices); see evaluation.registry")
         out = first.copy()
         for f, p in parts:
             out[f.test_idx] = p[f.test_idx]
