@@ -430,9 +430,10 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
     if corpus is not None:
         from torch.utils.data import DataLoader
 
-        from ..corpus.datasets import PairedSpotDataset, check_shards, collate_pairs, load_corpus_manifest
+        from ..corpus.datasets import PairedSpotDataset, collate_pairs
+        from ..corpus.layout import check_shards, read_manifest
 
-        manifest, base = load_corpus_manifest(corpus)
+        manifest, base = read_manifest(corpus)
         check_shards(manifest, base, sha256=verify_sha256)
         if manifest.get("kind") != "paired":
             raise StampInputError(f"align needs a 'paired' corpus, this one is {manifest.get('kind')!r}", corpus,
@@ -500,9 +501,9 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
 
 
 def corpus_slides(corpus) -> list[str]:
-    from ..corpus.datasets import load_corpus_manifest
+    from ..corpus.layout import read_manifest
 
-    manifest, _ = load_corpus_manifest(corpus)
+    manifest, _ = read_manifest(corpus)
     return list(dict.fromkeys(sh["slide_id"] for sh in manifest.get("shards", [])))
 
 

@@ -154,12 +154,12 @@ def run_pretrain(corpus: str | Path, config: PretrainConfig, out: str | Path, re
     """Train; returns ``{"step", "epoch", "val"}``. ``vocab``: a ``GeneVocabulary`` (default: the released one
     from the data directory), stored in every checkpoint. ``verify_sha256``: check every local shard against
     the manifest's checksum once before training (sizes are always checked)."""
-    from ..corpus.datasets import check_shards, load_corpus_manifest
+    from ..corpus.layout import check_shards, read_manifest
     from ..preprocessing.vocab import GeneVocabulary
 
     check_run_folder(out)
     corpus = Path(corpus)
-    manifest, base = load_corpus_manifest(corpus)
+    manifest, base = read_manifest(corpus)
     check_shards(manifest, base, sha256=verify_sha256)
     if manifest.get("kind") != "genes":
         raise StampInputError(f"pretrain-genes needs a 'genes' corpus, this one is {manifest.get('kind')!r}",
