@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from ..errors import StampInputError
 from ..preprocessing.tokenizer import TARGET_SUM, per_spot_scale
-from .layout import MANIFEST_NAME, read_done, read_manifest, read_slide_means
+from .layout import MANIFEST_NAME, load_done, read_manifest, read_slide_means
 
 
 def means_accumulators(vocab_counts: sp.csr_matrix, target_sum: float = TARGET_SUM) -> np.ndarray:
@@ -71,10 +71,10 @@ def compute_gene_means(corpus_dir: str | Path, vocab=None, out: str | Path | Non
                               hint="pass the vocabulary the corpus was built with")
     accs = []
     for s in man["slides"]:
-        done = read_done(corpus_dir, s["slide_id"])
+        done = load_done(corpus_dir, s["slide_id"])
         if done is None:
-            raise StampInputError(f"slide {s['slide_id']}: its done record or per-slide means are missing or "
-                                  "damaged", corpus_dir, hint="re-run build-corpus on this folder to rebuild them")
+            raise StampInputError(f"slide {s['slide_id']}: its done record is missing or damaged", corpus_dir,
+                                  hint="re-run build-corpus on this folder to rebuild it")
         accs.append(read_slide_means(corpus_dir, done))
     means = means_from_accumulators(accs, len(vocab))
     result = GeneVocabulary(tuple(vocab.gene_ids), means, tuple(vocab.symbols), "corpus gene means")

@@ -60,6 +60,9 @@ _OWN_FILE = re.compile(rf"^(?:{_shard_pattern(_SLIDE_ID)}|{_SLIDE_ID}{re.escape(
 _OWN_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 
 # ------------------------------------------------------------------ the members of one shard sample
+# (a new per-spot array: a name here and in sample_members, FORMAT_VERSION + 1 so that a resumed build rebuilds
+# older slides, written by build, served by datasets; ``.npy`` members are at least 1-d, so a per-spot scalar
+# comes back as shape (1,): read it with ``.item()``)
 TOKENS = "tokens.npy"  # int32 token ids with trailing storage padding trimmed (pad_tokens re-pads them)
 SPOT_VALID = "spot_valid.npy"  # genes corpora: bool [9], centre first
 META = "meta.json"  # slide id, spot id(s); paired: coordinates, region label
@@ -131,18 +134,26 @@ def write_done(out: str | Path, done: dict) -> None:
     atomic_write_json(Path(out) / done_name(done["slide_id"]), done)
 
 
-def read_done(out: str | Path, slide_id: str, settings_hash: str | None = None) -> dict | None:
-    """The slide's done record when it is complete (the shards and means it lists exist, shards with the recorded
-    size) and, when ``settings_hash`` is given, built with those settings; else None."""
-    out = Path(out)
-    p = out / done_name(slide_id)
-    if not p.is_file():
-        return None
+def _json_or_none(p: Path):
+    """A JSON file that may be anything (a user's file, damaged): its content, or None."""
     try:
-        done = json.loads(p.read_text())
+        return json.loads(p.read_text()) if p.is_file() else None
     except (OSError, ValueError):
         return None
-    if not isinstance(done, dict) or (settings_hash is not None and done.get("settings_hash") != settings_hash):
+
+
+def load_done(out: str | Path, slide_id: str) -> dict | None:
+    """The slide's done record as written, or None (missing or damaged)."""
+    done = _json_or_none(Path(out) / done_name(slide_id))
+    return done if isinstance(done, dict) else None
+
+
+def read_done(out: str | Path, slide_id: str, settings_hash: str) -> dict | None:
+    """The slide's done record when it is complete (the shards and means it lists exist, shards with the recorded
+    size) and built with these settings; else None (the slide is to be built)."""
+    out = Path(out)
+    done = load_done(out, slide_id)
+    if done is None or done.get("settings_hash") != settings_hash:
         return None
     for s in done.get("shards", []):
         f = out / s["name"]
@@ -173,14 +184,6 @@ def _is_own_file(p: Path) -> bool:
     m = _OWN_TEMP.match(p.name)
     name = m.group("name") if m else p.name
     return p.is_file() and not p.is_symlink() and bool(_OWN_FILE.match(name))
-
-
-def _json_or_none(p: Path):
-    """A JSON file that may be anything (a user's file, damaged): its content, or None."""
-    try:
-        return json.loads(p.read_text()) if p.is_file() else None
-    except (OSError, ValueError):
-        return None
 
 
 def check_corpus_out(out: str | Path, kind: str | None = None) -> None:
