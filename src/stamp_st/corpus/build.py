@@ -47,7 +47,6 @@ from .layout import (
     FORMAT_VERSION,
     KINDS,
     META,
-    N_GENES,
     SPOT_VALID,
     TOKENS,
     image_member,
@@ -340,15 +339,14 @@ def _write_paired_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, xy_px, um
             for j, c in enumerate(range(0, len(part), cfg.chunk_spots)):
                 idx = part[c:c + cfg.chunk_spots]
                 crops = crop(idx, k, j)
-                tokenized = tokenizer.tokenize_vocab_counts(vc[idx])
-                tok = tokenized.tokens
+                tok = tokenizer.tokenize_vocab_counts(vc[idx]).tokens
                 for i, s in enumerate(idx):
                     xy = xy_px[s]
                     yield encode_sample({
                         "__key__": sample_key(sid, str(spot_ids[s])),
                         image_member("patch", ext): crops.patch[i], image_member("region", ext): crops.region[i],
                         image_member("thumb", ext): crops.thumb[i],
-                        TOKENS: trim_tokens(tok[i]), N_GENES: np.int32(tokenized.n_genes[i]),
+                        TOKENS: trim_tokens(tok[i]),
                         META: {"slide_id": sid, "spot_id": str(spot_ids[s]),
                                       "xy_px": [float(xy[0]), float(xy[1])],
                                       "xy_um": [float(xy[0] * um_per_px), float(xy[1] * um_per_px)],

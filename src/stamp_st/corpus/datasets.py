@@ -38,7 +38,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..distributed import group_rank_world
 from ..errors import StampInputError
 from ..preprocessing.groups import GROUP_SIZE
-from .layout import META, N_GENES, SPOT_VALID, TOKENS, check_shards, pad_tokens, read_manifest, sample_image
+from .layout import META, SPOT_VALID, TOKENS, check_shards, pad_tokens, read_manifest, sample_image
 from .shards import decode_sample, iter_shard_raw, member_errors
 
 SAMPLE_ORDERS = ("global", "rank")  # global_batch set, or each rank's contiguous part (module docstring)
@@ -308,7 +308,6 @@ class PairedSpotDataset(_ShardDataset):
                 "tokens": torch.from_numpy(np.stack([pad_tokens(a[TOKENS], self.context),
                                                      pad_tokens(b[TOKENS], self.context)])),
                 "xy_um": torch.tensor([ma["xy_um"], mb["xy_um"]], dtype=torch.float32),
-                "n_genes": torch.tensor([a[N_GENES].item(), b[N_GENES].item()], dtype=torch.int64),
                 "slide_id": ma["slide_id"], "spot_id": [ma["spot_id"], mb["spot_id"]]}
 
 

@@ -24,7 +24,7 @@ from ..io_utils import atomic_path, atomic_write_json, read_json
 from ..preprocessing.tokenizer import STORAGE_PAD_ID
 from .shards import decode_npy, encode_npy, sha256_file
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 1
 KINDS = ("genes", "paired")
 
 # ------------------------------------------------------------------ file names
@@ -66,7 +66,6 @@ _OWN_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 TOKENS = "tokens.npy"  # int32 token ids with trailing storage padding trimmed (pad_tokens re-pads them)
 SPOT_VALID = "spot_valid.npy"  # genes corpora: bool [9], centre first
 META = "meta.json"  # slide id, spot id(s); paired: coordinates, region label
-N_GENES = "n_genes.npy"  # paired corpora: int32, the spot's non-zero vocabulary genes
 IMAGES = ("patch", "region", "thumb")  # paired corpora: uint8 RGB, one member per image codec extension
 
 
@@ -78,7 +77,7 @@ def sample_members(kind: str, codec: str = "png") -> list[str]:
     """The members of every sample of a corpus of this kind (the manifest's ``fields``)."""
     if kind == "genes":
         return [TOKENS, SPOT_VALID, META]
-    return [image_member(n, codec) for n in IMAGES] + [TOKENS, N_GENES, META]
+    return [image_member(n, codec) for n in IMAGES] + [TOKENS, META]
 
 
 def sample_key(slide_id: str, spot_id: str) -> str:
