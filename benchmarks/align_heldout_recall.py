@@ -30,20 +30,20 @@ KS = (1, 5, 10)
 
 def build_dev_corpus(work: Path) -> Path:
     from stamp_st.corpus.build import BuildConfig, build_corpus
-    from stamp_st.corpus.manifest import her2st_manifest
+    from stamp_st.corpus.samples import her2st_samples
     from stamp_st.demo import her2st_root
     from stamp_st.paths import vocab_file
 
     out = work / "corpus_paired_dev"
-    entries = her2st_manifest(her2st_root(), sections=list(DEV_SECTIONS))
+    entries = her2st_samples(her2st_root(), sections=list(DEV_SECTIONS))
     build_corpus(entries, out, BuildConfig(kind="paired", vocab_path=str(vocab_file())), workers=2)
     return out
 
 
 def slide_ids(corpus: Path) -> list[str]:
-    from stamp_st.corpus.datasets import load_corpus_manifest
+    from stamp_st.corpus.layout import read_manifest
 
-    man, _ = load_corpus_manifest(corpus)
+    man, _ = read_manifest(corpus)
     return sorted({s["slide_id"] for s in man["shards"]})
 
 

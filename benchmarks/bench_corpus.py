@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     from distributed import Client, LocalCluster
 
     from stamp_st.corpus.build import BuildConfig, build_corpus
-    from stamp_st.corpus.manifest import her2st_manifest
+    from stamp_st.corpus.samples import her2st_samples
     from stamp_st.paths import her2st_dir, vocab_file
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,8 +49,8 @@ def main(argv=None) -> int:
     rows = []
     for label in args.kinds.split(","):
         kind, _, codec = label.partition("-")
-        entries = (her2st_manifest(root, sections=args.sections.split(",")) if kind == "genes"
-                   else her2st_manifest(root, with_image_only=True))
+        entries = (her2st_samples(root, sections=args.sections.split(",")) if kind == "genes"
+                   else her2st_samples(root, with_image_only=True))
         for w in map(int, args.workers.split(",")):
             cluster = LocalCluster(n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None,
                                    silence_logs=logging.ERROR)

@@ -32,10 +32,10 @@ def _corpus(args, tmp: str) -> Path:
     if args.corpus:
         return Path(args.corpus)
     from stamp_st.corpus.build import BuildConfig, build_corpus
-    from stamp_st.corpus.manifest import her2st_manifest
+    from stamp_st.corpus.samples import her2st_samples
     from stamp_st.paths import her2st_dir, vocab_file
 
-    entries = her2st_manifest(her2st_dir(), sections=args.sections.split(","))
+    entries = her2st_samples(her2st_dir(), sections=args.sections.split(","))
     build_corpus(entries, Path(tmp), BuildConfig(kind="genes", vocab_path=str(vocab_file())), progress=False)
     return Path(tmp)
 

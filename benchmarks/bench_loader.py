@@ -125,7 +125,8 @@ def synthetic_manifest(template: dict, n_spots: int, spots_per_slide: int, spots
 
 
 def manifest_memory(template_path: Path, n_spots: int, spots_per_sample: int, shard_samples: int) -> dict:
-    from stamp_st.corpus.datasets import corpus_dataset, load_corpus_manifest
+    from stamp_st.corpus.datasets import corpus_dataset
+    from stamp_st.corpus.layout import read_manifest
 
     template = json.loads(template_path.read_text())
     man = synthetic_manifest(template, n_spots, SPOTS_PER_SLIDE, spots_per_sample, shard_samples)
@@ -136,7 +137,7 @@ def manifest_memory(template_path: Path, n_spots: int, spots_per_sample: int, sh
         del man
         tracemalloc.start()
         t0 = time.perf_counter()
-        loaded, _ = load_corpus_manifest(p)
+        loaded, _ = read_manifest(p)
         ds = corpus_dataset(loaded, split=None, base_url="", rank=0, world_size=8)
         plans = [ds.plan(0, 0, 8, w, 4) for w in range(4)]
         secs = time.perf_counter() - t0
@@ -171,8 +172,8 @@ def main(argv=None) -> int:
         PairedSpotDataset,
         collate_genes,
         collate_pairs,
-        load_corpus_manifest,
     )
+    from stamp_st.corpus.layout import read_manifest
 
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
     loaders["stage1_genes"] = time_loader(ds, collate_genes, 16, lambda b: int(b["spot_valid"].sum()), args.seconds)
     print("stage1_genes", loaders["stage1_genes"], flush=True)
     for pc in args.paired_corpus:
-        man, _ = load_corpus_manifest(pc)
+        man, _ = read_manifest(pc)
         codec = man.get("settings", {}).get("image_codec", "png")
         ds = PairedSpotDataset(pc, split=None, shuffle=True, buffer_size=200)
         name = f"stage2_paired_{codec}"

@@ -51,11 +51,11 @@ def projection(tp: dict) -> dict:
 
 def shard_bytes(sections: list[str]) -> dict:
     from stamp_st.corpus.build import BuildConfig, build_corpus
-    from stamp_st.corpus.manifest import her2st_manifest
+    from stamp_st.corpus.samples import her2st_samples
     from stamp_st.paths import her2st_dir, vocab_file
 
     out = {}
-    entries = her2st_manifest(her2st_dir(), sections=sections)
+    entries = her2st_samples(her2st_dir(), sections=sections)
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("genes", "paired"):
             t0 = time.perf_counter()

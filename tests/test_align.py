@@ -20,7 +20,7 @@ def visium_paired_corpus(tmp_path_factory):
     from test_corpus import _config, _slide, _vocab
 
     from stamp_st.corpus.build import build_corpus
-    from stamp_st.corpus.manifest import entries_from_records
+    from stamp_st.corpus.samples import entries_from_records
 
     tmp = tmp_path_factory.mktemp("paired_src")
     rows = [_slide(tmp, f"S{i}", seed=i) for i in range(2)]

@@ -157,15 +157,15 @@ def test_keep_pretrained_settings_are_checked():
 
 def test_shuffled_genes_copy_is_a_valid_corpus_with_permuted_tokens(tmp_path):
     from stamp_st.corpus.controls import shuffled_genes_copy
-    from stamp_st.corpus.datasets import check_shards, load_corpus_manifest
+    from stamp_st.corpus.layout import check_shards, read_manifest
     from stamp_st.corpus.shards import iter_shard_raw
 
     src = _paired_corpus(tmp_path)
     dst = shuffled_genes_copy(src, tmp_path / "shuffled", seed=1)
-    man, base = load_corpus_manifest(dst)
+    man, base = read_manifest(dst)
     check_shards(man, base, sha256=True)  # its own sizes and checksums
     assert man["control"]["kind"] == "shuffled_genes_within_slide" and "/" not in json.dumps(man["control"])
-    src_man, _ = load_corpus_manifest(src)
+    src_man, _ = read_manifest(src)
     moved, by_slide = 0, {}
     for sh in src_man["shards"]:
         a = list(iter_shard_raw(str(src / sh["url"])))
@@ -188,7 +188,7 @@ def _paired_corpus(tmp_path):
     from test_corpus import _config, _slide, _vocab
 
     from stamp_st.corpus.build import build_corpus
-    from stamp_st.corpus.manifest import entries_from_records
+    from stamp_st.corpus.samples import entries_from_records
 
     rows = [_slide(tmp_path, f"S{i}", seed=i) for i in range(2)]
     out = tmp_path / "paired"
@@ -226,7 +226,7 @@ def test_gene_corpus_tokens_give_each_held_out_spot_once_at_full_context(tmp_pat
     from test_corpus import _config, _slide, _vocab
 
     from stamp_st.corpus.build import build_corpus
-    from stamp_st.corpus.manifest import entries_from_records
+    from stamp_st.corpus.samples import entries_from_records
     from stamp_st.inference.corpus_embed import gene_corpus_tokens
 
     rows = [_slide(tmp_path, f"S{i}", seed=i, image=False) for i in range(2)]

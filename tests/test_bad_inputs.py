@@ -89,7 +89,7 @@ def test_save_checkpoint_refuses_a_file_and_a_foreign_folder(tmp_path):
 
 
 def test_build_corpus_refuses_a_foreign_out_and_removes_only_its_own_temps(tmp_path):
-    from stamp_st.corpus.build import check_corpus_out, clean_stray_temps
+    from stamp_st.corpus.layout import check_corpus_out, clean_stray_temps
 
     out = tmp_path / "out"
     out.mkdir()
@@ -117,7 +117,7 @@ def genes_corpus(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("genes")
     vocab = _vocab(tmp)
     row = _slide(tmp, "s1", 0, image=False)
-    from stamp_st.corpus.manifest import entries_from_records
+    from stamp_st.corpus.samples import entries_from_records
 
     build_corpus(entries_from_records([row]), tmp / "corpus", _config(vocab, "genes"), processes=False,
                  progress=False)
@@ -148,10 +148,11 @@ def test_manifest_shard_names_stay_inside_the_corpus(genes_corpus, tmp_path, url
 
 
 def test_shard_size_and_checksum_are_checked_and_the_shard_named(genes_corpus, tmp_path):
-    from stamp_st.corpus.datasets import GeneGroupDataset, check_shards, load_corpus_manifest
+    from stamp_st.corpus.datasets import GeneGroupDataset
+    from stamp_st.corpus.layout import check_shards, read_manifest
 
     corpus = _copy_corpus(genes_corpus, tmp_path / "c")
-    man, base = load_corpus_manifest(corpus)
+    man, base = read_manifest(corpus)
     shard = corpus / man["shards"][0]["url"]
     data = bytearray(shard.read_bytes())
     data[700] ^= 0xFF  # same size, other content
@@ -509,7 +510,7 @@ def test_evaluate_names_the_file_and_spots_with_nan_embeddings(tmp_path, capsys)
 
 # ------------------------------------------------------------------ 6. the recorded tokenizer covers the means
 def test_a_corpus_tokenized_with_other_means_is_refused(genes_corpus):
-    from stamp_st.corpus.datasets import load_corpus_manifest
+    from stamp_st.corpus.layout import read_manifest
     from stamp_st.models.gene_encoder import GeneEncoderConfig
     from stamp_st.preprocessing.tokenizer import (
         RankTokenizer,
@@ -522,7 +523,7 @@ def test_a_corpus_tokenized_with_other_means_is_refused(genes_corpus):
     built = GeneVocabulary.from_tsv(genes_corpus.parent / "vocab.tsv")
     other = GeneVocabulary(built.gene_ids, built.mean_nonzero * 3.0, built.symbols)  # same ids, other means
     assert other.checksum == built.checksum  # the id checksum alone cannot tell them apart
-    man, _ = load_corpus_manifest(genes_corpus)
+    man, _ = read_manifest(genes_corpus)
     enc = GeneEncoderConfig(name="m", vocab_size=len(built), d_model=16, n_layers=1, n_heads=2, d_ff=32, context=32)
     check_vocabulary(man, enc, built, genes_corpus)
     with pytest.raises(StampInputError, match="other gene means"):

@@ -19,8 +19,8 @@ pytest.importorskip("distributed")
 pytest.importorskip("webdataset")
 
 from stamp_st.corpus.build import BuildConfig, build_corpus  # noqa: E402
-from stamp_st.corpus.manifest import read_manifest, write_manifest  # noqa: E402
 from stamp_st.corpus.qc import QCConfig  # noqa: E402
+from stamp_st.corpus.samples import read_samples, write_samples  # noqa: E402
 
 N_GENES = 60
 GRID = 8  # 8 x 8 square grid -> 64 spots per slide
@@ -84,8 +84,8 @@ def slides(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("slides")
     rows = [_slide(tmp, f"S{i}", seed=i) for i in range(3)]
     rows[2]["split"] = "val"
-    write_manifest(__import__("stamp_st.corpus.manifest", fromlist=["x"]).entries_from_records(rows),
-                   tmp / "manifest.tsv")
+    write_samples(__import__("stamp_st.corpus.samples", fromlist=["x"]).entries_from_records(rows),
+                   tmp / "samples.tsv")
     return tmp, _vocab(tmp)
 
 
@@ -98,14 +98,14 @@ def _decoded(out: Path) -> dict:
 
 
 def test_manifest_roundtrip_and_validation(slides, tmp_path):
-    from stamp_st.corpus.manifest import entries_from_records
+    from stamp_st.corpus.samples import entries_from_records
     from stamp_st.errors import StampInputError
 
     tmp, _ = slides
-    entries = read_manifest(tmp / "manifest.tsv")
+    entries = read_samples(tmp / "samples.tsv")
     assert [e.slide_id for e in entries] == ["S0", "S1", "S2"] and entries[2].split == "val"
-    write_manifest(entries, tmp_path / "m.json")
-    assert read_manifest(tmp_path / "m.json") == entries
+    write_samples(entries, tmp_path / "m.json")
+    assert read_samples(tmp_path / "m.json") == entries
     with pytest.raises(StampInputError, match="split"):
         entries_from_records([{"path": str(tmp), "split": "holdout"}])
     with pytest.raises(StampInputError, match="unknown manifest columns"):
@@ -115,7 +115,7 @@ def test_manifest_roundtrip_and_validation(slides, tmp_path):
 @pytest.mark.parametrize("kind", ["genes", "paired"])
 def test_build_both_kinds_with_two_workers(slides, tmp_path, kind):
     tmp, vocab = slides
-    res = build_corpus(tmp / "manifest.tsv", tmp_path / kind, _config(vocab, kind), workers=2,
+    res = build_corpus(tmp / "samples.tsv", tmp_path / kind, _config(vocab, kind), workers=2,
                        processes=False, progress=False)
     man = res["manifest"]
     assert man["kind"] == kind and man["totals"]["n_slides"] == 3
@@ -157,7 +157,7 @@ def test_build_both_kinds_with_two_workers(slides, tmp_path, kind):
         assert len(seen) <= qc["n_spots_kept"]
     assert (tmp_path / kind / "gene_means.tsv").is_file()
     assert res["build"]["n_slides_built"] == 3
-    from stamp_st.corpus.build import verify_corpus
+    from stamp_st.corpus.layout import verify_corpus
 
     assert verify_corpus(tmp_path / kind) == []
     victim = tmp_path / kind / man["shards"][0]["url"]
@@ -168,10 +168,10 @@ def test_build_both_kinds_with_two_workers(slides, tmp_path, kind):
 
 
 def test_resume_skips_done_slides_and_duplicates_are_reported(slides, tmp_path):
-    from stamp_st.corpus.manifest import SampleEntry
+    from stamp_st.corpus.samples import SampleEntry
 
     tmp, vocab = slides
-    entries = read_manifest(tmp / "manifest.tsv")
+    entries = read_samples(tmp / "samples.tsv")
     # the same input listed twice, and a copy of S0 under another name (same counts)
     import shutil
 
@@ -200,14 +200,14 @@ def test_gene_means_match_definition(slides, tmp_path):
 
     tmp, vocab_path = slides
     out = tmp_path / "g"
-    build_corpus(tmp / "manifest.tsv", out, _config(vocab_path, "genes"), workers=1, processes=False,
+    build_corpus(tmp / "samples.tsv", out, _config(vocab_path, "genes"), workers=1, processes=False,
                  progress=False)
     vocab = GeneVocabulary.from_tsv(vocab_path)
     got = compute_gene_means(out, vocab)
     # oracle: explicit loops over kept spots
     sums = np.zeros(len(vocab))
     nnz = np.zeros(len(vocab))
-    for e in read_manifest(tmp / "manifest.tsv"):
+    for e in read_samples(tmp / "samples.tsv"):
         a = ad.read_h5ad(e.path)
         X = a.X.toarray().astype(np.float64)
         keep = a.obs["in_tissue"].to_numpy() & (X.sum(1) >= 10) & ((X > 0).sum(1) >= 3)
@@ -223,7 +223,7 @@ def test_gene_means_match_definition(slides, tmp_path):
 
 
 def test_paired_skips_slide_without_pixel_size(tmp_path):
-    from stamp_st.corpus.manifest import entries_from_records
+    from stamp_st.corpus.samples import entries_from_records
 
     rows = [_slide(tmp_path, "A", 1), _slide(tmp_path, "B", 2)]
     rows[1]["um_per_px"] = ""
@@ -261,7 +261,7 @@ _BUILD_SCRIPT = textwrap.dedent("""
     cfg = b.BuildConfig(kind=sys.argv[3], vocab_path=sys.argv[2], context=32, patch_um=20.0, out_px=16,
                         thumb_px=4, qc=QCConfig(min_counts=10, min_genes=3), seed=7, shard_size=int(sys.argv[6]),
                         chunk_spots=8)
-    b.build_corpus(sys.argv[1] + "/manifest.tsv", sys.argv[5], cfg, workers=1, processes=False,
+    b.build_corpus(sys.argv[1] + "/samples.tsv", sys.argv[5], cfg, workers=1, processes=False,
                    progress=False)
 """)
 
@@ -273,7 +273,7 @@ def test_killed_build_resumes_to_the_same_corpus(slides, tmp_path, kind):
     script.write_text(_BUILD_SCRIPT)
     ref = tmp_path / "ref"
     shard_size, pause_s = (5, "0.4") if kind == "genes" else (12, "0.25")
-    build_corpus(tmp / "manifest.tsv", ref, _config(vocab, kind, shard_size=shard_size), workers=2, processes=False,
+    build_corpus(tmp / "samples.tsv", ref, _config(vocab, kind, shard_size=shard_size), workers=2, processes=False,
                  progress=False)
 
     out = tmp_path / "killed"
@@ -294,7 +294,7 @@ def test_killed_build_resumes_to_the_same_corpus(slides, tmp_path, kind):
     n_done = len(list(out.glob("*.done.json")))
     assert 1 <= n_done < 3 and not (out / "manifest.json").exists()
 
-    res = build_corpus(tmp / "manifest.tsv", out, _config(vocab, kind, shard_size=shard_size), workers=2, processes=False,
+    res = build_corpus(tmp / "samples.tsv", out, _config(vocab, kind, shard_size=shard_size), workers=2, processes=False,
                        progress=False)
     assert res["build"]["n_slides_built"] == 3 - n_done  # finished slides were not redone
     assert (out / "manifest.json").read_bytes() == (ref / "manifest.json").read_bytes()
@@ -310,7 +310,7 @@ def built(slides, tmp_path_factory):
     outs = {}
     for kind in ("genes", "paired"):
         out = tmp_path_factory.mktemp(kind)
-        build_corpus(tmp / "manifest.tsv", out, _config(vocab, kind, shard_size=3 if kind == "genes" else 7),
+        build_corpus(tmp / "samples.tsv", out, _config(vocab, kind, shard_size=3 if kind == "genes" else 7),
                      workers=1, processes=False,
                      progress=False)
         outs[kind] = out
@@ -405,7 +405,7 @@ def test_png_and_qoi_shards_hold_the_same_pixels(slides, tmp_path):
     outs = {}
     for codec in ("png", "qoi"):
         outs[codec] = tmp_path / codec
-        build_corpus(tmp / "manifest.tsv", outs[codec], _config(vocab, "paired", image_codec=codec), workers=1,
+        build_corpus(tmp / "samples.tsv", outs[codec], _config(vocab, "paired", image_codec=codec), workers=1,
                      processes=False, progress=False)
     man = json.loads((outs["png"] / "manifest.json").read_text())
     name = man["shards"][0]["url"]

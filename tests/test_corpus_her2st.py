@@ -16,10 +16,10 @@ pytest.importorskip("stamp_st.preprocessing.crops")
 def test_her2st_gene_corpus(her2st_root, vocab, tmp_path):
     from stamp_st.corpus.build import BuildConfig, build_corpus
     from stamp_st.corpus.datasets import GeneGroupDataset
-    from stamp_st.corpus.manifest import her2st_manifest
+    from stamp_st.corpus.samples import her2st_samples
     from stamp_st.preprocessing.vocab import GeneVocabulary
 
-    entries = her2st_manifest(her2st_root, sections=["A1", "B1", "C1"], split={"C1": "val"})
+    entries = her2st_samples(her2st_root, sections=["A1", "B1", "C1"], split={"C1": "val"})
     cfg = BuildConfig(kind="genes", vocab_path=vocab.source, shard_size=64)
     res = build_corpus(entries, tmp_path, cfg, workers=2, processes=False, progress=False)
     man = res["manifest"]
@@ -39,9 +39,9 @@ def test_her2st_gene_corpus(her2st_root, vocab, tmp_path):
 def test_her2st_paired_corpus(her2st_root, vocab, tmp_path):
     from stamp_st.corpus.build import BuildConfig, build_corpus
     from stamp_st.corpus.datasets import PairedSpotDataset
-    from stamp_st.corpus.manifest import her2st_manifest
+    from stamp_st.corpus.samples import her2st_samples
 
-    entries = her2st_manifest(her2st_root, sections=["B4"])
+    entries = her2st_samples(her2st_root, sections=["B4"])
     cfg = BuildConfig(kind="paired", vocab_path=vocab.source, shard_size=128)
     res = build_corpus(entries, tmp_path, cfg, workers=2, processes=False, progress=False)
     man = res["manifest"]

@@ -190,13 +190,13 @@ def test_paired_corpus_released_pipeline_holds_the_release_tokens_and_crops(her2
     cv2 = pytest.importorskip("cv2", reason="the released pipeline needs OpenCV: pip install 'stamp-st[release]'")
     pytest.importorskip("distributed")
     from stamp_st.corpus.build import BuildConfig, build_corpus
-    from stamp_st.corpus.manifest import her2st_manifest
+    from stamp_st.corpus.samples import her2st_samples
     from stamp_st.corpus.shards import iter_shard
     from stamp_st.readers import read_sample
 
     vocab, symbol_map = release_assets
     cfg = BuildConfig(kind="paired", vocab_path=vocab.source, pipeline="released", shard_size=512)
-    man = build_corpus(her2st_manifest(her2st_root, sections=["B4"]), tmp_path, cfg, workers=1, processes=False,
+    man = build_corpus(her2st_samples(her2st_root, sections=["B4"]), tmp_path, cfg, workers=1, processes=False,
                        progress=False)["manifest"]
     assert man["settings"]["pipeline"] == "released"
     a = read_sample(her2st_root, section="B4")

@@ -65,11 +65,11 @@ def test_global_order_gives_every_process_count_the_same_batches(world, workers)
 @pytest.fixture(scope="module")
 def corpora(her2st_root, vocab, tmp_path_factory):
     from stamp_st.corpus.build import BuildConfig, build_corpus
-    from stamp_st.corpus.manifest import her2st_manifest
+    from stamp_st.corpus.samples import her2st_samples
     from stamp_st.paths import vocab_file
 
     out = tmp_path_factory.mktemp("scale_corpora")
-    entries = her2st_manifest(her2st_root, sections=["B4"])
+    entries = her2st_samples(her2st_root, sections=["B4"])
     for kind in ("genes", "paired"):
         build_corpus(entries, out / kind, BuildConfig(kind=kind, vocab_path=str(vocab_file()), out_px=64),
                      workers=1, processes=False, progress=False)

@@ -84,7 +84,7 @@ def _vocab_path() -> str:
 
 def build_corpora(settings: DemoSettings, root: Path) -> tuple[Path, Path]:
     from .corpus.build import BuildConfig, build_corpus
-    from .corpus.manifest import her2st_manifest
+    from .corpus.samples import her2st_samples
     from .readers import her2st_sections
 
     genes_dir, paired_dir = settings.out / "corpus_genes", settings.out / "corpus_paired"
@@ -95,13 +95,13 @@ def build_corpora(settings: DemoSettings, root: Path) -> tuple[Path, Path]:
         if missing:
             raise StampInputError(f"the her2st folder lacks {len(missing)} of the demo's sections ({', '.join(missing)})",
                                   root, hint="`stamp-st download her2st` fetches them")
-        entries = her2st_manifest(root, sections=list(DEMO_SECTIONS), split={s: "val" for s in GENE_VAL_SECTIONS})
+        entries = her2st_samples(root, sections=list(DEMO_SECTIONS), split={s: "val" for s in GENE_VAL_SECTIONS})
         res = build_corpus(entries, genes_dir, BuildConfig(kind="genes", vocab_path=_vocab_path(), seed=settings.seed),
                            workers=settings.workers)
         return {"corpus": str(genes_dir), "build": res.get("build", {})}
 
     def paired():  # every imaged section; the folds of Stage 2 hold each out in turn
-        entries = her2st_manifest(root, sections=list(IMAGED_SECTIONS), split={s: "train" for s in IMAGED_SECTIONS})
+        entries = her2st_samples(root, sections=list(IMAGED_SECTIONS), split={s: "train" for s in IMAGED_SECTIONS})
         res = build_corpus(entries, paired_dir, BuildConfig(kind="paired", vocab_path=_vocab_path(),
                                                             seed=settings.seed), workers=settings.workers)
         return {"corpus": str(paired_dir), "build": res.get("build", {})}

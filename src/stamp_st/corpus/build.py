@@ -19,9 +19,8 @@ import functools
 import hashlib
 import json
 import logging
-import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,30 +37,26 @@ from ..config_types import (
     ranged,
 )
 from ..errors import StampInputError
-from ..io_utils import atomic_path, atomic_write_json
+from ..preprocessing.groups import GROUP_SIZE
+from ..preprocessing.tokenizer import STORAGE_PAD_ID, TOKEN_OFFSET
 from ..readers.sample_meta import SampleMeta
+from . import layout
 from . import qc as qcmod
 from .gene_means import means_accumulators, means_from_accumulators, write_gene_means
 from .layout import (
-    DONE_SUFFIX,
     FORMAT_VERSION,
-    GENE_MEANS_NAME,
-    MANIFEST_NAME,
-    MEANS_SUFFIX,
-    read_finished_manifest,
-)
-from .manifest import SampleEntry, read_manifest
-from .shards import (
-    IMAGE_CODECS,
-    balanced_sizes,
-    encode_npy,
-    encode_sample,
-    sha256_file,
+    KINDS,
+    META,
+    SPOT_VALID,
+    TOKENS,
+    image_member,
+    sample_key,
     shard_name,
-    write_shard,
+    trim_tokens,
 )
+from .samples import SampleEntry, read_samples
+from .shards import IMAGE_CODECS, balanced_sizes, encode_sample, sha256_file, write_shard
 
-KINDS = ("genes", "paired")
 DEFAULT_SHARD_SIZE = {"genes": 2048, "paired": 512}  # ~100 MB shards either way
 log = logging.getLogger(__name__)
 
@@ -154,53 +149,12 @@ def _load_vocab(path: str):
     return GeneVocabulary.from_tsv(path)
 
 
-# ------------------------------------------------------------------ outputs of one slide
-def _slide_files(out: Path, slide_id: str) -> list[Path]:
-    pat = re.compile(rf"^{re.escape(slide_id)}-\d{{5}}\.tar$")
-    files = [p for p in out.glob(f"{slide_id}-*.tar") if pat.match(p.name)]
-    files += [out / f"{slide_id}{DONE_SUFFIX}", out / f"{slide_id}{MEANS_SUFFIX}"]
-    return files
-
-
-def remove_slide_outputs(out: Path, slide_id: str) -> None:
-    # the done record first: once it is gone the slide counts as unfinished whatever else survives
-    for p in sorted(_slide_files(out, slide_id), key=lambda p: not p.name.endswith(DONE_SUFFIX)):
-        p.unlink(missing_ok=True)
-
-
-def read_done(out: Path, slide_id: str, settings_hash: str) -> dict | None:
-    """The slide's done record when it is complete and built with these settings, else None."""
-    p = Path(out) / f"{slide_id}{DONE_SUFFIX}"
-    if not p.is_file():
-        return None
-    try:
-        done = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    if done.get("settings_hash") != settings_hash:
-        return None
-    for s in done.get("shards", []):
-        f = Path(out) / s["name"]
-        if not f.is_file() or f.stat().st_size != s["bytes"]:
-            return None
-    m = done.get("means")
-    if m and not (Path(out) / m["file"]).is_file():
-        return None
-    return done
-
-
 # ------------------------------------------------------------------ reading a sample
 def _read_entry(entry: SampleEntry):
     from ..readers import read_sample
 
     return read_sample(entry.path, format=entry.format or None, section=entry.section or None,
                        image_path=entry.image_path or None, um_per_px=entry.um_per_px)
-
-
-def _trim(tokens: np.ndarray) -> np.ndarray:
-    """Drop trailing all-padding columns (datasets re-pad to the manifest's context)."""
-    nz = np.flatnonzero((tokens != 0).any(axis=tuple(range(tokens.ndim - 1))))
-    return tokens[..., : (nz[-1] + 1 if len(nz) else 1)]
 
 
 def _gene_groups(adata, kept: np.ndarray, grid: str) -> np.ndarray:
@@ -210,7 +164,7 @@ def _gene_groups(adata, kept: np.ndarray, grid: str) -> np.ndarray:
 
     n = len(kept)
     obs = adata.obs
-    groups = np.zeros((0, 9), np.int64)
+    groups = np.zeros((0, GROUP_SIZE), np.int64)
     if n and "array_row" in obs and "array_col" in obs:
         row = obs["array_row"].to_numpy(np.float64)[kept]
         col = obs["array_col"].to_numpy(np.float64)[kept]
@@ -223,7 +177,7 @@ def _gene_groups(adata, kept: np.ndarray, grid: str) -> np.ndarray:
     covered = np.zeros(n, bool)
     covered[groups[groups >= 0]] = True
     lone = np.flatnonzero(~covered)
-    singles = np.full((len(lone), 9), -1, np.int64)
+    singles = np.full((len(lone), GROUP_SIZE), -1, np.int64)
     singles[:, 0] = lone
     return np.concatenate([groups, singles])
 
@@ -236,20 +190,20 @@ def build_slide(entry_json: dict, config_json: dict, out_dir: str, settings_hash
     cfg = BuildConfig.from_json(config_json)
     out = Path(out_dir)
     sid = entry.slide_id
-    remove_slide_outputs(out, sid)
+    layout.remove_slide_outputs(out, sid)
     done: dict = {"slide_id": sid, "kind": cfg.kind, "settings_hash": settings_hash, "status": "ok", "reason": "", "detail": "",
                   "shards": [], "n_samples": 0, "n_spots": 0, "n_patches": 0,
                   "qc": {"n_spots_input": 0, "n_spots_kept": 0, "dropped": qcmod.empty_counts()}}
 
     def finish(status="ok", reason="", detail=""):
         done.update(status=status, reason=reason, detail=detail, build_seconds=time.perf_counter() - t0)
-        atomic_write_json(out / f"{sid}{DONE_SUFFIX}", done)
+        layout.write_done(out, done)
         return {k: v for k, v in done.items() if k != "shards"} | {"n_shards": len(done["shards"])}
 
     try:
         return _build_slide_body(entry, cfg, out, done, finish)
     except StampInputError as err:  # the slide's input is bad: no partial output of it is left behind
-        remove_slide_outputs(out, sid)
+        layout.remove_slide_outputs(out, sid)
         done.update(shards=[], n_samples=0, n_spots=0, n_patches=0)
         done.pop("means", None)
         detail = str(err).splitlines()[0] + (f"; what to do: {err.hint}" if err.hint else "")
@@ -294,7 +248,7 @@ def _build_slide_body(entry: SampleEntry, cfg: BuildConfig, out: Path, done: dic
     if cfg.kind == "paired":
         image = meta.image_path
         if not um_per_px:
-            return finish("skipped", "no_pixel_size", "paired corpora need µm/px: add um_per_px to the manifest")
+            return finish("skipped", "no_pixel_size", "paired corpora need µm/px: add um_per_px to the samples table")
         if not image:
             return finish("skipped", "no_image", "the sample has no H&E image")
         if xy_px is None:
@@ -316,11 +270,7 @@ def _build_slide_body(entry: SampleEntry, cfg: BuildConfig, out: Path, done: dic
         done["qc"] = {"n_spots_input": int(X.shape[0]), "n_spots_kept": int(len(kept)), "dropped": dropped}
         if len(kept) == 0:
             return finish("skipped", "no_spots_left", "every spot failed QC")
-        acc = means_accumulators(vc[kept])
-        with atomic_path(out / f"{sid}{MEANS_SUFFIX}") as tmp:
-            with open(tmp, "wb") as fh:
-                fh.write(encode_npy(acc))
-        done["means"] = {"file": f"{sid}{MEANS_SUFFIX}", "sha256": sha256_file(out / f"{sid}{MEANS_SUFFIX}")}
+        done["means"] = layout.write_slide_means(out, sid, means_accumulators(vc[kept]))
         spot_ids = np.asarray(adata.obs_names.astype(str))
         if cfg.kind == "genes":
             _write_gene_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, _gene_groups(adata, kept, meta.grid), done)
@@ -349,12 +299,11 @@ def _write_gene_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, groups, don
                 pos = {int(u): i for i, u in enumerate(uniq)}
                 for g in chunk:
                     valid = g >= 0
-                    t = np.zeros((9, tokenizer.context), np.int32)
+                    t = np.full((GROUP_SIZE, tokenizer.context), STORAGE_PAD_ID, np.int32)
                     t[valid] = tok[[pos[int(i)] for i in g[valid]]]
                     ids = [str(spot_ids[kept[i]]) if i >= 0 else "" for i in g]
-                    yield encode_sample({"__key__": f"{sid}--{ids[0]}".replace(".", "_"),
-                                         "tokens.npy": _trim(t), "spot_valid.npy": valid,
-                                         "meta.json": {"slide_id": sid, "spot_ids": ids}})
+                    yield encode_sample({"__key__": sample_key(sid, ids[0]), TOKENS: trim_tokens(t),
+                                         SPOT_VALID: valid, META: {"slide_id": sid, "spot_ids": ids}})
 
         info = write_shard(out / shard_name(sid, k), samples())
         info["n_spots"] = int((part >= 0).sum())
@@ -394,11 +343,11 @@ def _write_paired_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, xy_px, um
                 for i, s in enumerate(idx):
                     xy = xy_px[s]
                     yield encode_sample({
-                        "__key__": f"{sid}--{spot_ids[s]}".replace(".", "_"),
-                        f"patch.{ext}": crops.patch[i], f"region.{ext}": crops.region[i],
-                        f"thumb.{ext}": crops.thumb[i],
-                        "tokens.npy": _trim(tok[i]),
-                        "meta.json": {"slide_id": sid, "spot_id": str(spot_ids[s]),
+                        "__key__": sample_key(sid, str(spot_ids[s])),
+                        image_member("patch", ext): crops.patch[i], image_member("region", ext): crops.region[i],
+                        image_member("thumb", ext): crops.thumb[i],
+                        TOKENS: trim_tokens(tok[i]),
+                        META: {"slide_id": sid, "spot_id": str(spot_ids[s]),
                                       "xy_px": [float(xy[0]), float(xy[1])],
                                       "xy_um": [float(xy[0] * um_per_px), float(xy[1] * um_per_px)],
                                       "um_per_px": um_per_px, "region_label": int(crops.region_label[i]),
@@ -430,64 +379,7 @@ def _dedupe_paths(entries: list[SampleEntry]) -> tuple[list[SampleEntry], list[d
     return kept, skipped
 
 
-# names build-corpus writes into OUT (shards, done records, means, the manifests) and io_utils' temp files
-_OWN_FILE = re.compile(r"^(?:[A-Za-z0-9_\-]+-\d{5}\.tar|[A-Za-z0-9_\-]+\.done\.json|[A-Za-z0-9_\-]+\.means\.npy"
-                       r"|manifest\.json|gene_means\.tsv|input_manifest\.tsv)$")
-_OWN_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
-
-
-def check_corpus_out(out: str | Path, kind: str | None = None) -> None:
-    """Refuse an OUT folder that holds files build-corpus did not write (it would overwrite or delete them), or
-    (``kind`` given) a corpus of the other kind, finished or not (its manifest and shards would be replaced)."""
-    out = Path(out)
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise StampInputError("the corpus output exists and is not a folder", out, hint="give a new folder name")
-    foreign = sorted(p.name for p in out.iterdir() if not _is_own_file(p))
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-        raise StampInputError(f"the corpus output folder holds files stamp-st did not write ({shown})", out,
-                              hint="give a new or empty folder (or one an earlier build-corpus wrote) as OUT")
-    man = out / MANIFEST_NAME
-    if man.is_file():
-        try:
-            ours = "settings_hash" in json.loads(man.read_text())
-        except (OSError, ValueError, TypeError):
-            ours = False
-        if not ours:
-            raise StampInputError("the corpus output folder holds a manifest.json that build-corpus did not write",
-                                  out, hint="give a new or empty folder as OUT (the input manifest goes elsewhere)")
-    if kind is not None:
-        for p in [man, *sorted(out.glob(f"*{DONE_SUFFIX}"))]:
-            try:
-                other = json.loads(p.read_text()).get("kind") if p.is_file() else None
-            except (OSError, ValueError, AttributeError):
-                other = None
-            if other is not None and other != kind:
-                raise StampInputError(f"the corpus output folder holds a {other!r} corpus ({p.name}); this build "
-                                      f"is --kind {kind} and would replace it", out,
-                                      hint=f"give another OUT folder for the {kind} corpus")
-
-
-def _is_own_file(p: Path) -> bool:
-    m = _OWN_TEMP.match(p.name)
-    name = m.group("name") if m else p.name
-    return p.is_file() and not p.is_symlink() and bool(_OWN_FILE.match(name))
-
-
-def clean_stray_temps(out: Path) -> int:
-    """Delete temp files of an interrupted build (io_utils writes ``.<name>.<random>.tmp``), only those that
-    carry the name of a file build-corpus writes."""
-    n = 0
-    for p in Path(out).glob(".*.tmp"):
-        if _OWN_TEMP.match(p.name) and _is_own_file(p):
-            p.unlink(missing_ok=True)
-            n += 1
-    return n
-
-
-def build_corpus(manifest: str | Path | list[SampleEntry], out_dir: str | Path, config: BuildConfig,
+def build_corpus(samples: str | Path | list[SampleEntry], out_dir: str | Path, config: BuildConfig,
                  workers: int = 2, scheduler: str | None = None, processes: bool = True,
                  progress: bool = True, client=None) -> dict:
     """Build (or resume) a corpus. Returns ``{"manifest": ..., "build": timing and counts}``.
@@ -495,16 +387,16 @@ def build_corpus(manifest: str | Path | list[SampleEntry], out_dir: str | Path, 
     ``scheduler``: address of a running Dask scheduler (scale out); else a LocalCluster of ``workers``
     single-threaded workers (``processes=False``: threads in this process, for tests and tiny builds).
     """
-    entries = read_manifest(manifest) if not isinstance(manifest, list) else list(manifest)
+    entries = read_samples(samples) if not isinstance(samples, list) else list(samples)
     out = Path(out_dir)
-    check_corpus_out(out, config.kind)
+    layout.check_corpus_out(out, config.kind)
     out.mkdir(parents=True, exist_ok=True)
     vocab = _load_vocab(str(config.vocab_path))
     settings = config.settings(vocab.checksum, vocab.divisors_checksum(config.rounded_means))
     entries, path_dups = _dedupe_paths(entries)
-    clean_stray_temps(out)
+    layout.clean_stray_temps(out)
     hashes = {e.slide_id: slide_settings_hash(settings, e) for e in entries}
-    todo = [e for e in entries if read_done(out, e.slide_id, hashes[e.slide_id]) is None]
+    todo = [e for e in entries if layout.read_done(out, e.slide_id, hashes[e.slide_id]) is None]
     t0 = time.perf_counter()
     failures: list[dict] = []
     summaries: list[dict] = []
@@ -517,7 +409,7 @@ def build_corpus(manifest: str | Path | list[SampleEntry], out_dir: str | Path, 
         raise StampInputError(
             f"{len(failures)} of {len(entries)} slide(s) failed; no manifest.json was written:\n"
             + row_report([{**f, "reason": "error", "detail": f["error"]} for f in failures], by_id),
-            out, hint="fix those rows (or remove them from the manifest) and re-run the same command: finished "
+            out, hint="fix those rows (or remove them from the samples table) and re-run the same command: finished "
                       "slides are kept")
     man = assemble_manifest(out, entries, config, vocab, path_dups)
     bad = [r for r in man["qc"]["skipped_slides"] if r["reason"] in ROW_ERRORS]
@@ -531,12 +423,12 @@ def build_corpus(manifest: str | Path | list[SampleEntry], out_dir: str | Path, 
     return {"manifest": man, "build": build, "bad_rows": bad, "row_report": row_report(bad, by_id)}
 
 
-# reasons for which a manifest row gave nothing: the user's data or manifest is at fault (duplicates are not)
+# reasons for which a samples row gave nothing: the user's data or samples table is at fault (duplicates are not)
 ROW_ERRORS = ("read_error", "no_spots_left", "no_image", "no_pixel_size")
 
 
 def row_report(rows: list[dict], by_id: dict[str, SampleEntry]) -> str:
-    """One line per manifest row that gave nothing: slide id, path, section, reason."""
+    """One line per samples row that gave nothing: slide id, path, section, reason."""
     lines = []
     for r in rows:
         e = by_id.get(r["slide_id"])
@@ -561,7 +453,7 @@ def _run_tasks(todo, config, out, hashes, workers, scheduler, processes, progres
     summaries, failures = [], []
     try:
         cfg_json = config.to_json()
-        # largest first would balance better, but size is unknown before reading; manifest order is kept
+        # largest first would balance better, but size is unknown before reading; the samples order is kept
         futures = [client.submit(build_slide, e.to_json(), cfg_json, str(out), hashes[e.slide_id],
                                  key=f"corpus-{e.slide_id}-{hashes[e.slide_id]}", pure=False) for e in todo]
         sid_of = {f.key: e.slide_id for f, e in zip(futures, todo)}
@@ -594,7 +486,7 @@ def assemble_manifest(out: Path, entries: list[SampleEntry], config: BuildConfig
     by_id = {e.slide_id: e for e in entries}
     dones = {}
     for e in entries:
-        d = read_done(out, e.slide_id, slide_settings_hash(settings, e))
+        d = layout.read_done(out, e.slide_id, slide_settings_hash(settings, e))
         if d is None:
             raise StampInputError(f"slide {e.slide_id} is not finished", out, hint="re-run the build to finish it")
         dones[e.slide_id] = d
@@ -626,19 +518,17 @@ def assemble_manifest(out: Path, entries: list[SampleEntry], config: BuildConfig
         for s in d["shards"]:
             shards.append({"url": s["name"], "slide_id": sid, "split": e.split, "n_samples": s["n_samples"],
                            "n_spots": s["n_spots"], "bytes": s["bytes"], "sha256": s["sha256"]})
-        from .shards import decode_npy
-
-        accs.append(decode_npy((out / d["means"]["file"]).read_bytes()))
+        accs.append(layout.read_slide_means(out, d))
     if not ok_ids:
         raise StampInputError("no slide gave any spot: the corpus would be empty, no manifest.json was written:\n"
                               + row_report(skipped, by_id), out,
-                              hint="check the manifest rows (format, section, paths) and the QC thresholds")
+                              hint="check the samples rows (format, section, paths) and the QC thresholds")
     qc_slides = [dones[sid]["qc"] for sid in ok_ids]
     qc_slides += [dones[s["slide_id"]]["qc"] for s in skipped if s["slide_id"] in dones
                   and s["reason"] not in ("duplicate_counts", "duplicate_path")]
     qc_total = qcmod.total_report(qc_slides)
     means = means_from_accumulators(accs, len(vocab))
-    means_path = write_gene_means(vocab, means, out / GENE_MEANS_NAME)
+    means_path = write_gene_means(vocab, means, out / layout.GENE_MEANS_NAME)
     splits = {}
     for s in slides:
         t = splits.setdefault(s["split"], {"n_slides": 0, "n_samples": 0, "n_spots": 0})
@@ -651,38 +541,16 @@ def assemble_manifest(out: Path, entries: list[SampleEntry], config: BuildConfig
         "format_version": FORMAT_VERSION, "kind": config.kind, "stamp_st_version": __version__,
         "settings": settings, "settings_hash": _sha(settings)[:24],
         "vocab": {"checksum": vocab.checksum, "n_genes": len(vocab), "source": Path(config.vocab_path).name},
-        "tokenizer": {"context": config.context, "rounded_means": config.rounded_means, "storage_pad_id": 0,
-                      "token_offset": 30, "trimmed": True,
+        "tokenizer": {"context": config.context, "rounded_means": config.rounded_means, "storage_pad_id": STORAGE_PAD_ID,
+                      "token_offset": TOKEN_OFFSET, "trimmed": True,
                       "divisors_checksum": vocab.divisors_checksum(config.rounded_means)},
         "crop_geometry": config.geometry().to_json() if config.kind == "paired" else None,
         "qc": {"config": config.qc.to_json(), "total": qc_total, "skipped_slides": skipped},
-        "fields": (["tokens.npy", "spot_valid.npy", "meta.json"] if config.kind == "genes" else
-                   [f"{f}.{config.image_codec}" for f in ("patch", "region", "thumb")] + ["tokens.npy", "meta.json"]),
-        "gene_means": {"file": GENE_MEANS_NAME, "sha256": sha256_file(means_path)},
+        "fields": layout.sample_members(config.kind, config.image_codec),
+        "gene_means": {"file": layout.GENE_MEANS_NAME, "sha256": sha256_file(means_path)},
         "totals": {"n_slides": len(slides), "n_shards": len(shards),
                    "n_samples": sum(s["n_samples"] for s in slides), "n_spots": sum(s["n_spots"] for s in slides)},
         "splits": splits, "slides": slides, "shards": shards,
     }
-    atomic_write_json(out / MANIFEST_NAME, man)
+    layout.write_manifest(out, man)
     return man
-
-
-def with_overrides(config: BuildConfig, **kw) -> BuildConfig:
-    return replace(config, **kw)
-
-
-def verify_corpus(corpus_dir: str | Path) -> list[str]:
-    """Problems found when checking every shard of a finished corpus against ``manifest.json`` (size and
-    sha256); empty when the corpus is intact (e.g. after copying it to another disk)."""
-    corpus_dir = Path(corpus_dir)
-    man = read_finished_manifest(corpus_dir)
-    problems = []
-    for s in man["shards"]:
-        p = corpus_dir / s["url"]
-        if not p.is_file():
-            problems.append(f"{s['url']}: missing")
-        elif p.stat().st_size != s["bytes"]:
-            problems.append(f"{s['url']}: {p.stat().st_size} bytes, manifest says {s['bytes']}")
-        elif sha256_file(p) != s["sha256"]:
-            problems.append(f"{s['url']}: checksum differs from the manifest")
-    return problems

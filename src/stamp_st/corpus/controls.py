@@ -15,11 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StampInputError
-from ..io_utils import atomic_write_json
-from .layout import GENE_MEANS_NAME, MANIFEST_NAME, read_finished_manifest
+from .layout import GENE_MEANS_NAME, MANIFEST_NAME, TOKENS, read_manifest, write_manifest
 from .shards import iter_shard_raw, write_shard
-
-TOKENS_FIELD = "tokens.npy"
 
 
 def shuffled_genes_copy(src: str | Path, dst: str | Path, seed: int = 0) -> Path:
@@ -27,7 +24,7 @@ def shuffled_genes_copy(src: str | Path, dst: str | Path, seed: int = 0) -> Path
     permutation drawn per slide from ``seed``, across all of the slide's shards). Reuses ``dst`` when it is
     already a finished copy of ``src`` with this seed; refuses a ``dst`` that holds anything else."""
     src, dst = Path(src), Path(dst)
-    man = read_finished_manifest(src)
+    man, _ = read_manifest(src)
     if man.get("kind") != "paired":
         raise StampInputError(f"a gene-shuffled control needs a 'paired' corpus, this one is {man.get('kind')!r}",
                               src)
@@ -35,7 +32,7 @@ def shuffled_genes_copy(src: str | Path, dst: str | Path, seed: int = 0) -> Path
                "source_settings_hash": man.get("settings_hash"),
                "source_shards_sha256": [sh["sha256"] for sh in man["shards"]]}
     if (dst / MANIFEST_NAME).is_file():
-        old = read_finished_manifest(dst)
+        old, _ = read_manifest(dst)
         if old.get("control") == control:
             return dst
         raise StampInputError("the output folder holds another corpus", dst,
@@ -50,12 +47,12 @@ def shuffled_genes_copy(src: str | Path, dst: str | Path, seed: int = 0) -> Path
     new_shards = {}
     for shards in shards_by_slide.values():
         samples = [list(iter_shard_raw(str(src / sh["url"]))) for sh in shards]
-        tokens = [raw[TOKENS_FIELD] for per in samples for raw in per]
+        tokens = [raw[TOKENS] for per in samples for raw in per]
         perm = rng.permutation(len(tokens))
         k = 0
         for sh, per in zip(shards, samples):
             for raw in per:
-                raw[TOKENS_FIELD] = tokens[perm[k]]
+                raw[TOKENS] = tokens[perm[k]]
                 k += 1
             rec = write_shard(dst / sh["url"], [{kk: v for kk, v in raw.items() if kk != "__url__"} for raw in per])
             if rec["n_samples"] != sh["n_samples"]:
@@ -68,5 +65,5 @@ def shuffled_genes_copy(src: str | Path, dst: str | Path, seed: int = 0) -> Path
     out["shards"] = [{**sh, "bytes": new_shards[sh["url"]]["bytes"], "sha256": new_shards[sh["url"]]["sha256"]}
                      for sh in man["shards"]]
     out["control"] = control
-    atomic_write_json(dst / MANIFEST_NAME, out)
+    write_manifest(dst, out)
     return dst

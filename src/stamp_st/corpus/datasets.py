@@ -28,8 +28,6 @@ epoch.
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
@@ -39,8 +37,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..distributed import group_rank_world
 from ..errors import StampInputError
-from ..io_utils import read_json
-from .shards import IMAGE_CODECS, decode_sample, iter_shard_raw, member_errors
+from ..preprocessing.groups import GROUP_SIZE
+from .layout import META, SPOT_VALID, TOKENS, check_shards, pad_tokens, read_manifest, sample_image
+from .shards import decode_sample, iter_shard_raw, member_errors
 
 SAMPLE_ORDERS = ("global", "rank")  # global_batch set, or each rank's contiguous part (module docstring)
 
@@ -52,117 +51,14 @@ def check_sample_order(order: str, source=None) -> None:
                               hint="global: the same batches on any number of processes; rank: less reading")
 
 
-def load_corpus_manifest(manifest: str | Path | dict) -> tuple[dict, str]:
-    """(manifest dict, base URL of its shards). ``manifest`` is a path, a URL/``pipe:`` spec, or a dict.
-
-    Remote or piped storage is the caller's explicit choice (a URL or ``pipe:`` given here, on the command
-    line); the file itself is data that travels, so every shard it names must be a plain file name inside the
-    corpus folder (``check_corpus_manifest``)."""
-    if isinstance(manifest, dict):
-        return check_corpus_manifest(manifest), ""
-    spec = str(manifest)
-    if "://" in spec or spec.startswith("pipe:"):
-        from .shards import open_url
-
-        try:
-            with open_url(spec) as fh:
-                man = json.loads(fh.read())
-        except (OSError, ValueError) as err:
-            raise StampInputError(f"cannot read the corpus manifest ({err})", spec) from err
-        base = spec.rsplit("/", 1)[0] if "/" in spec and not spec.startswith("pipe:") else ""
-        return check_corpus_manifest(man, spec), base
-    p = Path(spec)
-    if p.is_dir():
-        p = p / "manifest.json"
-    if not p.is_file():
-        raise StampInputError("corpus manifest not found", p, hint="build the corpus with `stamp-st build-corpus`")
-    if p.suffix.lower() in (".tsv", ".csv", ".txt"):
-        raise StampInputError("this is a sample table (the input of build-corpus), not a corpus", p,
-                              hint="build the corpus first (`stamp-st build-corpus` on this file), then pass the "
-                                   "corpus folder")
-    man = read_json(p, "corpus manifest", hint="the file is damaged: copy the corpus again or re-run build-corpus")
-    return check_corpus_manifest(man, p), str(p.parent)
-
-
-# a shard is a plain file of the corpus folder: no folder, URL, ``pipe:`` or ``..`` from the manifest
-_SHARD_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-
-
-def check_corpus_manifest(man, source: str | Path | None = None) -> dict:
-    """The fields the datasets use, with their types; shard names must resolve inside the corpus folder."""
-    hint = "the corpus manifest is damaged or was edited: re-run build-corpus"
-    if not isinstance(man, dict):
-        raise StampInputError("the corpus manifest is not a JSON object", source, hint)
-    if man.get("kind") not in ("genes", "paired"):
-        raise StampInputError(f"unknown corpus kind {man.get('kind')!r}", source, hint)
-    shards = man.get("shards")
-    if not isinstance(shards, list):
-        raise StampInputError("the corpus manifest has no 'shards' list", source, hint)
-    for i, sh in enumerate(shards):
-        if not isinstance(sh, dict):
-            raise StampInputError(f"shard {i} is not an object", source, hint)
-        url = sh.get("url")
-        if not isinstance(url, str) or not _SHARD_FILE.match(url) or ".." in url:
-            raise StampInputError(f"shard {i} names {url!r}, not a file inside the corpus folder (paths, URLs and "
-                                  "pipe: commands are never taken from a manifest)", source,
-                                  hint="keep the shards beside manifest.json; give remote storage on the command "
-                                       "line (the manifest's URL) instead")
-        for key, typ in (("n_samples", int), ("slide_id", str), ("split", str)):
-            if not isinstance(sh.get(key), typ) or isinstance(sh.get(key), bool):
-                raise StampInputError(f"shard {url}: {key!r} is missing or not a {typ.__name__}", source, hint)
-        if sh["n_samples"] < 0:
-            raise StampInputError(f"shard {url}: negative n_samples", source, hint)
-    tok = man.get("tokenizer")
-    ctx = tok.get("context") if isinstance(tok, dict) else None
-    if not isinstance(ctx, int) or isinstance(ctx, bool) or ctx < 1:
-        raise StampInputError("the corpus manifest has no valid tokenizer.context", source, hint)
-    return man
-
-
-def check_shards(man: dict, base: str, shards: Sequence[dict] | None = None, sha256: bool = False) -> None:
-    """Check local shards against what the manifest promises: present, the recorded size (cheap, always) and,
-    when ``sha256``, the recorded checksum. Remote or piped shards are not checked here."""
-    if not base or "://" in base or base.startswith("pipe:") or "{shard}" in base:
-        return
-    from .shards import sha256_file
-
-    hint = "the corpus was damaged or only partly copied: copy it again or re-run build-corpus"
-    for sh in man["shards"] if shards is None else shards:
-        p = Path(base) / sh["url"]
-        if not p.is_file():
-            raise StampInputError(f"shard {sh['url']} listed in manifest.json is missing", p, hint)
-        want = sh.get("bytes")
-        if want is not None and p.stat().st_size != int(want):
-            raise StampInputError(f"shard has {p.stat().st_size} bytes, manifest.json says {want} (truncated?)",
-                                  p, hint)
-        if sha256 and sh.get("sha256") and sha256_file(p) != sh["sha256"]:
-            raise StampInputError("shard content differs from its sha256 in manifest.json", p, hint)
-
-
 def _int_hash(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-
-
-GROUP_SIZE = 9  # a Stage-1 item: the centre spot and its 8 neighbours
-
-
-def _pad(tokens: np.ndarray, context: int, rows: int | None = None) -> np.ndarray:
-    """Token ids padded to ``context``; ``rows``: the group size a Stage-1 item must have (None: one spot)."""
-    want = (rows,) if rows else ()
-    if not isinstance(tokens, np.ndarray) or tokens.ndim != len(want) + 1 or tokens.shape[:-1] != want \
-            or tokens.dtype.kind not in "iu":
-        raise ValueError(f"tokens.npy is {getattr(tokens, 'dtype', type(tokens))} "
-                         f"{getattr(tokens, 'shape', '')}, expected integer ids of shape {(*want, 'L')}")
-    t = tokens[..., :context]
-    if t.shape[-1] < context:
-        t = np.concatenate([t, np.zeros(t.shape[:-1] + (context - t.shape[-1],), t.dtype)], axis=-1)
-    return t.astype(np.int64)
 
 
 def _valid(v) -> np.ndarray:
     v = np.asarray(v)
     if v.shape != (GROUP_SIZE,):
-        raise ValueError(f"spot_valid.npy has shape {v.shape}, expected ({GROUP_SIZE},)")
+        raise ValueError(f"{SPOT_VALID} has shape {v.shape}, expected ({GROUP_SIZE},)")
     return v.astype(bool)
 
 
@@ -178,7 +74,7 @@ class _ShardDataset(IterableDataset):
         e.g. to hold out slides for cross-validation whatever split the corpus gave them. ``global_batch``:
         samples per optimizer micro-step over all processes, for batches that do not depend on the number of
         processes (module docstring)."""
-        man, base = load_corpus_manifest(manifest)
+        man, base = read_manifest(manifest)
         self.kind = man["kind"]
         splits = None if split is None else ({split} if isinstance(split, str) else set(split))
         keep, drop = (None if slides is None else set(slides)), set(exclude_slides)
@@ -208,7 +104,7 @@ class _ShardDataset(IterableDataset):
         self.epoch = int(epoch)
 
     def url(self, shard: dict) -> str:
-        name = shard["url"]  # a plain file name (check_corpus_manifest)
+        name = shard["url"]  # a plain file name (layout.check_manifest)
         if "{shard}" in self.base_url:  # e.g. "pipe:aws s3 cp s3://bucket/corpus/{shard} -"
             return self.base_url.replace("{shard}", name)
         return f"{self.base_url}/{name}" if self.base_url else name
@@ -364,9 +260,9 @@ class GeneGroupDataset(_ShardDataset):
                 continue
             with member_errors(url, raw):
                 s = decode_sample(raw)
-                item = {"tokens": torch.from_numpy(_pad(s["tokens.npy"], self.context, GROUP_SIZE)),
-                        "spot_valid": torch.from_numpy(_valid(s["spot_valid.npy"])),
-                        "slide_id": s["meta.json"]["slide_id"], "spot_id": s["meta.json"]["spot_ids"][0]}
+                item = {"tokens": torch.from_numpy(pad_tokens(s[TOKENS], self.context, GROUP_SIZE)),
+                        "spot_valid": torch.from_numpy(_valid(s[SPOT_VALID])),
+                        "slide_id": s[META]["slide_id"], "spot_id": s[META]["spot_ids"][0]}
             yield i, item
 
 
@@ -400,26 +296,19 @@ class PairedSpotDataset(_ShardDataset):
             yield i, item
 
     def _pair(self, a: dict, b: dict) -> dict:
-        ma, mb = a["meta.json"], b["meta.json"]
+        ma, mb = a[META], b[META]
 
         def two(name):
-            return torch.from_numpy(np.stack([_image(a, name), _image(b, name)]))
+            return torch.from_numpy(np.stack([sample_image(a, name), sample_image(b, name)]))
 
         return {"patch": two("patch"), "region": two("region"),
                 "region_label": torch.tensor([ma["region_label"], mb["region_label"]], dtype=torch.int64),
                 "region_valid": torch.tensor([ma["region_valid"], mb["region_valid"]], dtype=torch.bool),
                 "thumb": two("thumb"),
-                "tokens": torch.from_numpy(np.stack([_pad(a["tokens.npy"], self.context),
-                                                     _pad(b["tokens.npy"], self.context)])),
+                "tokens": torch.from_numpy(np.stack([pad_tokens(a[TOKENS], self.context),
+                                                     pad_tokens(b[TOKENS], self.context)])),
                 "xy_um": torch.tensor([ma["xy_um"], mb["xy_um"]], dtype=torch.float32),
                 "slide_id": ma["slide_id"], "spot_id": [ma["spot_id"], mb["spot_id"]]}
-
-
-def _image(sample: dict, name: str) -> np.ndarray:
-    for ext in IMAGE_CODECS:
-        if f"{name}.{ext}" in sample:
-            return sample[f"{name}.{ext}"]
-    raise KeyError(f"sample {sample.get('__key__')} has no {name} image")
 
 
 def _collate(batch: list[dict], str_keys: tuple[str, ...]) -> dict:
@@ -442,6 +331,6 @@ def collate_pairs(batch: list[dict]) -> dict:
 
 def corpus_dataset(manifest: str | Path | dict, **kwargs) -> _ShardDataset:
     """The dataset class that fits the corpus kind."""
-    man, _ = load_corpus_manifest(manifest)
+    man, _ = read_manifest(manifest)
     cls = GeneGroupDataset if man["kind"] == "genes" else PairedSpotDataset
     return cls(manifest, **kwargs)

@@ -10,7 +10,6 @@ exact sum over finished slides, in slide-id order, whatever the resume history.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import scipy.sparse as sp
 
 from ..errors import StampInputError
 from ..preprocessing.tokenizer import TARGET_SUM, per_spot_scale
-from .layout import MANIFEST_NAME, read_finished_manifest
+from .layout import MANIFEST_NAME, load_done, read_manifest, read_slide_means
 
 
 def means_accumulators(vocab_counts: sp.csr_matrix, target_sum: float = TARGET_SUM) -> np.ndarray:
@@ -62,19 +61,21 @@ def compute_gene_means(corpus_dir: str | Path, vocab=None, out: str | Path | Non
     """Gene means of a built corpus from its per-slide records -> a ``GeneVocabulary`` (written to ``out``
     when given). ``vocab`` defaults to the released vocabulary; its checksum must match the corpus's."""
     from ..preprocessing.vocab import GeneVocabulary
-    from .shards import decode_npy
 
     corpus_dir = Path(corpus_dir)
     mpath = corpus_dir / MANIFEST_NAME
-    man = read_finished_manifest(corpus_dir)
+    man, _ = read_manifest(corpus_dir)
     vocab = vocab or GeneVocabulary.default()
     if vocab.checksum != man["vocab"]["checksum"]:
         raise StampInputError("the vocabulary differs from the corpus's (checksum)", mpath,
                               hint="pass the vocabulary the corpus was built with")
     accs = []
     for s in man["slides"]:
-        done = json.loads((corpus_dir / f"{s['slide_id']}.done.json").read_text())
-        accs.append(decode_npy((corpus_dir / done["means"]["file"]).read_bytes()))
+        done = load_done(corpus_dir, s["slide_id"])
+        if done is None:
+            raise StampInputError(f"slide {s['slide_id']}: its done record is missing or damaged", corpus_dir,
+                                  hint="re-run build-corpus on this folder to rebuild it")
+        accs.append(read_slide_means(corpus_dir, done))
     means = means_from_accumulators(accs, len(vocab))
     result = GeneVocabulary(tuple(vocab.gene_ids), means, tuple(vocab.symbols), "corpus gene means")
     if out is not None:

@@ -1,7 +1,9 @@
 """Spot and slide quality control with a count of what each rule dropped.
 
 Spot rules run in a fixed order and a dropped spot is counted under the *first* rule that drops it, so the
-per-rule counts add up to the number of dropped spots. Slide rules skip a whole slide with a reason.
+per-rule counts add up to the number of dropped spots. Slide rules skip a whole slide with one reason
+(``duplicate_path``, ``duplicate_counts``, ``no_pixel_size``, ``no_image``, ``no_spots_left``, ``read_error``;
+``corpus.build``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ from ..config_types import COUNT0, FRACTION, ranged
 
 # spot rules, in the order they are applied
 SPOT_RULES = ("not_in_tissue", "empty", "min_counts", "min_genes", "off_image")
-# slide rules (a skipped slide has exactly one of these reasons)
-SLIDE_RULES = ("duplicate_path", "duplicate_counts", "no_pixel_size", "no_image", "no_spots_left",
-               "read_error")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ import numpy as np
 
 PNG_COMPRESS_LEVEL = 1
 IMAGE_CODECS = ("png", "qoi")
-SHARD_SUFFIX = ".tar"
 
 
 # ------------------------------------------------------------------ field codecs
@@ -123,10 +122,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return "sha256:" + h.hexdigest()
-
-
-def shard_name(slide_id: str, k: int) -> str:
-    return f"{slide_id}-{k:05d}{SHARD_SUFFIX}"
 
 
 def write_shard(path: str | Path, samples) -> dict:

@@ -17,10 +17,11 @@ import torch
 
 def iter_corpus_spots(corpus: str | Path):
     """Every sample of a paired corpus once, in manifest order: (meta, patch uint8 HWC, storage tokens)."""
-    from ..corpus.datasets import PairedSpotDataset, _image, load_corpus_manifest
+    from ..corpus.datasets import PairedSpotDataset
+    from ..corpus.layout import META, TOKENS, read_manifest, sample_image
     from ..corpus.shards import iter_shard
 
-    manifest, _ = load_corpus_manifest(corpus)
+    manifest, _ = read_manifest(corpus)
     if manifest.get("kind") != "paired":
         from ..errors import StampInputError
 
@@ -28,18 +29,18 @@ def iter_corpus_spots(corpus: str | Path):
     ds = PairedSpotDataset(corpus, split=None, shuffle=False)  # its shard list and URL resolution
     for shard in ds.shards:
         for s in iter_shard(ds.url(shard)):
-            yield s["meta.json"], _image(s, "patch"), s["tokens.npy"]
+            yield s[META], sample_image(s, "patch"), s[TOKENS]
 
 
 def gene_corpus_tokens(corpus: str | Path, slides: list[str], split: str | None = "val"):
     """(slide ids, spot ids, storage tokens [n, context]) of every real spot of ``slides`` in a ``genes``
     corpus (its samples are spatial groups; each spot is stored once). ``split``: refuse a slide that is not
     in this split (e.g. ``val``: held out of Stage 1)."""
-    from ..corpus.datasets import _pad, load_corpus_manifest
+    from ..corpus.layout import META, SPOT_VALID, TOKENS, pad_tokens, read_manifest
     from ..corpus.shards import iter_shard
     from ..errors import StampInputError
 
-    manifest, base = load_corpus_manifest(corpus)
+    manifest, base = read_manifest(corpus)
     context = int(manifest.get("tokenizer", {}).get("context") or 1500)
     shards = [sh for sh in manifest.get("shards", []) if sh["slide_id"] in set(slides)]
     missing = sorted(set(slides) - {sh["slide_id"] for sh in shards})
@@ -51,14 +52,14 @@ def gene_corpus_tokens(corpus: str | Path, slides: list[str], split: str | None 
             raise StampInputError(f"{sh['slide_id']} is in the corpus's {sh['split']!r} split, not {split!r}",
                                   corpus, hint="evaluate the gene encoder on slides it was not trained on")
         for s in iter_shard(str(Path(base) / sh["url"])):
-            ids = s["meta.json"].get("spot_ids") or [s["meta.json"].get("spot_id")]
-            tok = s["tokens.npy"] if s["tokens.npy"].ndim == 2 else s["tokens.npy"][None]
-            valid = s.get("spot_valid.npy", np.ones(len(ids), bool))
+            ids = s[META].get("spot_ids") or [s[META].get("spot_id")]
+            tok = s[TOKENS] if s[TOKENS].ndim == 2 else s[TOKENS][None]
+            valid = s.get(SPOT_VALID, np.ones(len(ids), bool))
             for j, (sp_id, ok) in enumerate(zip(ids, valid)):
                 if ok and sp_id:
                     sid.append(sh["slide_id"])
                     spot.append(sp_id)
-                    toks.append(_pad(tok[j], context))  # samples are trimmed to their longest spot
+                    toks.append(pad_tokens(tok[j], context))  # samples are trimmed to their longest spot
     return np.asarray(sid), np.asarray(spot), np.stack(toks)
 
 
@@ -84,7 +85,7 @@ def embed_corpus(checkpoints: dict[str, str | Path], corpus: str | Path, backbon
     unaligned ``backbone`` feature when one is named."""
     from tqdm.auto import tqdm
 
-    from ..corpus.datasets import _pad
+    from ..corpus.layout import pad_tokens
     from ..models.backbones import create_backbone
     from ..models.pretext import PretextConvNet
     from ..models.stamp import StampModel, load_stamp
@@ -118,7 +119,7 @@ def embed_corpus(checkpoints: dict[str, str | Path], corpus: str | Path, backbon
 
     def flush(patches, tokens):
         x = torch.from_numpy(np.stack(patches))
-        toks = torch.from_numpy(np.stack([_pad(t, context) for t in tokens]))
+        toks = torch.from_numpy(np.stack([pad_tokens(t, context) for t in tokens]))
         trunk = first.visual_backbone.trunk(first.prepare_images(x)) if share_trunk else None
         feat_g = first.gene_features(toks) if share_genes else None
         for name, m in models.items():

@@ -186,7 +186,7 @@ def select_samples(cfg: ReproduceConfig, root: Path) -> tuple[list[str], list[st
 # ---------------------------------------------------------------------- corpora (Dask)
 def corpora(s: Settings, root: Path, train: list[str], held: list[str], organs: dict) -> tuple[Path, Path]:
     from ..corpus.build import BuildConfig, build_corpus
-    from ..corpus.manifest import entries_from_records
+    from ..corpus.samples import entries_from_records
     from ..paths import vocab_file
 
     cfg = s.config

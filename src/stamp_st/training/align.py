@@ -430,9 +430,10 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
     if corpus is not None:
         from torch.utils.data import DataLoader
 
-        from ..corpus.datasets import PairedSpotDataset, check_shards, collate_pairs, load_corpus_manifest
+        from ..corpus.datasets import PairedSpotDataset, collate_pairs
+        from ..corpus.layout import check_shards, read_manifest
 
-        manifest, base = load_corpus_manifest(corpus)
+        manifest, base = read_manifest(corpus)
         check_shards(manifest, base, sha256=verify_sha256)
         if manifest.get("kind") != "paired":
             raise StampInputError(f"align needs a 'paired' corpus, this one is {manifest.get('kind')!r}", corpus,
@@ -500,9 +501,9 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
 
 
 def corpus_slides(corpus) -> list[str]:
-    from ..corpus.datasets import load_corpus_manifest
+    from ..corpus.layout import read_manifest
 
-    manifest, _ = load_corpus_manifest(corpus)
+    manifest, _ = read_manifest(corpus)
     return list(dict.fromkeys(sh["slide_id"] for sh in manifest.get("shards", [])))
 
 
@@ -547,6 +548,8 @@ class SyntheticPairs(torch.utils.data.IterableDataset):
                  batch_size: int = 4, seed: int = 0):
         import numpy as np
 
+        from ..preprocessing.tokenizer import STORAGE_PAD_ID, TOKEN_OFFSET
+
         self.n_items, self.batch_size, self.seed, self.epoch = n_items, batch_size, seed, 0
         rng = np.random.default_rng(seed)
         programs = np.stack([rng.permutation(vocab_size) for _ in range(4)])
@@ -555,9 +558,10 @@ class SyntheticPairs(torch.utils.data.IterableDataset):
         for i in range(n_items):
             pair = {}
             progs = [rng.integers(0, 4), rng.integers(0, 4)]
-            toks = np.zeros((2, context), np.int64)
+            toks = np.full((2, context), STORAGE_PAD_ID, np.int64)
             for s, p in enumerate(progs):
-                toks[s] = programs[p][np.argsort(np.arange(vocab_size) + rng.normal(0, 3, vocab_size))][:context] + 30
+                order = programs[p][np.argsort(np.arange(vocab_size) + rng.normal(0, 3, vocab_size))]
+                toks[s] = order[:context] + TOKEN_OFFSET
             img = np.stack([np.broadcast_to(colours[p], (img_px, img_px, 3)) for p in progs]).copy()
             img = np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
             pair["patch"] = torch.from_numpy(img)

@@ -154,12 +154,12 @@ def run_pretrain(corpus: str | Path, config: PretrainConfig, out: str | Path, re
     """Train; returns ``{"step", "epoch", "val"}``. ``vocab``: a ``GeneVocabulary`` (default: the released one
     from the data directory), stored in every checkpoint. ``verify_sha256``: check every local shard against
     the manifest's checksum once before training (sizes are always checked)."""
-    from ..corpus.datasets import check_shards, load_corpus_manifest
+    from ..corpus.layout import check_shards, read_manifest
     from ..preprocessing.vocab import GeneVocabulary
 
     check_run_folder(out)
     corpus = Path(corpus)
-    manifest, base = load_corpus_manifest(corpus)
+    manifest, base = read_manifest(corpus)
     check_shards(manifest, base, sha256=verify_sha256)
     if manifest.get("kind") != "genes":
         raise StampInputError(f"pretrain-genes needs a 'genes' corpus, this one is {manifest.get('kind')!r}",
@@ -244,21 +244,23 @@ class SyntheticGeneGroups(torch.utils.data.IterableDataset):
                  seed: int = 0, full_length: bool = False):
         self.n_groups, self.vocab_size, self.context = n_groups, vocab_size, context
         self.seed, self.epoch = seed, 0
+        from ..preprocessing.tokenizer import STORAGE_PAD_ID, TOKEN_OFFSET
+
         rng = np.random.default_rng(seed)
         programs = np.stack([rng.permutation(vocab_size) for _ in range(n_programs)])
         self.items = []
         for g in range(n_groups):
             prog = programs[g % n_programs]
-            toks = np.zeros((9, context), np.int64)
+            toks = np.full((9, context), STORAGE_PAD_ID, np.int64)
             for s in range(9):
                 n = context if full_length else int(rng.integers(context // 2, context + 1))
                 noise = rng.normal(0, 3.0, vocab_size)
                 order = prog[np.argsort(np.arange(vocab_size) + noise, kind="stable")]
-                toks[s, :n] = order[:n] + 30
+                toks[s, :n] = order[:n] + TOKEN_OFFSET
             valid = np.ones(9, bool)
             if g % 5 == 4:
                 valid[rng.integers(1, 9, size=3)] = False
-                toks[~valid] = 0
+                toks[~valid] = STORAGE_PAD_ID
             self.items.append({"tokens": torch.from_numpy(toks), "spot_valid": torch.from_numpy(valid),
                                "slide_id": f"synthetic{g % 3}"})
 

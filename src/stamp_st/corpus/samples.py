@@ -1,11 +1,12 @@
-"""The input manifest of a corpus build: one row per sample (slide section) to read.
+"""The samples table, the input of a corpus build: one row per sample (slide section) to read.
 
 Columns: ``path`` (required), ``format`` (``spaceranger|hest|her2st|h5ad``, empty = detect), ``section``
 (a sample inside a multi-sample folder, e.g. her2st ``B1``), ``slide_id`` (optional; default the section or
 the file stem; it names the shards, so it must be unique and file-name safe), ``organ``, ``study``,
 ``um_per_px`` (overrides the slide's pixel size), ``image_path`` (optional), ``split``
 (``train|val|test``; default ``train``). TSV, CSV or JSON (a list of objects) are read; relative paths are
-resolved against the manifest's folder so that a manifest travels with its data.
+resolved against the table's folder so that a samples table travels with its data. (Not to be confused with
+a built corpus's ``manifest.json``: ``corpus.layout``.)
 """
 
 from __future__ import annotations
@@ -69,12 +70,12 @@ def _clean(value) -> str:
 
 def entries_from_records(records: Iterable[Mapping], base_dir: str | Path | None = None,
                          source: str | Path | None = None) -> list[SampleEntry]:
-    """Validate manifest rows (dicts) into entries; relative paths are taken from ``base_dir``."""
+    """Validate samples rows (dicts) into entries; relative paths are taken from ``base_dir``."""
     known = {f.name for f in fields(SampleEntry)}
     out: list[SampleEntry] = []
     if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
         raise StampInputError(f"the manifest must list rows, got {type(records).__name__}", source,
-                              hint='a JSON manifest is a list of objects: [{"path": ..., "format": ...}, ...]')
+                              hint='a JSON samples table is a list of objects: [{"path": ..., "format": ...}, ...]')
     for i, rec in enumerate(records):
         if not isinstance(rec, Mapping):
             raise StampInputError(f"row {i} is not an object of columns (got {type(rec).__name__})", source,
@@ -116,17 +117,17 @@ def entries_from_records(records: Iterable[Mapping], base_dir: str | Path | None
     return out
 
 
-def read_manifest(path: str | Path) -> list[SampleEntry]:
-    """Read a TSV/CSV/JSON manifest."""
+def read_samples(path: str | Path) -> list[SampleEntry]:
+    """Read a TSV/CSV/JSON samples table."""
     import pandas as pd
 
-    path = require_file(path, "corpus manifest",
+    path = require_file(path, "samples table",
                         hint="write one with columns path, format, section, split (see docs/corpus.md)")
     try:
         if path.suffix.lower() == ".json":
             from ..io_utils import read_json
 
-            records = read_json(path, "manifest")
+            records = read_json(path, "samples table")
             if isinstance(records, dict):
                 records = records.get("samples", [])
         else:
@@ -134,14 +135,14 @@ def read_manifest(path: str | Path) -> list[SampleEntry]:
             df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
             records = df.to_dict(orient="records")
     except (ValueError, OSError, UnicodeDecodeError) as err:
-        raise StampInputError(f"cannot parse the manifest ({err})", path) from err
+        raise StampInputError(f"cannot parse the samples table ({err})", path) from err
     entries = entries_from_records(records, base_dir=path.parent, source=path)
     if not entries:
-        raise StampInputError("the manifest lists no samples", path)
+        raise StampInputError("the samples table lists no samples", path)
     return entries
 
 
-def write_manifest(entries: Iterable[SampleEntry], path: str | Path) -> Path:
+def write_samples(entries: Iterable[SampleEntry], path: str | Path) -> Path:
     """Write entries as TSV (or JSON when the name ends in .json), atomically."""
     import pandas as pd
 
@@ -166,7 +167,7 @@ def _her2st_section_names(root: Path) -> list[str]:
         return sorted(p.name.split(".")[0] for p in (root / "ST-cnts").glob("*.tsv.gz"))
 
 
-def her2st_manifest(root: str | Path, sections: Iterable[str] | None = None,
+def her2st_samples(root: str | Path, sections: Iterable[str] | None = None,
                     split: str | Mapping[str, str] | Callable[[str], str] = "train",
                     with_image_only: bool = False, out: str | Path | None = None) -> list[SampleEntry]:
     """Entries for the her2st folder (``ST-cnts``, ``ST-spotfiles``, ``ST-imgs``).
@@ -194,5 +195,5 @@ def her2st_manifest(root: str | Path, sections: Iterable[str] | None = None,
                      "organ": "breast", "study": "her2st", "split": sp})
     entries = entries_from_records(rows, source=root)
     if out is not None:
-        write_manifest(entries, out)
+        write_samples(entries, out)
     return entries
