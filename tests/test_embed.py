@@ -55,7 +55,7 @@ def toy_checkpoint(tmp_path_factory):
 
 
 def test_stamp_checkpoint_embeds_image_genes_and_fusion(toy_checkpoint, tmp_path):
-    from stamp_st.evaluation.embeddings_io import read_embedding_h5ad, write_embedding_h5ad
+    from stamp_st.embedding_file import read_embedding_h5ad, write_embedding_h5ad
     from stamp_st.inference.embed import embed_sample, load_embedder
     from stamp_st.models.stamp import load_stamp
 

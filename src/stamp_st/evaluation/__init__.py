@@ -4,8 +4,8 @@ in ``evaluation.registry``. Exports load on first use, so the CLI can read the r
 
 import importlib
 
-__all__ = ["EmbeddingSet", "evaluate_sources", "read_source"]
-_EXPORTS = {"EmbeddingSet": "embeddings_io", "read_source": "embeddings_io", "evaluate_sources": "tasks"}
+__all__ = ["evaluate_sources", "read_source"]
+_EXPORTS = {"read_source": "sources", "evaluate_sources": "tasks"}
 
 
 def __getattr__(name: str):
