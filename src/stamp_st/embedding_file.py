@@ -300,23 +300,33 @@ def _magnification(um_per_px: float) -> float | int:
     return int(round(mag)) if abs(mag - round(mag)) < 1e-6 else mag
 
 
-def trident_coords_attrs(name: str, patch_size_px: int, patch_side_level0_px: float, um_per_px: float,
-                         level0_width_px: int, level0_height_px: int, overlap_px: int = 0) -> dict:
+def trident_coords_attrs(name: str, patch_size_px: int, patch_size_level0_px: float, level0_magnification,
+                         target_magnification, level0_width_px: int, level0_height_px: int,
+                         overlap_px: int = 0) -> dict:
     """The attributes TRIDENT writes on (and its slide encoders and patchers read from) ``coords``:
     ``patch_size`` (px at the target magnification, i.e. the model's input side), ``patch_size_level0``
-    (the same tile in level-0 px), the two magnifications (10 / µm per px), the level-0 slide size,
-    ``overlap`` (target-magnification px) and the slide ``name``."""
-    side0 = int(round(float(patch_side_level0_px)))
+    (the same tile in level-0 px), the two magnifications, the level-0 slide size, ``overlap``
+    (target-magnification px) and the slide ``name``."""
     return {
         "patch_size": int(patch_size_px),
-        "patch_size_level0": side0,
-        "level0_magnification": _magnification(um_per_px),
-        "target_magnification": _magnification(float(um_per_px) * side0 / int(patch_size_px)),
+        "patch_size_level0": int(round(float(patch_size_level0_px))),
+        "level0_magnification": level0_magnification,
+        "target_magnification": target_magnification,
         "level0_width": int(level0_width_px),
         "level0_height": int(level0_height_px),
         "overlap": int(overlap_px),
         "name": str(name),
     }
+
+
+def spot_coords_attrs(name: str, patch_size_px: int, patch_side_level0_px: float, um_per_px: float,
+                      level0_width_px: int, level0_height_px: int) -> dict:
+    """:func:`trident_coords_attrs` of a spot file: the magnifications are 10 / µm per px of the slide and of
+    the model input (exact, not TRIDENT's buckets: spots are cut at the model's µm, not on a tile grid)."""
+    side0 = int(round(float(patch_side_level0_px)))
+    return trident_coords_attrs(name, patch_size_px, side0, _magnification(um_per_px),
+                                _magnification(float(um_per_px) * side0 / int(patch_size_px)), level0_width_px,
+                                level0_height_px)
 
 
 def write_trident_h5(path: str | Path, features: np.ndarray, coords: np.ndarray, slide_id: str,

@@ -119,14 +119,14 @@ def run(args) -> int:
     meta = SampleMeta.of(adata)
     sid = meta.sample_id or "sample"
     if out.suffix == ".h5":
-        from ..embedding_file import trident_coords_attrs
+        from ..embedding_file import spot_coords_attrs
 
         key = next(k for k in (OBSM_STAMP_V, OBSM_BACKBONE, OBSM_STAMP_G) if k in embs)
         um = meta.slide_um_per_px or 0.0
         g = embedder.geometry
         size_px = meta.image_size_px or (0, 0)
         side0 = g.patch_side_px(um) if um else 0.0
-        attrs = trident_coords_attrs(sid, g.out_px, side0, um, *size_px) if um else None
+        attrs = spot_coords_attrs(sid, g.out_px, side0, um, *size_px) if um else None
         # TRIDENT's convention: coords are the top-left corner of the patch the feature was computed on
         corners = np.asarray(adata.obsm["spatial"], np.float64) - side0 / 2
         write_trident_h5(out, embs[key], corners, slide_id=sid, spot_ids=list(adata.obs_names),

@@ -1,6 +1,7 @@
 """evaluation: held-out-slide tasks (probe, clustering, expression prediction, retrieval, ABMIL), 95%
-intervals, embedding files and the HTML report. Entry point: :func:`evaluate_sources`. Tasks are registered
-in ``evaluation.registry``. Exports load on first use, so the CLI can read the registry without numpy."""
+intervals, embedding sources (files in ``stamp_st.embedding_file``'s format) and the HTML report. Entry point:
+:func:`evaluate_sources`. Tasks are registered in ``evaluation.registry``. Exports load on first use, so the CLI
+can read the registry without numpy."""
 
 import importlib
 
