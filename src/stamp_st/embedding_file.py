@@ -36,7 +36,6 @@ OBSM_STAMP_V_JOINT = "X_stamp_v_joint"
 OBSM_STAMP_G = "X_stamp_g"
 OBSM_STAMP_F = "X_stamp_f"
 OBSM_BACKBONE = "X_backbone"  # a plain (unaligned) backbone's feature
-OBSM_STAMP_V_PROJ = "X_stamp_v_proj"  # Stamp_V's joint projection before its L2 normalisation
 DEFAULT_KEY_ORDER = (OBSM_STAMP_V, OBSM_STAMP_V_JOINT, OBSM_STAMP_F, OBSM_BACKBONE, OBSM_STAMP_G)
 NON_EMBEDDING_OBSM = {OBSM_SPATIAL, "X_umap", "X_pca", "X_tsne"}
 CV_SEP = "@"  # obsm["<key>@<slide>"]: <key> of every spot by the cross-validated model that held <slide> out

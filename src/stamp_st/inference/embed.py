@@ -28,7 +28,6 @@ from ..embedding_file import (
     OBSM_STAMP_G,
     OBSM_STAMP_V,
     OBSM_STAMP_V_JOINT,
-    OBSM_STAMP_V_PROJ,
 )
 from ..errors import StampInputError
 from ..preprocessing.crops import CropGeometry
@@ -107,8 +106,7 @@ def load_embedder(model: str, device: str = "auto", backbone_weights: str | None
     def image_fn(images):
         images = images.to(dev)
         feat = net.encode_image(images, space="backbone")
-        return {OBSM_STAMP_V: feat, OBSM_STAMP_V_JOINT: net.encode_image(patch_feat=feat),
-                OBSM_STAMP_V_PROJ: net.patch_projection(feat)}
+        return {OBSM_STAMP_V: feat, OBSM_STAMP_V_JOINT: net.encode_image(patch_feat=feat)}
 
     def gene_fn(tokens):
         return net.encode_genes(tokens.to(dev))
