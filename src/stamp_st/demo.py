@@ -265,6 +265,7 @@ def genes_only_heldout(settings: DemoSettings, gene_run: Path, root: Path) -> di
 
 
 def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path) -> dict:
+    from .embedding_file import OBSM_BACKBONE, OBSM_STAMP_F, OBSM_STAMP_G, OBSM_STAMP_V, OBSM_STAMP_V_JOINT
     from .evaluation.labels import load_labels
     from .evaluation.report import write_report
     from .evaluation.sources import expression_pca_source, read_source
@@ -274,11 +275,11 @@ def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path) -> dict
 
     def go():
         sources = {  # cross-validated: each section scored with the fold model that never saw it
-            STAMP_V: read_source(f"{files['stamp']}:X_stamp_v", STAMP_V),
-            STAMP_V_JOINT: read_source(f"{files['stamp']}:X_stamp_v_joint", STAMP_V_JOINT),
-            "STAMP_F (fusion)": read_source(f"{files['stamp']}:X_stamp_f", "STAMP_F (fusion)"),
-            "STAMP_G (genes)": read_source(f"{files['stamp']}:X_stamp_g", "STAMP_G (genes)"),
-            "EfficientNet-Lite0 (unaligned)": read_source(f"{files['backbone']}:X_backbone",
+            STAMP_V: read_source(f"{files['stamp']}:{OBSM_STAMP_V}", STAMP_V),
+            STAMP_V_JOINT: read_source(f"{files['stamp']}:{OBSM_STAMP_V_JOINT}", STAMP_V_JOINT),
+            "STAMP_F (fusion)": read_source(f"{files['stamp']}:{OBSM_STAMP_F}", "STAMP_F (fusion)"),
+            "STAMP_G (genes)": read_source(f"{files['stamp']}:{OBSM_STAMP_G}", "STAMP_G (genes)"),
+            "EfficientNet-Lite0 (unaligned)": read_source(f"{files['backbone']}:{OBSM_BACKBONE}",
                                                           "EfficientNet-Lite0 (unaligned)"),
         }
         first = sources[STAMP_V]

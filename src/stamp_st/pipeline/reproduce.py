@@ -316,12 +316,13 @@ STAMP_V_JOINT = "STAMP_V joint (projected)"
 def benchmark_sources(files: dict[str, str], backbone: str) -> dict:
     """The aligned encoder's feature (unchanged by Stage 2 where the backbone is frozen), its projection into the
     joint space (trained in every recipe), and the unaligned backbone (the baseline)."""
+    from ..embedding_file import OBSM_BACKBONE, OBSM_STAMP_V, OBSM_STAMP_V_JOINT
     from ..evaluation.sources import read_source
 
     base = f"{backbone} (unaligned)"
-    return {STAMP_V: read_source(f"{files['stamp']}:X_stamp_v", STAMP_V),
-            STAMP_V_JOINT: read_source(f"{files['stamp']}:X_stamp_v_joint", STAMP_V_JOINT),
-            base: read_source(f"{files['backbone']}:X_backbone", base)}, base
+    return {STAMP_V: read_source(f"{files['stamp']}:{OBSM_STAMP_V}", STAMP_V),
+            STAMP_V_JOINT: read_source(f"{files['stamp']}:{OBSM_STAMP_V_JOINT}", STAMP_V_JOINT),
+            base: read_source(f"{files['backbone']}:{OBSM_BACKBONE}", base)}, base
 
 
 def run_benchmark(sources: dict, baseline: str, seed: int, progress=None) -> dict:
