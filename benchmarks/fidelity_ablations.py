@@ -77,7 +77,7 @@ def evaluate_runs(runs: dict[str, Path], corpus: str, her2st: Path, slides: list
     import pandas as pd
     import scipy.sparse as sp
 
-    from stamp_st.evaluation.embeddings_io import EmbeddingSet
+    from stamp_st.embedding_file import EmbeddingSet
     from stamp_st.evaluation.tasks import evaluate_sources
     from stamp_st.inference.corpus_embed import embed_corpus
     from stamp_st.readers import read_sample

@@ -68,7 +68,8 @@ def main() -> int:
     import torch
 
     from stamp_st.demo import genes_only_sections
-    from stamp_st.evaluation.embeddings_io import EmbeddingSet, expression_pca_source
+    from stamp_st.embedding_file import EmbeddingSet
+    from stamp_st.evaluation.sources import expression_pca_source
     from stamp_st.evaluation.tasks import evaluate_sources
     from stamp_st.paths import her2st_dir
     from stamp_st.training.align import load_gene_encoder

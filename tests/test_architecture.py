@@ -1,7 +1,8 @@
 """The package's import graph: no import points up the stack and no two modules import each other (directly or
 round a loop), imports inside functions included. The stack, bottom to top (docs/ARCHITECTURE.md):
-shared modules (errors, io_utils, paths, ...) < readers < preprocessing < corpus < models < training <
-evaluation | inference < cli / demo. Evaluation and inference are siblings: neither imports the other."""
+shared modules (errors, io_utils, paths, ...) < readers < embedding_file < preprocessing < corpus < models <
+training < evaluation | inference < cli / demo. Evaluation and inference are siblings: neither imports the other;
+both write or read embedding files through ``embedding_file``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import stamp_st
 
 PACKAGE_DIR = Path(stamp_st.__file__).parent
 LAYERS = {
-    "readers": 1, "preprocessing": 2, "corpus": 3, "models": 4, "training": 5,
+    "readers": 1, "embedding_file": 1.5, "preprocessing": 2, "corpus": 3, "models": 4, "training": 5,
     "evaluation": 6, "inference": 6, "cli": 7, "demo": 7, "pipeline": 7, "__main__": 7,
 }  # any other top-level module or package (errors, io_utils, paths, configs, metrics, ...) is shared: layer 0
 

@@ -470,7 +470,8 @@ from test_embed import _sample, toy_checkpoint  # noqa: E402,F401 - the fixture 
 
 
 def test_embed_flags_spots_without_vocabulary_genes(toy_checkpoint, tmp_path):  # noqa: F811
-    from stamp_st.inference.embed import OBS_NO_VOCAB_GENES, embed_sample, load_embedder
+    from stamp_st.embedding_file import OBS_NO_VOCAB_GENES
+    from stamp_st.inference.embed import embed_sample, load_embedder
 
     path, vocab = toy_checkpoint
     embedder = load_embedder(str(path), device="cpu")
@@ -494,7 +495,7 @@ def test_embed_flags_spots_without_vocabulary_genes(toy_checkpoint, tmp_path):  
 
 
 def test_evaluate_names_the_file_and_spots_with_nan_embeddings(tmp_path, capsys):
-    from stamp_st.evaluation.embeddings_io import write_embedding_h5ad
+    from stamp_st.embedding_file import write_embedding_h5ad
 
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(40, 8)).astype(np.float32)

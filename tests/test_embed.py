@@ -55,7 +55,7 @@ def toy_checkpoint(tmp_path_factory):
 
 
 def test_stamp_checkpoint_embeds_image_genes_and_fusion(toy_checkpoint, tmp_path):
-    from stamp_st.evaluation.embeddings_io import read_embedding_h5ad, write_embedding_h5ad
+    from stamp_st.embedding_file import read_embedding_h5ad, write_embedding_h5ad
     from stamp_st.inference.embed import embed_sample, load_embedder
     from stamp_st.models.stamp import load_stamp
 
@@ -167,3 +167,25 @@ def test_bare_backbone_name_gets_a_hint(name, tmp_path, capsys):
                "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and f"did you mean backbone:{name}" in err
+
+
+def test_checkpoint_names_its_input_pixel_size_and_earlier_ones_still_load(toy_checkpoint, tmp_path):
+    """config.json's model input pixel size is ``input_um_per_px`` (not the slide's); a checkpoint written when
+    it was called ``um_per_px`` loads, with the key under its current name."""
+    import json
+    import shutil
+
+    from stamp_st.models.checkpoint import CONFIG_FILE, load_config
+    from stamp_st.models.stamp import load_stamp
+
+    path, _ = toy_checkpoint
+    cfg = json.loads((path / CONFIG_FILE).read_text())
+    assert cfg["input_um_per_px"] == pytest.approx(112.0 / 224) and "um_per_px" not in cfg
+    old = tmp_path / "old"
+    shutil.copytree(path, old)
+    cfg["um_per_px"] = cfg.pop("input_um_per_px")
+    (old / CONFIG_FILE).write_text(json.dumps(cfg))
+    assert load_config(old)["input_um_per_px"] == pytest.approx(0.5) and "um_per_px" not in load_config(old)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert load_stamp(old).stamp_config["input_um_per_px"] == pytest.approx(0.5)

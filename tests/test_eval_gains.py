@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from test_eval_tasks import synthetic
 
-from stamp_st.evaluation.embeddings_io import EmbeddingSet
+from stamp_st.embedding_file import EmbeddingSet
 from stamp_st.evaluation.gains import paired_bootstrap_gain
 from stamp_st.evaluation.tasks import evaluate_sources
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_eval_tasks import synthetic
 
-from stamp_st.evaluation.embeddings_io import EmbeddingSet
+from stamp_st.embedding_file import EmbeddingSet
 from stamp_st.evaluation.registry import EVAL_TASKS, EvalTask, Gain
 from stamp_st.evaluation.report import write_report
 from stamp_st.evaluation.splits import score_folds

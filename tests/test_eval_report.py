@@ -6,15 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from stamp_st.errors import StampInputError
-from stamp_st.evaluation.embeddings_io import (
-    align_sources,
+from stamp_st.embedding_file import (
     read_embedding_h5ad,
-    read_source,
     read_trident_h5,
     write_embedding_h5ad,
     write_trident_h5,
 )
+from stamp_st.errors import StampInputError
+from stamp_st.evaluation.sources import align_sources, read_source
 
 
 def _write(tmp_path, rng, n_per=60, patches=True):
@@ -32,7 +31,7 @@ def _write(tmp_path, rng, n_per=60, patches=True):
         tmp_path / "emb.h5ad", {"X_stamp_v_joint": good, "X_stamp_g": good + rng.normal(0, 0.3, good.shape),
                                 "X_backbone": rng.normal(size=(n, 16))},
         slide_ids=slides, spot_ids=[f"{i}x{i % 7}" for i in range(n)], xy_px=rng.uniform(0, 1000, (n, 2)),
-        counts=counts, gene_names=[f"G{i}" for i in range(30)], image_paths={"S0": str(img)}, extra_uns=extra)
+        counts=counts, gene_names=[f"G{i}" for i in range(30)], image_paths={"S0": str(img)}, record=extra)
     import anndata as ad
 
     a = ad.read_h5ad(path)
@@ -167,7 +166,7 @@ def test_training_curves_draw_every_logged_step(tmp_path, monkeypatch):
 def test_retrieval_patches_are_cut_from_the_he(tmp_path):
     from PIL import Image
 
-    from stamp_st.evaluation.embeddings_io import EmbeddingSet
+    from stamp_st.embedding_file import EmbeddingSet
     from stamp_st.evaluation.report import _patches_from_he
 
     img = np.full((400, 400, 3), 255, np.uint8)

@@ -4,8 +4,8 @@ chance) rather than numbers the code was tuned to print."""
 import numpy as np
 import pytest
 
+from stamp_st.embedding_file import EmbeddingSet
 from stamp_st.evaluation.clustering import cluster_slides
-from stamp_st.evaluation.embeddings_io import EmbeddingSet
 from stamp_st.evaluation.expression import hest_ridge, per_gene_pearson, retrieval_imputation
 from stamp_st.evaluation.mil import abmil_cv
 from stamp_st.evaluation.probe import linear_probe
@@ -82,7 +82,7 @@ def test_pearson_matches_numpy():
 
 
 def test_expression_prediction_signal_beats_noise(data):
-    from stamp_st.evaluation.embeddings_io import log1p_cp10k
+    from stamp_st.evaluation.sources import log1p_cp10k
 
     expr = log1p_cp10k(data["counts"])
     good = hest_ridge(data["good"], expr, data["slide"], data["genes"])

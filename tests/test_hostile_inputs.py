@@ -134,14 +134,14 @@ def _damaged_member(corpus: Path) -> Path:
 
 
 def _zero_dim_embedding(t: Path) -> Path:
-    from stamp_st.evaluation.embeddings_io import write_embedding_h5ad
+    from stamp_st.embedding_file import write_embedding_h5ad
 
     return write_embedding_h5ad(t / "zero.h5ad", {"X_stamp_v": np.zeros((40, 0), np.float32)},
                                 ["A1"] * 20 + ["B1"] * 20, [f"s{i}" for i in range(40)])
 
 
 def _embedding(t: Path) -> Path:
-    from stamp_st.evaluation.embeddings_io import write_embedding_h5ad
+    from stamp_st.embedding_file import write_embedding_h5ad
 
     emb = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
     return write_embedding_h5ad(t / "e.h5ad", {"X_stamp_v": emb}, ["A1"] * 20 + ["B1"] * 20,
@@ -433,7 +433,8 @@ def test_evaluate_writes_results_json_last(tmp_path, monkeypatch):
 
 
 def test_sources_cut_to_common_spots_are_reported():
-    from stamp_st.evaluation.embeddings_io import EmbeddingSet, align_sources
+    from stamp_st.embedding_file import EmbeddingSet
+    from stamp_st.evaluation.sources import align_sources
 
     rng = np.random.default_rng(0)
     a = EmbeddingSet("a", rng.normal(size=(10, 3)), ["s"] * 10, [f"p{i}" for i in range(10)])

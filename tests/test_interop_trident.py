@@ -111,7 +111,7 @@ def test_clam_mil_bag_reads(tile_file):
 
 
 def test_stamp_reader_gives_tile_centres(tile_file):
-    from stamp_st.evaluation.embeddings_io import read_trident_h5
+    from stamp_st.embedding_file import read_trident_h5
 
     s = read_trident_h5(tile_file)
     with h5py.File(tile_file, "r") as f:
@@ -146,7 +146,7 @@ def test_spot_h5_uses_the_same_corner_convention(tmp_path, capsys):
     import scipy.sparse as sp
 
     from stamp_st.cli import main
-    from stamp_st.evaluation.embeddings_io import read_trident_h5
+    from stamp_st.embedding_file import read_trident_h5
 
     slide = _slide(tmp_path / "he.tif")
     xy = np.array([[500.0, 500.0], [620.5, 610.0], [700.0, 800.0]])

@@ -76,7 +76,7 @@ def test_every_evaluation_task_runs_or_says_why_not(name):
     import pandas as pd
     from test_eval_tasks import synthetic
 
-    from stamp_st.evaluation.embeddings_io import EmbeddingSet
+    from stamp_st.embedding_file import EmbeddingSet
     from stamp_st.evaluation.report import task_title
     from stamp_st.evaluation.tasks import evaluate_sources
 

@@ -153,8 +153,8 @@ def embed(settings: DemoSettings, root: Path, stamp_run: Path, paired_dir: Path)
     """Every imaged spot by each fold model (obsm ``X_stamp_v@<held-out slide>`` ...), by the final model
     (``X_stamp_v``, ``X_stamp_v_joint``, ``X_stamp_g``, ``X_stamp_f``) and by the unaligned backbone, on the
     corpus's own crops."""
-    from .evaluation.embeddings_io import CV_SEP, write_embedding_h5ad
-    from .inference.corpus_embed import embed_corpus
+    from .embedding_file import OBSM_BACKBONE, cross_validated_key, write_embedding_h5ad
+    from .inference.corpus_embed import OBSM_KEYS, embed_corpus
     from .readers import SampleMeta, read_sample
     from .training.run_folder import latest_checkpoint
 
@@ -181,18 +181,18 @@ def embed(settings: DemoSettings, root: Path, stamp_run: Path, paired_dir: Path)
         order = np.concatenate([np.flatnonzero(slides == s) for s in IMAGED_SECTIONS])
         counts = sp.vstack(blocks).tocsr()
         kinds = ("stamp_v", "stamp_v_joint", "stamp_g", "stamp_f")
-        embs = {f"X_{k}": res[k]["final"][order] for k in kinds}
+        embs = {OBSM_KEYS[k]: res[k]["final"][order] for k in kinds}
         for k in kinds:
             for name, arr in res[k].items():
                 if name != "final":  # the fold model that held this section out
-                    embs[f"X_{k}{CV_SEP}{name.replace('her2st_', '')}"] = arr[order]
+                    embs[cross_validated_key(OBSM_KEYS[k], name.replace("her2st_", ""))] = arr[order]
         common = dict(slide_ids=slides[order], spot_ids=spots[order], xy_px=res["xy_px"][order], counts=counts,
                       gene_names=genes, image_paths=images)
-        write_embedding_h5ad(files["stamp"], embs, extra_uns={"model": str(cks["final"]),
-                                                              "cross_validated": {k: str(v) for k, v in cks.items()}},
+        write_embedding_h5ad(files["stamp"], embs, record={"model": str(cks["final"]),
+                                                           "cross_validated": {k: str(v) for k, v in cks.items()}},
                              **common)
-        write_embedding_h5ad(files["backbone"], {"X_backbone": res["backbone"][order]},
-                             extra_uns={"model": "backbone:efficientnet_lite0"}, **common)
+        write_embedding_h5ad(files["backbone"], {OBSM_BACKBONE: res["backbone"][order]},
+                             record={"model": "backbone:efficientnet_lite0"}, **common)
         return {k: str(v) for k, v in files.items()}
 
     _stage(settings, "embed", go)
@@ -237,7 +237,8 @@ def genes_only_heldout(settings: DemoSettings, gene_run: Path, root: Path) -> di
     import numpy as np
     import torch
 
-    from .evaluation.embeddings_io import EmbeddingSet, expression_pca_source
+    from .embedding_file import EmbeddingSet
+    from .evaluation.sources import expression_pca_source
     from .evaluation.tasks import evaluate_sources
     from .training.align import load_gene_encoder
 
@@ -264,20 +265,21 @@ def genes_only_heldout(settings: DemoSettings, gene_run: Path, root: Path) -> di
 
 
 def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path) -> dict:
-    from .evaluation.embeddings_io import expression_pca_source, read_source
+    from .embedding_file import OBSM_BACKBONE, OBSM_STAMP_F, OBSM_STAMP_G, OBSM_STAMP_V, OBSM_STAMP_V_JOINT
     from .evaluation.labels import load_labels
     from .evaluation.report import write_report
+    from .evaluation.sources import expression_pca_source, read_source
     from .evaluation.tasks import evaluate_sources
 
     report_dir = settings.out / "report"
 
     def go():
         sources = {  # cross-validated: each section scored with the fold model that never saw it
-            STAMP_V: read_source(f"{files['stamp']}:X_stamp_v", STAMP_V),
-            STAMP_V_JOINT: read_source(f"{files['stamp']}:X_stamp_v_joint", STAMP_V_JOINT),
-            "STAMP_F (fusion)": read_source(f"{files['stamp']}:X_stamp_f", "STAMP_F (fusion)"),
-            "STAMP_G (genes)": read_source(f"{files['stamp']}:X_stamp_g", "STAMP_G (genes)"),
-            "EfficientNet-Lite0 (unaligned)": read_source(f"{files['backbone']}:X_backbone",
+            STAMP_V: read_source(f"{files['stamp']}:{OBSM_STAMP_V}", STAMP_V),
+            STAMP_V_JOINT: read_source(f"{files['stamp']}:{OBSM_STAMP_V_JOINT}", STAMP_V_JOINT),
+            "STAMP_F (fusion)": read_source(f"{files['stamp']}:{OBSM_STAMP_F}", "STAMP_F (fusion)"),
+            "STAMP_G (genes)": read_source(f"{files['stamp']}:{OBSM_STAMP_G}", "STAMP_G (genes)"),
+            "EfficientNet-Lite0 (unaligned)": read_source(f"{files['backbone']}:{OBSM_BACKBONE}",
                                                           "EfficientNet-Lite0 (unaligned)"),
         }
         first = sources[STAMP_V]

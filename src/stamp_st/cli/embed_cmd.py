@@ -50,8 +50,16 @@ def run(args) -> int:
 
     import numpy as np
 
+    from ..embedding_file import (
+        OBS_NO_VOCAB_GENES,
+        OBSM_BACKBONE,
+        OBSM_STAMP_G,
+        OBSM_STAMP_V,
+        write_clam_pt,
+        write_embedding_h5ad,
+        write_trident_h5,
+    )
     from ..errors import StampInputError
-    from ..evaluation.embeddings_io import write_clam_pt, write_embedding_h5ad, write_trident_h5
     from ..inference.embed import embed_sample, embed_slide_tiles, load_embedder
     from ..io_utils import check_output_file
     from ..readers.sample_meta import SampleMeta
@@ -111,14 +119,14 @@ def run(args) -> int:
     meta = SampleMeta.of(adata)
     sid = meta.sample_id or "sample"
     if out.suffix == ".h5":
-        from ..evaluation.embeddings_io import trident_coords_attrs
+        from ..embedding_file import spot_coords_attrs
 
-        key = next(k for k in ("X_stamp_v", "X_backbone", "X_stamp_g") if k in embs)
+        key = next(k for k in (OBSM_STAMP_V, OBSM_BACKBONE, OBSM_STAMP_G) if k in embs)
         um = meta.slide_um_per_px or 0.0
         g = embedder.geometry
         size_px = meta.image_size_px or (0, 0)
         side0 = g.patch_side_px(um) if um else 0.0
-        attrs = trident_coords_attrs(sid, g.out_px, side0, um, *size_px) if um else None
+        attrs = spot_coords_attrs(sid, g.out_px, side0, um, *size_px) if um else None
         # TRIDENT's convention: coords are the top-left corner of the patch the feature was computed on
         corners = np.asarray(adata.obsm["spatial"], np.float64) - side0 / 2
         write_trident_h5(out, embs[key], corners, slide_id=sid, spot_ids=list(adata.obs_names),
@@ -127,15 +135,15 @@ def run(args) -> int:
         from ..inference.scanpy_uns import spatial_uns
 
         obs_cols = {k: adata.obs[k].to_numpy() for k in ("array_row", "array_col", "in_tissue",
-                                                           "stamp_st_no_vocab_genes") if k in adata.obs}
+                                                           OBS_NO_VOCAB_GENES) if k in adata.obs}
         var_cols = {"gene_ids": adata.var["gene_ids"].astype(str).to_numpy()} if "gene_ids" in adata.var else None
         write_embedding_h5ad(out, embs, [sid] * adata.n_obs, list(adata.obs_names), xy_px=adata.obsm["spatial"],
                              counts=adata.X, gene_names=list(adata.var_names),
                              image_paths={sid: meta.image_path} if meta.image_path else None,
-                             extra_uns={"model": embedder.name, "um_per_px": meta.slide_um_per_px or 0.0,
-                                        "pipeline": args.pipeline, "precision": embedder.precision,
-                                        **({"notes": notes} if notes else {})},
-                             obs_columns=obs_cols, var_columns=var_cols, spatial=spatial_uns(adata, sid))
+                             record={"model": embedder.name, "um_per_px": meta.slide_um_per_px or 0.0,
+                                     "pipeline": args.pipeline, "precision": embedder.precision,
+                                     **({"notes": notes} if notes else {})},
+                             obs_columns=obs_cols, var_columns=var_cols, spatial=spatial_uns(adata, sid), sample=meta)
     _summary(args, {"out": str(out), "kind": "spots", "n_spots": int(adata.n_obs),
                     "keys": {k: int(v.shape[1]) for k, v in embs.items()},
                     **({"notes": notes} if notes else {})},

@@ -50,9 +50,9 @@ def run(args) -> int:
     import pandas as pd
 
     from ..errors import StampInputError
-    from ..evaluation.embeddings_io import expression_pca_source, read_source
     from ..evaluation.labels import load_labels
     from ..evaluation.report import write_report
+    from ..evaluation.sources import expression_pca_source, read_source
     from ..evaluation.tasks import evaluate_sources
 
     if Path(args.out).exists() and not Path(args.out).is_dir():

@@ -175,7 +175,7 @@ def retrieval_imputation(query_emb: np.ndarray, reference_emb: np.ndarray, expr_
 def run(s, emb, gene_emb, folds, ctx, sel):
     """Registry runner (``evaluation.registry``): HEST ridge (fixed and CV alpha) and retrieval imputation;
     predictions are each read-out's held-out fold records (``_fold_record``)."""
-    from .embeddings_io import MODALITY_IMAGE
+    from ..embedding_file import MODALITY_IMAGE
 
     if ctx.expr_log is None:
         return "no expression counts in any source (h5ad X is empty)"

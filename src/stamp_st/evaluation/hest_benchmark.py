@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..embedding_file import decode_barcodes, read_barcoded_h5
 from ..errors import DataNotFoundError, StampInputError
 
 # HEST's task folders (bench_config.yaml); the README's table names CCRCC "ccRCC" and LUNG "LUAD"
@@ -63,29 +64,6 @@ class HestBenchConfig:
 
 
 # ------------------------------------------------------------------ embeddings
-def _decode(values) -> np.ndarray:
-    return np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in np.ravel(values)])
-
-
-def read_embedding_h5(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(barcodes, embeddings) of one sample's HDF5: HEST's ``embeddings`` + ``barcodes`` or TRIDENT-style
-    ``features`` + ``barcodes`` (what ``stamp-st embed --tiles`` writes). The dtype is kept as stored."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        key = "embeddings" if "embeddings" in f else "features" if "features" in f else None
-        if key is None or "barcodes" not in f:
-            raise StampInputError(f"HDF5 needs 'embeddings' (or 'features') and 'barcodes' (has {list(f.keys())})",
-                                  path, hint="write one row per spot with the spot's barcode")
-        emb = np.asarray(f[key])
-        barcodes = _decode(f["barcodes"][:])
-    if emb.ndim == 3 and emb.shape[0] == 1:
-        emb = emb[0]
-    if emb.ndim != 2 or len(emb) != len(barcodes):
-        raise StampInputError(f"{key} {emb.shape} and {len(barcodes)} barcodes do not agree", path)
-    return barcodes, emb
-
-
 class BenchEmbeddings:
     """Where the embedding of each benchmark sample comes from. Each entry of ``specs`` is
 
@@ -105,13 +83,13 @@ class BenchEmbeddings:
             elif ".h5ad" in text:  # FILE.h5ad or FILE.h5ad:OBSM_KEY
                 self._add_h5ad(text)
             elif path.suffix in (".h5", ".hdf5") and path.is_file():
-                self.table[path.stem] = read_embedding_h5(path)
+                self.table[path.stem] = read_barcoded_h5(path)
             else:
                 raise DataNotFoundError("embedding folder or file not found", path,
                                         hint="give a folder of <sample_id>.h5 files, an .h5ad, or an .h5")
 
     def _add_h5ad(self, spec: str, sample_id: str | None = None) -> None:
-        from .embeddings_io import read_source
+        from .sources import read_source
 
         src = read_source(spec)
         for sid in (np.unique(src.slide_ids) if sample_id is None else [sample_id]):
@@ -134,7 +112,7 @@ class BenchEmbeddings:
                 if hits[0].suffix == ".h5ad":
                     self._add_h5ad(str(hits[0]), sample_id)
                 else:
-                    self.table[sample_id] = read_embedding_h5(hits[0])
+                    self.table[sample_id] = read_barcoded_h5(hits[0])
                 return self.table[sample_id]
         raise DataNotFoundError(f"no embedding for sample {sample_id!r} of task {task}",
                                 self.dirs[0] if self.dirs else None,
@@ -178,7 +156,7 @@ def _patch_barcodes(task_dir: Path, patches_path: str) -> np.ndarray | None:
         return None
     with h5py.File(path, "r") as f:
         key = "barcode" if "barcode" in f else "barcodes" if "barcodes" in f else None
-        return None if key is None else _decode(f[key][:])
+        return None if key is None else decode_barcodes(f[key][:])
 
 
 def sample_targets(expr_path: Path, genes: list[str], barcodes: np.ndarray, normalize: bool = True) -> np.ndarray:

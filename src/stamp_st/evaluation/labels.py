@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..embedding_file import EmbeddingSet
 from ..errors import StampInputError
-from .embeddings_io import EmbeddingSet
 
 LABEL_KINDS = ("her2st-cluster", "her2st-pat")
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..embedding_file import MODALITY_IMAGE, EmbeddingSet
 from ..errors import StampInputError
-from .embeddings_io import EmbeddingSet, align_sources, log1p_cp10k
 from .registry import EVAL_TASKS, MERGE_METRICS
+from .sources import align_sources, log1p_cp10k
 from .splits import make_folds
 
 

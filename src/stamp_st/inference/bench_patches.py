@@ -10,21 +10,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..embedding_file import decode_barcodes, write_hest_embeddings
 from ..errors import DataNotFoundError, StampInputError
-from ..io_utils import atomic_path
 
 HEST_PATCH_UM = 112.0  # 224 px at 0.5 µm/px
-
-
-def _decode(values) -> np.ndarray:
-    return np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in np.ravel(values)])
 
 
 @torch.inference_mode()
 def embed_patch_file(embedder, path: str | Path, key: str | None = None,
                      batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(barcodes, embeddings [n, d] float32) of every patch of a HEST patch file, read batch by batch;
-    ``key`` picks the embedder's output (default: its first, ``X_stamp_v`` for a STAMP model)."""
+    ``key`` picks the embedder's output (default: its first, Stamp_V for a STAMP model)."""
     import h5py
 
     from .embed import _autocast
@@ -36,7 +32,7 @@ def embed_patch_file(embedder, path: str | Path, key: str | None = None,
         bkey = "barcode" if "barcode" in f else "barcodes" if "barcodes" in f else None
         if "img" not in f or bkey is None:
             raise StampInputError(f"not a HEST patch file: needs 'img' and 'barcode' (has {list(f.keys())})", path)
-        imgs, barcodes = f["img"], _decode(f[bkey][:])
+        imgs, barcodes = f["img"], decode_barcodes(f[bkey][:])
         if imgs.ndim != 4 or imgs.shape[-1] != 3 or len(imgs) != len(barcodes):
             raise StampInputError(f"img {imgs.shape} and {len(barcodes)} barcodes do not agree", path)
         out = []
@@ -49,18 +45,6 @@ def embed_patch_file(embedder, path: str | Path, key: str | None = None,
             out.append(feats[name].float().cpu().numpy())
     d = out[0].shape[1] if out else 0
     return barcodes, (np.concatenate(out) if out else np.zeros((0, d), np.float32))
-
-
-def write_hest_embeddings(path: str | Path, barcodes, embeddings: np.ndarray) -> Path:
-    """HEST's embedding file: ``embeddings`` float32 [n, d] and ``barcodes`` bytes [n, 1], written atomically."""
-    import h5py
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("embeddings", data=np.asarray(embeddings, np.float32))
-        f.create_dataset("barcodes", data=np.asarray(barcodes).astype("S").reshape(-1, 1))
-    return path
 
 
 def embed_bench_tasks(model: str, samples: list[tuple[str, str, Path]], embed_dir: str | Path, key: str | None = None,

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..embedding_file import OBSM_BACKBONE, OBSM_STAMP_F, OBSM_STAMP_G, OBSM_STAMP_V, OBSM_STAMP_V_JOINT
+
 
 def iter_corpus_spots(corpus: str | Path):
     """Every sample of a paired corpus once, in manifest order: (meta, patch uint8 HWC, storage tokens)."""
@@ -75,6 +77,9 @@ def _trunk_modules(vb) -> torch.nn.ModuleList:
 
 
 CORPUS_EMBEDDINGS = ("stamp_v", "stamp_v_joint", "stamp_g")
+# the embedding file's obsm key of each of embed_corpus's results
+OBSM_KEYS = {"stamp_v": OBSM_STAMP_V, "stamp_v_joint": OBSM_STAMP_V_JOINT, "stamp_g": OBSM_STAMP_G, "stamp_f": OBSM_STAMP_F,
+             "backbone": OBSM_BACKBONE}
 
 
 @torch.no_grad()

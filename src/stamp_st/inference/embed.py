@@ -21,6 +21,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..embedding_file import (
+    OBS_NO_VOCAB_GENES,
+    OBSM_BACKBONE,
+    OBSM_STAMP_F,
+    OBSM_STAMP_G,
+    OBSM_STAMP_V,
+    OBSM_STAMP_V_JOINT,
+)
 from ..errors import StampInputError
 from ..preprocessing.crops import CropGeometry
 
@@ -74,7 +82,7 @@ def load_embedder(model: str, device: str = "auto", backbone_weights: str | None
         def image_fn(images):
             # the name's own resize / centre crop (PIL, as TRIDENT's eval_transforms), then normalise on device
             x = t(t.prepare_uint8(images).to(dev))
-            return {"X_backbone": bb.features(x)}
+            return {OBSM_BACKBONE: bb.features(x)}
 
         geom = CropGeometry(patch_um=patch_um, out_px=t.size_px)
         return Embedder(model, geom, image_fn, None, None, dev, {"kind": "backbone", **bb.to_json()},
@@ -98,7 +106,7 @@ def load_embedder(model: str, device: str = "auto", backbone_weights: str | None
     def image_fn(images):
         images = images.to(dev)
         feat = net.encode_image(images, space="backbone")
-        return {"X_stamp_v": feat, "X_stamp_v_joint": net.encode_image(patch_feat=feat)}
+        return {OBSM_STAMP_V: feat, OBSM_STAMP_V_JOINT: net.encode_image(patch_feat=feat)}
 
     def gene_fn(tokens):
         return net.encode_genes(tokens.to(dev))
@@ -178,15 +186,12 @@ def embed_tokens(embedder: Embedder, tokens: np.ndarray, batch_size: int = 64) -
     return np.concatenate(out) if out else np.zeros((0, 512), np.float32)
 
 
-OBS_NO_VOCAB_GENES = "stamp_st_no_vocab_genes"  # obs flag: the spot has no count in the model's vocabulary
-
-
 def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bool = True,
                  pipeline: str = "default", magnification: float | None = None,
                  notes: list | None = None) -> dict[str, np.ndarray]:
     """Per-spot embeddings of one sample (AnnData contract of ``stamp_st.readers``): obsm key -> [n, d].
     Stamp_G and Stamp_F are computed for spots with counts in the vocabulary; the others get NaN rows, a
-    warning and ``adata.obs['stamp_st_no_vocab_genes']`` (set on the given AnnData). A sample with no
+    warning and ``adata.obs[OBS_NO_VOCAB_GENES]`` (set on the given AnnData). A sample with no
     vocabulary gene at all gets no Stamp_G / Stamp_F (an error when there is no image either).
     ``pipeline="released"``: the release's tokens and patches (module docstring). ``notes``: a list that
     receives each such message, for the output file and the command's summary."""
@@ -231,10 +236,10 @@ def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bo
                                       adata.var["gene_ids"].astype(str).tolist() if "gene_ids" in adata.var
                                       else None, where)
         except StampInputError as err:
-            if "X_stamp_v" not in result:
+            if OBSM_STAMP_V not in result:
                 raise
             first, _, rest = str(err).partition("\n")
-            msg = f"{first}: X_stamp_g and X_stamp_f are not written, only the image embedding"
+            msg = f"{first}: {OBSM_STAMP_G} and {OBSM_STAMP_F} are not written, only the image embedding"
             warnings.warn(f"{msg}\n{rest}", stacklevel=2)
             if notes is not None:
                 notes.append(msg)
@@ -242,10 +247,10 @@ def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bo
         if not ok.any():
             msg = (f"{where}: no spot has a count for any gene of the model's vocabulary ({mapping.n_kept} of "
                    f"{adata.n_vars} genes map to it)")
-            if "X_stamp_v" not in result:
+            if OBSM_STAMP_V not in result:
                 raise StampInputError(msg, hint="check the gene names / var['gene_ids'] (human symbols or Ensembl "
                                                 "ids) and that the sample holds counts")
-            msg += ": X_stamp_g and X_stamp_f are not written, only the image embedding"
+            msg += f": {OBSM_STAMP_G} and {OBSM_STAMP_F} are not written, only the image embedding"
             warnings.warn(msg, stacklevel=2)
             if notes is not None:
                 notes.append(msg)
@@ -256,16 +261,16 @@ def embed_sample(embedder: Embedder, adata, batch_size: int = 32, with_genes: bo
         if empty.any():
             ids = ", ".join(map(str, np.asarray(adata.obs_names)[empty][:5]))
             msg = (f"{where}: {int(empty.sum())} of {adata.n_obs} spots have no count in the model's vocabulary "
-                   f"(e.g. {ids}): their X_stamp_g / X_stamp_f rows are NaN, and obs['{OBS_NO_VOCAB_GENES}'] "
+                   f"(e.g. {ids}): their {OBSM_STAMP_G} / {OBSM_STAMP_F} rows are NaN, and obs['{OBS_NO_VOCAB_GENES}'] "
                    "marks them")
             warnings.warn(msg, stacklevel=2)
             if notes is not None:
                 notes.append(msg)
-        result["X_stamp_g"] = g
-        if "X_stamp_v_joint" in result:
+        result[OBSM_STAMP_G] = g
+        if OBSM_STAMP_V_JOINT in result:
             from ..models.stamp import StampModel
 
-            result["X_stamp_f"] = StampModel.fuse(torch.from_numpy(result["X_stamp_v_joint"]),
+            result[OBSM_STAMP_F] = StampModel.fuse(torch.from_numpy(result[OBSM_STAMP_V_JOINT]),
                                                   torch.from_numpy(g)).numpy()
     if not result:
         raise StampInputError("nothing to embed: the sample has no image and the model has no gene encoder",
@@ -297,6 +302,6 @@ def embed_slide_tiles(embedder: Embedder, slide, um_per_px: float, batch_size: i
             imgs = np.stack([read_tile(slide, grid, x, y) for x, y in coords[sl]])
             with _autocast(embedder):
                 feats = embedder.image_fn(torch.from_numpy(imgs))
-            key = key or ("X_stamp_v" if "X_stamp_v" in feats else "X_backbone")
+            key = key or (OBSM_STAMP_V if OBSM_STAMP_V in feats else OBSM_BACKBONE)
             out.append(feats[key].float().cpu().numpy())
     return np.concatenate(out), coords, grid

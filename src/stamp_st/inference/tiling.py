@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..embedding_file import trident_coords_attrs
+
 TARGET_MAGNIFICATION = 20  # 10 / 0.5 µm/px: the magnification every registered backbone was trained at
 
 
@@ -63,16 +65,8 @@ class TileGrid:
         stitcher's (``patch_level``, ``downsample``, ``level_dim``, ``downsampled_level_dim``). CLAM reads
         ``patch_size`` px at ``patch_level``, so its keys are written only where that is the tile TRIDENT
         reads (no resize); elsewhere CLAM's reader would read another field and fails on the missing key."""
-        attrs = {
-            "patch_size": self.patch_size_px,
-            "patch_size_level0": self.patch_size_level0_px,
-            "level0_magnification": self.level0_magnification,
-            "target_magnification": self.target_magnification,
-            "overlap": int(overlap_px),
-            "name": str(name),
-            "level0_width": int(slide.width_px),
-            "level0_height": int(slide.height_px),
-        }
+        attrs = trident_coords_attrs(name, self.patch_size_px, self.patch_size_level0_px, self.level0_magnification,
+                                     self.target_magnification, slide.width_px, slide.height_px, overlap_px)
         if self.clam_readable:
             w, h = slide.level_dimensions[self.read_level]
             attrs.update({"patch_level": int(self.read_level),

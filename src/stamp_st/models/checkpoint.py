@@ -4,7 +4,9 @@ config, free extras such as crop geometry). A checkpoint appears whole or not at
 
 ``config.json`` keys: ``format`` (= "stamp-st-checkpoint"), ``format_version``, ``kind`` (e.g. ``gene_encoder``,
 ``stamp``), ``architecture`` (dict), ``vocabulary`` (``GeneVocabulary.to_json()``) with ``vocab_checksum`` copied
-to the top level for quick checks, ``tokenizer`` (dict), and any extra fields the caller adds.
+to the top level for quick checks, ``tokenizer`` (dict), ``input_um_per_px`` (µm per pixel of the model's input
+patch, not the slide's) and any extra fields the caller adds. Checkpoints written before named that pixel size
+``um_per_px``: they load with the current name (``RENAMED_KEYS``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,18 @@ FORMAT = "stamp-st-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+INPUT_UM_PER_PX = "input_um_per_px"
+RENAMED_KEYS = {"um_per_px": INPUT_UM_PER_PX}  # earlier config.json key -> its name now
+
+
+def current_keys(cfg: dict) -> dict:
+    """``cfg`` with keys of earlier checkpoints under their current names (a current key wins)."""
+    out = dict(cfg)
+    for old, new in RENAMED_KEYS.items():
+        if old in out:
+            value = out.pop(old)
+            out.setdefault(new, value)
+    return out
 
 
 def checkpoint_config(kind: str, architecture: dict, vocabulary: dict | None = None, tokenizer: dict | None = None,
@@ -35,7 +49,7 @@ def checkpoint_config(kind: str, architecture: dict, vocabulary: dict | None = N
     if tokenizer is not None:
         cfg["tokenizer"] = dict(tokenizer)
     cfg.update(extra)
-    return cfg
+    return current_keys(cfg)
 
 
 def write_checkpoint_files(directory: str | Path, model_state: dict, config: dict) -> None:
@@ -141,7 +155,7 @@ def load_config(path: str | Path) -> dict:
     if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
         raise StampInputError(f"checkpoint format version {cfg['format_version']} is newer than this stamp-st "
                               f"understands ({FORMAT_VERSION})", cfg_path, hint="upgrade stamp-st")
-    return cfg
+    return current_keys(cfg)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",

@@ -281,7 +281,7 @@ def embed(s: Settings, root: Path, held: list[str], stamp_run: Path) -> dict[str
         import numpy as np
         import scipy.sparse as sp
 
-        from ..evaluation.embeddings_io import write_embedding_h5ad
+        from ..embedding_file import write_embedding_h5ad
         from ..inference.embed import embed_sample, load_embedder
         from ..readers import SampleMeta, read_sample
         from ..training.run_folder import latest_checkpoint
@@ -302,7 +302,7 @@ def embed(s: Settings, root: Path, held: list[str], stamp_run: Path) -> dict[str
                 xy_px=np.concatenate([np.asarray(samples[i].obsm["spatial"]) for i in held]),
                 counts=sp.vstack([sp.csr_matrix(samples[i][:, genes].X) for i in held]).tocsr(),
                 gene_names=genes, image_paths={i: SampleMeta.of(a).image_path for i, a in samples.items()},
-                extra_uns={"model": model})
+                record={"model": model})
         return {k: str(v) for k, v in files.items()}
 
     _stage(s, "embed", go)
@@ -316,12 +316,13 @@ STAMP_V_JOINT = "STAMP_V joint (projected)"
 def benchmark_sources(files: dict[str, str], backbone: str) -> dict:
     """The aligned encoder's feature (unchanged by Stage 2 where the backbone is frozen), its projection into the
     joint space (trained in every recipe), and the unaligned backbone (the baseline)."""
-    from ..evaluation.embeddings_io import read_source
+    from ..embedding_file import OBSM_BACKBONE, OBSM_STAMP_V, OBSM_STAMP_V_JOINT
+    from ..evaluation.sources import read_source
 
     base = f"{backbone} (unaligned)"
-    return {STAMP_V: read_source(f"{files['stamp']}:X_stamp_v", STAMP_V),
-            STAMP_V_JOINT: read_source(f"{files['stamp']}:X_stamp_v_joint", STAMP_V_JOINT),
-            base: read_source(f"{files['backbone']}:X_backbone", base)}, base
+    return {STAMP_V: read_source(f"{files['stamp']}:{OBSM_STAMP_V}", STAMP_V),
+            STAMP_V_JOINT: read_source(f"{files['stamp']}:{OBSM_STAMP_V_JOINT}", STAMP_V_JOINT),
+            base: read_source(f"{files['backbone']}:{OBSM_BACKBONE}", base)}, base
 
 
 def run_benchmark(sources: dict, baseline: str, seed: int, progress=None) -> dict:

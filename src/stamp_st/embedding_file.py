@@ -1,40 +1,73 @@
-"""Embedding files: read and write the two formats that ``stamp-st embed`` produces and ``stamp-st
-evaluate`` judges (see docs/embeddings.md), and hold one embedding source in memory as an
-:class:`EmbeddingSet` so that every task accepts any source alike (a STAMP model, a plain backbone, a
-raw-expression PCA)."""
+"""The embedding file format, one home for both sides: ``inference`` writes it (``stamp-st embed``, the demo's and
+``reproduce``'s embed stages), ``evaluation`` reads it (``stamp-st evaluate``, ``hest-benchmark``). Its obsm / obs /
+uns keys, its own record, the readers and the writers of its three layouts (docs/embeddings.md):
+
+* ``.h5ad``: one obsm matrix per embedding (``X_stamp_v`` ...), spot identity in obs, optional counts in X, the
+  embedding record in ``uns["stamp_st_embedding"]`` and the sample record (``SampleMeta``) in ``uns["stamp_st"]``;
+* TRIDENT-style ``.h5`` (``features`` + ``coords`` with TRIDENT's attributes; CLAM's ``pt_files/`` beside it);
+* HEST's ``.h5`` (``embeddings`` + ``barcodes``, HEST-Benchmark's patch order).
+
+One source read from a file is held as an :class:`EmbeddingSet`, so that every evaluation task accepts any source
+alike (a STAMP model, a plain backbone, a raw-expression PCA). It sits just above ``readers`` (for the sample
+record) and below everything that embeds or evaluates."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..errors import StampInputError, require_file
-from ..io_utils import atomic_path
+from .errors import StampInputError, require_file
+from .io_utils import atomic_path
+from .readers.constants import OBSM_SPATIAL, UNS_STAMP
+from .readers.sample_meta import SampleMeta
 
-# obsm keys written by the embed command; the first one present is the default image-side source.
-# X_stamp_v: the aligned image encoder's pooled features (before the heads), the representation for linear
-# read-outs, clustering and MIL (CONCH's convention for its own pre-projection features);
-# X_stamp_v_joint: the L2-normalised 512-d projection into the space shared with X_stamp_g (the release's
-# ``img_emb``), for cross-modal retrieval and imputation; X_stamp_f fuses X_stamp_v_joint and X_stamp_g.
+# obsm keys; the first one present is the default image-side source.
+# X_stamp_v (Stamp_V): the aligned image encoder's pooled feature (before the heads), the representation for
+# linear read-outs, clustering and MIL (CONCH's convention for its own pre-projection feature);
+# X_stamp_v_joint: Stamp_V's L2-normalised 512-d projection into the space shared with X_stamp_g (the release's
+# ``img_emb``), for cross-modal retrieval and imputation; X_stamp_f (Stamp_F) fuses X_stamp_v_joint and X_stamp_g.
 OBSM_STAMP_V = "X_stamp_v"
 OBSM_STAMP_V_JOINT = "X_stamp_v_joint"
 OBSM_STAMP_G = "X_stamp_g"
 OBSM_STAMP_F = "X_stamp_f"
-OBSM_BACKBONE = "X_backbone"
+OBSM_BACKBONE = "X_backbone"  # a plain (unaligned) backbone's feature
 DEFAULT_KEY_ORDER = (OBSM_STAMP_V, OBSM_STAMP_V_JOINT, OBSM_STAMP_F, OBSM_BACKBONE, OBSM_STAMP_G)
-NON_EMBEDDING_OBSM = {"spatial", "X_umap", "X_pca", "X_tsne"}
+NON_EMBEDDING_OBSM = {OBSM_SPATIAL, "X_umap", "X_pca", "X_tsne"}
+CV_SEP = "@"  # obsm["<key>@<slide>"]: <key> of every spot by the cross-validated model that held <slide> out
 OBS_SLIDE_ID = "slide_id"
 OBS_SPOT_ID = "spot_id"
-EXPR_PCA_KEY = "expr-pca"  # pseudo key: PCA of the file's own log1p CP10k expression
+OBS_NO_VOCAB_GENES = "stamp_st_no_vocab_genes"  # obs flag: the spot has no count in the model's vocabulary
+UNS_EMBEDDING = "stamp_st_embedding"  # the embedding record (files before it kept it in uns["stamp_st"])
+UNS_PATCHES = "patches"  # optional small uint8 thumbnails per spot, in the record, for retrieval figures
 
 MODALITY_IMAGE = "image"
 MODALITY_GENE = "gene"
 MODALITY_FUSED = "fused"
+
+
+def cross_validated_key(key: str, slide: str) -> str:
+    """The obsm key of ``key`` by the cross-validated model that held ``slide`` out."""
+    return f"{key}{CV_SEP}{slide}"
+
+
+def cross_validated_keys(obsm, key: str) -> dict[str, np.ndarray]:
+    """Held-out slide -> embedding, from obsm entries named ``<key>@<slide>``."""
+    prefix = cross_validated_key(key, "")
+    return {k[len(prefix):]: np.asarray(obsm[k], dtype=np.float32) for k in obsm.keys() if k.startswith(prefix)}
+
+
+def modality_of(key: str) -> str:
+    """Which side of the model an obsm key embeds: Stamp_G is gene-side, Stamp_F fused, the rest image-side."""
+    if key == OBSM_STAMP_G:
+        return MODALITY_GENE
+    if key == OBSM_STAMP_F:
+        return MODALITY_FUSED
+    return MODALITY_IMAGE
 
 
 @dataclass
@@ -70,7 +103,7 @@ class EmbeddingSet:
             raise StampInputError(
                 f"embedding source {self.name!r}: emb {self.emb.shape}, {len(self.slide_ids)} slide ids, "
                 f"{len(self.spot_ids)} spot ids do not agree", self.source_path or None,
-                hint="write one row per spot with obs['slide_id'] set",
+                hint=f"write one row per spot with obs['{OBS_SLIDE_ID}'] set",
             )
         if n == 0 or self.emb.shape[1] == 0:
             raise StampInputError(f"embedding source {self.name!r} is empty ({n} spots x {self.emb.shape[1]} "
@@ -87,8 +120,8 @@ class EmbeddingSet:
             raise StampInputError(
                 f"embedding source {self.name!r}: {int(bad.sum())} of {n} spots have NaN or infinite embeddings "
                 f"(e.g. {ids})", self.source_path or None,
-                hint="spots without any vocabulary gene have no gene embedding (obs['stamp_st_no_vocab_genes']): "
-                     "evaluate the image embedding (FILE.h5ad:X_stamp_v), or remove those spots")
+                hint=f"spots without any vocabulary gene have no gene embedding (obs['{OBS_NO_VOCAB_GENES}']): "
+                     f"evaluate the image embedding (FILE.h5ad:{OBSM_STAMP_V}), or remove those spots")
         if self.gene_emb is not None and not np.isfinite(self.gene_emb).all():
             n_bad = int((~np.isfinite(self.gene_emb).all(axis=1)).sum())
             warnings.warn(f"{self.source_path or self.name}: {n_bad} spots have no gene embedding (no vocabulary "
@@ -118,63 +151,22 @@ class EmbeddingSet:
         )
 
 
-# ------------------------------------------------------------------ expression helpers
-def log1p_cp10k(counts) -> np.ndarray:
-    """log1p of counts scaled to 10,000 per spot (dense float32): the usual target of ST prediction."""
-    import scipy.sparse as sp
-
-    from ..preprocessing.tokenizer import TARGET_SUM
-
-    x = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
-    x = x.astype(np.float64)
-    tot = x.sum(axis=1, keepdims=True)
-    tot[tot == 0] = 1.0
-    return np.log1p(x / tot * TARGET_SUM).astype(np.float32)
-
-
-def raw_expression_pca(counts, n_comps: int = 50, seed: int = 0) -> np.ndarray:
-    """The gene-side baseline: PCA(n_comps) of log1p CP10k expression (unsupervised; labels unused)."""
-    from sklearn.decomposition import PCA
-
-    x = log1p_cp10k(counts)
-    keep = x.var(axis=0) > 0
-    x = x[:, keep]
-    k = int(min(n_comps, x.shape[0] - 1, x.shape[1]))
-    if k < 1:
-        raise StampInputError("too few spots or expressed genes for an expression PCA")
-    return PCA(n_components=k, random_state=seed).fit_transform(x).astype(np.float32)
-
-
-def expression_pca_source(base: EmbeddingSet, name: str = "expression PCA", n_comps: int = 50) -> EmbeddingSet:
-    """An :class:`EmbeddingSet` of raw-expression PCA over the spots of ``base`` (needs its counts)."""
-    if base.counts is None:
-        raise StampInputError(f"source {base.name!r} carries no expression counts for an expression PCA",
-                              base.source_path or None, hint="write counts into the h5ad X")
-    return replace(base, name=name, emb=raw_expression_pca(base.counts, n_comps), modality=MODALITY_GENE,
-                   gene_emb=None, fold_emb=None, fold_gene_emb=None)
-
-
 # ------------------------------------------------------------------ h5ad format
-def parse_source_spec(spec: str) -> tuple[Path, str | None]:
-    """``file.h5ad[:OBSM_KEY]`` -> (path, key or None)."""
-    path, sep, key = spec.rpartition(":")
-    if sep and path and key and not key.startswith(("/", "\\")) and not Path(spec).exists():
-        return Path(path), key
-    return Path(spec), None
+def embedding_record(adata) -> dict:
+    """The embedding file's own record (``image_paths``, ``model``, ``pipeline``, ``notes``, ...): from
+    ``uns["stamp_st_embedding"]``, or from ``uns["stamp_st"]`` in files written before that key existed."""
+    rec = adata.uns.get(UNS_EMBEDDING)
+    if rec is None:
+        rec = adata.uns.get(UNS_STAMP)
+    return dict(rec) if isinstance(rec, Mapping) else {}
 
 
-def _modality_for(key: str) -> str:
-    if key in (OBSM_STAMP_G, EXPR_PCA_KEY):
-        return MODALITY_GENE
-    if key == OBSM_STAMP_F:
-        return MODALITY_FUSED
-    return MODALITY_IMAGE
-
-
-def read_embedding_h5ad(path: str | Path, key: str | None = None, name: str | None = None) -> EmbeddingSet:
+def read_embedding_h5ad(path: str | Path, key: str | None = None, name: str | None = None,
+                        from_counts: Callable[[object], np.ndarray] | None = None) -> EmbeddingSet:
     """Read one embedding source from an ``.h5ad`` (format in docs/embeddings.md). ``key`` picks the
-    obsm matrix (default: X_stamp_v, X_stamp_f, X_backbone, X_stamp_g, whichever comes first) or
-    ``expr-pca`` for a PCA of the file's expression."""
+    obsm matrix (default: the first of :data:`DEFAULT_KEY_ORDER` present). ``from_counts`` (counts -> [n, d])
+    instead derives a gene-side source from the file's expression, named by ``key`` (evaluation's
+    ``expr-pca``)."""
     import anndata as ad
     import scipy.sparse as sp
 
@@ -191,13 +183,13 @@ def read_embedding_h5ad(path: str | Path, key: str | None = None, name: str | No
         if key is None:
             raise StampInputError(
                 f"cannot choose an embedding among obsm keys {candidates}", path,
-                hint="name one as FILE.h5ad:KEY (e.g. X_stamp_v)",
+                hint=f"name one as FILE.h5ad:KEY (e.g. {OBSM_STAMP_V})",
             )
     if OBS_SLIDE_ID not in adata.obs:
-        sid = (adata.uns.get("stamp_st") or {}).get("sample_id")
+        sid = SampleMeta.of(adata).sample_id
         if not sid:
-            raise StampInputError("obs['slide_id'] is missing", path,
-                                  hint="write the slide (section) id of every spot to obs['slide_id']")
+            raise StampInputError(f"obs['{OBS_SLIDE_ID}'] is missing", path,
+                                  hint=f"write the slide (section) id of every spot to obs['{OBS_SLIDE_ID}']")
         slide_ids = np.full(adata.n_obs, str(sid))
     else:
         slide_ids = adata.obs[OBS_SLIDE_ID].astype(str).to_numpy()
@@ -209,46 +201,36 @@ def read_embedding_h5ad(path: str | Path, key: str | None = None, name: str | No
         counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
         counts = sp.csr_matrix(counts) if not sp.issparse(counts) else counts.tocsr()
         gene_names = adata.var_names.astype(str).to_numpy()
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64) if "spatial" in adata.obsm else None
-    uns = dict(adata.uns.get("stamp_st") or {})
-    image_paths = {str(k): str(v) for k, v in dict(uns.get("image_paths") or {}).items() if v}
-    if not image_paths and uns.get("image_path") and len(set(slide_ids)) == 1:
-        image_paths = {str(slide_ids[0]): str(uns["image_path"])}
+    xy = np.asarray(adata.obsm[OBSM_SPATIAL], dtype=np.float64) if OBSM_SPATIAL in adata.obsm else None
+    record = embedding_record(adata)
+    image_paths = {str(k): str(v) for k, v in dict(record.get("image_paths") or {}).items() if v}
+    if not image_paths and record.get("image_path") and len(set(slide_ids)) == 1:
+        image_paths = {str(slide_ids[0]): str(record["image_path"])}
     patches = None
-    if "patches" in uns:  # optional small uint8 thumbnails per spot for retrieval figures
-        patches = np.asarray(uns["patches"], dtype=np.uint8)
-    if key == EXPR_PCA_KEY:
+    if UNS_PATCHES in record:
+        patches = np.asarray(record[UNS_PATCHES], dtype=np.uint8)
+    fold_gene = None
+    if from_counts is not None:
         if counts is None:
-            raise StampInputError("expr-pca asked for but the file has no expression (X is empty)", path)
-        emb = raw_expression_pca(counts)
-        gene_emb = None
+            raise StampInputError(f"{key} asked for but the file has no expression (X is empty)", path)
+        emb, gene_emb, fold_emb, modality = from_counts(counts), None, {}, MODALITY_GENE
     else:
         if key not in adata.obsm:
             raise StampInputError(f"obsm key {key!r} not found (have {candidates})", path,
                                   hint="name one of the keys listed as FILE.h5ad:KEY")
-        emb = np.asarray(adata.obsm[key])
+        emb, modality = np.asarray(adata.obsm[key]), modality_of(key)
+        # the joint projection has Stamp_G in its space (cross-modal retrieval); fused rows already hold it
         gene_emb = (np.asarray(adata.obsm[OBSM_STAMP_G])
-                    if key in (OBSM_STAMP_V_JOINT, OBSM_STAMP_F) and OBSM_STAMP_G in adata.obsm else None)
-        if key == OBSM_STAMP_F:
-            gene_emb = None  # fused rows already contain the gene side; no cross-modal retrieval
-    fold_emb, fold_gene = cross_validated_keys(adata.obsm, key), None
-    if fold_emb and gene_emb is not None:
-        fold_gene = cross_validated_keys(adata.obsm, OBSM_STAMP_G) or None
+                    if key == OBSM_STAMP_V_JOINT and OBSM_STAMP_G in adata.obsm else None)
+        fold_emb = cross_validated_keys(adata.obsm, key)
+        if fold_emb and gene_emb is not None:
+            fold_gene = cross_validated_keys(adata.obsm, OBSM_STAMP_G) or None
     return EmbeddingSet(
         name=name or f"{path.stem}:{key}", emb=emb, slide_ids=slide_ids, spot_ids=spot_ids, xy_px=xy,
-        modality=_modality_for(key), gene_emb=gene_emb, counts=counts, gene_names=gene_names,
+        modality=modality, gene_emb=gene_emb, counts=counts, gene_names=gene_names,
         obs=adata.obs.copy(), image_paths=image_paths, patches=patches, source_path=str(path),
         fold_emb=fold_emb or None, fold_gene_emb=fold_gene,
     )
-
-
-CV_SEP = "@"  # obsm["<key>@<slide>"]: <key> of every spot by the cross-validated model that held <slide> out
-
-
-def cross_validated_keys(obsm, key: str) -> dict[str, np.ndarray]:
-    """Held-out slide -> embedding, from obsm entries named ``<key>@<slide>``."""
-    prefix = f"{key}{CV_SEP}"
-    return {k[len(prefix):]: np.asarray(obsm[k], dtype=np.float32) for k in obsm.keys() if k.startswith(prefix)}
 
 
 def write_embedding_h5ad(
@@ -260,15 +242,17 @@ def write_embedding_h5ad(
     counts=None,
     gene_names: Sequence[str] | None = None,
     image_paths: Mapping[str, str] | None = None,
-    extra_uns: Mapping | None = None,
+    record: Mapping | None = None,
     obs_columns: Mapping[str, Sequence] | None = None,
     var_columns: Mapping[str, Sequence] | None = None,
     spatial: Mapping | None = None,
+    sample: SampleMeta | None = None,
 ) -> Path:
     """Write embeddings (obsm key -> [n, d]) plus spot identity, optional counts and image paths,
-    atomically, in the format :func:`read_embedding_h5ad` reads. ``obs_columns`` (e.g. array_row,
-    array_col, in_tissue), ``var_columns`` (gene_ids) and ``spatial`` (scanpy's ``uns["spatial"]``) make
-    the file scanpy-ready."""
+    atomically, in the format :func:`read_embedding_h5ad` reads. ``record``: further fields of the embedding
+    record (``model``, ``pipeline``, ``notes``, ...); ``sample``: the record of the one sample embedded, stored
+    as a sample's (``uns["stamp_st"]``). ``obs_columns`` (e.g. array_row, array_col, in_tissue),
+    ``var_columns`` (gene_ids) and ``spatial`` (scanpy's ``uns["spatial"]``) make the file scanpy-ready."""
     import anndata as ad
     import scipy.sparse as sp
 
@@ -293,12 +277,14 @@ def write_embedding_h5ad(
     for k, v in embeddings.items():
         adata.obsm[k] = np.asarray(v, dtype=np.float32)
     if xy_px is not None:
-        adata.obsm["spatial"] = np.asarray(xy_px, dtype=np.float64)
-    uns = {"image_paths": {str(k): str(v) for k, v in (image_paths or {}).items()}}
+        adata.obsm[OBSM_SPATIAL] = np.asarray(xy_px, dtype=np.float64)
+    rec = {"image_paths": {str(k): str(v) for k, v in (image_paths or {}).items()}}
     if image_paths and len(image_paths) == 1:
-        uns["image_path"] = str(next(iter(image_paths.values())))
-    uns.update(dict(extra_uns or {}))
-    adata.uns["stamp_st"] = uns
+        rec["image_path"] = str(next(iter(image_paths.values())))
+    rec.update(dict(record or {}))
+    adata.uns[UNS_EMBEDDING] = rec
+    if sample is not None:
+        sample.store(adata)
     path = Path(path)
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
@@ -314,23 +300,33 @@ def _magnification(um_per_px: float) -> float | int:
     return int(round(mag)) if abs(mag - round(mag)) < 1e-6 else mag
 
 
-def trident_coords_attrs(name: str, patch_size_px: int, patch_side_level0_px: float, um_per_px: float,
-                         level0_width_px: int, level0_height_px: int, overlap_px: int = 0) -> dict:
+def trident_coords_attrs(name: str, patch_size_px: int, patch_size_level0_px: float, level0_magnification,
+                         target_magnification, level0_width_px: int, level0_height_px: int,
+                         overlap_px: int = 0) -> dict:
     """The attributes TRIDENT writes on (and its slide encoders and patchers read from) ``coords``:
     ``patch_size`` (px at the target magnification, i.e. the model's input side), ``patch_size_level0``
-    (the same tile in level-0 px), the two magnifications (10 / µm per px), the level-0 slide size,
-    ``overlap`` (target-magnification px) and the slide ``name``."""
-    side0 = int(round(float(patch_side_level0_px)))
+    (the same tile in level-0 px), the two magnifications, the level-0 slide size, ``overlap``
+    (target-magnification px) and the slide ``name``."""
     return {
         "patch_size": int(patch_size_px),
-        "patch_size_level0": side0,
-        "level0_magnification": _magnification(um_per_px),
-        "target_magnification": _magnification(float(um_per_px) * side0 / int(patch_size_px)),
+        "patch_size_level0": int(round(float(patch_size_level0_px))),
+        "level0_magnification": level0_magnification,
+        "target_magnification": target_magnification,
         "level0_width": int(level0_width_px),
         "level0_height": int(level0_height_px),
         "overlap": int(overlap_px),
         "name": str(name),
     }
+
+
+def spot_coords_attrs(name: str, patch_size_px: int, patch_side_level0_px: float, um_per_px: float,
+                      level0_width_px: int, level0_height_px: int) -> dict:
+    """:func:`trident_coords_attrs` of a spot file: the magnifications are 10 / µm per px of the slide and of
+    the model input (exact, not TRIDENT's buckets: spots are cut at the model's µm, not on a tile grid)."""
+    side0 = int(round(float(patch_side_level0_px)))
+    return trident_coords_attrs(name, patch_size_px, side0, _magnification(um_per_px),
+                                _magnification(float(um_per_px) * side0 / int(patch_size_px)), level0_width_px,
+                                level0_height_px)
 
 
 def write_trident_h5(path: str | Path, features: np.ndarray, coords: np.ndarray, slide_id: str,
@@ -381,6 +377,11 @@ def write_clam_pt(h5_path: str | Path, features: np.ndarray) -> Path:
     return path
 
 
+def decode_barcodes(values) -> np.ndarray:
+    """Spot ids (barcodes) as HDF5 stores them (bytes, [n] or [n, 1]) -> str [n]."""
+    return np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in np.ravel(values)])
+
+
 def read_trident_h5(path: str | Path, name: str | None = None, slide_id: str | None = None) -> EmbeddingSet:
     """Read a TRIDENT-style ``features`` + ``coords`` HDF5 (one slide) as an image-side source. With
     ``coords.attrs['patch_size_level0']`` (TRIDENT's and stamp-st's files) coords are top-left corners and
@@ -402,7 +403,7 @@ def read_trident_h5(path: str | Path, name: str | None = None, slide_id: str | N
         sid = slide_id or f.attrs.get("slide_id") or f["coords"].attrs.get("name") or path.stem
         sid = sid.decode() if isinstance(sid, bytes) else str(sid)
         if "barcodes" in f:
-            spots = np.asarray([b.decode() if isinstance(b, bytes) else str(b) for b in np.ravel(f["barcodes"])])
+            spots = decode_barcodes(f["barcodes"])
         else:
             spots = np.array([f"{int(round(x))}x{int(round(y))}" for x, y in coords[:, :2]])
     xy = coords[:, :2] + (float(side0) / 2 if side0 is not None else 0.0)
@@ -410,82 +411,33 @@ def read_trident_h5(path: str | Path, name: str | None = None, slide_id: str | N
                         xy_px=xy, source_path=str(path))
 
 
-def read_source(spec: str, name: str | None = None) -> EmbeddingSet:
-    """Read ``file.h5ad[:KEY]`` or ``file.h5`` (TRIDENT-style) by extension; ``a.h5ad,b.h5ad[:KEY]``
-    (comma-separated, e.g. one file per slide) reads each with the same key and stacks them."""
-    if "," in spec:
-        files, _, key = spec.rpartition(":") if parse_source_spec(spec)[1] else (spec, "", "")
-        parts = [read_source(f"{f}:{key}" if key else f) for f in files.split(",") if f]
-        return concat_sets(parts, name=name or parts[0].name)
-    path, key = parse_source_spec(spec)
-    require_file(path, "embedding file", hint="give an .h5ad written by `stamp-st embed` or a TRIDENT-style .h5")
-    if path.suffix == ".h5ad":
-        return read_embedding_h5ad(path, key, name)
-    if path.suffix in (".h5", ".hdf5"):
-        return read_trident_h5(path, name)
-    raise StampInputError("unknown embedding file type", path, hint="give an .h5ad or a TRIDENT-style .h5")
+# ------------------------------------------------------------------ HEST's embedding HDF5
+def write_hest_embeddings(path: str | Path, barcodes, embeddings: np.ndarray) -> Path:
+    """HEST's embedding file: ``embeddings`` float32 [n, d] and ``barcodes`` bytes [n, 1], written atomically."""
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("embeddings", data=np.asarray(embeddings, np.float32))
+        f.create_dataset("barcodes", data=np.asarray(barcodes).astype("S").reshape(-1, 1))
+    return path
 
 
-def concat_sets(sets: Sequence[EmbeddingSet], name: str | None = None) -> EmbeddingSet:
-    """Stack sources of different slides (e.g. one TRIDENT file per slide) into one source."""
-    if not sets:
-        raise StampInputError("no embedding sets to concatenate")
-    first = sets[0]
+def read_barcoded_h5(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(barcodes, embeddings) of one sample's HDF5: HEST's ``embeddings`` + ``barcodes`` or TRIDENT-style
+    ``features`` + ``barcodes`` (what ``stamp-st embed`` writes to ``.h5``). The dtype is kept as stored."""
+    import h5py
 
-    def cat(attr):
-        vals = [getattr(s, attr) for s in sets]
-        return None if any(v is None for v in vals) else np.concatenate(vals)
-
-    paths: dict[str, str] = {}
-    for s in sets:
-        paths.update(s.image_paths)
-    counts = genes = None
-    if all(s.counts is not None and s.gene_names is not None for s in sets):
-        import scipy.sparse as sp
-
-        # genes measured in every slide only: a gene missing from one slide would read as zero there
-        genes = [g for g in dict.fromkeys(first.gene_names.tolist())
-                 if all(g in set(s.gene_names.tolist()) for s in sets[1:])]
-        counts = sp.vstack([sp.csr_matrix(s.counts)[:, pd.Index(s.gene_names).get_indexer(genes)]
-                            for s in sets]).tocsr()
-        genes = np.asarray(genes)
-    obs = None
-    if all(s.obs is not None for s in sets):
-        obs = pd.concat([s.obs for s in sets], axis=0, ignore_index=True)
-    patches = cat("patches") if all(s.patches is not None and s.patches.shape[1:] == first.patches.shape[1:]
-                                    for s in sets) else None
-    return EmbeddingSet(name=name or first.name, emb=cat("emb"), slide_ids=cat("slide_ids"),
-                        spot_ids=cat("spot_ids"), xy_px=cat("xy_px"), modality=first.modality,
-                        gene_emb=cat("gene_emb"), counts=counts, gene_names=genes, obs=obs,
-                        image_paths=paths, patches=patches, source_path=",".join(s.source_path for s in sets))
-
-
-def align_sources(sources: Mapping[str, EmbeddingSet], notes: list | None = None) -> dict[str, EmbeddingSet]:
-    """Restrict every source to the spots all of them share, in one common order, so that metrics
-    compare like with like."""
-    if not sources:
-        raise StampInputError("no embedding sources given")
-    items = list(sources.items())
-    for name, s in items:
-        if len(set(s.keys.tolist())) != len(s):
-            raise StampInputError(f"source {name!r} has duplicate (slide_id, spot_id) pairs",
-                                  s.source_path or None, hint="spot ids must be unique within a slide")
-    common = set(items[0][1].keys.tolist())
-    for _, s in items[1:]:
-        common &= set(s.keys.tolist())
-    if not common:
-        raise StampInputError("the embedding sources share no spots",
-                              hint="check that obs['slide_id'] and spot ids agree between files")
-    order = [k for k in items[0][1].keys.tolist() if k in common]
-    for name, s in items:  # nothing narrowed without a word: say how many spots each source loses
-        if len(s) > len(order):
-            msg = (f"source {name!r} ({s.source_path or 'in memory'}): {len(s) - len(order)} of {len(s)} spots "
-                   f"are not in every source and are left out; {len(order)} common spots are evaluated")
-            warnings.warn(msg, stacklevel=2)
-            if notes is not None:
-                notes.append(msg)
-    out = {}
-    for name, s in items:
-        pos = pd.Index(s.keys).get_indexer(order)
-        out[name] = s.subset(pos)
-    return out
+    with h5py.File(path, "r") as f:
+        key = "embeddings" if "embeddings" in f else "features" if "features" in f else None
+        if key is None or "barcodes" not in f:
+            raise StampInputError(f"HDF5 needs 'embeddings' (or 'features') and 'barcodes' (has {list(f.keys())})",
+                                  path, hint="write one row per spot with the spot's barcode")
+        emb = np.asarray(f[key])
+        barcodes = decode_barcodes(f["barcodes"][:])
+    if emb.ndim == 3 and emb.shape[0] == 1:
+        emb = emb[0]
+    if emb.ndim != 2 or len(emb) != len(barcodes):
+        raise StampInputError(f"{key} {emb.shape} and {len(barcodes)} barcodes do not agree", path)
+    return barcodes, emb
