@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..embedding_file import MODALITY_IMAGE, EmbeddingSet
+from ..embedding_file import EmbeddingSet
 from ..errors import StampInputError
 from .registry import EVAL_TASKS, MERGE_METRICS
 from .sources import align_sources, log1p_cp10k
