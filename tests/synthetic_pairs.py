@@ -32,7 +32,6 @@ class SyntheticPairs(torch.utils.data.IterableDataset):
             pair["region_label"] = torch.from_numpy(rng.integers(0, 9, 2))
             pair["region_valid"] = torch.tensor([True, bool(i % 3)])
             pair["tokens"] = torch.from_numpy(toks)
-            pair["tissue_frac"] = torch.from_numpy(rng.uniform(0, 1, 2).astype(np.float32))
             pair["xy_um"] = torch.from_numpy(rng.uniform(0, 3000, (2, 2)).astype(np.float32))
             pair["slide_id"] = f"syn{i % 2}"
             pair["spot_id"] = [f"a{i}", f"b{i}"]

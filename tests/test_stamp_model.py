@@ -186,15 +186,6 @@ def test_checkpoint_roundtrip(tmp_path):
         torch.testing.assert_close(m2.encode_genes(b["tokens"][:, 0]), m.encode_genes(b["tokens"][:, 0]))
 
 
-def test_tissue_fraction_reaches_the_pretext_output():
-    t = tiny_task(tissue_input=True).eval()
-    b = tiny_batch()
-    with torch.no_grad():
-        a = t(dict(b, tissue_frac=torch.zeros(3, 2)))["loss_csp"]
-        c = t(dict(b, tissue_frac=torch.ones(3, 2)))["loss_csp"]
-    assert not torch.allclose(a, c)
-
-
 def test_slide_index_is_stable():
     a, b = slide_index(["x", "y", "x"]), slide_index(["x", "y", "x"])
     assert torch.equal(a, b) and a[0] == a[2] != a[1]

@@ -402,8 +402,7 @@ def _write_paired_shards(out, sid, cfg, tokenizer, vc, kept, spot_ids, xy_px, um
                                       "xy_px": [float(xy[0]), float(xy[1])],
                                       "xy_um": [float(xy[0] * um_per_px), float(xy[1] * um_per_px)],
                                       "um_per_px": um_per_px, "region_label": int(crops.region_label[i]),
-                                      "region_valid": bool(np.asarray(crops.region_valid)[i]),
-                                      "tissue_frac": float((crops.patch[i].min(-1) < 220).mean())}})
+                                      "region_valid": bool(np.asarray(crops.region_valid)[i])}})
 
         info = write_shard(out / shard_name(sid, k), samples())
         info["n_spots"] = info["n_samples"]

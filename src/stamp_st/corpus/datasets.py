@@ -412,7 +412,6 @@ class PairedSpotDataset(_ShardDataset):
                 "tokens": torch.from_numpy(np.stack([_pad(a["tokens.npy"], self.context),
                                                      _pad(b["tokens.npy"], self.context)])),
                 "xy_um": torch.tensor([ma["xy_um"], mb["xy_um"]], dtype=torch.float32),
-                "tissue_frac": torch.tensor([ma.get("tissue_frac", 1.0), mb.get("tissue_frac", 1.0)]),
                 "slide_id": ma["slide_id"], "spot_id": [ma["spot_id"], mb["spot_id"]]}
 
 

@@ -53,8 +53,7 @@ def scale_from_param(logit_scale: torch.Tensor) -> torch.Tensor:
 
 class StampModel(nn.Module):
     def __init__(self, gene_encoder: GeneEncoder, backbone: Backbone, proj_dim: int = PROJ_DIM,
-                 released: bool = False, freeze_gene_encoder: bool = False, temperature_init: float | None = None,
-                 tissue_input: bool = False):
+                 released: bool = False, freeze_gene_encoder: bool = False, temperature_init: float | None = None):
         super().__init__()
         if backbone.head is not None:
             raise StampInputError(
@@ -73,8 +72,6 @@ class StampModel(nn.Module):
         self.patch_projection = nn.Linear(d_img, proj_dim)
         self.region_projection = nn.Linear(d_img, proj_dim)
         self.positioning_projection = nn.Linear(d_img, proj_dim)
-        # the spot's tissue fraction, added to the pretext output
-        self.tissue_embedding = nn.Linear(1, d_img) if tissue_input else None
         # the release's 0.07; a few thousand spots overfit that sharp a softmax, and a warmer start
         # (e.g. 1.0, closer to regression onto the gene features) transfers better to unseen sections
         init = LOGIT_SCALE_INIT if temperature_init is None else float(-torch.log(torch.tensor(temperature_init)))
@@ -155,7 +152,7 @@ class StampModel(nn.Module):
                 region: torch.Tensor | None = None, patch_feat: torch.Tensor | None = None,
                 patch_trunk_map: torch.Tensor | None = None, region_map: torch.Tensor | None = None,
                 region_trunk_map: torch.Tensor | None = None, gene_tokens: torch.Tensor | None = None,
-                gene_feat: torch.Tensor | None = None, tissue_frac: torch.Tensor | None = None, augment: bool = False,
+                gene_feat: torch.Tensor | None = None, augment: bool = False,
                 generator: torch.Generator | None = None) -> dict:
         """Every embedding the Stage-2 losses compare, for N spots, on the model's device.
 
@@ -186,8 +183,6 @@ class StampModel(nn.Module):
         else:
             region_f, pretext_f, token_map = vb.forward_region(self.prepare_images(region), thumb)
         windows = csp_windows(token_map, released=self.released)
-        if tissue_frac is not None and self.tissue_embedding is not None:
-            pretext_f = pretext_f + self.tissue_embedding(tissue_frac[:, None].to(pretext_f.dtype))
         if gene_feat is None:
             gene_feat = self.gene_features(gene_tokens)
         proj = self.positioning_projection
@@ -220,7 +215,7 @@ class StampModel(nn.Module):
                 "proj_dim": self.patch_projection.out_features, "released": self.released,
                 "transform": self.transform.to_json(), "native_um_per_px": self.native_um_per_px,
                 "pretext": "vit" if isinstance(self.visual_backbone, PretextViT) else "convnet",
-                "lora": self.lora, "tissue_input": self.tissue_embedding is not None}
+                "lora": self.lora}
 
 
 def build_stamp_model(architecture: dict, **kwargs) -> StampModel:
@@ -236,8 +231,7 @@ def build_stamp_model(architecture: dict, **kwargs) -> StampModel:
     backbone.native_um_per_px = architecture.get("native_um_per_px")
     enc = GeneEncoder(architecture["gene_encoder"])
     model = StampModel(enc, backbone, proj_dim=architecture.get("proj_dim", PROJ_DIM),
-                       released=architecture.get("released", False),
-                       tissue_input=architecture.get("tissue_input", False), **kwargs)
+                       released=architecture.get("released", False), **kwargs)
     if architecture.get("lora"):
         from .lora import apply_lora
 

@@ -61,7 +61,6 @@ class AlignConfig:
     temperature_init: float | None = ranged(None, lo=0, hi=10, lo_open=True, why="contrastive temperature, e.g. 0.07")  # None: the release's 0.07
     lora: int = ranged(0, lo=0, hi=4096, integer=True, why="LoRA rank; 0: off")
     grad_ckpt: bool = False
-    tissue_input: bool = False  # the spot's tissue fraction fed to the pretext output
     neighbour_radius_um: float | None = ranged(None, lo=0, hi=1e5, lo_open=True, why="micrometres")
     expr_sim_threshold: float | None = ranged(None, lo=-1, hi=1, why="a cosine similarity")
     neighbour_mode: str = "mask"
@@ -143,7 +142,7 @@ def build_align_model(cfg: AlignConfig):
     if cfg.image_px:
         bb.transform.size_px = int(cfg.image_px)
     model = StampModel(enc, bb, released=cfg.released_mode, freeze_gene_encoder=cfg.freeze_gene_encoder,
-                       temperature_init=cfg.temperature_init, tissue_input=cfg.tissue_input)
+                       temperature_init=cfg.temperature_init)
     if cfg.freeze_backbone:
         from ..models.backbones import freeze_backbone
 

@@ -20,7 +20,7 @@ from .losses import StampLoss
 # CNN trunk that replace ``tokens`` / ``patch`` + ``region`` (``training.align_caches``)
 MODEL_INPUTS = {"patch": "patch", "region": "region", "thumb": "thumb", "tokens": "gene_tokens",
                 "gene_feat": "gene_feat", "patch_feat": "patch_feat", "region_map": "region_map",
-                "patch_trunk": "patch_trunk_map", "region_trunk": "region_trunk_map", "tissue_frac": "tissue_frac"}
+                "patch_trunk": "patch_trunk_map", "region_trunk": "region_trunk_map"}
 # cached image features are stored in fp16 (or fp32): the model computes on fp32
 CACHED_IMAGE_INPUTS = ("patch_feat", "region_map", "patch_trunk", "region_trunk")
 # per-spot batch entries: the model's inputs and what the losses read
