@@ -186,15 +186,6 @@ def test_checkpoint_roundtrip(tmp_path):
         torch.testing.assert_close(m2.encode_genes(b["tokens"][:, 0]), m.encode_genes(b["tokens"][:, 0]))
 
 
-def test_joint_cosine_loss_adds_to_the_total():
-    t = tiny_task().eval()
-    t.cosine_weight = 1.0
-    with torch.no_grad():
-        out = t(tiny_batch())
-    parts = sum(out[k] for k in ("loss_patch_spot", "loss_region_spot", "loss_patch_region", "loss_csp", "loss_cosine"))
-    torch.testing.assert_close(out["loss"], parts)
-
-
 def test_slide_index_is_stable():
     a, b = slide_index(["x", "y", "x"]), slide_index(["x", "y", "x"])
     assert torch.equal(a, b) and a[0] == a[2] != a[1]

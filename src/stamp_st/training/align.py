@@ -61,7 +61,6 @@ class AlignConfig:
     temperature_init: float | None = ranged(None, lo=0, hi=10, lo_open=True, why="contrastive temperature, e.g. 0.07")  # None: the release's 0.07
     lora: int = ranged(0, lo=0, hi=4096, integer=True, why="LoRA rank; 0: off")
     grad_ckpt: bool = False
-    cosine_weight: float = ranged(0.0, lo=0, hi=100, why="weight of the joint cosine loss")
     neighbour_radius_um: float | None = ranged(None, lo=0, hi=1e5, lo_open=True, why="micrometres")
     expr_sim_threshold: float | None = ranged(None, lo=-1, hi=1, why="a cosine similarity")
     neighbour_mode: str = "mask"
@@ -132,8 +131,7 @@ def build_align_task(cfg: AlignConfig, model: StampModel) -> AlignTask:
     """The Stage-2 task the engine trains: the model, its losses and the augmentation of the config."""
     return AlignTask(model, neighbour_radius_um=cfg.neighbour_radius_um, expr_sim_threshold=cfg.expr_sim_threshold,
                      neighbour_mode=cfg.neighbour_mode, augment=cfg.augment, freeze_bn_stats=cfg.freeze_bn_stats,
-                     l2sp_weight=cfg.l2sp_weight, hed_scale=cfg.hed_scale, hed_shift=cfg.hed_shift,
-                     cosine_weight=cfg.cosine_weight)
+                     l2sp_weight=cfg.l2sp_weight, hed_scale=cfg.hed_scale, hed_shift=cfg.hed_shift)
 
 
 def build_align_model(cfg: AlignConfig):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..models.stamp import StampModel
-from .losses import JointCosineLoss, StampLoss
+from .losses import StampLoss
 
 # batch entry -> ``StampModel.forward`` keyword. ``gene_feat`` / ``patch_feat`` + ``region_map`` /
 # ``patch_trunk`` + ``region_trunk`` are cached outputs of a frozen gene encoder / frozen CNN backbone / frozen
@@ -74,7 +74,7 @@ class AlignTask(nn.Module):
     def __init__(self, model: StampModel, gather: bool = True, neighbour_radius_um: float | None = None,
                  expr_sim_threshold: float | None = None, neighbour_mode: str = "mask", augment: str = "none",
                  freeze_bn_stats: bool = False, l2sp_weight: float = 0.0, hed_scale: float = 0.0,
-                 hed_shift: float = 0.0, cosine_weight: float = 0.0):
+                 hed_shift: float = 0.0):
         super().__init__()
         if augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}")
@@ -85,7 +85,6 @@ class AlignTask(nn.Module):
         self._noise: torch.Generator | None = None  # set by the engine each step (augmentations)
         self.loss_fn = StampLoss(gather=gather and not model.released, neighbour_radius_um=neighbour_radius_um,
                                  expr_sim_threshold=expr_sim_threshold, neighbour_mode=neighbour_mode)
-        self.cosine_weight, self.cosine_loss = float(cosine_weight), JointCosineLoss()
         self.freeze_bn_stats = bool(freeze_bn_stats)
         self.l2sp_weight = float(l2sp_weight)
         self.hed_scale, self.hed_shift = float(hed_scale), float(hed_shift)
@@ -179,9 +178,6 @@ class AlignTask(nn.Module):
             slide_idx=slide_idx.to(dev) if slide_idx is not None else None,
             sim_emb=f["gene_feat"] if self.loss_fn.expr_sim_threshold is not None else None,
         )
-        if self.cosine_weight > 0:
-            out["loss_cosine"] = self.cosine_loss(f["image_joint"], f["gene_joint"])
-            out["loss"] = out["loss"] + self.cosine_weight * out["loss_cosine"]
         penalty = self.l2sp_penalty() if self.training else None
         if penalty is not None:
             out["l2sp"] = penalty.detach()

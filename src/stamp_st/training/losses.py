@@ -168,10 +168,3 @@ class StampLoss(nn.Module):
         loss = l_ps + l_rs + l_pr + l_csp
         return {"loss": loss, "loss_patch_spot": l_ps, "loss_region_spot": l_rs, "loss_patch_region": l_pr,
                 "loss_csp": l_csp, "csp_acc": csp_acc, "logit_scale": scale.detach()}
-
-
-class JointCosineLoss(nn.Module):
-    """Mean (1 - cosine) between each spot's image and gene joint embeddings (a pull without negatives)."""
-
-    def forward(self, image_joint: torch.Tensor, gene_joint: torch.Tensor) -> torch.Tensor:
-        return (1 - (image_joint * gene_joint).sum(-1)).mean()
