@@ -9,7 +9,7 @@ Both use the same backbone, batch (items of 2 spots), images and precision; the 
 backward + AdamW step on synthetic uint8 inputs. Prints a table and the ratio; ``--json`` writes the numbers.
 
 ``--frozen-cnn`` compares instead a frozen CNN backbone recomputed every step (``frozen``) with its patch
-features and region maps cached (``frozen_cached``, ``training.align.ImageFeatureCache``); both with the gene
+features and region maps cached (``frozen_cached``, ``training.align_caches.ImageFeatureCache``); both with the gene
 cache. What still trains: heads, pretext query, temperature.
 
     python benchmarks/bench_align.py --backbone timm:vit_small_patch16_224 --batch 16 --steps 10
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from stamp_st.models.backbones import create_backbone  # noqa: E402
 from stamp_st.models.gene_encoder import GeneEncoder, GeneEncoderConfig  # noqa: E402
 from stamp_st.models.stamp import StampModel, precompute_gene_embeddings  # noqa: E402
-from stamp_st.training.align import ImageFeatureCache  # noqa: E402
+from stamp_st.training.align_caches import ImageFeatureCache  # noqa: E402
 from stamp_st.training.align_task import AlignTask  # noqa: E402
 
 

@@ -151,7 +151,7 @@ def manifest_memory(template_path: Path, n_spots: int, spots_per_sample: int, sh
 
 def gene_cache_bytes_per_spot(d_model: int = 512, n: int = 20_000) -> float:
     """Python heap bytes per entry of ``GeneFeatureCache`` (key, row dict, fp32 [d_model] tensor)."""
-    from stamp_st.training.align import GeneFeatureCache
+    from stamp_st.training.align_caches import GeneFeatureCache
 
     cache = GeneFeatureCache()
     tracemalloc.start()

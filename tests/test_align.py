@@ -7,9 +7,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from synthetic_pairs import SyntheticPairs
 
 from stamp_st.models.stamp import load_stamp
-from stamp_st.training.align import AlignConfig, GeneFeatureCache, SyntheticPairs, run_align
+from stamp_st.training.align import AlignConfig, run_align
+from stamp_st.training.align_caches import GeneFeatureCache
 
 torch.set_num_threads(1)
 
@@ -77,12 +79,8 @@ def test_cache_returns_what_the_frozen_encoder_computes():
 def test_frozen_cnn_backbone_is_fully_frozen_and_its_cache_changes_nothing():
     """A frozen CNN computes the same features in train and eval mode (BatchNorm statistics fixed), so its
     cached patch features and region maps give the losses and gradients of the uncached model."""
-    from stamp_st.training.align import (
-        ImageFeatureCache,
-        build_align_model,
-        build_align_task,
-        image_cache_applies,
-    )
+    from stamp_st.training.align import build_align_model, build_align_task, image_cache_applies
+    from stamp_st.training.align_caches import ImageFeatureCache
 
     cfg = AlignConfig.from_dict({"backbone": "efficientnet_lite0", "gene_encoder": "random:tiny",
                                  "freeze_gene_encoder": True, "freeze_backbone": True})
@@ -159,7 +157,7 @@ def test_lora_trains_adapters_only_and_reloads(tmp_path):
 
 
 def test_retrieval_recall_counts_the_true_spot_among_the_top_k():
-    from stamp_st.training.align import retrieval_recall
+    from stamp_st.training.align_validation import retrieval_recall
 
     g = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
     perfect = retrieval_recall(g.clone(), g, ["a"] * 3 + ["b"] * 3, ks=(1, 2))
@@ -170,7 +168,7 @@ def test_retrieval_recall_counts_the_true_spot_among_the_top_k():
 
 def test_retrieval_recall_of_collapsed_embeddings_is_chance():
     """Identical embeddings tie everywhere; counting only strictly better candidates would call that perfect."""
-    from stamp_st.training.align import retrieval_recall
+    from stamp_st.training.align_validation import retrieval_recall
 
     same = torch.ones(20, 4)
     r = retrieval_recall(torch.randn(20, 4), same, ["a"] * 20, ks=(1, 5))
@@ -217,12 +215,8 @@ def test_val_slides_must_exist_and_leave_something_to_train_on():
 def test_trunk_cache_gives_the_uncached_losses_and_trains_the_tail():
     """Partial fine-tuning of a CNN with its frozen trunk cached: same losses as running the whole CNN,
     and gradients reach the last block and the conv head, not the trunk."""
-    from stamp_st.training.align import (
-        TrunkFeatureCache,
-        build_align_model,
-        build_align_task,
-        trunk_cache_applies,
-    )
+    from stamp_st.training.align import build_align_model, build_align_task, trunk_cache_applies
+    from stamp_st.training.align_caches import TrunkFeatureCache
 
     cfg = AlignConfig.from_dict({"backbone": "efficientnet_lite0", "gene_encoder": "random:tiny",
                                  "freeze_gene_encoder": True, "trainable_blocks": 1, "temperature_init": 1.0})

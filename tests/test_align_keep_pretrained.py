@@ -10,9 +10,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from synthetic_pairs import SyntheticPairs
 
 from stamp_st.errors import StampInputError
-from stamp_st.training.align import AlignConfig, SyntheticPairs, build_align_model, build_align_task
+from stamp_st.training.align import AlignConfig, build_align_model, build_align_task
 
 torch.set_num_threads(1)
 
@@ -129,7 +130,7 @@ def test_hed_jitter_is_a_per_image_stain_change():
 
 
 def test_trunk_cache_with_stain_variants_plain_for_validation_drawn_for_training():
-    from stamp_st.training.align import GeneFeatureCache, TrunkFeatureCache
+    from stamp_st.training.align_caches import GeneFeatureCache, TrunkFeatureCache
 
     cfg, model, task = _task(hed_scale=0.05, hed_shift=0.005, stain_variants=3)
     batch = GeneFeatureCache().fill(_batch(), model)

@@ -13,6 +13,7 @@ from stamp_st.models.gene_encoder import (
     GeneEncoder,
     GeneEncoderConfig,
 )
+from stamp_st.models.released import load_released_gene_encoder
 from stamp_st.training.gene_objectives import GenePretrainModel, mask_tokens
 
 torch.set_num_threads(1)
@@ -116,7 +117,7 @@ def test_released_state_dict_loads_without_missing_or_unexpected(data_root):
     released = _released_spot_backbone_state(data_root)
     assert any(".encoder_layer." in k for k in released)  # the stray template copy is there
     m = GeneEncoder("reference")
-    missing, unexpected = m.load_released_state_dict(released)
+    missing, unexpected = load_released_gene_encoder(m, released)
     assert missing == [] and unexpected == []
     w = released["module.spot_backbone.encoder.layers.11.linear2.weight"]
     assert torch.equal(m.encoder.layers[11].linear2.weight, w)
@@ -127,7 +128,7 @@ def test_released_state_dict_loads_without_missing_or_unexpected(data_root):
     assert ours == rel_names
     # a wrong-size config is refused with a clear error
     with pytest.raises(StampInputError, match="shape"):
-        GeneEncoder("tiny").load_released_state_dict(released)
+        load_released_gene_encoder(GeneEncoder("tiny"), released)
 
 
 def test_mask_tokens_rates():

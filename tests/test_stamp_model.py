@@ -14,7 +14,6 @@ from stamp_st.models.pretext import csp_window_geometry, csp_windows
 from stamp_st.models.stamp import (
     StampModel,
     load_stamp,
-    pool_gene_states,
     precompute_gene_embeddings,
     save_stamp,
 )
@@ -117,9 +116,9 @@ def test_pooling_with_grad_equals_gene_encoder_embed():
     enc = GeneEncoder(GENE_CFG).eval()
     tokens = tiny_batch()["tokens"].reshape(6, -1)
     for pooling in ("mean", "released"):
-        torch.testing.assert_close(pool_gene_states(enc, tokens, pooling), enc.embed(tokens, pooling=pooling))
+        torch.testing.assert_close(enc.pool(tokens, pooling), enc.embed(tokens, pooling=pooling))
     # the release's quirk really differs (drops 3 top genes, averages padding)
-    assert not torch.allclose(pool_gene_states(enc, tokens, "released"), pool_gene_states(enc, tokens, "mean"))
+    assert not torch.allclose(enc.pool(tokens, "released"), enc.pool(tokens, "mean"))
 
 
 def test_frozen_gene_encoder_with_cached_features_gives_the_same_loss():

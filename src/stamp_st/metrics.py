@@ -1,4 +1,4 @@
-"""Ranking metrics shared by Stage-2 validation (``training.align``) and the evaluation tasks
+"""Ranking metrics shared by Stage-2 validation (``training.align_validation``) and the evaluation tasks
 (``evaluation.retrieval``): one definition of "rank of the true match" and of recall@k with random ties.
 Plain numpy, no stamp_st imports, so any layer may use it."""
 

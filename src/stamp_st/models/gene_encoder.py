@@ -289,34 +289,5 @@ class GeneEncoder(nn.Module):
         """``pool`` for inference (no gradients)."""
         return self.pool(tokens, pooling)
 
-    # ------------------------------------------------------------------ released weights
-    def load_released_state_dict(self, state_dict: dict, strict: bool = True):
-        """Load the release's gene encoder weights: strips ``module.`` / ``spot_backbone.`` prefixes, keeps only
-        the encoder's keys of a full ``Stamp`` state dict, ignores the stray ``encoder_layer.*`` template copy
-        that ``nn.TransformerEncoder`` keeps. The release has no CGR head: it stays as initialised."""
-        sd = {}
-        full_model = any(k.removeprefix("module.").startswith("spot_backbone.") for k in state_dict)
-        for k, v in state_dict.items():
-            k = k.removeprefix("module.")
-            if full_model:
-                if not k.startswith("spot_backbone."):
-                    continue
-                k = k.removeprefix("spot_backbone.")
-            if k.startswith("encoder_layer."):
-                continue
-            sd[k] = v
-        own = self.state_dict()
-        for k, v in sd.items():
-            if k in own and tuple(own[k].shape) != tuple(v.shape):
-                raise StampInputError(f"released weight {k} has shape {tuple(v.shape)}, the {self.config.name!r} "
-                                      f"config expects {tuple(own[k].shape)}",
-                                      hint="load released weights into the 'reference' config")
-        missing, unexpected = self.load_state_dict(sd, strict=False)
-        missing = [k for k in missing if not k.startswith("cgr_head.")]
-        if strict and (missing or unexpected):
-            raise StampInputError(f"released state dict does not match the gene encoder: missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}")
-        return missing, unexpected
-
     def no_weight_decay(self) -> set[str]:
         return {"positional_embedding.weight"}

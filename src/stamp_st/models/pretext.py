@@ -169,7 +169,7 @@ class PretextConvNet(nn.Module):
 
     Partial fine-tuning splits the CNN into a frozen ``trunk`` (stem + first blocks) and a trainable
     ``tail`` (last ``tail_blocks`` blocks + conv head): ``_map = tail(trunk(x))``, so a frozen trunk's
-    output can be computed once per crop and cached (``training.align.TrunkFeatureCache``)."""
+    output can be computed once per crop and cached (``training.align_caches.TrunkFeatureCache``)."""
 
     def __init__(self, base_model: nn.Module, thumb_px: int = 16, heads: int = 4):
         super().__init__()

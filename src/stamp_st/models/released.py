@@ -1,5 +1,6 @@
 """The authors' released STAMP weights: read their ``pytorch_model.bin`` (or a Lightning ``.ckpt``), load it
-into ``StampModel`` in ``released`` mode, and convert it to this project's checkpoint format.
+into ``StampModel`` in ``released`` mode (or its gene encoder alone into a ``GeneEncoder``), and convert it to
+this project's checkpoint format. The one place that knows the release's key layout.
 
 Their file holds the state dict of their ``Stamp`` module (names, shapes: shared/docs/
 released_stamp_state_dict.tsv), sometimes under a ``module.`` (DDP) or Lightning attribute prefix. It also
@@ -34,13 +35,15 @@ def normalise_released_keys(sd: dict, source: str | Path | None = None) -> tuple
     """Strip the wrapper prefix (``module.``, Lightning's ``model.`` or any attribute name) in front of the
     release's module names; returns (state dict, removed prefix)."""
     anchor = next((k for k in sd if k.endswith("logit_scale") or ".visual_backbone." in f".{k}"), None)
+    anchor = anchor or next((k for k in sd if ".spot_backbone." in f".{k}"), None)  # the gene encoder's part alone
     if anchor is None:
         raise StampInputError("not a STAMP state dict: no logit_scale / visual_backbone.* keys", source,
                               "give the released pytorch_model.bin (or its Lightning .ckpt)")
     if anchor.endswith("logit_scale"):
         prefix = anchor[: -len("logit_scale")]
     else:
-        prefix = anchor[: (f".{anchor}").index(".visual_backbone.")]
+        root = ".visual_backbone." if ".visual_backbone." in f".{anchor}" else ".spot_backbone."
+        prefix = anchor[: (f".{anchor}").index(root)]
     if prefix and not all(k.startswith(prefix) for k in sd if k.removeprefix(prefix).startswith(RELEASED_ROOTS)):
         prefix = ""
     out = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
@@ -58,6 +61,29 @@ def _drop_unused(sd: dict, prefix: str = "") -> tuple[dict, ReleasedLoadReport]:
     ignored = sorted(k for k in sd if k.startswith(UNUSED_PREFIXES))
     kept = {k: v for k, v in sd.items() if not k.startswith(UNUSED_PREFIXES)}
     return kept, ReleasedLoadReport(len(kept), ignored, prefix)
+
+
+def load_released_gene_encoder(encoder, state_dict: dict, strict: bool = True):
+    """The release's gene encoder weights into ``encoder`` (a ``GeneEncoder``): from a full ``Stamp`` state dict
+    (any wrapper prefix) its ``spot_backbone.*`` keys, or the encoder's own state dict (``module.`` stripped);
+    the unused template layer is dropped. The release has no CGR head: it stays as initialised. Returns
+    (missing, unexpected) as ``load_state_dict`` does."""
+    if not any(".spot_backbone." in f".{k}" for k in state_dict):  # the encoder's own keys
+        state_dict = {"spot_backbone." + k.removeprefix("module."): v for k, v in state_dict.items()}
+    sd, prefix = normalise_released_keys(state_dict)
+    sd, _ = _drop_unused(sd, prefix)
+    sd = {k.removeprefix("spot_backbone."): v for k, v in sd.items() if k.startswith("spot_backbone.")}
+    own = encoder.state_dict()
+    bad = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+    if bad:
+        raise StampInputError(f"released weights of another shape than the {encoder.config.name!r} config expects"
+                              f"{shape_mismatches(own, sd, bad)}", hint="load released weights into the 'reference' config")
+    missing, unexpected = encoder.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.startswith("cgr_head.")]
+    if strict and (missing or unexpected):
+        raise StampInputError(f"released state dict does not match the gene encoder: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    return missing, unexpected
 
 
 def released_architecture_kwargs() -> dict:

@@ -3,17 +3,23 @@
 (``spot_backbone.*``, ``spot_projection``, ``visual_backbone.{base_model.*, p_visual, ref_pos_embed}``,
 ``patch_projection``, ``region_projection``, ``positioning_projection``, ``logit_scale``).
 
-Embeddings (all L2-normalised, in the 512-d shared space):
+Embeddings:
 
-- ``encode_image`` -> **Stamp_V** = ``patch_projection`` of the patch pass (CLS with the learnable pretext
-  token), what users run on any H&E; ``space="backbone"`` gives the backbone feature before the head.
-- ``encode_genes`` -> **Stamp_G** = ``spot_projection`` of the pooled gene-encoder states.
-- ``fuse`` -> **Stamp_F** = ``concat(Stamp_V, Stamp_G)`` (1024-d; each half unit-norm, so both modalities
-  weigh the same in any Euclidean or cosine method). The paper leaves the fusion undefined; this is ours.
+- ``encode_image(x, space="backbone")`` -> **Stamp_V**: the aligned image encoder's pooled feature of the
+  patch pass (CLS with the learnable pretext token), before any head; what users run on any H&E.
+- ``encode_image(x)`` -> the **image joint** embedding: ``patch_projection`` of Stamp_V into the 512-d space
+  shared with the genes, L2-normalised (the release's ``img_emb``).
+- ``encode_genes`` -> **Stamp_G**, the **gene joint** embedding: ``spot_projection`` of the pooled gene-encoder
+  states, L2-normalised, in the same space.
+- ``fuse`` -> **Stamp_F** = ``concat(image joint, gene joint)`` (1024-d; each half unit-norm, so both
+  modalities weigh the same in any Euclidean or cosine method). The paper leaves the fusion undefined; this is
+  ours.
 
-The model returns features (from raw inputs or the cached outputs of its frozen parts); the Stage-2 task
-(``training.align_task.AlignTask``) owns the batch layout (pairs of spots), the augmentation switch and the
-losses (``training.losses``); the caches are ``training.align``'s.
+``forward`` takes tensors by keyword (raw inputs, or the cached outputs of its frozen parts) and returns the
+features the Stage-2 losses compare; it knows no batch layout. The Stage-2 task
+(``training.align_task.AlignTask``) maps batch and cache entries onto its keywords and owns the pairs of
+spots, the augmentation switch and the losses (``training.losses``); the caches are
+``training.align_caches``'.
 
 ``released=True`` reproduces the release: gene states pooled over positions 3.. with padding (its quirk),
 CSP windows reshaped rather than transposed (its ``vit_grid_pooling``: ``pretext.csp_windows``), negatives
@@ -43,11 +49,6 @@ PROJ_DIM = 512
 def scale_from_param(logit_scale: torch.Tensor) -> torch.Tensor:
     """The one place the temperature is clamped: exp(param) capped at 100 (open_clip's bound)."""
     return logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)
-
-
-def pool_gene_states(encoder: GeneEncoder, tokens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
-    """Pooled gene feature [N, d] with gradients (see ``GeneEncoder.pool``)."""
-    return encoder.pool(tokens, pooling)
 
 
 class StampModel(nn.Module):
@@ -119,13 +120,14 @@ class StampModel(nn.Module):
         """Pooled, unprojected gene feature [N, d_gene] (what ``precompute_gene_embeddings`` caches)."""
         ctx = torch.no_grad() if self.freeze_gene_encoder else nullcontext()
         with ctx:
-            return pool_gene_states(self.spot_backbone, tokens, self.pooling)
+            return self.spot_backbone.pool(tokens, self.pooling)
 
-    def encode_image(self, images: torch.Tensor | None = None, space: str = "shared",
+    def encode_image(self, images: torch.Tensor | None = None, space: str = "joint",
                      patch_feat: torch.Tensor | None = None) -> torch.Tensor:
-        """The joint-space image embedding (Stamp_V projected: [N, 512] L2-normalised, the release's
-        ``img_emb``), from images or a backbone feature of the patch pass (cached, or computed once for both
-        outputs); ``space="backbone"``: the image encoder's pooled feature, which embed writes as Stamp_V."""
+        """The image joint embedding ([N, 512] L2-normalised ``patch_projection``, the release's ``img_emb``),
+        from images or Stamp_V (``patch_feat``: cached, or computed once for both outputs);
+        ``space="backbone"``: Stamp_V itself, the image encoder's pooled feature before the head.
+        (``space="shared"``, the earlier name of the joint space, is accepted.)"""
         if patch_feat is None:
             patch_feat = self.visual_backbone.forward_patch(self.prepare_images(images))
         if space == "backbone":
@@ -133,61 +135,62 @@ class StampModel(nn.Module):
         return F.normalize(self.patch_projection(patch_feat), dim=-1)
 
     def encode_genes(self, tokens: torch.Tensor | None = None, gene_feat: torch.Tensor | None = None) -> torch.Tensor:
-        """Stamp_G: [N, 512] L2-normalised, from storage tokens or a cached pooled feature."""
+        """Stamp_G, the gene joint embedding: [N, 512] L2-normalised, from storage tokens or a cached pooled
+        feature."""
         if gene_feat is None:
             gene_feat = self.gene_features(tokens)
         gene_feat = self.gene_norm(gene_feat.to(self.spot_projection.weight.dtype))
         return F.normalize(self.spot_projection(gene_feat), dim=-1)
 
     @staticmethod
-    def fuse(stamp_v: torch.Tensor, stamp_g: torch.Tensor) -> torch.Tensor:
-        """Stamp_F = concat(L2norm(joint Stamp_V), L2norm(Stamp_G)), [N, 1024]: both sides of the shared space."""
-        return torch.cat([F.normalize(stamp_v, dim=-1), F.normalize(stamp_g, dim=-1)], dim=-1)
+    def fuse(image_joint: torch.Tensor, gene_joint: torch.Tensor) -> torch.Tensor:
+        """Stamp_F = concat(L2norm(image joint), L2norm(gene joint)), [N, 1024]: both sides of the shared space."""
+        return torch.cat([F.normalize(image_joint, dim=-1), F.normalize(gene_joint, dim=-1)], dim=-1)
 
     # ------------------------------------------------------------------ the features training aligns
-    def forward(self, b: dict, augment: bool = False, generator: torch.Generator | None = None) -> dict:
-        """Every embedding the Stage-2 losses compare, for a flat batch of N spots (``AlignTask`` flattens
-        pairs), from raw inputs or the cached features that replace them (``training.align``): ``patch``,
-        ``region``, ``spot`` [N, 512] and ``pretext`` [N, 512], ``windows`` [N, 9, 512] (L2-normalised), and
-        ``gene_feat`` (pooled gene states). ``augment``: random rotations / mirrorings of the patch pass (or of
-        its cached trunk map); the region pass is left as is (its 3 x 3 label would move); ``generator``: drawn
-        for the global batch (``pretext.dihedral_augment``)."""
-        dev = self.logit_scale.device
+    def forward(self, *, thumb: torch.Tensor, patch: torch.Tensor | None = None,
+                region: torch.Tensor | None = None, patch_feat: torch.Tensor | None = None,
+                patch_trunk_map: torch.Tensor | None = None, region_map: torch.Tensor | None = None,
+                region_trunk_map: torch.Tensor | None = None, gene_tokens: torch.Tensor | None = None,
+                gene_feat: torch.Tensor | None = None, augment: bool = False,
+                generator: torch.Generator | None = None) -> dict:
+        """Every embedding the Stage-2 losses compare, for N spots, on the model's device.
+
+        Image side, one of each pair: ``patch`` (uint8 [N, H, W, 3] or normalised float NCHW) or Stamp_V
+        (``patch_feat``, a frozen backbone's) or the frozen trunk's map of the patch (``patch_trunk_map``);
+        ``region`` or the backbone's map of it (``region_map``) or the trunk's (``region_trunk_map``);
+        ``thumb`` uint8 [N, 16, 16, 3] (the pretext token's input). Gene side: storage ``gene_tokens`` [N, L]
+        or the pooled states of a frozen encoder (``gene_feat``). ``augment``: random rotations / mirrorings
+        of the patch pass (or of its trunk map); the region pass is left as is (its 3 x 3 label would move);
+        ``generator``: drawn for the global batch (``pretext.dihedral_augment``).
+
+        Returns ``image_joint``, ``region_joint``, ``gene_joint``, ``pretext_joint`` [N, 512],
+        ``windows_joint`` [N, 9, 512] (all L2-normalised) and ``gene_feat`` (pooled gene states)."""
         t = self.transform
-        thumb = normalise_images(b["thumb"].to(dev, non_blocking=True), t.mean, t.std, None)
         vb = self.visual_backbone
-        if b.get("patch_feat") is not None:
-            patch_f = b["patch_feat"].to(dev, non_blocking=True).float()
-        elif b.get("patch_trunk") is not None:
-            trunk = b["patch_trunk"].to(dev, non_blocking=True).float()
-            patch_f = vb.patch_from_trunk(dihedral_augment(trunk, generator) if augment else trunk)
+        thumb = normalise_images(thumb, t.mean, t.std, None)
+        if patch_feat is not None:
+            patch_f = patch_feat
+        elif patch_trunk_map is not None:
+            patch_f = vb.patch_from_trunk(dihedral_augment(patch_trunk_map, generator) if augment else patch_trunk_map)
         else:
-            images = self.prepare_images(b["patch"].to(dev, non_blocking=True))
+            images = self.prepare_images(patch)
             patch_f = vb.forward_patch(dihedral_augment(images, generator) if augment else images)
-        if b.get("region_map") is not None:
-            region_f, pretext_f, token_map = vb.region_from_map(b["region_map"].to(dev, non_blocking=True).float(),
-                                                                thumb)
-        elif b.get("region_trunk") is not None:
-            fmap = vb.region_map_from_trunk(b["region_trunk"].to(dev, non_blocking=True).float())
-            region_f, pretext_f, token_map = vb.region_from_map(fmap, thumb)
+        if region_map is None and region_trunk_map is not None:
+            region_map = vb.region_map_from_trunk(region_trunk_map)
+        if region_map is not None:
+            region_f, pretext_f, token_map = vb.region_from_map(region_map, thumb)
         else:
-            region = self.prepare_images(b["region"].to(dev, non_blocking=True))
-            region_f, pretext_f, token_map = vb.forward_region(region, thumb)
+            region_f, pretext_f, token_map = vb.forward_region(self.prepare_images(region), thumb)
         windows = csp_windows(token_map, released=self.released)
-
-        gene_feat = b.get("gene_feat")
         if gene_feat is None:
-            gene_feat = self.gene_features(b["tokens"].to(dev, non_blocking=True))
-        else:
-            gene_feat = gene_feat.to(dev, non_blocking=True)
-        spot = self.encode_genes(gene_feat=gene_feat)
-
+            gene_feat = self.gene_features(gene_tokens)
         proj = self.positioning_projection
-        return {"patch": self.encode_image(patch_feat=patch_f),
-                "region": F.normalize(self.region_projection(region_f), dim=-1),
-                "spot": spot,
-                "pretext": F.normalize(proj(pretext_f), dim=-1),
-                "windows": F.normalize(proj(windows), dim=-1),
+        return {"image_joint": self.encode_image(patch_feat=patch_f),
+                "region_joint": F.normalize(self.region_projection(region_f), dim=-1),
+                "gene_joint": self.encode_genes(gene_feat=gene_feat),
+                "pretext_joint": F.normalize(proj(pretext_f), dim=-1),
+                "windows_joint": F.normalize(proj(windows), dim=-1),
                 "gene_feat": gene_feat}
 
     def no_weight_decay(self) -> set[str]:
@@ -247,7 +250,7 @@ def precompute_gene_embeddings(model: StampModel, tokens: torch.Tensor, batch_si
     enc.eval()
     out = []
     for i in range(0, tokens.shape[0], batch_size):
-        out.append(pool_gene_states(enc, tokens[i:i + batch_size].to(device), model.pooling).float().cpu())
+        out.append(enc.pool(tokens[i:i + batch_size].to(device), model.pooling).float().cpu())
     enc.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, enc.config.d_model)
 
@@ -273,9 +276,10 @@ def stamp_checkpoint_config(model: StampModel, vocabulary=None, tokenizer: dict 
         backbone=arch["backbone"], image_size_px=arch["transform"]["size_px"],
         mean=list(arch["transform"]["mean"]), std=list(arch["transform"]["std"]),
         um_per_px=(crop_geometry["patch_um"] / crop_geometry["out_px"]), crop_geometry=crop_geometry,
-        gene_pooling=model.pooling, embeddings={"stamp_v": "L2norm(patch_projection(patch pass)) [512]",
+        gene_pooling=model.pooling, embeddings={"stamp_v": "pooled feature of the patch pass, before the heads [d_image]",
+                                                "stamp_v_joint": "L2norm(patch_projection(stamp_v)) [512]",
                                                 "stamp_g": "L2norm(spot_projection(pooled genes)) [512]",
-                                                "stamp_f": "concat(stamp_v, stamp_g) [1024]"}, **extra)
+                                                "stamp_f": "concat(stamp_v_joint, stamp_g) [1024]"}, **extra)
 
 
 def save_stamp(directory, model: StampModel, overwrite: bool = False, **config_kwargs):

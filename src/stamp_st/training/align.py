@@ -1,5 +1,7 @@
 """Stage 2: align an image backbone with a pretrained gene encoder on a ``paired`` corpus (METHOD.md §5),
-on the shared engine (DDP / bf16 / accumulation / atomic checkpoints / exact resume).
+on the shared engine (DDP / bf16 / accumulation / atomic checkpoints / exact resume). This module is the entry
+point (config, model and task, loaders, ``run_align``, cross-validation folds); the task is
+``align_task``, the caches of frozen parts ``align_caches``, validation ``align_validation``.
 
 Options beyond the release: a frozen gene encoder (the paper's setting) whose pooled features are computed
 once per spot and cached (``GeneFeatureCache``: the encoder then costs nothing after the first epoch);
@@ -20,8 +22,16 @@ from ..config_types import BATCH_SIZE, IMAGE_PX, LOADER_WORKERS, config_from_dic
 from ..errors import StampInputError
 from ..io_utils import atomic_write_json
 from ..models.pretext import PretextConvNet
-from ..models.stamp import StampModel, pool_gene_states, stamp_checkpoint_config
+from ..models.stamp import StampModel, stamp_checkpoint_config
+from .align_caches import (
+    CachedBatches,
+    GeneFeatureCache,
+    ImageFeatureCache,
+    SpotFeatureCache,
+    TrunkFeatureCache,
+)
 from .align_task import AUGMENTATIONS, AlignTask
+from .align_validation import make_val_fn
 from .engine import Trainer, TrainerConfig, dist_env
 from .run_folder import RunFolder, check_run_folder, latest_checkpoint
 
@@ -153,139 +163,6 @@ def build_align_model(cfg: AlignConfig):
     return model, enc_cfg
 
 
-class SpotFeatureCache:
-    """Outputs of a frozen module per spot (key: slide id + spot id), computed on first sight and reused.
-
-    Exactly what the model would compute every step (the module is frozen and in eval mode), at a fraction
-    of the cost: it runs once per spot instead of once per spot and epoch. Subclasses say which batch
-    entries they read (``inputs``, [B, 2, ...]) and which they put in their place. Beyond ``max_bytes`` new
-    spots are computed but not stored, so a corpus too large to cache stays correct, only slower."""
-
-    inputs: tuple[str, ...] = ()
-
-    def __init__(self, max_bytes: float = float("inf")):
-        self.features: dict[str, dict[str, torch.Tensor]] = {}
-        self.hits = self.misses = 0
-        self.bytes, self.max_bytes = 0, max_bytes
-
-    def compute(self, model: StampModel, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def fill(self, batch: dict, model: StampModel, train: bool = False) -> dict:
-        """``batch`` with the cached outputs in place of the inputs (fp32 features, outside any autocast).
-        ``train``: a training batch (a cache of augmented copies draws one; otherwise the plain one)."""
-        with torch.autocast(model.logit_scale.device.type, enabled=False):
-            return self.pick(self._fill(batch, model), train)
-
-    def pick(self, batch: dict, train: bool) -> dict:
-        return batch
-
-    def _fill(self, batch: dict, model: StampModel) -> dict:
-        keys = [f"{sid}\x00{spot}" for sid, pair in zip(batch["slide_id"], batch["spot_id"]) for spot in pair]
-        shape = batch[self.inputs[0]].shape[:2]
-        todo = [i for i, k in enumerate(keys) if k not in self.features]
-        fresh: dict[int, dict[str, torch.Tensor]] = {}
-        if todo:
-            flat = {n: batch[n].reshape(len(keys), *batch[n].shape[2:])[todo] for n in self.inputs}
-            with torch.no_grad():
-                out = self.compute(model, flat)
-            for j, i in enumerate(todo):
-                row = {n: v[j].clone() for n, v in out.items()}
-                fresh[i] = row
-                size = sum(v.numel() * v.element_size() for v in row.values())
-                if self.bytes + size <= self.max_bytes:
-                    self.features[keys[i]] = row
-                    self.bytes += size
-        self.misses += len(todo)
-        self.hits += len(keys) - len(todo)
-        rows = [fresh[i] if i in fresh else self.features[k] for i, k in enumerate(keys)]
-        filled = {n: torch.stack([r[n] for r in rows]).reshape(*shape, *rows[0][n].shape) for n in rows[0]}
-        return {**batch, **filled, **{n: None for n in self.inputs}}
-
-    def stats(self) -> dict:
-        return {"spots": len(self.features), "hits": self.hits, "misses": self.misses, "bytes": self.bytes}
-
-
-class GeneFeatureCache(SpotFeatureCache):
-    """Pooled features of a frozen gene encoder (``tokens`` -> ``gene_feat``)."""
-
-    inputs = ("tokens",)
-
-    def compute(self, model, inputs):
-        dev = model.logit_scale.device
-        feat = pool_gene_states(model.spot_backbone, inputs["tokens"].to(dev), model.pooling)
-        return {"gene_feat": feat.float().cpu()}
-
-
-class ImageFeatureCache(SpotFeatureCache):
-    """A frozen CNN backbone's patch feature and region feature map (``patch``, ``region`` ->
-    ``patch_feat``, ``region_map``): the pretext query, heads and temperature still train on top. Maps are
-    kept in float16 (EfficientNet-Lite0 at 224 px: 7 x 7 x 1280, 125 kB a spot)."""
-
-    inputs = ("patch", "region")
-
-    def compute(self, model, inputs):
-        dev = model.logit_scale.device
-        vb = model.visual_backbone
-        patch_f = vb.forward_patch(model.prepare_images(inputs["patch"].to(dev)))
-        fmap = vb.region_map(model.prepare_images(inputs["region"].to(dev)))
-        return {"patch_feat": patch_f.float().cpu(), "region_map": fmap.half().cpu()}
-
-
-class TrunkFeatureCache(SpotFeatureCache):
-    """Partial fine-tuning of a CNN: the frozen trunk's maps of the patch and the region (``patch``,
-    ``region`` -> ``patch_trunk``, ``region_trunk``, float16); the last blocks, conv head, pretext query and
-    heads train on top, so a step costs the tail's forward and backward only. Rotations / mirrorings are
-    then applied to the cached patch map (``augment="dihedral"``).
-
-    With HED stain jitter (``hed_scale`` / ``hed_shift`` > 0) the cache holds ``variants`` maps per crop:
-    the plain one first, then jittered copies (one draw per spot for patch and region, from a generator
-    seeded by ``seed``); a training batch takes one of them at random per spot, any other batch the plain one."""
-
-    inputs = ("patch", "region")
-
-    def __init__(self, max_bytes: float = float("inf"), hed_scale: float = 0.0, hed_shift: float = 0.0,
-                 variants: int = 1, seed: int = 0):
-        super().__init__(max_bytes)
-        jitter = hed_scale > 0 or hed_shift > 0
-        self.hed_scale, self.hed_shift = hed_scale, hed_shift
-        self.variants = int(variants) if jitter else 1
-        self._rng = None
-        if jitter:
-            import numpy as np
-
-            self._rng = np.random.default_rng(seed)
-
-    def compute(self, model, inputs):
-        dev = model.logit_scale.device
-        vb = model.visual_backbone
-        if self.variants == 1:
-            return {"patch_trunk": vb.trunk(model.prepare_images(inputs["patch"].to(dev))).half().cpu(),
-                    "region_trunk": vb.trunk(model.prepare_images(inputs["region"].to(dev))).half().cpu()}
-        from ..preprocessing.stain import hed_jitter, hed_jitter_params
-
-        out: dict[str, list[torch.Tensor]] = {"patch_trunk": [], "region_trunk": []}
-        n = inputs["patch"].shape[0]
-        for v in range(self.variants):
-            if v:
-                scale, shift = hed_jitter_params(n, self.hed_scale, self.hed_shift, self._rng)
-            for k in ("patch", "region"):
-                x = inputs[k]
-                if v:
-                    x = torch.from_numpy(hed_jitter(x.cpu().numpy(), scale, shift))
-                out[f"{k}_trunk"].append(vb.trunk(model.prepare_images(x.to(dev))).half().cpu())
-        return {k: torch.stack(v, dim=1) for k, v in out.items()}  # [n, variants, C, h, w]
-
-    def pick(self, batch: dict, train: bool) -> dict:
-        if self.variants == 1:
-            return batch
-        p = batch["patch_trunk"]  # [B, 2, variants, C, h, w]
-        choice = (torch.randint(0, self.variants, p.shape[:2]) if train
-                  else torch.zeros(p.shape[:2], dtype=torch.long))
-        idx = choice.view(*choice.shape, 1, 1, 1, 1).expand(*p.shape[:2], 1, *p.shape[3:])
-        return {**batch, **{k: batch[k].gather(2, idx).squeeze(2) for k in ("patch_trunk", "region_trunk")}}
-
-
 def image_cache_applies(cfg: AlignConfig, model: StampModel) -> bool:
     """Only a fully frozen CNN: a ViT's patch and region passes carry the trainable pretext token."""
     return (cfg.freeze_backbone and not cfg.lora and cfg.image_cache_gb > 0
@@ -298,103 +175,6 @@ def trunk_cache_applies(cfg: AlignConfig, model: StampModel) -> bool:
     vb = model.visual_backbone
     return (cfg.trainable_blocks is not None and cfg.cache_trunk and not cfg.lora and cfg.image_cache_gb > 0
             and isinstance(vb, PretextConvNet) and vb.tail_blocks is not None)
-
-
-class CachedBatches:
-    """Wraps a loader: every batch goes through the caches; epochs pass through."""
-
-    def __init__(self, loader, model: StampModel, caches: list[SpotFeatureCache], train: bool = False):
-        self.loader, self.model, self.caches, self.train = loader, model, caches, train
-
-    def set_epoch(self, epoch: int) -> None:
-        ds = getattr(self.loader, "dataset", self.loader)
-        if hasattr(ds, "set_epoch"):
-            ds.set_epoch(epoch)
-
-    def __iter__(self):
-        for batch in self.loader:
-            for cache in self.caches:
-                batch = cache.fill(batch, self.model, train=self.train)
-            yield batch
-
-
-def make_val_fn(loader, max_batches: int | None, ks: tuple[int, ...] = (1, 5, 10)):
-    """Mean of every loss and of CSP accuracy over held-out slides (rank-averaged), plus patch -> spot
-    retrieval recall@k among the anchor spots of each held-out slide (this rank's share of them, each spot
-    once). ``max_batches=None``: the whole validation split."""
-
-    def val_fn(model) -> dict:
-        import torch.distributed as dist
-
-        raw = getattr(model, "module", model)
-        sums, n = {}, 0
-        img, gene, slides, seen = [], [], [], set()
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(0)
-        with torch.no_grad():
-            for i, batch in enumerate(loader):
-                if max_batches is not None and i >= max_batches:
-                    break
-                out = raw(batch)  # the task: losses
-                for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n += 1
-                v_emb, g_emb = anchor_embeddings(raw.model, batch)
-                keep = []
-                for j, (sid, pair) in enumerate(zip(batch["slide_id"], batch["spot_id"])):
-                    if (sid, pair[0]) not in seen:  # padded / wrapped epochs repeat spots
-                        seen.add((sid, pair[0]))
-                        keep.append(j)
-                img.append(v_emb[keep])
-                gene.append(g_emb[keep])
-                slides += [batch["slide_id"][j] for j in keep]
-        vec = torch.tensor([sums.get(k, 0.0) for k in sorted(sums)] + [n], dtype=torch.float64)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(vec)
-        total = float(vec[-1])
-        result = {k: float(v) / total for k, v in zip(sorted(sums), vec[:-1])} if total else {}
-        if img:
-            result.update(retrieval_recall(torch.cat(img), torch.cat(gene), slides, ks))
-        return result
-
-    return val_fn
-
-
-def anchor_embeddings(model: StampModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stamp_V and Stamp_G of each item's anchor spot (index 0 of the pair)."""
-    dev = model.logit_scale.device
-    if batch.get("patch_feat") is not None:
-        v = model.encode_image(patch_feat=batch["patch_feat"][:, 0].to(dev))
-    elif batch.get("patch_trunk") is not None:
-        trunk = batch["patch_trunk"][:, 0].to(dev).float()
-        v = model.encode_image(patch_feat=model.visual_backbone.patch_from_trunk(trunk))
-    else:
-        v = model.encode_image(batch["patch"][:, 0].to(dev))
-    if batch.get("gene_feat") is not None:
-        g = model.encode_genes(gene_feat=batch["gene_feat"][:, 0].to(dev))
-    else:
-        g = model.encode_genes(batch["tokens"][:, 0].to(dev))
-    return v.float().cpu(), g.float().cpu()
-
-
-def retrieval_recall(img: torch.Tensor, gene: torch.Tensor, slides: list[str], ks=(1, 5, 10)) -> dict:
-    """Mean over slides of patch -> spot recall@k (the true spot among the k most similar spots of the same
-    slide; ties broken at random in expectation, see ``evaluation.retrieval``), with chance level beside it."""
-    import numpy as np
-
-    from ..metrics import recall_from_ranks, true_match_ranks
-
-    out: dict[str, list[float]] = {}
-    slides_arr = np.asarray(slides).astype(str)
-    for sl in dict.fromkeys(slides_arr.tolist()):
-        idx = np.flatnonzero(slides_arr == sl)
-        if len(idx) < 2:
-            continue
-        ranks = true_match_ranks(img[idx].numpy(), gene[idx].numpy())
-        for k, v in recall_from_ranks(ranks, ks).items():
-            out.setdefault(f"recall@{k}", []).append(v)
-            out.setdefault(f"chance_recall@{k}", []).append(min(k, len(idx)) / len(idx))
-    return {k: sum(v) / len(v) for k, v in out.items()}
 
 
 def check_val_slides(val_slides, manifest: dict, corpus) -> set[str] | None:
@@ -538,51 +318,3 @@ def run_align_folds(corpus: str | Path, cfg: AlignConfig, out: str | Path, slide
     atomic_write_json(out / "folds.json", {"held_out": {sl: f"folds/{sl}" for sl in slides},
                                            "final": "." if final else None})
     return result
-
-
-class SyntheticPairs(torch.utils.data.IterableDataset):
-    """In-memory Stage-2 batches with the corpus contract, where image colour encodes the spot's gene
-    program, so alignment is learnable (tests, demos). Order is a pure function of (seed, epoch)."""
-
-    def __init__(self, n_items: int = 32, img_px: int = 64, context: int = 32, vocab_size: int = 200,
-                 batch_size: int = 4, seed: int = 0):
-        import numpy as np
-
-        from ..preprocessing.tokenizer import STORAGE_PAD_ID, TOKEN_OFFSET
-
-        self.n_items, self.batch_size, self.seed, self.epoch = n_items, batch_size, seed, 0
-        rng = np.random.default_rng(seed)
-        programs = np.stack([rng.permutation(vocab_size) for _ in range(4)])
-        colours = np.array([[200, 60, 60], [60, 200, 60], [60, 60, 200], [200, 200, 60]], np.uint8)
-        self.items = []
-        for i in range(n_items):
-            pair = {}
-            progs = [rng.integers(0, 4), rng.integers(0, 4)]
-            toks = np.full((2, context), STORAGE_PAD_ID, np.int64)
-            for s, p in enumerate(progs):
-                order = programs[p][np.argsort(np.arange(vocab_size) + rng.normal(0, 3, vocab_size))]
-                toks[s] = order[:context] + TOKEN_OFFSET
-            img = np.stack([np.broadcast_to(colours[p], (img_px, img_px, 3)) for p in progs]).copy()
-            img = np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
-            pair["patch"] = torch.from_numpy(img)
-            pair["region"] = torch.from_numpy(img.copy())
-            pair["thumb"] = torch.from_numpy(img[:, :16, :16].copy())
-            pair["region_label"] = torch.from_numpy(rng.integers(0, 9, 2))
-            pair["region_valid"] = torch.tensor([True, bool(i % 3)])
-            pair["tokens"] = torch.from_numpy(toks)
-            pair["xy_um"] = torch.from_numpy(rng.uniform(0, 3000, (2, 2)).astype(np.float32))
-            pair["slide_id"] = f"syn{i % 2}"
-            pair["spot_id"] = [f"a{i}", f"b{i}"]
-            self.items.append(pair)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        import numpy as np
-
-        from ..corpus.datasets import collate_pairs
-
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_items)
-        for i in range(0, self.n_items - self.batch_size + 1, self.batch_size):
-            yield collate_pairs([self.items[int(j)] for j in order[i:i + self.batch_size]])

@@ -1,7 +1,9 @@
 """The Stage-2 training task (METHOD.md §5): what the engine trains. It wraps a ``StampModel`` (which only
 returns features) with the batch layout (corpus items are pairs of same-slide spots, flattened to 2B spots),
-the augmentation switch and the losses (``training.losses.StampLoss``). Checkpoints hold the model's own
-parameter names (``checkpoint_prefix``), so files are those of the model alone."""
+the augmentation switch and the losses (``training.losses.StampLoss``). It maps batch and cache entries onto
+the model's keywords (``MODEL_INPUTS``), as open_clip's training loop does for ``CLIP.forward(image, text)``.
+Checkpoints hold the model's own parameter names (``checkpoint_prefix``), so files are those of the model
+alone."""
 
 from __future__ import annotations
 
@@ -13,11 +15,16 @@ from torch import nn
 from ..models.stamp import StampModel
 from .losses import StampLoss
 
-# per-spot batch entries; ``gene_feat`` / ``patch_feat`` + ``region_map`` / ``patch_trunk`` + ``region_trunk``
-# are cached outputs of a frozen gene encoder / frozen CNN backbone / frozen CNN trunk that replace
-# ``tokens`` / ``patch`` + ``region`` (training.align)
-SPOT_KEYS = ("patch", "region", "region_label", "region_valid", "thumb", "tokens", "xy_um", "gene_feat",
-             "patch_feat", "region_map", "patch_trunk", "region_trunk")
+# batch entry -> ``StampModel.forward`` keyword. ``gene_feat`` / ``patch_feat`` + ``region_map`` /
+# ``patch_trunk`` + ``region_trunk`` are cached outputs of a frozen gene encoder / frozen CNN backbone / frozen
+# CNN trunk that replace ``tokens`` / ``patch`` + ``region`` (``training.align_caches``)
+MODEL_INPUTS = {"patch": "patch", "region": "region", "thumb": "thumb", "tokens": "gene_tokens",
+                "gene_feat": "gene_feat", "patch_feat": "patch_feat", "region_map": "region_map",
+                "patch_trunk": "patch_trunk_map", "region_trunk": "region_trunk_map"}
+# cached image features are stored in fp16 (or fp32): the model computes on fp32
+CACHED_IMAGE_INPUTS = ("patch_feat", "region_map", "patch_trunk", "region_trunk")
+# per-spot batch entries: the model's inputs and what the losses read
+SPOT_KEYS = (*MODEL_INPUTS, "region_label", "region_valid", "xy_um")
 AUGMENTATIONS = ("none", "dihedral")
 
 
@@ -41,6 +48,11 @@ def flatten_batch(batch: dict) -> dict:
             sid = [s for s in sid for _ in range(2)]
         out["slide_idx"] = slide_index(sid)
     return out
+
+
+def anchor_rows(x: torch.Tensor) -> torch.Tensor:
+    """The anchor spots' rows (index 0 of each pair) of a flattened batch's per-spot tensor."""
+    return x[0::2]
 
 
 class AlignTask(nn.Module):
@@ -134,17 +146,31 @@ class AlignTask(nn.Module):
         self._noise = torch.Generator()
         self._noise.manual_seed(int(seed))
 
-    def forward(self, batch: dict) -> dict:
+    def model_inputs(self, b: dict) -> dict:
+        """A flat batch's entries as ``StampModel.forward`` keywords, on the model's device."""
+        dev = self.model.logit_scale.device
+        out = {}
+        for key, kw in MODEL_INPUTS.items():
+            v = b.get(key)
+            if v is not None:
+                v = v.to(dev, non_blocking=True)
+                out[kw] = v.float() if key in CACHED_IMAGE_INPUTS else v
+        return out
+
+    def step(self, batch: dict) -> tuple[dict, dict]:
+        """(losses, the model's features) of one batch of pairs (flattened: spot ``2i`` is item ``i``'s anchor,
+        ``2i + 1`` its partner); validation reads the features of the same pass (``align_validation``)."""
         b = flatten_batch(batch)
         m = self.model
         dev = m.logit_scale.device
         if self.training and (self.hed_scale > 0 or self.hed_shift > 0):
             b = self._stain_jitter(b)
-        f = m(b, augment=self.augment == "dihedral" and self.training, generator=self._noise)
+        f = m(**self.model_inputs(b), augment=self.augment == "dihedral" and self.training, generator=self._noise)
         xy = b.get("xy_um")
         slide_idx = b.get("slide_idx")
         out = self.loss_fn(
-            patch=f["patch"], region=f["region"], spot=f["spot"], pretext=f["pretext"], windows=f["windows"],
+            patch=f["image_joint"], region=f["region_joint"], spot=f["gene_joint"], pretext=f["pretext_joint"],
+            windows=f["windows_joint"],
             region_label=b["region_label"].to(dev),
             region_valid=b["region_valid"].to(dev),
             logit_scale=m.logit_scale,
@@ -156,4 +182,7 @@ class AlignTask(nn.Module):
         if penalty is not None:
             out["l2sp"] = penalty.detach()
             out["loss"] = out["loss"] + self.l2sp_weight * penalty
-        return out
+        return out, f
+
+    def forward(self, batch: dict) -> dict:
+        return self.step(batch)[0]
