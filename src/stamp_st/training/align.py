@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 
 from ..config_types import BATCH_SIZE, IMAGE_PX, LOADER_WORKERS, config_from_dict, ranged
+from ..distributed import env_rank_world
 from ..errors import StampInputError
 from ..io_utils import atomic_write_json
 from ..models.pretext import PretextConvNet
 from ..models.stamp import StampModel, pool_gene_states, stamp_checkpoint_config
 from .align_task import AUGMENTATIONS, AlignTask
-from .engine import Trainer, TrainerConfig, dist_env
+from .engine import Trainer, TrainerConfig
 from .run_folder import RunFolder, check_run_folder, latest_checkpoint
 
 
@@ -419,7 +420,7 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
     ``caches``: a dict shared between runs with the same frozen parts (cross-validation folds), filled on
     first use."""
     check_run_folder(out)
-    rank, world, _ = dist_env()
+    rank, world, _ = env_rank_world()
     tcfg = TrainerConfig.from_dict(dict(cfg.trainer))
     torch.manual_seed(tcfg.seed)
     model, enc_cfg = build_align_model(cfg)
