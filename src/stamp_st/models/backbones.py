@@ -469,7 +469,7 @@ def hub_model(name: str, weights, pretrained: bool, **kwargs):
         load_into(model, load_state_dict_file(path), path, ignore_prefixes=ignore)
         source = str(path)
     elif pretrained:
-        model = hub._hub_call(spec.repo, key,
+        model = hub.fetch_from_hub(spec.repo, key,
                               lambda: timm.create_model(f"hf-hub:{spec.repo}", pretrained=True, **args))
         _cut(model, spec)
         source = f"hf-hub:{spec.repo}"
@@ -503,7 +503,7 @@ def _conch_v1(name: str, spec: hub.HubModel, path, pretrained: bool, args: dict,
     if path is None and pretrained:
         from huggingface_hub import hf_hub_download
 
-        path = hub._hub_call(spec.repo, spec.weights_key, lambda: hf_hub_download(spec.repo, "pytorch_model.bin"))
+        path = hub.fetch_from_hub(spec.repo, spec.weights_key, lambda: hf_hub_download(spec.repo, "pytorch_model.bin"))
     if path is not None:
         sd = _strip_prefixes(load_state_dict_file(path), ("module.",))
         trunk = {k[len("visual.trunk."):]: v for k, v in sd.items() if k.startswith("visual.trunk.")}
@@ -529,7 +529,7 @@ def timm_hub(name: str, weights, pretrained: bool, **kwargs):
         raise StampInputError(f"'{name}' is not timm:hf-hub:ORG/NAME")
     kwargs.setdefault("num_classes", 0)
     load_weights = pretrained and not weights
-    model = hub._hub_call(repo, None, lambda: timm.create_model(f"hf-hub:{repo}", pretrained=load_weights, **kwargs))
+    model = hub.fetch_from_hub(repo, None, lambda: timm.create_model(f"hf-hub:{repo}", pretrained=load_weights, **kwargs))
     if weights:
         load_into(model, load_state_dict_file(weights), weights, ignore_prefixes=("head.", "fc.", "classifier."))
     source = str(weights) if weights else (f"hf-hub:{repo}" if pretrained else None)

@@ -119,14 +119,6 @@ UNSUPPORTED = {
     "conch_v15": "CONCH v1.5 pools its ViT-L tokens with CONCH's own attention head, which stamp-st does not "
                  "implement; use conch_v1, uni_v2, or a timm-loadable model as timm:hf-hub:ORG/NAME",
 }
-HUB_NAMES = tuple(HUB_MODELS) + tuple(UNSUPPORTED)
-
-
-def is_hub_name(name: str) -> bool:
-    """True for a name this module builds (TRIDENT-style names and ``timm:hf-hub:...``)."""
-    return name in HUB_MODELS or name in UNSUPPORTED or name.startswith(TIMM_HUB_PREFIX)
-
-
 def _hub_error(repo: str, err: Exception, weights_key: str | None) -> StampInputError:
     """What went wrong with the hub, and the two ways out: access, or a local file."""
     from huggingface_hub import constants
@@ -148,8 +140,9 @@ def _hub_error(repo: str, err: Exception, weights_key: str | None) -> StampInput
                            hint="stamp-st never needs the hub when a local weight file is given")
 
 
-def _hub_call(repo: str, weights_key: str | None, fn):
-    """Run a hub-touching call; hub and network failures become one clear StampInputError."""
+def fetch_from_hub(repo: str, weights_key: str | None, fn):
+    """Run ``fn``, a call that touches the Hugging Face hub (a download, timm's ``hf-hub:`` loader): hub and network
+    failures become one clear StampInputError naming ``repo`` and the local-file way out (``weights_key``)."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     try:
