@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import StampInputError
 from ..weights import find_weights
 from . import hub
-from .registry import backbone_entry
+from .registry import Capabilities, backbone_entry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -356,6 +356,26 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
     bb = entry.load_builder()(name, weights, pretrained, **entry.args, **dict(kwargs))
     bb.create_kwargs = dict(kwargs)
     return bb
+
+
+def capabilities_of(bb: Backbone) -> Capabilities:
+    """What a built backbone supports in alignment, read where the options act: ``freeze_early_layers`` counts timm's
+    ``blocks``, LoRA needs the ViT path (``StampModel`` takes it for ``is_vit``), a ViT takes other sides only
+    when built with dynamic_img_size."""
+    if bb.head is not None:  # StampModel refuses it: the pretext token builds on the trunk's own token
+        return Capabilities(bb.transform.size_px, align_as=bb.trunk_name)
+    blocks = getattr(bb.model, "blocks", None)
+    return Capabilities(input_px=bb.transform.size_px,
+                        any_input_px=not bb.is_vit or bool(getattr(bb.model, "dynamic_img_size", False)),
+                        blocks=len(blocks) if isinstance(blocks, nn.Sequential) else 0, lora=bb.is_vit)
+
+
+def measure_capabilities(name: str) -> Capabilities:
+    """``capabilities_of`` the model ``name`` builds, built on the meta device (no weights, no memory): how a
+    name whose entry cannot declare them (``timm:<name>``) is checked before a run."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "random weights": nothing is loaded on purpose
+        return capabilities_of(create_backbone(name, pretrained=False))
 
 
 # ------------------------------------------------------------------------------------------- builders

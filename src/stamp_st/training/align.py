@@ -21,6 +21,7 @@ from ..distributed import env_rank_world
 from ..errors import StampInputError
 from ..io_utils import atomic_write_json
 from ..models.pretext import PretextConvNet
+from ..models.registry import check_backbone_options
 from ..models.stamp import StampModel, pool_gene_states, stamp_checkpoint_config
 from .align_task import AUGMENTATIONS, AlignTask
 from .engine import Trainer, TrainerConfig
@@ -81,6 +82,7 @@ class AlignConfig:
                                   "drop --neighbour-radius-um / --expr-sim-threshold or --released-mode")
         if sum([bool(cfg.freeze_backbone), bool(cfg.lora), cfg.trainable_blocks is not None]) > 1:
             raise StampInputError("choose one of --freeze-backbone, --lora, --trainable-blocks", source)
+        check_backbone_options(cfg.backbone, cfg.trainable_blocks, cfg.lora, cfg.image_px, source)
         from ..corpus.datasets import check_sample_order
 
         check_sample_order(cfg.sample_order, source)
