@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import StampInputError
 from ..weights import find_weights
 from . import hub
-from .registry import Capabilities, backbone_entry
+from .registry import OPTIONS, Capabilities, backbone_entry, backbones_supporting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -376,6 +376,32 @@ def measure_capabilities(name: str) -> Capabilities:
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "random weights": nothing is loaded on purpose
         return capabilities_of(create_backbone(name, pretrained=False))
+
+
+def check_backbone_options(backbone: str, trainable_blocks: int | None = None, lora: int = 0,
+                           image_px: int | None = None, source=None) -> None:
+    """Refuse an option the backbone does not support when the config is read, not when the run starts."""
+    asked = {"trainable_blocks": trainable_blocks is not None, "lora": bool(lora), "image_px": image_px is not None}
+    caps = backbone_entry(backbone).capabilities
+    if caps is None and not any(asked.values()):
+        return
+    caps = caps or measure_capabilities(backbone)
+    if caps.align_as:
+        raise StampInputError(f"backbone '{backbone}' is not aligned: its feature pools the trunk's tokens, STAMP's "
+                              "pretext token builds on the trunk's own", source,
+                              f"align on '{caps.align_as}' (the same weights, the trunk's class token)")
+    why = {"trainable_blocks": "its timm model has no 'blocks' to count from",
+           "lora": "LoRA adapts the attention of a timm VisionTransformer",
+           "image_px": f"it takes {caps.input_px} px only"}
+    for option, on in asked.items():
+        if on and not caps.supports(option) and not (option == "image_px" and image_px == caps.input_px):
+            raise StampInputError(
+                f"backbone '{backbone}' does not support {OPTIONS[option]} ({option}): {why[option]}", source,
+                f"backbones that do: {', '.join(backbones_supporting(option))}"
+                + ("; or use --freeze-backbone / full fine-tuning" if option != "image_px" else ""))
+    if trainable_blocks is not None and trainable_blocks > caps.blocks:
+        raise StampInputError(f"--trainable-blocks {trainable_blocks} is more than the {caps.blocks} blocks of "
+                              f"backbone '{backbone}'", source, f"give 0..{caps.blocks}")
 
 
 # ------------------------------------------------------------------------------------------- builders

@@ -7,7 +7,7 @@ Builders are named as ``"module:function"`` under ``stamp_st.models`` and import
 ``builder="backbones:timm_architecture", args={"arch": ...}``), or one builder function and its entry.
 
 Every entry states what it supports (``Capabilities``: input side, partial fine-tuning, LoRA);
-``check_backbone_options`` refuses an unsupported option when a config is read, before a run starts, and
+``backbones.check_backbone_options`` refuses an unsupported option when a config is read, before a run starts, and
 tests/test_registries.py checks each declaration against the model the entry builds.
 """
 
@@ -32,6 +32,11 @@ class Capabilities:
     # the name to align instead, where this name's feature pools the trunk's tokens otherwise than STAMP's
     # pretext token does (``conch_v1``, ``virchow``): such a name embeds but is not aligned, so none of the above
     align_as: str | None = None
+
+    def supports(self, option: str) -> bool:
+        """Whether an option (a config key of ``OPTIONS``) may be asked of this backbone in alignment."""
+        return not self.align_as and {"trainable_blocks": self.blocks > 0, "lora": self.lora,
+                                      "image_px": self.any_input_px}[option]
 
     def describe(self) -> str:
         """One line for ``doctor`` and the help: what the options may ask of this backbone."""
@@ -130,10 +135,6 @@ for _entry in (
 OPTIONS = {"trainable_blocks": "--trainable-blocks", "lora": "--lora", "image_px": "--image-px"}  # config key: option
 
 
-def _supports(caps: Capabilities, option: str) -> bool:
-    return {"trainable_blocks": caps.blocks > 0, "lora": caps.lora, "image_px": caps.any_input_px}[option]
-
-
 def backbones_supporting(option: str) -> list[str]:
     """The registered names that support ``option`` (a key of ``OPTIONS``), as the help and errors list them;
     a prefix entry as ``prefix<name>`` (the model named decides)."""
@@ -141,7 +142,7 @@ def backbones_supporting(option: str) -> list[str]:
     for e in {e.name: e for e in BACKBONES.values()}.values():
         if e.prefix:
             out.append(f"{e.name}<name> where the model allows")
-        elif e.capabilities is not None and _supports(e.capabilities, option):
+        elif e.capabilities is not None and e.capabilities.supports(option):
             out.append(e.name)
     return out
 
@@ -149,40 +150,3 @@ def backbones_supporting(option: str) -> list[str]:
 def declared_capabilities() -> dict[str, Capabilities]:
     """The declared capabilities by registered name (aliases and undeclared entries aside)."""
     return {e.name: e.capabilities for e in BACKBONES.values() if e.capabilities is not None}
-
-
-def backbone_capabilities(name: str) -> Capabilities:
-    """What backbone ``name`` supports in alignment: its entry's declaration, else measured from the model the name builds
-    (``timm:<name>``: on the meta device, no weights)."""
-    entry = backbone_entry(name)
-    if entry.capabilities is not None:
-        return entry.capabilities
-    from .backbones import measure_capabilities
-
-    return measure_capabilities(name)
-
-
-def check_backbone_options(backbone: str, trainable_blocks: int | None = None, lora: int = 0,
-                           image_px: int | None = None, source=None) -> None:
-    """Refuse an option the backbone does not support when the config is read, not when the run starts."""
-    asked = {"trainable_blocks": trainable_blocks is not None, "lora": bool(lora), "image_px": image_px is not None}
-    caps = backbone_entry(backbone).capabilities
-    if caps is None and not any(asked.values()):
-        return
-    caps = caps or backbone_capabilities(backbone)
-    if caps.align_as:
-        raise StampInputError(f"backbone '{backbone}' is not aligned: its feature pools the trunk's tokens, STAMP's "
-                              "pretext token builds on the trunk's own", source,
-                              f"align on '{caps.align_as}' (the same weights, the trunk's class token)")
-    why = {"trainable_blocks": "its timm model has no 'blocks' to count from",
-           "lora": "LoRA adapts the attention of a timm VisionTransformer",
-           "image_px": f"it takes {caps.input_px} px only"}
-    for option, on in asked.items():
-        if on and not _supports(caps, option) and not (option == "image_px" and image_px == caps.input_px):
-            raise StampInputError(
-                f"backbone '{backbone}' does not support {OPTIONS[option]} ({option}): {why[option]}", source,
-                f"backbones that do: {', '.join(backbones_supporting(option))}"
-                + ("; or use --freeze-backbone / full fine-tuning" if option != "image_px" else ""))
-    if trainable_blocks is not None and trainable_blocks > caps.blocks:
-        raise StampInputError(f"--trainable-blocks {trainable_blocks} is more than the {caps.blocks} blocks of "
-                              f"backbone '{backbone}'", source, f"give 0..{caps.blocks}")

@@ -20,8 +20,8 @@ from ..config_types import BATCH_SIZE, IMAGE_PX, LOADER_WORKERS, config_from_dic
 from ..distributed import env_rank_world
 from ..errors import StampInputError
 from ..io_utils import atomic_write_json
+from ..models.backbones import check_backbone_options
 from ..models.pretext import PretextConvNet
-from ..models.registry import check_backbone_options
 from ..models.stamp import StampModel, pool_gene_states, stamp_checkpoint_config
 from .align_task import AUGMENTATIONS, AlignTask
 from .engine import Trainer, TrainerConfig
