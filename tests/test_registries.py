@@ -122,7 +122,8 @@ def test_declared_capabilities_are_what_the_built_model_supports(name):
 
     with torch.device("meta"):
         bb = build()
-        assert capabilities_of(bb) == caps
+        measured = capabilities_of(bb)
+        assert measured == caps, f"{name} declares {caps}; its model supports {measured}"
         assert bb.transform.size_px == caps.input_px
         if caps.align_as:  # embedding only: StampModel refuses it, and names the trunk to align
             with pytest.raises(StampInputError, match=caps.align_as):
