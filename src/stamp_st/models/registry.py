@@ -118,8 +118,6 @@ for _entry in (
                   weights_key="conch", aliases=("conch",), capabilities=vit(12)),
     BackboneEntry("resnet18", "backbones:timm_architecture", "ResNet-18 (timm); weights from --backbone-weights",
                   args={"arch": "resnet18"}, test_kwargs={}, capabilities=cnn()),
-    BackboneEntry("convnext_nano", "backbones:timm_architecture", "ConvNeXt-Nano (timm); weights from --backbone-weights",
-                  args={"arch": "convnext_nano"}, test_kwargs={}, capabilities=cnn()),
     BackboneEntry("timm:", "backbones:timm_any", "any timm model; pretrained weights only from a local file",
                   prefix=True),
     BackboneEntry(hub.TIMM_HUB_PREFIX, "backbones:timm_hub", "a timm model on the Hugging Face hub (its config.json)",
