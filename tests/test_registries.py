@@ -155,14 +155,14 @@ def test_unsupported_backbone_options_are_refused_before_the_run(backbone, optio
     """The capability check runs when the command line is read: exit 2 naming the backbone, the option and
     the backbones that support it, and no run folder."""
     from stamp_st.cli import main
-    from stamp_st.models.registry import OPTIONS, backbones_supporting
+    from stamp_st.models.registry import CAPABILITY_OPTIONS, backbones_supporting
 
     out = tmp_path / "run"
     assert main(["align", str(tmp_path / "no_corpus"), "--gene-encoder", "random:tiny", "--out", str(out),
                  "--backbone", backbone, option, value]) == 2
     err = capsys.readouterr().err
     assert backbone in err and (option in err or backbone == "virchow2") and not out.exists()
-    key = {v: k for k, v in OPTIONS.items()}[option]
+    key = {v: k for k, v in CAPABILITY_OPTIONS.items()}[option]
     if value == "8":  # more blocks than the backbone has
         assert "0..7" in err
     elif backbone == "virchow2":  # not aligned at all: the name to align instead

@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import StampInputError
 from ..weights import find_weights
 from . import hub
-from .registry import OPTIONS, Capabilities, backbone_entry, backbones_supporting
+from .registry import CAPABILITY_OPTIONS, Capabilities, backbone_entry, backbones_supporting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -396,7 +396,7 @@ def check_backbone_options(backbone: str, trainable_blocks: int | None = None, l
     for option, on in asked.items():
         if on and not caps.supports(option) and not (option == "image_px" and image_px == caps.input_px):
             raise StampInputError(
-                f"backbone '{backbone}' does not support {OPTIONS[option]} ({option}): {why[option]}", source,
+                f"backbone '{backbone}' does not support {CAPABILITY_OPTIONS[option]} ({option}): {why[option]}", source,
                 f"backbones that do: {', '.join(backbones_supporting(option))}"
                 + ("; or use --freeze-backbone / full fine-tuning" if option != "image_px" else ""))
     if trainable_blocks is not None and trainable_blocks > caps.blocks:

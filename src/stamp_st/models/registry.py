@@ -34,7 +34,7 @@ class Capabilities:
     align_as: str | None = None
 
     def supports(self, option: str) -> bool:
-        """Whether an option (a config key of ``OPTIONS``) may be asked of this backbone in alignment."""
+        """Whether an option (a config key of ``CAPABILITY_OPTIONS``) may be asked of this backbone in alignment."""
         return not self.align_as and {"trainable_blocks": self.blocks > 0, "lora": self.lora,
                                       "image_px": self.any_input_px}[option]
 
@@ -132,11 +132,12 @@ for _entry in (
 
 
 # ------------------------------------------------------------------------------------ capabilities
-OPTIONS = {"trainable_blocks": "--trainable-blocks", "lora": "--lora", "image_px": "--image-px"}  # config key: option
+# the alignment options a backbone may not support: config key -> command-line option
+CAPABILITY_OPTIONS = {"trainable_blocks": "--trainable-blocks", "lora": "--lora", "image_px": "--image-px"}
 
 
 def backbones_supporting(option: str) -> list[str]:
-    """The registered names that support ``option`` (a key of ``OPTIONS``), as the help and errors list them;
+    """The registered names that support ``option`` (a key of ``CAPABILITY_OPTIONS``), as the help and errors list them;
     a prefix entry as ``prefix<name>`` (the model named decides)."""
     out: list[str] = []
     for e in {e.name: e for e in BACKBONES.values()}.values():
