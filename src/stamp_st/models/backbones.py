@@ -33,13 +33,8 @@ from torch import nn
 from ..errors import StampInputError
 from ..weights import find_weights
 from . import hub
+from .hub import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # one definition, in hub
 from .registry import CAPABILITY_OPTIONS, Capabilities, backbone_entry, backbones_supporting
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 
 @dataclass
