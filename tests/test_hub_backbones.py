@@ -128,7 +128,10 @@ def test_gated_message_says_how_to_get_access():
 def test_unsupported_and_old_names():
     from stamp_st.errors import StampInputError
     from stamp_st.models.backbones import create_backbone
-    from stamp_st.models.hub import HUB_MODELS, is_hub_name
+    from stamp_st.models.hub import HUB_MODELS, TIMM_HUB_PREFIX, UNSUPPORTED
+
+    def is_hub_name(name: str) -> bool:  # a name models/hub.py builds (TRIDENT-style names, timm:hf-hub:...)
+        return name in HUB_MODELS or name in UNSUPPORTED or name.startswith(TIMM_HUB_PREFIX)
 
     with pytest.raises(StampInputError, match="conch_v15"):
         create_backbone("conch_v15")

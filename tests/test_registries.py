@@ -91,3 +91,81 @@ def test_every_evaluation_task_runs_or_says_why_not(name):
     r = res["tasks"][name]["model"]
     assert "skipped" in r or all(np.isfinite(m["mean"]) or m["n"] == 0 for m in r["metrics"].values())
     assert task_title(name) == EVAL_TASKS[name].title
+
+
+DECLARED = sorted({e.name for e in BACKBONES.values() if e.capabilities is not None})
+
+
+def test_every_built_backbone_entry_declares_its_capabilities():
+    assert {e.name for e in BACKBONES.values()
+            if not e.prefix and e.builder != "backbones:unsupported"} == set(DECLARED)
+
+
+@pytest.mark.parametrize("name", DECLARED)
+def test_declared_capabilities_are_what_the_built_model_supports(name):
+    """Each entry's declaration against its model, built on the meta device (no weights, no memory): the
+    input side, where --trainable-blocks counts from (and up to), LoRA, another --image-px."""
+    import torch
+
+    from stamp_st.errors import StampInputError
+    from stamp_st.models.backbones import capabilities_of, create_backbone, freeze_early_layers
+    from stamp_st.models.gene_encoder import GeneEncoder
+    from stamp_st.models.lora import apply_lora
+    from stamp_st.models.stamp import StampModel
+
+    caps = BACKBONES[name].capabilities
+
+    def build():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return create_backbone(name, pretrained=False)
+
+    with torch.device("meta"):
+        bb = build()
+        measured = capabilities_of(bb)
+        assert measured == caps, f"{name} declares {caps}; its model supports {measured}"
+        assert bb.transform.size_px == caps.input_px
+        if caps.align_as:  # embedding only: StampModel refuses it, and names the trunk to align
+            with pytest.raises(StampInputError, match=caps.align_as):
+                StampModel(GeneEncoder("tiny"), bb)
+            return
+        other_px = caps.input_px - 112  # a multiple of 14 and 16: every ViT's patch fits
+        if caps.any_input_px:
+            bb.model.eval()(torch.zeros(1, 3, other_px, other_px))
+        if caps.blocks:
+            freeze_early_layers(bb.model, caps.blocks)
+            with pytest.raises(StampInputError, match=f"0..{caps.blocks}"):
+                freeze_early_layers(bb.model, caps.blocks + 1)
+        else:
+            with pytest.raises(StampInputError, match="no 'blocks'"):
+                freeze_early_layers(bb.model, 1)
+        model = StampModel(GeneEncoder("tiny"), build())
+        if caps.lora:
+            assert apply_lora(model, r=2) > 0
+        else:
+            with pytest.raises(StampInputError, match="ViT"):
+                apply_lora(model, r=2)
+
+
+@pytest.mark.parametrize("backbone,option,value", [
+    ("resnet18", "--trainable-blocks", "1"), ("efficientnet_lite0", "--lora", "4"),
+    ("timm:convnext_nano", "--trainable-blocks", "2"), ("efficientnet_lite0", "--trainable-blocks", "8"),
+    ("virchow2", "--lora", "4")])
+def test_unsupported_backbone_options_are_refused_before_the_run(backbone, option, value, tmp_path, capsys):
+    """The capability check runs when the command line is read: exit 2 naming the backbone, the option and
+    the backbones that support it, and no run folder."""
+    from stamp_st.cli import main
+    from stamp_st.models.registry import CAPABILITY_OPTIONS, backbones_supporting
+
+    out = tmp_path / "run"
+    assert main(["align", str(tmp_path / "no_corpus"), "--gene-encoder", "random:tiny", "--out", str(out),
+                 "--backbone", backbone, option, value]) == 2
+    err = capsys.readouterr().err
+    assert backbone in err and (option in err or backbone == "virchow2") and not out.exists()
+    key = {v: k for k, v in CAPABILITY_OPTIONS.items()}[option]
+    if value == "8":  # more blocks than the backbone has
+        assert "0..7" in err
+    elif backbone == "virchow2":  # not aligned at all: the name to align instead
+        assert "virchow2_cls" in err
+    else:
+        assert all(n in err for n in backbones_supporting(key))

@@ -13,7 +13,7 @@ from stamp_st.pipeline.reproduce import ReproduceConfig
 from stamp_st.training.align import AlignConfig
 from stamp_st.training.engine import TrainerConfig
 from stamp_st.training.pretrain_genes import PretrainConfig
-from stamp_st.training.run_folder import RunFolder, latest_checkpoint
+from stamp_st.training.run_folder import RunFolder, check_run_folder, latest_checkpoint
 
 LOADERS = {
     "trainer": lambda d: TrainerConfig.from_dict(d, "t.json"),
@@ -76,9 +76,9 @@ def test_run_folder_metrics_and_configs(tmp_path):
     run.truncate_metrics(1)
     assert run.metrics_csv.read_text().splitlines() == ["step,epoch,split,metric,value", "1,0,train,loss,2"]
     run.write_config("align_config.json", {"a": 1})
-    run.check()  # only files a run writes
+    check_run_folder(run.path)  # only files a run writes
     with pytest.raises(ValueError):
         run.write_config("notes.json", {})
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(StampInputError, match="did not write"):
-        run.check()
+        check_run_folder(run.path)

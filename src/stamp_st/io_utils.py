@@ -91,10 +91,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj, indent: int = 2) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=indent, default=json_default) + "\n")
 
 
-def _json_default(o):
+def json_default(o):
+    """``json.dump``'s ``default``: numpy scalars and arrays, paths (what our records hold beside plain JSON)."""
     import numpy as np
 
     if isinstance(o, np.integer):

@@ -24,7 +24,7 @@ stamp-st align corpus_paired --gene-encoder runs/genes --backbone uni_v1 --lora 
 def register(subparsers) -> None:
     from ..config_types import BATCH_SIZE, IMAGE_PX, LOADER_WORKERS, LR, STEPS, Range
     from ..configs import registered
-    from ..models.registry import backbone_names
+    from ..models.registry import backbone_names, backbones_supporting, declared_capabilities
     from .options import add_set_option, device_type, ranged_type
 
     num = ranged_type(float)  # finite; the range is AlignConfig's, checked with the option named (check_options)
@@ -37,7 +37,9 @@ def register(subparsers) -> None:
     p.add_argument("--backbone", help="a registered backbone (default efficientnet_lite0, the offline one): "
                    + ", ".join(backbone_names()))
     p.add_argument("--backbone-weights", help="local weight file of the backbone (UNI, CONCH, timm models)")
-    p.add_argument("--image-px", type=ranged_type(int, IMAGE_PX), help="model input side in px (default: the backbone's, 224)")
+    p.add_argument("--image-px", type=ranged_type(int, IMAGE_PX), help="model input side in px (default: the backbone's: "
+                   + ", ".join(sorted({f"{c.input_px} ({n})" if c.input_px != 224 else "224" for n, c in
+                                       declared_capabilities().items()})) + ")")
     p.add_argument("--gene-encoder", required=True,
                    help="Stage-1 run or checkpoint folder (stamp-st pretrain-genes), or random:<config> for tests")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.csv, tb/)")
@@ -47,8 +49,10 @@ def register(subparsers) -> None:
     g.add_argument("--freeze-backbone", action="store_true", default=None, help="train only heads, pretext token and thumbnail map")
     g.add_argument("--trainable-blocks", type=int, default=None, metavar="N",
                    help="partial fine-tuning: train only the backbone's last N blocks (and its head); on a CNN the "
-                        "frozen trunk is computed once per crop and cached")
-    g.add_argument("--lora", type=int, metavar="R", help="LoRA of rank R on the ViT attention (qkv)")
+                        "frozen trunk is computed once per crop and cached. Backbones: "
+                        + ", ".join(backbones_supporting("trainable_blocks")) + " (`stamp-st doctor` lists N)")
+    g.add_argument("--lora", type=int, metavar="R", help="LoRA of rank R on the ViT attention (qkv). Backbones: "
+                   + ", ".join(backbones_supporting("lora")))
     p.add_argument("--grad-ckpt", action="store_true", default=None, help="gradient checkpointing in the ViT blocks")
     p.add_argument("--augment", choices=["none", "dihedral"],
                    help="none (default) or dihedral: random rotations / mirrorings of the patch (of its cached trunk map on a CNN)")

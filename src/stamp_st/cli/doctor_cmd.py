@@ -102,7 +102,9 @@ def backbone_report() -> dict:
         out[f"{e.name}<name>" if e.prefix else e.name] = {
             "description": e.description, "offline": e.offline, "weights_key": e.weights_key,
             "local_weights": str(path) if path and path.exists() else None,
-            "ready": e.offline or bool(path and path.exists())}
+            "ready": e.offline or bool(path and path.exists()),
+            "supports": e.capabilities.describe() if e.capabilities else
+            ("what the model named allows" if e.prefix else "nothing (not built)")}
     return out
 
 
@@ -130,7 +132,7 @@ def run(args) -> int:
             print(f"  {ok(w['found'])}{name:20s} {w['what']}  {'' if w['found'] else '-> ' + where}")
         print("backbones (models.registry; ok = pretrained weights at hand, hub models may also download):")
         for name, b in report["backbones"].items():
-            print(f"  {ok(b['ready'])}{name:20s} {b['description']}")
+            print(f"  {ok(b['ready'])}{name:20s} {b['description']}\n  {'':23s}supports: {b['supports']}")
         g = report.get("gpu", {})
         print(f"GPU: {', '.join(x['name'] for x in g.get('devices', [])) or 'none (CPU only)'}")
     missing = [m for m, v in report["required"].items() if not v or v.startswith("BROKEN")]

@@ -147,9 +147,9 @@ def run(args) -> int:
     vocab = load_vocab(args.vocab)
     report = inspect_sample(adata, vocab)
     if args.json:
-        from ..io_utils import _json_default
+        from ..io_utils import json_default
 
-        json.dump(report, sys.stdout, indent=2, default=_json_default)
+        json.dump(report, sys.stdout, indent=2, default=json_default)
         sys.stdout.write("\n")
     else:
         print(format_report(report))

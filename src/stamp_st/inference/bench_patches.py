@@ -23,7 +23,7 @@ def embed_patch_file(embedder, path: str | Path, key: str | None = None,
     ``key`` picks the embedder's output (default: its first, Stamp_V for a STAMP model)."""
     import h5py
 
-    from .embed import _autocast
+    from .embed import embedder_autocast
 
     path = Path(path)
     if not path.is_file():
@@ -37,7 +37,7 @@ def embed_patch_file(embedder, path: str | Path, key: str | None = None,
             raise StampInputError(f"img {imgs.shape} and {len(barcodes)} barcodes do not agree", path)
         out = []
         for i in range(0, len(barcodes), batch_size):
-            with _autocast(embedder):
+            with embedder_autocast(embedder):
                 feats = embedder.image_fn(torch.from_numpy(np.ascontiguousarray(imgs[i:i + batch_size])))
             name = key or next(iter(feats))
             if name not in feats:

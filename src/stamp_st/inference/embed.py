@@ -65,7 +65,8 @@ def resolve_precision(precision: str, device: torch.device, released: bool) -> s
     return precision
 
 
-def _autocast(embedder: Embedder):
+def embedder_autocast(embedder: Embedder):
+    """bf16 autocast where the embedder runs in bf16, a no-op otherwise (one rule for every embedding path)."""
     return torch.autocast(embedder.device.type, dtype=torch.bfloat16, enabled=embedder.precision == "bf16")
 
 
@@ -148,7 +149,7 @@ def embed_patches(embedder: Embedder, slide, centers_xy_px: np.ndarray, um_per_p
     centers = np.asarray(centers_xy_px, np.float64).reshape(-1, 2)
     for sl in tqdm(list(_batches(len(centers), batch_size)), desc=desc, leave=False):
         imgs = np.stack([slide.read_square(c, side_px, g.out_px) for c in centers[sl]])
-        with _autocast(embedder):
+        with embedder_autocast(embedder):
             feats = embedder.image_fn(torch.from_numpy(imgs))
         for k, v in feats.items():
             out.setdefault(k, []).append(v.float().cpu().numpy())
@@ -169,7 +170,7 @@ def embed_release_patches(embedder: Embedder, slide, centers_xy_px: np.ndarray, 
     for sl in tqdm(list(_batches(len(centers), batch_size)), desc=desc, leave=False):
         imgs, ok = release_patches(slide, centers[sl], ps)
         oks.append(ok)
-        with _autocast(embedder):
+        with embedder_autocast(embedder):
             feats = embedder.image_fn(torch.from_numpy(imgs))
         for k, v in feats.items():
             v = v.float().cpu().numpy()
@@ -300,7 +301,7 @@ def embed_slide_tiles(embedder: Embedder, slide, um_per_px: float, batch_size: i
     with torch.inference_mode():
         for sl in tqdm(list(_batches(len(coords), batch_size)), desc="embed tiles", leave=False):
             imgs = np.stack([read_tile(slide, grid, x, y) for x, y in coords[sl]])
-            with _autocast(embedder):
+            with embedder_autocast(embedder):
                 feats = embedder.image_fn(torch.from_numpy(imgs))
             key = key or (OBSM_STAMP_V if OBSM_STAMP_V in feats else OBSM_BACKBONE)
             out.append(feats[key].float().cpu().numpy())

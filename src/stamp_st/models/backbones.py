@@ -33,13 +33,8 @@ from torch import nn
 from ..errors import StampInputError
 from ..weights import find_weights
 from . import hub
-from .registry import backbone_entry
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
+from .hub import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # one definition, in hub
+from .registry import CAPABILITY_OPTIONS, Capabilities, backbone_entry, backbones_supporting
 
 
 @dataclass
@@ -358,6 +353,52 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
     return bb
 
 
+def capabilities_of(bb: Backbone) -> Capabilities:
+    """What a built backbone supports in alignment, read where the options act: ``freeze_early_layers`` counts timm's
+    ``blocks``, LoRA needs the ViT path (``StampModel`` takes it for ``is_vit``), a ViT takes other sides only
+    when built with dynamic_img_size."""
+    if bb.head is not None:  # StampModel refuses it: the pretext token builds on the trunk's own token
+        return Capabilities(bb.transform.size_px, align_as=bb.trunk_name)
+    blocks = getattr(bb.model, "blocks", None)
+    return Capabilities(input_px=bb.transform.size_px,
+                        any_input_px=not bb.is_vit or bool(getattr(bb.model, "dynamic_img_size", False)),
+                        blocks=len(blocks) if isinstance(blocks, nn.Sequential) else 0, lora=bb.is_vit)
+
+
+def measure_capabilities(name: str) -> Capabilities:
+    """``capabilities_of`` the model ``name`` builds, built on the meta device (no weights, no memory): how a
+    name whose entry cannot declare them (``timm:<name>``) is checked before a run."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "random weights": nothing is loaded on purpose
+        return capabilities_of(create_backbone(name, pretrained=False))
+
+
+def check_backbone_options(backbone: str, trainable_blocks: int | None = None, lora: int = 0,
+                           image_px: int | None = None, source=None) -> None:
+    """Refuse an option the backbone does not support when the config is read, not when the run starts."""
+    asked = {"trainable_blocks": trainable_blocks is not None, "lora": bool(lora), "image_px": image_px is not None}
+    caps = backbone_entry(backbone).capabilities
+    if caps is None and not any(asked.values()):
+        return
+    caps = caps or measure_capabilities(backbone)
+    if caps.align_as:
+        raise StampInputError(f"backbone '{backbone}' is not aligned: its feature pools the trunk's tokens, STAMP's "
+                              "pretext token builds on the trunk's own", source,
+                              f"align on '{caps.align_as}' (the same weights, the trunk's class token)")
+    why = {"trainable_blocks": "its timm model has no 'blocks' to count from",
+           "lora": "LoRA adapts the attention of a timm VisionTransformer",
+           "image_px": f"it takes {caps.input_px} px only"}
+    for option, on in asked.items():
+        if on and not caps.supports(option) and not (option == "image_px" and image_px == caps.input_px):
+            raise StampInputError(
+                f"backbone '{backbone}' does not support {CAPABILITY_OPTIONS[option]} ({option}): {why[option]}", source,
+                f"backbones that do: {', '.join(backbones_supporting(option))}"
+                + ("; or use --freeze-backbone / full fine-tuning" if option != "image_px" else ""))
+    if trainable_blocks is not None and trainable_blocks > caps.blocks:
+        raise StampInputError(f"--trainable-blocks {trainable_blocks} is more than the {caps.blocks} blocks of "
+                              f"backbone '{backbone}'", source, f"give 0..{caps.blocks}")
+
+
 # ------------------------------------------------------------------------------------------- builders
 def efficientnet_lite0(name: str, weights, pretrained: bool, **kwargs) -> Backbone:
     import timm
@@ -469,7 +510,7 @@ def hub_model(name: str, weights, pretrained: bool, **kwargs):
         load_into(model, load_state_dict_file(path), path, ignore_prefixes=ignore)
         source = str(path)
     elif pretrained:
-        model = hub._hub_call(spec.repo, key,
+        model = hub.fetch_from_hub(spec.repo, key,
                               lambda: timm.create_model(f"hf-hub:{spec.repo}", pretrained=True, **args))
         _cut(model, spec)
         source = f"hf-hub:{spec.repo}"
@@ -503,7 +544,7 @@ def _conch_v1(name: str, spec: hub.HubModel, path, pretrained: bool, args: dict,
     if path is None and pretrained:
         from huggingface_hub import hf_hub_download
 
-        path = hub._hub_call(spec.repo, spec.weights_key, lambda: hf_hub_download(spec.repo, "pytorch_model.bin"))
+        path = hub.fetch_from_hub(spec.repo, spec.weights_key, lambda: hf_hub_download(spec.repo, "pytorch_model.bin"))
     if path is not None:
         sd = _strip_prefixes(load_state_dict_file(path), ("module.",))
         trunk = {k[len("visual.trunk."):]: v for k, v in sd.items() if k.startswith("visual.trunk.")}
@@ -529,7 +570,7 @@ def timm_hub(name: str, weights, pretrained: bool, **kwargs):
         raise StampInputError(f"'{name}' is not timm:hf-hub:ORG/NAME")
     kwargs.setdefault("num_classes", 0)
     load_weights = pretrained and not weights
-    model = hub._hub_call(repo, None, lambda: timm.create_model(f"hf-hub:{repo}", pretrained=load_weights, **kwargs))
+    model = hub.fetch_from_hub(repo, None, lambda: timm.create_model(f"hf-hub:{repo}", pretrained=load_weights, **kwargs))
     if weights:
         load_into(model, load_state_dict_file(weights), weights, ignore_prefixes=("head.", "fc.", "classifier."))
     source = str(weights) if weights else (f"hf-hub:{repo}" if pretrained else None)

@@ -58,6 +58,7 @@ class HubModel:
     pooling: str = "token"  # "token": model(x); "cls+mean": class + mean patch token; "conch": CONCH's attention
     # pool; "layer3": a ResNet cut after layer 3 (CLAM's truncated ResNet-50)
     trunk_name: str | None = None  # the name whose feature is the trunk's class token (for alignment)
+    blocks: int = 0  # the timm ViT's transformer blocks (--trainable-blocks, --lora); 0: a CNN (neither)
 
 
 _VIRCHOW_ARGS = {"img_size": 224, "init_values": 1e-5, "num_classes": 0, "mlp_ratio": 5.3375,
@@ -69,46 +70,46 @@ HUB_MODELS: dict[str, HubModel] = {
     "uni_v1": HubModel(
         "MahmoodLab/UNI", "vit_large_patch16_224",
         {"img_size": 224, "patch_size": 16, "init_values": 1e-5, "num_classes": 0, "dynamic_img_size": True},
-        IMAGENET_MEAN, IMAGENET_STD, weights_key="uni", card="UNI ViT-L/16 (Chen et al. 2024)"),
+        IMAGENET_MEAN, IMAGENET_STD, weights_key="uni", blocks=24, card="UNI ViT-L/16 (Chen et al. 2024)"),
     "uni_v2": HubModel(
         "MahmoodLab/UNI2-h", "vit_giant_patch14_224",
         {"img_size": 224, "patch_size": 14, "depth": 24, "num_heads": 24, "init_values": 1e-5, "embed_dim": 1536,
          "mlp_ratio": 2.66667 * 2, "num_classes": 0, "no_embed_class": True, "reg_tokens": 8,
          "dynamic_img_size": True},
-        IMAGENET_MEAN, IMAGENET_STD, extra_args=_swiglu_args, card="UNI2-h ViT-H/14"),
+        IMAGENET_MEAN, IMAGENET_STD, extra_args=_swiglu_args, blocks=24, card="UNI2-h ViT-H/14"),
     "conch_v1": HubModel(
         "MahmoodLab/CONCH", "vit_base_patch16_224", {"img_size": 448, "num_classes": 0, "dynamic_img_size": True},
         OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, size_px=448, weights_key="conch", interpolation="bicubic",
         pooling="conch", trunk_name="conch_vit_b16",
-        card="CONCH (Lu et al. 2024): attention-pooled 512-d image feature at 448 px; its pytorch_model.bin"),
+        blocks=12, card="CONCH (Lu et al. 2024): attention-pooled 512-d image feature at 448 px; its pytorch_model.bin"),
     "virchow": HubModel(
         "paige-ai/Virchow", "vit_huge_patch14_224", _VIRCHOW_ARGS, IMAGENET_MEAN, IMAGENET_STD,
         extra_args=_swiglu_args, interpolation="bicubic", pooling="cls+mean", trunk_name="virchow_cls",
-        card="Virchow ViT-H/14 (Vorontsov et al. 2024): class + mean patch token, 2,560-d"),
+        blocks=32, card="Virchow ViT-H/14 (Vorontsov et al. 2024): class + mean patch token, 2,560-d"),
     "virchow_cls": HubModel(
         "paige-ai/Virchow", "vit_huge_patch14_224", _VIRCHOW_ARGS, IMAGENET_MEAN, IMAGENET_STD,
         weights_key="virchow", extra_args=_swiglu_args, interpolation="bicubic",
-        card="Virchow ViT-H/14, class token only (1,280-d; TRIDENT's return_cls=True)"),
+        blocks=32, card="Virchow ViT-H/14, class token only (1,280-d; TRIDENT's return_cls=True)"),
     "virchow2": HubModel(
         "paige-ai/Virchow2", "vit_huge_patch14_224", {**_VIRCHOW_ARGS, "reg_tokens": 4}, IMAGENET_MEAN,
         IMAGENET_STD, extra_args=_swiglu_args, interpolation="bicubic", pooling="cls+mean", trunk_name="virchow2_cls",
-        card="Virchow2 ViT-H/14 (Zimmermann et al. 2024): class + mean patch token, 2,560-d"),
+        blocks=32, card="Virchow2 ViT-H/14 (Zimmermann et al. 2024): class + mean patch token, 2,560-d"),
     "virchow2_cls": HubModel(
         "paige-ai/Virchow2", "vit_huge_patch14_224", {**_VIRCHOW_ARGS, "reg_tokens": 4}, IMAGENET_MEAN,
         IMAGENET_STD, weights_key="virchow2", extra_args=_swiglu_args, interpolation="bicubic",
-        card="Virchow2 ViT-H/14, class token only (1,280-d; TRIDENT's return_cls=True)"),
+        blocks=32, card="Virchow2 ViT-H/14, class token only (1,280-d; TRIDENT's return_cls=True)"),
     "hoptimus0": HubModel(
         "bioptimus/H-optimus-0", "vit_giant_patch14_reg4_dinov2", _HOPTIMUS_ARGS,
-        HOPTIMUS_MEAN, HOPTIMUS_STD, card="H-optimus-0 ViT-g/14"),
+        HOPTIMUS_MEAN, HOPTIMUS_STD, blocks=40, card="H-optimus-0 ViT-g/14"),
     "hoptimus1": HubModel(
         "bioptimus/H-optimus-1", "vit_giant_patch14_reg4_dinov2", _HOPTIMUS_ARGS,
-        HOPTIMUS_MEAN, HOPTIMUS_STD, card="H-optimus-1 ViT-g/14"),
+        HOPTIMUS_MEAN, HOPTIMUS_STD, blocks=40, card="H-optimus-1 ViT-g/14"),
     "gigapath": HubModel(
         "prov-gigapath/prov-gigapath", "vit_giant_patch14_dinov2",
         {"img_size": 224, "in_chans": 3, "patch_size": 16, "embed_dim": 1536, "depth": 40, "num_heads": 24,
          "mlp_ratio": 5.33334, "num_classes": 0, "dynamic_img_size": True},
         IMAGENET_MEAN, IMAGENET_STD, interpolation="bicubic", resize_px=256,
-        card="Prov-GigaPath tile encoder ViT-g/14 (Xu et al. 2024)"),
+        blocks=40, card="Prov-GigaPath tile encoder ViT-g/14 (Xu et al. 2024)"),
     "resnet50": HubModel(
         "timm/resnet50.tv_in1k", "resnet50", {"num_classes": 0}, IMAGENET_MEAN, IMAGENET_STD, native_um_per_px=None,
         pooling="layer3", card="ResNet-50 (torchvision ImageNet weights) to layer 3, average-pooled, 1,024-d "
@@ -119,14 +120,6 @@ UNSUPPORTED = {
     "conch_v15": "CONCH v1.5 pools its ViT-L tokens with CONCH's own attention head, which stamp-st does not "
                  "implement; use conch_v1, uni_v2, or a timm-loadable model as timm:hf-hub:ORG/NAME",
 }
-HUB_NAMES = tuple(HUB_MODELS) + tuple(UNSUPPORTED)
-
-
-def is_hub_name(name: str) -> bool:
-    """True for a name this module builds (TRIDENT-style names and ``timm:hf-hub:...``)."""
-    return name in HUB_MODELS or name in UNSUPPORTED or name.startswith(TIMM_HUB_PREFIX)
-
-
 def _hub_error(repo: str, err: Exception, weights_key: str | None) -> StampInputError:
     """What went wrong with the hub, and the two ways out: access, or a local file."""
     from huggingface_hub import constants
@@ -148,8 +141,9 @@ def _hub_error(repo: str, err: Exception, weights_key: str | None) -> StampInput
                            hint="stamp-st never needs the hub when a local weight file is given")
 
 
-def _hub_call(repo: str, weights_key: str | None, fn):
-    """Run a hub-touching call; hub and network failures become one clear StampInputError."""
+def fetch_from_hub(repo: str, weights_key: str | None, fn):
+    """Run ``fn``, a call that touches the Hugging Face hub (a download, timm's ``hf-hub:`` loader): hub and network
+    failures become one clear StampInputError naming ``repo`` and the local-file way out (``weights_key``)."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     try:

@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 
 from ..config_types import BATCH_SIZE, IMAGE_PX, LOADER_WORKERS, config_from_dict, ranged
+from ..distributed import env_rank_world
 from ..errors import StampInputError
 from ..io_utils import atomic_write_json
+from ..models.backbones import check_backbone_options
 from ..models.pretext import PretextConvNet
 from ..models.stamp import StampModel, stamp_checkpoint_config
 from .align_caches import (
@@ -32,7 +34,7 @@ from .align_caches import (
 )
 from .align_task import AUGMENTATIONS, AlignTask
 from .align_validation import make_val_fn
-from .engine import Trainer, TrainerConfig, dist_env
+from .engine import Trainer, TrainerConfig
 from .run_folder import RunFolder, check_run_folder, latest_checkpoint
 
 
@@ -90,6 +92,7 @@ class AlignConfig:
                                   "drop --neighbour-radius-um / --expr-sim-threshold or --released-mode")
         if sum([bool(cfg.freeze_backbone), bool(cfg.lora), cfg.trainable_blocks is not None]) > 1:
             raise StampInputError("choose one of --freeze-backbone, --lora, --trainable-blocks", source)
+        check_backbone_options(cfg.backbone, cfg.trainable_blocks, cfg.lora, cfg.image_px, source)
         from ..corpus.datasets import check_sample_order
 
         check_sample_order(cfg.sample_order, source)
@@ -199,7 +202,7 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
     ``caches``: a dict shared between runs with the same frozen parts (cross-validation folds), filled on
     first use."""
     check_run_folder(out)
-    rank, world, _ = dist_env()
+    rank, world, _ = env_rank_world()
     tcfg = TrainerConfig.from_dict(dict(cfg.trainer))
     torch.manual_seed(tcfg.seed)
     model, enc_cfg = build_align_model(cfg)

@@ -35,7 +35,7 @@ from ..distributed import env_rank_world
 from ..errors import StampInputError
 from ..io_utils import make_temp_dir
 from ..models.checkpoint import replace_dir, write_checkpoint_files
-from .run_folder import CHECKPOINTS, TRAINER_STATE, RunFolder
+from .run_folder import CHECKPOINTS, TRAINER_STATE, RunFolder, check_run_folder
 from .schedule import WarmupCosine
 
 
@@ -90,11 +90,6 @@ class TrainerConfig:
 
 
 # ---------------------------------------------------------------------- environment
-def dist_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment (``stamp_st.distributed``)."""
-    return env_rank_world()
-
-
 def cpu_bf16_fast() -> bool:
     """True when this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 autocast pays."""
     try:
@@ -166,7 +161,7 @@ class Trainer:
         self.train_data = train_data
         self.val_fn = val_fn
         self._ckpt_config = checkpoint_config or {"kind": type(model).__name__}
-        self.rank, self.world_size, self.local_rank = dist_env()
+        self.rank, self.world_size, self.local_rank = env_rank_world()
         if self.world_size > 1 and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             dist.init_process_group(backend)
@@ -242,9 +237,9 @@ class Trainer:
     def fit(self, resume: str | bool = "auto") -> dict:
         cfg = self.cfg
         if self.is_main:
-            self.run.check()
+            check_run_folder(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = self.latest_checkpoint()
+        ckpt = self.run.latest(resumable=True)
         if resume is True and ckpt is None:
             raise StampInputError("nothing to resume: no checkpoint", self.run_dir / CHECKPOINTS,
                                   hint="start without --resume")
@@ -452,12 +447,6 @@ class Trainer:
             self._tb.flush()
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint_dir(self) -> Path:
-        return self.run.checkpoints
-
-    def latest_checkpoint(self) -> Path | None:
-        return self.run.latest(resumable=True)
-
     def _full_state(self) -> tuple[dict, dict]:
         """(model state, optimizer state) as full, unsharded CPU tensors."""
         if self.strategy == "fsdp":
@@ -476,7 +465,7 @@ class Trainer:
             export = {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v for k, v in model_sd.items()}
             cfg = self._ckpt_config() if callable(self._ckpt_config) else dict(self._ckpt_config)
             cfg = {**cfg, "training": {"step": self.step, "epoch": self.epoch, "trainer": self.cfg.to_json()}}
-            root = self.checkpoint_dir()
+            root = self.run.checkpoints
             root.mkdir(parents=True, exist_ok=True)
             name = f"step-{self.step:07d}"
             tmp = make_temp_dir(root, f".{name}.")

@@ -25,18 +25,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import group_rank_world
+from ..distributed import all_reduce_sum, group_rank_world
 from ..models.stamp import LOGIT_SCALE_MAX, scale_from_param  # noqa: F401 (the model's temperature)
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world_size) of the process group (``stamp_st.distributed``)."""
-    return group_rank_world()
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0; gradients flow back to each owner."""
-    _, world = dist_info()
+    _, world = group_rank_world()
     if world == 1:
         return x
     from torch.distributed.nn.functional import all_gather
@@ -46,20 +41,12 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
-    _, world = dist_info()
+    _, world = group_rank_world()
     if world == 1:
         return x
     parts = [torch.empty_like(x) for _ in range(world)]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
-
-
-def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    _, world = dist_info()
-    if world > 1:
-        x = x.clone()
-        dist.all_reduce(x)
-    return x
 
 
 def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -126,7 +113,7 @@ class StampLoss(nn.Module):
         """patch, region, spot: [n, d]; pretext [n, d]; windows [n, 9, d]; all L2-normalised.
 
         Returns the rank-local losses whose mean over ranks is the global-batch loss."""
-        rank, world = dist_info() if self.gather else (0, 1)
+        rank, world = group_rank_world() if self.gather else (0, 1)
         gather = gather_with_grad if world > 1 else (lambda t: t)
         n = patch.shape[0]
         n_global = n * world
@@ -153,7 +140,7 @@ class StampLoss(nn.Module):
 
         if pretext is not None and windows is not None:
             valid = region_valid.bool()
-            n_valid_global = _all_reduce_sum(valid.sum().to(torch.float32)) if world > 1 else valid.sum().float()
+            n_valid_global = all_reduce_sum(valid.sum().to(torch.float32)) if world > 1 else valid.sum().float()
             csp_logits = scale * torch.einsum("nkd,nd->nk", windows, pretext)
             labels = region_label.clamp(0, 8).long()
             ce = F.cross_entropy(csp_logits, labels, reduction="none")

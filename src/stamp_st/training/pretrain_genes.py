@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from ..config_types import BATCH_SIZE, LOADER_WORKERS, STEPS, config_from_dict, ranged
+from ..distributed import env_rank_world
 from ..errors import StampInputError
 from ..models.checkpoint import checkpoint_config, load_config
 from ..models.gene_encoder import GeneEncoder, GeneEncoderConfig
-from .engine import Trainer, TrainerConfig, dist_env
+from .engine import Trainer, TrainerConfig
 from .gene_objectives import GenePretrainModel
 from .run_folder import RunFolder, check_run_folder
 from .schedule import validate_phases
@@ -82,7 +83,7 @@ def _gene_loader(corpus, split, cfg: PretrainConfig, seed: int, shuffle: bool, b
 
     from ..corpus.datasets import GeneGroupDataset, collate_genes
 
-    rank, world, _ = dist_env()
+    rank, world, _ = env_rank_world()
     ds = GeneGroupDataset(corpus, split=split, seed=seed, shuffle=shuffle, buffer_size=cfg.shuffle_buffer,
                           rank=rank, world_size=world, equalize=equalize,
                           global_batch=batch_size * world if global_order else None)
@@ -169,7 +170,7 @@ def run_pretrain(corpus: str | Path, config: PretrainConfig, out: str | Path, re
         vocab = GeneVocabulary.default()
     check_vocabulary(manifest, enc_cfg, vocab, corpus)
     tcfg = TrainerConfig.from_dict(config.trainer)
-    rank, world, _ = dist_env()
+    rank, world, _ = env_rank_world()
 
     out = Path(out)
     _check_run_matches(out, enc_cfg, vocab.checksum, resume)

@@ -57,9 +57,6 @@ class RunFolder:
     def tensorboard(self) -> Path:
         return self.path / TENSORBOARD
 
-    def check(self) -> None:
-        check_run_folder(self.path)
-
     # ------------------------------------------------------------------ checkpoints
     def latest(self, resumable: bool = False) -> Path | None:
         """The checkpoint ``latest`` names (None when there is no pointer). ``resumable``: one holding the trainer state,
