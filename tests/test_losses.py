@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stamp_st.training.losses import LOGIT_SCALE_MAX, StampLoss, scale_from_param
+from stamp_st.models.stamp import LOGIT_SCALE_MAX, scale_from_param
+from stamp_st.training.losses import StampLoss
 
 N, D, WORLD = 6, 8, 2  # spots per rank, embedding size, processes
 

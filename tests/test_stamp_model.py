@@ -207,7 +207,7 @@ def test_released_mode_csp_logits_equal_the_release_pooling():
     import torch.nn.functional as F
 
     from stamp_st.models.backbones import normalise_images
-    from stamp_st.training.losses import scale_from_param
+    from stamp_st.models.stamp import scale_from_param
 
     task = tiny_task(img=224, released=True).eval()
     m = task.model

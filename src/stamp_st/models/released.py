@@ -2,7 +2,7 @@
 into ``StampModel`` in ``released`` mode (or its gene encoder alone into a ``GeneEncoder``), and convert it to
 this project's checkpoint format. The one place that knows the release's key layout.
 
-Their file holds the state dict of their ``Stamp`` module (names, shapes: shared/docs/
+Their file holds the state dict of their ``Stamp`` module (names, shapes: docs/
 released_stamp_state_dict.tsv), sometimes under a ``module.`` (DDP) or Lightning attribute prefix. It also
 carries ``spot_backbone.encoder_layer.*``: the template layer ``nn.TransformerEncoder`` keeps next to its
 12 copies, never used in the forward pass; it is dropped, and reported, on load. The release has no CGR

@@ -275,7 +275,7 @@ def stamp_checkpoint_config(model: StampModel, vocabulary=None, tokenizer: dict 
         "stamp", arch, vocabulary=vocab_json, tokenizer=tokenizer,
         backbone=arch["backbone"], image_size_px=arch["transform"]["size_px"],
         mean=list(arch["transform"]["mean"]), std=list(arch["transform"]["std"]),
-        um_per_px=(crop_geometry["patch_um"] / crop_geometry["out_px"]), crop_geometry=crop_geometry,
+        input_um_per_px=(crop_geometry["patch_um"] / crop_geometry["out_px"]), crop_geometry=crop_geometry,
         gene_pooling=model.pooling, embeddings={"stamp_v": "pooled feature of the patch pass, before the heads [d_image]",
                                                 "stamp_v_joint": "L2norm(patch_projection(stamp_v)) [512]",
                                                 "stamp_g": "L2norm(spot_projection(pooled genes)) [512]",

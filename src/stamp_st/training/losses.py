@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import all_reduce_sum, group_rank_world
-from ..models.stamp import LOGIT_SCALE_MAX, scale_from_param  # noqa: F401 (the model's temperature)
+from ..models.stamp import scale_from_param
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
