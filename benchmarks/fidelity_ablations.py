@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 # the recipe before issue [fidelity] (demo_cpu.json until then), spelt out so it stays comparable
@@ -54,77 +53,12 @@ VARIANTS = {
     "before + EMA 0.99": {**BEFORE, "trainer": {"lr": 1e-3, "ema_decay": 0.99}},
     "before + HED jitter": {**BEFORE, "hed_scale": 0.05, "hed_shift": 0.005},
 }
-COLS = (("expression", "ridge_pearson", "HEST ridge"), ("expression", "ridge_cv_pearson", "ridge, CV alpha"),
-        ("probe", "balanced_accuracy", "probe bal. acc."))
-
-
-def run_name(variant: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in variant.split(":")[0].split("(")[0].strip()).strip("_")
-
-
-def spread(values: list[float]) -> dict:
-    import numpy as np
-
-    v = np.asarray(values, dtype=float)
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
-            "min": float(v.min()), "max": float(v.max()), "n_seeds": len(v), "values": [float(x) for x in v]}
-
-
-def evaluate_runs(runs: dict[str, Path], corpus: str, her2st: Path, slides: list[str]) -> dict:
-    """``runs``: tag -> run folder with ``folds/<slide>/``. Every tag's Stamp_V (fold models) beside the
-    backbone on expression and probe; returns the result of ``evaluate_sources`` and its artifacts."""
-    import numpy as np
-    import pandas as pd
-    import scipy.sparse as sp
-
-    from stamp_st.embedding_file import EmbeddingSet
-    from stamp_st.evaluation.tasks import evaluate_sources
-    from stamp_st.inference.corpus_embed import embed_corpus
-    from stamp_st.readers import read_sample
-    from stamp_st.readers.labels import her2st_cluster_labels
-    from stamp_st.training.run_folder import latest_checkpoint
-
-    cks = {f"{tag}@{sl}": latest_checkpoint(run / "folds" / sl) for tag, run in runs.items() for sl in slides}
-    res = embed_corpus(cks, corpus, backbone="efficientnet_lite0", progress=False)
-    sid, spot = res["slide_ids"], res["spot_ids"]
-    secs = {sl: sl.split("_", 1)[1] for sl in slides}
-    per = {sl: read_sample(her2st, format="her2st", section=secs[sl]) for sl in slides}
-    genes = sorted(set.intersection(*[set(a.var_names) for a in per.values()]))
-    counts = sp.lil_matrix((len(sid), len(genes)), dtype=np.float32)
-    labels = np.full(len(sid), "", dtype=object)
-    for sl, a in per.items():
-        m = np.flatnonzero(sid == sl)
-        rows = pd.Index(a.obs_names).get_indexer(spot[m])
-        counts[m] = sp.csr_matrix(a[:, genes].X)[rows]
-        lab = her2st_cluster_labels(her2st, secs[sl])
-        labels[m] = lab.reindex(spot[m]).fillna("").to_numpy()
-    counts = counts.tocsr()
-
-    def src(name, emb, folds=None):
-        return EmbeddingSet(name, emb, sid, spot, counts=counts, gene_names=np.asarray(genes), fold_emb=folds)
-
-    sources = {tag: src(tag, res["stamp_v"][f"{tag}@{slides[0]}"],
-                        {sl: res["stamp_v"][f"{tag}@{sl}"] for sl in slides}) for tag in runs}
-    sources["backbone"] = src("backbone", res["backbone"])
-    artifacts: dict = {}
-    ev = evaluate_sources(sources, labels, ["expression", "probe"], baseline="backbone", artifacts=artifacts)
-    return {"ev": ev, "artifacts": artifacts}
-
-
-def summarise(entry: dict) -> dict:
-    """``entry["summary"]``: the spread over seeds of each read-out's gain."""
-    entry["summary"] = {}
-    for key in ("gain_over_backbone", "control_gain_over_backbone", "genes_share"):
-        for task, metric, _ in COLS:
-            vals = [g["gain"] for s in entry["seeds"].values() for g in s[key]
-                    if g["task"] == task and g["metric"] == metric]
-            if vals:
-                entry["summary"].setdefault(key, {})[f"{task}/{metric}"] = spread(vals)
-    return entry
 
 
 def merge_results(files: list[str], out: str) -> int:
     """One result file from several (their variants side by side; each keeps its own command)."""
+    from stamp_st.pipeline.ablations import summarise
+
     parts = [json.loads(Path(f).read_text()) for f in files]
     merged = {k: parts[0][k] for k in ("what", "a_priori_choice", "held_out")}
     merged["command"] = " && ".join(p["command"] for p in parts) + " && python " + " ".join(sys.argv)
@@ -169,119 +103,36 @@ def main() -> int:
     if args.merge:
         return merge_results(args.merge, args.json)
 
-    from stamp_st.corpus.controls import shuffled_genes_copy
-    from stamp_st.evaluation.gains import format_gain, task_gains
-    from stamp_st.paths import her2st_dir
-    from stamp_st.training.align import AlignConfig, corpus_slides, run_align_folds
+    from functools import partial
 
-    slides = corpus_slides(args.corpus)
-    seeds = [int(s) for s in args.seeds.split(",") if s != ""]
+    from stamp_st.paths import her2st_dir
+    from stamp_st.pipeline.ablations import her2st_targets, run_ablations, summary_lines
+
     names = [v for v in args.variants.split(";") if v]
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         ap.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
-    out_dir = Path(args.out)
-    trunk_caches: dict = {}  # the frozen trunk's maps: the same crops in the real and the shuffled corpus
-    gene_caches: dict = {}  # per corpus: the shuffled copy's tokens differ
-    runs: dict[str, Path] = {}
-    meta: dict[str, dict] = {}
-    seconds: dict[str, float] = {}
-    for name in names:
-        for seed in seeds:
-            for control in ([False] if args.no_controls else [True] if args.controls_only else [False, True]):
-                tag = f"{name} | seed {seed}" + (" | control" if control else "")
-                run = out_dir / run_name(name) / (f"control_seed{seed}" if control else f"seed{seed}")
-                corpus = (shuffled_genes_copy(args.corpus, out_dir / f"corpus_shuffled_seed{seed}", seed=seed)
-                          if control else Path(args.corpus))
-                v = VARIANTS[name]
-                trainer = {**v.get("trainer", {}), "seed": seed, "progress": False}
-                if args.steps:
-                    trainer["max_steps"] = args.steps
-                settings = {k: x for k, x in v.items() if k != "trainer"}
-                cfg = AlignConfig.load("demo_cpu", gene_encoder=args.gene_encoder, trainer=trainer, **settings)
-                caches = gene_caches.setdefault(str(corpus), {})
-                caches.update({k: c for k, c in trunk_caches.items() if k not in caches})
-                t0 = time.perf_counter()
-                timing = run / "bench_train_seconds.json"
-                if (run / "folds.json").is_file():  # finished before (e.g. by a parallel invocation): reuse
-                    print(f"[{tag}] reusing {run}", flush=True)
-                    seconds[tag] = json.loads(timing.read_text())["seconds"] if timing.is_file() else None
-                else:
-                    run_align_folds(corpus, cfg, run, slides=slides, final=False, caches=caches,
-                                    progress=lambda m, t=tag: print(f"[{t}] {m}", flush=True))
-                    seconds[tag] = round(time.perf_counter() - t0, 1)
-                    timing.write_text(json.dumps({"seconds": seconds[tag]}))
-                    print(f"[{tag}] trained in {seconds[tag]:.0f} s", flush=True)
-                trunk_caches.update({k: c for k, c in caches.items() if k.startswith("trunk_cache")})
-                runs[tag] = run
-                meta[tag] = {"variant": name, "seed": seed, "control": control, "run": str(run),
-                             "settings": v}
-
+    seeds = [int(s) for s in args.seeds.split(",") if s != ""]
+    res = run_ablations(args.corpus, args.gene_encoder, args.out, {n: VARIANTS[n] for n in names}, seeds,
+                        partial(her2st_targets, her2st_dir()), controls=not args.no_controls,
+                        controls_only=args.controls_only,
+                        steps=args.steps, train_only=args.train_only, progress=lambda m: print(m, flush=True))
     if args.train_only:
         return 0
-    t0 = time.perf_counter()
-    r = evaluate_runs(runs, args.corpus, her2st_dir(), slides)
-    ev, art = r["ev"], r["artifacts"]
-    # the genes' share: each run minus its own shuffled control, paired on the same held-out spots
-    share = []
-    for tag, m in meta.items():
-        ctl = f"{m['variant']} | seed {m['seed']} | control"
-        if not m["control"] and ctl in meta:
-            for g in task_gains(ev, art["predictions"], art["labels"], art["folds"], baseline=ctl, sources=[tag]):
-                share.append({**g, "source": tag, "baseline": ctl})
-    eval_s = round(time.perf_counter() - t0, 1)
-
-    def rows_of(rows, tag):
-        return {(g["task"], g["metric"]): g for g in rows if g["source"] == tag}
-
-    variants: dict = {}
-    for name in names:
-        entry: dict = {"settings": VARIANTS[name], "seeds": {}, "summary": {}}
-        for seed in seeds:
-            tag = f"{name} | seed {seed}"
-            entry["seeds"][str(seed)] = {
-                "gain_over_backbone": list(rows_of(ev["gains"], tag).values()),
-                "control_gain_over_backbone": list(rows_of(ev["gains"], tag + " | control").values()),
-                "genes_share": list(rows_of(share, tag).values()),
-                "train_seconds": seconds.get(tag), "control_train_seconds": seconds.get(tag + " | control")}
-        summarise(entry)
-        # the seed-0 rows in the shape the demo's report reads (``gains``)
-        first = entry["seeds"][str(seeds[0])]
-        entry["gains"] = ([{**g, "source": f"STAMP_V, seed {seeds[0]}"} for g in first["gain_over_backbone"]]
-                          + [{**g, "source": f"genes' share (vs control), seed {seeds[0]}"}
-                             for g in first["genes_share"]])
-        variants[name] = entry
-    variants["frozen backbone, heads only"] = {
+    res["variants"]["frozen backbone, heads only"] = {
         "note": "not trained: with a frozen backbone Stamp_V is the unaligned backbone's feature, so its gain "
                 "over the backbone and its control's are 0 by construction"}
-    scores = {k: {"mean": v["mean"], "low": v["low"], "high": v["high"]}
-              for k, v in ((f"{r['task']}/{r['metric']}/{r['source']}", r) for r in ev["table"] if "mean" in r)}
     result = {
         "what": "Stage-2 variants on the demo's paired corpus, leave-one-section-out over B4, C2, C3, C4 (the "
                 "sections the previous recipe was tuned on: tuning figures, not a test on unseen sections); "
                 "gain of Stamp_V over the unaligned EfficientNet-Lite0 and the genes' share (variant minus "
                 "its shuffled-gene control), paired 95% bootstrap over held-out spots, per seed, and the "
                 "spread over seeds.",
-        "a_priori_choice": A_PRIORI,
-        "command": "python " + " ".join(sys.argv),
-        "held_out": slides, "seeds": seeds, "variants": variants, "scores": scores,
-        "seconds": {"train": seconds, "evaluate": eval_s},
-    }
+        "a_priori_choice": A_PRIORI, "command": "python " + " ".join(sys.argv), **res}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1, default=float))
     print(f"\nwrote {args.json}")
-    print(f"{'variant':<56} {'read-out':<16} " + " ".join(f"{c[2]:<34}" for c in COLS))
-    for name in names:
-        for seed in seeds:
-            tag = f"{name} | seed {seed}"
-            for label, rows in (("gain", rows_of(ev["gains"], tag)), ("control gain", rows_of(ev["gains"], tag + " | control")),
-                                ("genes' share", rows_of(share, tag))):
-                print(f"{(name + ' s' + str(seed))[:56]:<56} {label:<16} "
-                      + " ".join(f"{format_gain(rows[c[:2]]) if c[:2] in rows else 'n/a':<34}" for c in COLS))
-        for key, sm in variants[name]["summary"].items():
-            print(f"{name[:56]:<56} {key[:16]:<16} "
-                  + " ".join(f"{sm[f'{c[0]}/{c[1]}']['mean']:+.3f} ± {sm[f'{c[0]}/{c[1]}']['sd']:.3f}"
-                             f"{'':<18}" if f"{c[0]}/{c[1]}" in sm else f"{'n/a':<34}" for c in COLS))
+    print("\n".join(summary_lines(result)))
     return 0
 
 

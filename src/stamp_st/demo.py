@@ -29,7 +29,6 @@ IMAGED_SECTIONS = ("B4", "C2", "C3", "C4")
 # directory or from a fresh download, which fetches these only; the other four stay unseen by every stage
 DEMO_SECTIONS = ("A1", "A2", "A3", "A4", "A5", "A6", "B1", "B2", "B3", "B4", "B5", "B6", "C1", "C2", "C3", "C4",
                  "D1", "D2", "D3", "D4", "D5", "D6", "E1", "E2", "E3", "F1", "F2", "F3", "G1", "G3", "H2", "H3")
-REPO_ROOT = Path(__file__).resolve().parents[2]  # src/stamp_st/demo.py in a source checkout
 # genes-only sections that no stage trains on: Stamp_G is scored against a raw-expression PCA on them
 # (fixed a priori: the first section of each patient with a pathologist's annotation and no imaged section)
 GENES_ONLY_HELDOUT = ("A1", "D1", "E1", "F1")
@@ -38,7 +37,8 @@ EVAL_SECTIONS = IMAGED_SECTIONS
 # evaluated sources: the aligned encoder's feature (what a user runs on H&E) and its joint-space projection
 STAMP_V = "STAMP_V (aligned encoder)"
 STAMP_V_JOINT = "STAMP_V joint (projected)"
-STAGES = ("corpus-genes", "corpus-paired", "pretrain", "align", "embed", "evaluate")
+STAGES = ("corpus-genes", "corpus-paired", "pretrain", "align", "embed", "pretrain-seeds", "ablations", "evaluate")
+DEMO_RECIPE = "the demo's recipe"  # the ablations' name for the Stage-2 config the demo trains
 
 
 @dataclass
@@ -50,6 +50,8 @@ class DemoSettings:
     pretrain_steps: int | None = None  # None: the pretrain config's (demo_cpu: 900)
     align_steps: int | None = None  # None: the align config's (demo_cpu: 200 per model)
     seed: int = 0
+    seeds: int = 3  # training seeds (seed, seed + 1, ...) of both stages, for the spread over seeds
+    controls: bool = True  # Stage 2 trained again on shuffled gene profiles per seed: the genes' share
     tasks: tuple[str, ...] = ("probe", "cluster", "expression", "retrieval")
     force: tuple[str, ...] = ()
     timings: dict = field(default_factory=dict)
@@ -111,22 +113,39 @@ def build_corpora(settings: DemoSettings, root: Path) -> tuple[Path, Path]:
     return genes_dir, paired_dir
 
 
-def pretrain(settings: DemoSettings, genes_dir: Path) -> Path:
+def _pretrain_run(settings: DemoSettings, genes_dir: Path, run: Path, seed: int) -> dict:
     from .training.pretrain_genes import PretrainConfig, run_pretrain
 
+    cfg = PretrainConfig.load(settings.pretrain_config)  # demo_cpu: 600 IGR, then 300 IGR + CGR
+    if settings.pretrain_steps is not None:  # same proportions at another length
+        n_igr = 2 * settings.pretrain_steps // 3
+        cfg.phases = [{"steps": n_igr, "cgr": False}, {"steps": settings.pretrain_steps - n_igr, "cgr": True}]
+        cfg.trainer = {**cfg.trainer, "max_steps": settings.pretrain_steps}
+    cfg.trainer = {**cfg.trainer, "seed": seed}
+    return {"run": str(run), "seed": seed, "result": _jsonable(run_pretrain(genes_dir, cfg, run))}
+
+
+def pretrain(settings: DemoSettings, genes_dir: Path) -> Path:
     run = settings.out / "gene_encoder"
+    _stage(settings, "pretrain", lambda: _pretrain_run(settings, genes_dir, run, settings.seed))
+    return run
+
+
+def seeds_of(settings: DemoSettings) -> list[int]:
+    return [settings.seed + i for i in range(settings.seeds)]
+
+
+def pretrain_seeds(settings: DemoSettings, genes_dir: Path, gene_run: Path) -> list[Path]:
+    """The same Stage-1 recipe with the other seeds: only for the gene encoder's spread over seeds on the
+    held-out genes-only sections (Stage 2 aligns with the first seed's encoder)."""
+    runs = {seed: settings.out / f"gene_encoder_seed{seed}" for seed in seeds_of(settings)[1:]}
 
     def go():
-        cfg = PretrainConfig.load(settings.pretrain_config)  # demo_cpu: 600 IGR, then 300 IGR + CGR
-        if settings.pretrain_steps is not None:  # same proportions at another length
-            n_igr = 2 * settings.pretrain_steps // 3
-            cfg.phases = [{"steps": n_igr, "cgr": False}, {"steps": settings.pretrain_steps - n_igr, "cgr": True}]
-            cfg.trainer = {**cfg.trainer, "max_steps": settings.pretrain_steps}
-        cfg.trainer = {**cfg.trainer, "seed": settings.seed}
-        return {"run": str(run), "result": _jsonable(run_pretrain(genes_dir, cfg, run))}
+        return {"runs": [_pretrain_run(settings, genes_dir, run, seed) for seed, run in runs.items()]}
 
-    _stage(settings, "pretrain", go)
-    return run
+    if runs:
+        _stage(settings, "pretrain-seeds", go)
+    return [gene_run, *runs.values()]
 
 
 def align(settings: DemoSettings, paired_dir: Path, gene_run: Path) -> Path:
@@ -199,6 +218,38 @@ def embed(settings: DemoSettings, root: Path, stamp_run: Path, paired_dir: Path)
     return files
 
 
+def ablations(settings: DemoSettings, paired_dir: Path, gene_run: Path, stamp_run: Path, root: Path) -> dict:
+    """The demo's Stage-2 recipe over ``--seeds`` seeds, each beside its shuffled-gene control, on the same
+    outer folds (``pipeline.ablations``); the first seed's fold models are the demo's own."""
+    from functools import partial
+
+    from .io_utils import atomic_write_json
+    from .pipeline.ablations import her2st_targets, run_ablations
+
+    if settings.seeds < 2 and not settings.controls:
+        return {}
+    path = settings.out / "ablations" / "ablations.json"
+
+    def go():
+        res = run_ablations(paired_dir, gene_run, settings.out / "ablations", {DEMO_RECIPE: {}},
+                            seeds_of(settings), partial(her2st_targets, root), base_config=settings.align_config,
+                            controls=settings.controls, steps=settings.align_steps,
+                            reuse={f"{DEMO_RECIPE} | seed {settings.seed}": stamp_run},
+                            progress=lambda m: _say(f"ablations: {m}"))
+        res = {"what": f"The demo's Stage-2 recipe ({settings.align_config}) with {settings.seeds} seed(s), "
+                       "leave-one-section-out over B4, C2, C3, C4 (the fold models of the first seed are the "
+                       "demo's own); gain of Stamp_V over the unaligned EfficientNet-Lite0, its shuffled-gene "
+                       "control's gain (the same recipe trained on gene profiles permuted among each slide's "
+                       "spots, a permutation per seed) and the genes' share (run minus its control, paired on the "
+                       "same spots); paired 95% bootstrap over held-out spots per seed, and the spread over seeds.",
+               **_jsonable(res)}
+        atomic_write_json(path, res)
+        return {"results": str(path)}
+
+    _stage(settings, "ablations", go)
+    return json.loads(path.read_text())
+
+
 def genes_only_sections(corpus: Path, root: Path, sections, strict: bool = True):
     """The held-out genes-only sections of a genes corpus, aligned spot by spot: (slide ids, spot ids, storage
     tokens, counts CSR over the genes all sections share, those genes, labels {"clusters", "pathologist"}).
@@ -230,41 +281,53 @@ def genes_only_sections(corpus: Path, root: Path, sections, strict: bool = True)
     return slides, spot, toks, counts.tocsr(), genes, labels
 
 
-def genes_only_heldout(settings: DemoSettings, gene_run: Path, root: Path) -> dict:
-    """The gene encoder's mean-pooled features on the genes-only sections held out of Stage 1
+def genes_only_heldout(settings: DemoSettings, gene_runs: list[Path], root: Path) -> dict:
+    """Each Stage-1 seed's encoder, mean-pooled, on the genes-only sections held out of Stage 1
     (``GENES_ONLY_HELDOUT``), clustered per section beside a 50-component expression PCA of the same spots:
-    k-means ARI against the study's clusters and the pathologist's labels, and the paired gain."""
+    k-means ARI against the study's clusters and the pathologist's labels, the paired gain of each seed, and
+    the spread over seeds."""
     import numpy as np
     import torch
 
     from .embedding_file import EmbeddingSet
     from .evaluation.sources import expression_pca_source
     from .evaluation.tasks import evaluate_sources
+    from .pipeline.ablations import spread
     from .training.align import load_gene_encoder
 
     slides, spot, toks, counts, genes, by_kind = genes_only_sections(settings.out / "corpus_genes", root,
                                                                      GENES_ONLY_HELDOUT)
     labels = {"study's clusters": by_kind["clusters"], "pathologist's labels": by_kind["pathologist"]}
-    enc, _ = load_gene_encoder(str(gene_run))
-    enc.eval()
     t = torch.from_numpy(toks.astype(np.int64))
-    feats = torch.cat([enc.embed(t[i:i + 64]) for i in range(0, len(t), 64)]).float().numpy()
-    name = "STAMP_G encoder features (mean-pooled)"
-    g = EmbeddingSet(name, feats, slides, spot, counts=counts, gene_names=np.asarray(genes))
-    pca = expression_pca_source(g)
+    sources = {}
+    for seed, run in zip(seeds_of(settings), gene_runs):
+        enc, _ = load_gene_encoder(str(run))
+        enc.eval()
+        feats = torch.cat([enc.embed(t[i:i + 64]) for i in range(0, len(t), 64)]).float().numpy()
+        name = f"STAMP_G encoder features (mean-pooled), Stage-1 seed {seed}"
+        sources[name] = EmbeddingSet(name, feats, slides, spot, counts=counts, gene_names=np.asarray(genes))
+    pca = expression_pca_source(next(iter(sources.values())))
+    sources[pca.name] = pca
     out = {"what": f"Sections {', '.join(GENES_ONLY_HELDOUT)} (no image; held out of Stage 1, which validated on "
                    "them and chose nothing on them): per section, top-50 PCs of each source, k-means with k = the "
                    "section's labels; 95% interval over sections; gain over a 50-component PCA of the same spots' "
-                   "log1p CP10k expression with a paired bootstrap over spots.",
+                   "log1p CP10k expression with a paired bootstrap over spots; one row per Stage-1 seed and the "
+                   "spread over seeds.",
            "sections": list(GENES_ONLY_HELDOUT), "n_spots": int(len(spot)), "labels": {}}
     for lab_name, lab in labels.items():
-        ev = evaluate_sources({name: g, pca.name: pca}, lab, ["cluster"], baseline=pca.name, seed=settings.seed)
-        out["labels"][lab_name] = {"table": [r for r in ev["table"] if r.get("metric") == "kmeans_ari"],
-                                   "gains": [r for r in ev.get("gains", []) if r["metric"] == "kmeans_ari"]}
+        ev = evaluate_sources(sources, lab, ["cluster"], baseline=pca.name, seed=settings.seed)
+        table = [r for r in ev["table"] if r.get("metric") == "kmeans_ari"]
+        gains = [r for r in ev.get("gains", []) if r["metric"] == "kmeans_ari"]
+        out["labels"][lab_name] = {"table": table, "gains": gains}
+        if len(gains) > 1:
+            out["labels"][lab_name]["over_seeds"] = {
+                "ari": spread([r["mean"] for r in table if r["source"] != pca.name]),
+                "gain_over_pca": spread([g["gain"] for g in gains])}
     return out
 
 
-def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path) -> dict:
+def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path, gene_runs: list[Path],
+             ablation: dict) -> dict:
     from .embedding_file import OBSM_BACKBONE, OBSM_STAMP_F, OBSM_STAMP_G, OBSM_STAMP_V, OBSM_STAMP_V_JOINT
     from .evaluation.labels import load_labels
     from .evaluation.report import write_report
@@ -306,13 +369,16 @@ def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path) -> dict
             "The Stage-2 recipe before issue [fidelity] was chosen on these four sections, and the current one "
             "(frozen BatchNorm statistics, L2-SP, EMA, HED jitter) was fixed a priori and measured on them: the "
             "figures here are tuning-section figures; the check that counts is on sections nobody tuned on.",
-            "Seeds: this run trains one seed; the spread over seeds and the shuffled-gene control come from "
-            "benchmarks/fidelity_ablations.py (Ablations, below), measured on the same outer folds."]
+            f"Seeds: the tables above are seed {settings.seed}'s; "
+            + (f"Ablations (below) gives the spread over {settings.seeds} Stage-2 seeds"
+               + (" and each seed's shuffled-gene control" if settings.controls else "")
+               + ", trained by this run on the same outer folds." if ablation else
+               "this run trained one seed and no shuffled-gene control (--seeds 1 --no-controls): the spread "
+               "over seeds and the genes' share were not measured.")]
         _say(f"evaluate: the gene encoder on the held-out genes-only sections {', '.join(GENES_ONLY_HELDOUT)}")
-        results["genes_only"] = genes_only_heldout(settings, settings.out / "gene_encoder", root)
-        ablations = REPO_ROOT / "benchmarks" / "results" / "fidelity_ablations_cpu.json"
-        if ablations.is_file():  # a source checkout: the separately measured Stage-2 ablations join the report
-            results["ablations"] = json.loads(ablations.read_text())
+        results["genes_only"] = genes_only_heldout(settings, gene_runs, root)
+        if ablation:
+            results["ablations"] = ablation
         results.setdefault("meta", {})["demo"] = {
             "gene_encoder_val_sections": GENE_VAL_SECTIONS, "align": "cross-validated over the imaged sections",
             "eval_sections": EVAL_SECTIONS,
@@ -321,7 +387,8 @@ def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path) -> dict
         json_path, html_path = write_report(report_dir, results, artifacts, projection="umap")
         headline = [r for r in results["table"] if "mean" in r]
         return {"report": str(html_path), "results": str(json_path), "table": headline,
-                "gains": results.get("gains", []), "genes_only": results.get("genes_only", {})}
+                "gains": results.get("gains", []), "genes_only": results.get("genes_only", {}),
+                "ablations": results.get("ablations", {})}
 
     return _stage(settings, "evaluate", go)
 
@@ -339,7 +406,9 @@ def run_demo(settings: DemoSettings) -> dict:
     gene_run = pretrain(settings, genes_dir)
     stamp_run = align(settings, paired_dir, gene_run)
     files = embed(settings, root, stamp_run, paired_dir)
-    ev = evaluate(settings, files, root)
+    gene_runs = pretrain_seeds(settings, genes_dir, gene_run)
+    ablation = ablations(settings, paired_dir, gene_run, stamp_run, root)
+    ev = evaluate(settings, files, root, gene_runs, ablation)
     wall = time.perf_counter() - t0
     print_summary(ev, wall)
     return ev
@@ -364,4 +433,16 @@ def print_summary(ev: dict, wall_s: float) -> None:
             for row in r["table"]:
                 gain = next((g for g in r["gains"] if g["source"] == row["source"]), None)
                 print(f"{lab:<22} {row['source']:<40} {row['mean']:.3f}  {format_gain(gain) if gain else '(baseline)'}")
+            seeds = r.get("over_seeds")
+            if seeds:
+                a, g = seeds["ari"], seeds["gain_over_pca"]
+                print(f"{lab:<22} {'over ' + str(a['n_seeds']) + ' Stage-1 seeds':<40} {a['mean']:.3f} ± {a['sd']:.3f}"
+                      f"  gain {g['mean']:+.3f} ± {g['sd']:.3f} [{g['min']:+.3f}, {g['max']:+.3f}]")
+    abl = ev.get("ablations") or {}
+    if abl:
+        from .pipeline.ablations import summary_lines
+
+        print(f"\n=== Stage-2 seeds {abl.get('seeds')} on the same outer folds: gain over the backbone, the "
+              "shuffled-gene control's gain and the genes' share (paired 95% CI; mean ± sd over seeds) ===")
+        print("\n".join(summary_lines(abl)))
     print(f"\nreport: {ev.get('report')}\nwall time this run: {wall_s / 60:.1f} min")

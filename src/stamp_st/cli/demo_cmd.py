@@ -6,12 +6,15 @@ import sys
 
 EXAMPLES = """
 stamp-st demo --out stamp_st_demo
+stamp-st demo --out quick_demo --seeds 1 --no-controls
 stamp-st demo --out stamp_st_demo --force evaluate
 """
 
 
 def register(subparsers) -> None:
-    from ..config_types import STEPS, WORKERS
+    from ..config_types import STEPS, WORKERS, Range
+
+    seeds_range = Range(1, 10, integer=True, why="training seeds")
     from ..demo import STAGES
     from .options import ranged_type
 
@@ -25,6 +28,12 @@ def register(subparsers) -> None:
                    help="Stage-2 config: demo_cpu, her2st_gpu, or a JSON file (default demo_cpu)")
     p.add_argument("--pretrain-steps", type=ranged_type(int, STEPS), default=None, help="Stage-1 optimizer steps")
     p.add_argument("--align-steps", type=ranged_type(int, STEPS), default=None, help="Stage-2 optimizer steps")
+    p.add_argument("--seeds", type=ranged_type(int, seeds_range), default=3,
+                   help="training seeds of both stages: the report gives the spread over them (default 3; "
+                        "1 trains each stage once)")
+    p.add_argument("--no-controls", action="store_true",
+                   help="skip the shuffled-gene controls (Stage 2 trained again per seed on gene profiles "
+                        "permuted among each slide's spots), which measure the genes' share of the gain")
     p.add_argument("--force", action="append", default=[], choices=STAGES,
                    help="re-run this stage even if it finished before (repeatable)")
     p.set_defaults(func=run)
@@ -37,7 +46,8 @@ def run(args) -> int:
 
     ensure_her2st()
     s = DemoSettings(out=Path(args.out), workers=args.workers, force=tuple(args.force),
-                     pretrain_config=args.pretrain_config, align_config=args.align_config)
+                     pretrain_config=args.pretrain_config, align_config=args.align_config, seeds=args.seeds,
+                     controls=not args.no_controls)
     if args.pretrain_steps:
         s.pretrain_steps = args.pretrain_steps
     if args.align_steps:

@@ -138,9 +138,10 @@ def gains_table_html(results: dict) -> str:
 
 
 def ablations_table_html(results: dict) -> str:
-    """Stage-2 ablations measured separately (``benchmarks/fidelity_ablations.py``): per variant, the gain of
-    Stamp_V over the unaligned backbone, its shuffled-gene control's gain and the genes' share (variant minus
-    control), each as the mean ± sd over seeds with the range, and each seed's paired interval."""
+    """Stage-2 ablations (``pipeline.ablations``: the demo's seeds, or ``benchmarks/fidelity_ablations.py``): per
+    variant, the gain of Stamp_V over the unaligned backbone, its shuffled-gene control's gain and the genes'
+    share (variant minus control), each as the mean ± sd over seeds with the range, and each seed's paired
+    interval."""
     from .gains import format_gain
 
     abl = results.get("ablations") or {}
@@ -203,6 +204,12 @@ def genes_only_table_html(results: dict) -> str:
             out.append(f"<tr><td>{_esc(lab)}</td><td>{_esc(row['source'])}</td>"
                        f"<td class='num'>{_esc(interval_text(row))}</td><td class='num' style='background:"
                        f"{colour}'>{_esc(format_gain(gain) if gain else '(baseline)')}</td></tr>")
+        seeds = r.get("over_seeds")
+        if seeds:  # one row per Stage-1 seed above; their spread
+            a, g = seeds["ari"], seeds["gain_over_pca"]
+            out.append(f"<tr><td>{_esc(lab)}</td><td>over {a['n_seeds']} Stage-1 seeds: mean ± sd [min, max]</td>"
+                       f"<td class='num'>{a['mean']:.3f} ± {a['sd']:.3f} [{a['min']:.3f}, {a['max']:.3f}]</td>"
+                       f"<td class='num'>{g['mean']:+.3f} ± {g['sd']:.3f} [{g['min']:+.3f}, {g['max']:+.3f}]</td></tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
