@@ -17,10 +17,10 @@ torch.set_num_threads(1)
 def small_paired(tmp_path_factory):
     """Two synthetic slides, their paired corpus and, per spot, counts and a label (top / bottom half)."""
     import anndata as ad
-    from stamp_st.corpus.samples import entries_from_records
     from test_corpus import _config, _slide, _vocab
 
     from stamp_st.corpus.build import build_corpus
+    from stamp_st.corpus.samples import entries_from_records
 
     tmp = tmp_path_factory.mktemp("abl_src")
     rows = [_slide(tmp, f"S{i}", seed=i) for i in range(2)]
