@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataNotFoundError, StampInputError
-from .constants import FORMAT_CSV, FORMAT_H5AD, FORMAT_HER2ST, FORMAT_HEST, FORMAT_SPACERANGER
+from .constants import FORMAT_H5AD, FORMAT_HER2ST, FORMAT_HEST, FORMAT_SPACERANGER
 from .sample_meta import SampleMeta
 
 __all__ = ["FORMATS", "INPUT_FORMATS", "InputFormat", "SampleMeta", "detect_format", "her2st_sections",
@@ -53,8 +53,6 @@ INPUT_FORMATS: dict[str, InputFormat] = {f.name: f for f in (
                 "her2st:is_her2st", "her2st:read_her2st", sections=True),
     InputFormat(FORMAT_H5AD, ".h5ad file with obsm['spatial'] (give the image with --image)",
                 "hest:is_plain_h5ad", "h5ad:read_h5ad"),
-    InputFormat(FORMAT_CSV, "folder with counts.csv (spots x genes) and positions.csv (spot id, array_row, "
-                "array_col, x_px, y_px); Visium hex grid", "csv:is_csv", "csv:read_csv"),
 )}
 FORMATS = tuple(INPUT_FORMATS)
 

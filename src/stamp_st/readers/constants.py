@@ -8,7 +8,6 @@ FORMAT_SPACERANGER = "spaceranger"
 FORMAT_HEST = "hest"
 FORMAT_HER2ST = "her2st"
 FORMAT_H5AD = "h5ad"
-FORMAT_CSV = "csv"
 
 # ------------------------------------------------------------------ grid geometry (µm)
 GRID_HEX = "hex"
@@ -113,12 +112,6 @@ HER2ST_CLUSTER_COL_LABEL = "label"
 HER2ST_PATHOLOGIST_DIR = ("ST-pat", "lbl")
 HER2ST_PATHOLOGIST_SUFFIX = "_labeled_coordinates.tsv"
 HER2ST_PATHOLOGIST_COL_LABEL = "label"
-
-# ------------------------------------------------------------------ plain CSV folder
-CSV_COUNTS = "counts.csv"  # spots x genes, first column the spot id
-CSV_POSITIONS = "positions.csv"  # spot id, array_row, array_col, x_px, y_px
-CSV_COL_X_PX = "x_px"
-CSV_COL_Y_PX = "y_px"
 
 # ------------------------------------------------------------------ generic h5ad
 H5AD_SUFFIX = ".h5ad"
