@@ -59,14 +59,3 @@ def test_align_config_errors_name_the_file(tmp_path):
     bad.write_text('{"batch_size": 8, "learning_rate": 1}')
     with pytest.raises(StampInputError, match="mine.json"):
         _align_cfg("--config", str(bad))
-
-
-def test_align_lora_alpha_from_a_config_file(tmp_path):
-    from stamp_st.errors import StampInputError
-
-    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
-    good.write_text('{"backbone": "uni", "lora": 8, "lora_alpha": 16}')
-    bad.write_text('{"backbone": "uni", "lora": 8, "lora_alpha": 0}')
-    assert _align_cfg("--config", str(good)).lora_alpha == 16
-    with pytest.raises(StampInputError, match="'lora_alpha': 0 is out of range"):
-        _align_cfg("--config", str(bad))

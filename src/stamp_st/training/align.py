@@ -62,7 +62,6 @@ class AlignConfig:
     stain_variants: int = ranged(4, lo=1, hi=64, integer=True, why="cached stain-jittered copies per crop")
     temperature_init: float | None = ranged(None, lo=0, hi=10, lo_open=True, why="contrastive temperature, e.g. 0.07")  # None: the release's 0.07
     lora: int = ranged(0, lo=0, hi=4096, integer=True, why="LoRA rank; 0: off")
-    lora_alpha: float | None = ranged(None, lo=0, hi=1e4, lo_open=True, why="LoRA scale alpha, e.g. 16; null: the rank")
     grad_ckpt: bool = False
     neighbour_radius_um: float | None = ranged(None, lo=0, hi=1e5, lo_open=True, why="micrometres")
     expr_sim_threshold: float | None = ranged(None, lo=-1, hi=1, why="a cosine similarity")
@@ -160,7 +159,7 @@ def build_align_model(cfg: AlignConfig):
     if cfg.lora:
         from ..models.lora import apply_lora
 
-        apply_lora(model, cfg.lora, alpha=cfg.lora_alpha)
+        apply_lora(model, cfg.lora)
     if cfg.grad_ckpt:
         model.set_grad_checkpointing(True)
     model.ddp_find_unused_parameters = True  # e.g. the gene encoder's MLM head never takes part
