@@ -54,7 +54,7 @@ class SampleMeta:
     """What stamp-st knows about one sample besides its counts and spot positions."""
 
     sample_id: str = ""
-    technology: str = ""  # the reader: spaceranger | hest | her2st | h5ad
+    technology: str = ""  # the reader's format name (a key of readers.INPUT_FORMATS)
     source_path: str = ""
     image_path: str = ""  # the H&E slide; "" when none
     image_size_px: tuple[int, int] | None = None  # slide (width, height) at level 0
