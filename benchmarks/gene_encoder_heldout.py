@@ -92,6 +92,7 @@ def main() -> int:
     import numpy as np
     import torch
 
+    sys.path.insert(0, str(Path(__file__).parent))
     from stamp_st.demo import genes_only_sections
     from stamp_st.evaluation.embeddings_io import EmbeddingSet, expression_pca_source
     from stamp_st.evaluation.tasks import evaluate_sources
@@ -136,7 +137,14 @@ def main() -> int:
                                 "gain_over_pca_per_encoder": gv,
                                 "gain_over_pca_intervals": [[gains[n]["low"], gains[n]["high"]] for n in names
                                                             if n in gains]}
+        # the same clustering with feature dimensions only centred, not z-scored (z-scoring whitens the PCA's
+        # components): how much the protocol itself moves each source (no interval)
+        from gene_encoder_selection import kmeans_ari
+
+        centred = {n: kmeans_ari(s.emb, np.asarray(lab, dtype=object), np.asarray(slides).astype(str),
+                                 "centre")["ari"] for n, s in sources.items()}
         out["labels"][lab_name] = {"pca_ari": ari[pca.name]["mean"], "summary": summary,
+                                   "ari_dimensions_centred_not_zscored": centred,
                                    "table": {k: {x: v[x] for x in ("mean", "low", "high")} for k, v in ari.items()},
                                    "per_slide_pca": ari[pca.name].get("per_fold")}
         print(f"\n{lab_name}: expression PCA k-means ARI {ari[pca.name]['mean']:.3f}")
