@@ -20,19 +20,44 @@ import sys
 from pathlib import Path
 
 POOLINGS = ("mean", "rank", "top256", "embedbag")
+LAYER_POOLINGS = ("mean_l1", "mean_cat")
+
+
+def layer_means(encoder, tokens):
+    """Mean over real tokens of every layer's states: [embedded input, layer 1, ..., last layer], each [N, d]."""
+    import torch
+
+    from stamp_st.preprocessing.tokenizer import STORAGE_PAD_ID
+
+    tokens = tokens[:, :encoder.config.context]
+    valid = tokens != STORAGE_PAD_ID
+    n = max(int(valid.sum(-1).max()), 1)
+    tokens, valid = tokens[:, :n], valid[:, :n]
+    w = valid.unsqueeze(-1).float()
+    with torch.no_grad():
+        x, mask = encoder._embed(tokens, ~valid)
+        states = [x]
+        for layer in encoder.encoder.layers:
+            x = layer(x, mask)
+            states.append(x)
+    return [(h.float() * w).sum(1) / w.sum(1).clamp_min(1.0) for h in states]
 
 
 def pooled(encoder, tokens, pooling: str):
     """[N, d] per-spot features: ``mean`` over real tokens (Stamp_G's own), ``rank``: weighted by
     1 / log2(rank + 2) (the top-ranked genes count most, as in a discounted gain), ``top256``: mean over the
     256 top-ranked genes; ``embedbag``: the learned gene embeddings (input layer, no transformer) weighted as
-    ``rank``."""
+    ``rank``; ``mean_l1``: mean of the first layer's states; ``mean_cat``: the means of every transformer
+    layer's states side by side ([N, layers * d])."""
     import torch
 
     from stamp_st.preprocessing.tokenizer import STORAGE_PAD_ID
 
     if pooling == "mean":
         return encoder.embed(tokens, "mean")
+    if pooling in LAYER_POOLINGS:
+        means = layer_means(encoder, tokens)
+        return means[1] if pooling == "mean_l1" else torch.cat(means[1:], 1)
     tokens = tokens[:, :encoder.config.context]  # what the encoder reads, as in GeneEncoder.pool
     valid = tokens != STORAGE_PAD_ID
     n = max(int(valid.sum(-1).max()), 1)
@@ -67,6 +92,7 @@ def main() -> int:
     import numpy as np
     import torch
 
+    sys.path.insert(0, str(Path(__file__).parent))
     from stamp_st.demo import genes_only_sections
     from stamp_st.embedding_file import EmbeddingSet
     from stamp_st.evaluation.sources import expression_pca_source
@@ -112,7 +138,14 @@ def main() -> int:
                                 "gain_over_pca_per_encoder": gv,
                                 "gain_over_pca_intervals": [[gains[n]["low"], gains[n]["high"]] for n in names
                                                             if n in gains]}
+        # the same clustering with feature dimensions only centred, not z-scored (z-scoring whitens the PCA's
+        # components): how much the protocol itself moves each source (no interval)
+        from gene_encoder_selection import kmeans_ari
+
+        centred = {n: kmeans_ari(s.emb, np.asarray(lab, dtype=object), np.asarray(slides).astype(str),
+                                 "centre")["ari"] for n, s in sources.items()}
         out["labels"][lab_name] = {"pca_ari": ari[pca.name]["mean"], "summary": summary,
+                                   "ari_dimensions_centred_not_zscored": centred,
                                    "table": {k: {x: v[x] for x in ("mean", "low", "high")} for k, v in ari.items()},
                                    "per_slide_pca": ari[pca.name].get("per_fold")}
         print(f"\n{lab_name}: expression PCA k-means ARI {ari[pca.name]['mean']:.3f}")
