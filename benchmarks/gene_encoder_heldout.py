@@ -35,11 +35,7 @@ def layer_means(encoder, tokens):
     tokens, valid = tokens[:, :n], valid[:, :n]
     w = valid.unsqueeze(-1).float()
     with torch.no_grad():
-        x, mask = encoder._embed(tokens, ~valid)
-        states = [x]
-        for layer in encoder.encoder.layers:
-            x = layer(x, mask)
-            states.append(x)
+        states = encoder.hidden_states(tokens, ~valid)
     return [(h.float() * w).sum(1) / w.sum(1).clamp_min(1.0) for h in states]
 
 

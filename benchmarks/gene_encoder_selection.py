@@ -70,7 +70,7 @@ def main() -> int:
     from gene_encoder_heldout import pooled
 
     from stamp_st.demo import genes_only_sections
-    from stamp_st.evaluation.embeddings_io import raw_expression_pca
+    from stamp_st.evaluation.sources import raw_expression_pca
     from stamp_st.paths import her2st_dir
     from stamp_st.training.align import load_gene_encoder
 

@@ -213,6 +213,17 @@ class GeneEncoder(nn.Module):
             x = layer(x, attn_mask)
         return x
 
+    def hidden_states(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Every layer's states, as ``encode`` computes them: [embedded input, layer 1, ..., last layer], each
+        [N, L, d] (what Hugging Face models return as ``hidden_states``; for probing layers)."""
+        tokens, pad = self._inputs(tokens, padding_mask)
+        x, attn_mask = self._embed(tokens, pad)
+        states = [x]
+        for layer in self.encoder.layers:
+            x = layer(x, attn_mask)
+            states.append(x)
+        return states
+
     def _inputs(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None):
         ctx = self.config.context
         tokens = tokens[:, :ctx]
