@@ -328,7 +328,7 @@ CASES = [
     ("input-manifest-not-a-list",
      lambda c, t: (["build-corpus", str(_json(t / "m.json", 42)), str(t / "out"), "--kind", "genes", "--vocab",
                     str(c["vocab"]), *BUILD], [t / "out"]),
-     2, "the manifest must list rows"),
+     2, "the samples table must list rows"),
     ("input-manifest-rows-not-objects",
      lambda c, t: (["build-corpus", str(_json(t / "m.json", ["a.h5ad"])), str(t / "out"), "--kind", "genes",
                     "--vocab", str(c["vocab"]), *BUILD], [t / "out"]),

@@ -108,7 +108,7 @@ def test_manifest_roundtrip_and_validation(slides, tmp_path):
     assert read_samples(tmp_path / "m.json") == entries
     with pytest.raises(StampInputError, match="split"):
         entries_from_records([{"path": str(tmp), "split": "holdout"}])
-    with pytest.raises(StampInputError, match="unknown manifest columns"):
+    with pytest.raises(StampInputError, match="unknown samples-table columns"):
         entries_from_records([{"path": str(tmp), "colour": "x"}])
 
 

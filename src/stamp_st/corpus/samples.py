@@ -74,7 +74,7 @@ def entries_from_records(records: Iterable[Mapping], base_dir: str | Path | None
     known = {f.name for f in fields(SampleEntry)}
     out: list[SampleEntry] = []
     if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
-        raise StampInputError(f"the manifest must list rows, got {type(records).__name__}", source,
+        raise StampInputError(f"the samples table must list rows, got {type(records).__name__}", source,
                               hint='a JSON samples table is a list of objects: [{"path": ..., "format": ...}, ...]')
     for i, rec in enumerate(records):
         if not isinstance(rec, Mapping):
@@ -82,7 +82,7 @@ def entries_from_records(records: Iterable[Mapping], base_dir: str | Path | None
                                   hint='each row is {"path": ..., "format": ..., "section": ...}')
         unknown = set(rec) - known
         if unknown:
-            raise StampInputError(f"row {i}: unknown manifest columns {sorted(unknown)}", source,
+            raise StampInputError(f"row {i}: unknown samples-table columns {sorted(unknown)}", source,
                                   hint=f"allowed columns: {sorted(known)}")
         path = _clean(rec.get("path"))
         if not path:
