@@ -17,16 +17,9 @@ torch.set_num_threads(1)
 def small_paired(tmp_path_factory):
     """Two synthetic slides, their paired corpus and, per spot, counts and a label (top / bottom half)."""
     import anndata as ad
-    from test_corpus import _config, _slide, _vocab
+    from test_align import synthetic_paired_corpus
 
-    from stamp_st.corpus.build import build_corpus
-    from stamp_st.corpus.samples import entries_from_records
-
-    tmp = tmp_path_factory.mktemp("abl_src")
-    rows = [_slide(tmp, f"S{i}", seed=i) for i in range(2)]
-    out = tmp_path_factory.mktemp("abl_paired")
-    build_corpus(entries_from_records(rows), out, _config(_vocab(tmp), "paired"), workers=1, processes=False,
-                 progress=False)
+    out, rows = synthetic_paired_corpus(tmp_path_factory)
     samples = {r["slide_id"]: ad.read_h5ad(r["path"]) for r in rows}
 
     def targets(slide_ids, spot_ids):

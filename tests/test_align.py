@@ -19,6 +19,11 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def visium_paired_corpus(tmp_path_factory):
     """A small synthetic paired corpus of two slides (built as in test_corpus)."""
+    return synthetic_paired_corpus(tmp_path_factory)[0]
+
+
+def synthetic_paired_corpus(tmp_path_factory):
+    """(corpus folder, its samples' rows): two synthetic Visium-like slides built into a paired corpus."""
     from test_corpus import _config, _slide, _vocab
 
     from stamp_st.corpus.build import build_corpus
@@ -29,7 +34,7 @@ def visium_paired_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("paired")
     build_corpus(entries_from_records(rows), out, _config(_vocab(tmp), "paired"), workers=1, processes=False,
                  progress=False)
-    return out
+    return out, rows
 
 
 def test_align_runs_with_cached_frozen_gene_encoder_and_writes_a_stamp_checkpoint(tmp_path):
