@@ -257,30 +257,24 @@ def genes_only_sections(corpus: Path, root: Path, sections, strict: bool = True)
     tokens, counts CSR over the genes all sections share, those genes, labels {"clusters", "pathologist"}).
     ``strict=False``: a section without the pathologist's table is said and left unlabelled there."""
     import numpy as np
-    import pandas as pd
-    import scipy.sparse as sp
 
     from .inference.corpus_embed import gene_corpus_tokens
-    from .readers import read_sample
-    from .readers.labels import her2st_cluster_labels, her2st_pathologist_labels
+    from .pipeline.ablations import her2st_targets
+    from .readers.labels import her2st_pathologist_labels
 
     sid, spot, toks = gene_corpus_tokens(corpus, [f"her2st_{s}" for s in sections], split="val")
+    counts, genes, clusters = her2st_targets(root, sid.astype(str), spot)
     slides = np.char.replace(sid.astype(str), "her2st_", "")
-    per = {s: read_sample(root, format="her2st", section=s) for s in sections}
-    genes = sorted(set.intersection(*[set(a.var_names) for a in per.values()]))
-    counts = sp.lil_matrix((len(sid), len(genes)), dtype=np.float32)
-    labels = {"clusters": np.full(len(sid), "", dtype=object), "pathologist": np.full(len(sid), "", dtype=object)}
-    for s, a in per.items():
+    labels = {"clusters": clusters, "pathologist": np.full(len(sid), "", dtype=object)}
+    for s in sections:
         m = np.flatnonzero(slides == s)
-        counts[m] = sp.csr_matrix(a[:, genes].X)[pd.Index(a.obs_names).get_indexer(spot[m])]
-        labels["clusters"][m] = her2st_cluster_labels(root, s).reindex(spot[m]).fillna("").to_numpy()
         try:
             labels["pathologist"][m] = her2st_pathologist_labels(root, s).reindex(spot[m]).fillna("").to_numpy()
         except StampInputError as err:
             if strict:
                 raise
             print(f"{s}: no pathologist labels ({err})")
-    return slides, spot, toks, counts.tocsr(), genes, labels
+    return slides, spot, toks, counts, genes, labels
 
 
 def genes_only_heldout(settings: DemoSettings, gene_runs: list[Path], root: Path) -> dict:
