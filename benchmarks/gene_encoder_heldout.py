@@ -76,12 +76,33 @@ def pooled(encoder, tokens, pooling: str):
     return (h * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-6)
 
 
+def token_bag(tokens, first_n: int):
+    """[N, 50]: the 50-component PCA of the 0/1 bag of genes among each spot's first ``first_n`` storage
+    tokens (reduced as the expression PCA is, before the protocol z-scores dimensions). A reference for what
+    the encoder's input itself tells k-means, with no training: an encoder reading ``first_n`` tokens that
+    clusters below it has not yet learned to use its own input."""
+    import numpy as np
+    import scipy.sparse as sp
+    from sklearn.decomposition import PCA
+
+    from stamp_st.preprocessing.tokenizer import STORAGE_PAD_ID
+
+    t = np.asarray(tokens)[:, :first_n]
+    rows, cols = np.nonzero(t != STORAGE_PAD_ID)
+    bag = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, t[rows, cols])),
+                        shape=(len(t), int(t.max()) + 1))
+    dense = bag[:, np.unique(bag.indices)].toarray()
+    return PCA(n_components=min(50, *dense.shape), random_state=0).fit_transform(dense)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", required=True, help="the demo's gene corpus (held-out sections in its val split)")
     ap.add_argument("--encoders", required=True, help="comma-separated Stage-1 run folders (one per seed)")
     ap.add_argument("--sections", default="A1,D1,E1,F1", help="held-out genes-only her2st sections")
     ap.add_argument("--poolings", default=",".join(POOLINGS))
+    ap.add_argument("--input-bags", default="",
+                    help="comma-separated token counts N: also cluster the 0/1 bag of each spot's first N tokens")
     ap.add_argument("--json", default="benchmarks/results/gene_encoder_heldout_cpu.json")
     args = ap.parse_args()
 
@@ -114,6 +135,8 @@ def main() -> int:
         for pooling in args.poolings.split(","):
             feats = torch.cat([pooled(enc, t[j:j + 64], pooling) for j in range(0, len(t), 64)]).float().numpy()
             sources[f"Stamp_G {pooling} | encoder {i}"] = src(f"Stamp_G {pooling} | encoder {i}", feats)
+    for n in (int(b) for b in args.input_bags.split(",") if b):
+        sources[f"input bag, first {n} tokens"] = src(f"input bag, first {n} tokens", token_bag(toks, n))
     pca = expression_pca_source(next(iter(sources.values())))
     sources[pca.name] = pca
     out = {"sections": sections, "n_spots": int(len(spot)), "encoders": args.encoders.split(","),
@@ -134,13 +157,16 @@ def main() -> int:
                                 "gain_over_pca_per_encoder": gv,
                                 "gain_over_pca_intervals": [[gains[n]["low"], gains[n]["high"]] for n in names
                                                             if n in gains]}
+        bags = {n: {"ari": ari[n]["mean"], "gain_over_pca": gains[n]["gain"],
+                    "gain_interval": [gains[n]["low"], gains[n]["high"]]}
+                for n in sources if n.startswith("input bag") and n in ari and n in gains}
         # the same clustering with feature dimensions only centred, not z-scored (z-scoring whitens the PCA's
         # components): how much the protocol itself moves each source (no interval)
         from gene_encoder_selection import kmeans_ari
 
         centred = {n: kmeans_ari(s.emb, np.asarray(lab, dtype=object), np.asarray(slides).astype(str),
                                  "centre")["ari"] for n, s in sources.items()}
-        out["labels"][lab_name] = {"pca_ari": ari[pca.name]["mean"], "summary": summary,
+        out["labels"][lab_name] = {"pca_ari": ari[pca.name]["mean"], "summary": summary, "input_bags": bags,
                                    "ari_dimensions_centred_not_zscored": centred,
                                    "table": {k: {x: v[x] for x in ("mean", "low", "high")} for k, v in ari.items()},
                                    "per_slide_pca": ari[pca.name].get("per_fold")}
@@ -149,6 +175,9 @@ def main() -> int:
             print(f"  Stamp_G {pooling:<7} ARI {s['ari_mean']:.3f} ± {s['ari_sd'] or 0:.3f} over encoders "
                   f"{[round(v, 3) for v in s['ari_per_encoder']]}; gain over PCA per encoder "
                   f"{[f'{g:+.3f} [{lo:+.3f}, {hi:+.3f}]' for g, (lo, hi) in zip(s['gain_over_pca_per_encoder'], s['gain_over_pca_intervals'])]}")
+        for n, b in bags.items():
+            print(f"  {n:<28} ARI {b['ari']:.3f}; gain over PCA {b['gain_over_pca']:+.3f} "
+                  f"[{b['gain_interval'][0]:+.3f}, {b['gain_interval'][1]:+.3f}]")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1, default=float))
     print(f"wrote {args.json}")
