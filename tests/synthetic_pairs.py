@@ -1,4 +1,4 @@
-"""Synthetic Stage-2 batches for tests: the paired corpus's item contract, in memory."""
+"""Synthetic Stage-2 data for tests: the paired corpus's item contract in memory, and a small paired corpus on disk."""
 
 from __future__ import annotations
 
@@ -51,3 +51,18 @@ class SyntheticPairs(torch.utils.data.IterableDataset):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_items)
         for i in range(0, self.n_items - self.batch_size + 1, self.batch_size):
             yield collate_pairs([self.items[int(j)] for j in order[i:i + self.batch_size]])
+
+
+def synthetic_paired_corpus(tmp_path_factory):
+    """(corpus folder, its samples' rows): two synthetic Visium-like slides built into a paired corpus."""
+    from test_corpus import _config, _slide, _vocab
+
+    from stamp_st.corpus.build import build_corpus
+    from stamp_st.corpus.samples import entries_from_records
+
+    tmp = tmp_path_factory.mktemp("paired_src")
+    rows = [_slide(tmp, f"S{i}", seed=i) for i in range(2)]
+    out = tmp_path_factory.mktemp("paired")
+    build_corpus(entries_from_records(rows), out, _config(_vocab(tmp), "paired"), workers=1, processes=False,
+                 progress=False)
+    return out, rows

@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 def small_paired(tmp_path_factory):
     """Two synthetic slides, their paired corpus and, per spot, counts and a label (top / bottom half)."""
     import anndata as ad
-    from test_align import synthetic_paired_corpus
+    from synthetic_pairs import synthetic_paired_corpus
 
     out, rows = synthetic_paired_corpus(tmp_path_factory)
     samples = {r["slide_id"]: ad.read_h5ad(r["path"]) for r in rows}

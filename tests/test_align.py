@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from synthetic_pairs import SyntheticPairs
+from synthetic_pairs import SyntheticPairs, synthetic_paired_corpus
 
 from stamp_st.models.stamp import load_stamp
 from stamp_st.training.align import AlignConfig, run_align
@@ -20,21 +20,6 @@ torch.set_num_threads(1)
 def visium_paired_corpus(tmp_path_factory):
     """A small synthetic paired corpus of two slides (built as in test_corpus)."""
     return synthetic_paired_corpus(tmp_path_factory)[0]
-
-
-def synthetic_paired_corpus(tmp_path_factory):
-    """(corpus folder, its samples' rows): two synthetic Visium-like slides built into a paired corpus."""
-    from test_corpus import _config, _slide, _vocab
-
-    from stamp_st.corpus.build import build_corpus
-    from stamp_st.corpus.samples import entries_from_records
-
-    tmp = tmp_path_factory.mktemp("paired_src")
-    rows = [_slide(tmp, f"S{i}", seed=i) for i in range(2)]
-    out = tmp_path_factory.mktemp("paired")
-    build_corpus(entries_from_records(rows), out, _config(_vocab(tmp), "paired"), workers=1, processes=False,
-                 progress=False)
-    return out, rows
 
 
 def test_align_runs_with_cached_frozen_gene_encoder_and_writes_a_stamp_checkpoint(tmp_path):

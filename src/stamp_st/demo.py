@@ -49,7 +49,7 @@ class DemoSettings:
     workers: int = 2
     pretrain_config: str = "demo_cpu"  # a registered configs/pretrain/ name or a JSON file
     align_config: str = "demo_cpu"  # a registered configs/align/ name or a JSON file
-    pretrain_steps: int | None = None  # None: the pretrain config's (demo_cpu: 1500)
+    pretrain_steps: int | None = None  # None: the pretrain config's phases
     align_steps: int | None = None  # None: the align config's (demo_cpu: 200 per model)
     seed: int = 0
     seeds: int = 3  # training seeds (seed, seed + 1, ...) of both stages, for the spread over seeds
@@ -118,7 +118,7 @@ def build_corpora(settings: DemoSettings, root: Path) -> tuple[Path, Path]:
 def _pretrain_run(settings: DemoSettings, genes_dir: Path, run: Path, seed: int) -> dict:
     from .training.pretrain_genes import PretrainConfig, run_pretrain
 
-    cfg = PretrainConfig.load(settings.pretrain_config)  # demo_cpu: 1000 IGR, then 500 IGR + CGR
+    cfg = PretrainConfig.load(settings.pretrain_config)  # its phases: IGR, then IGR + CGR
     if settings.pretrain_steps is not None:  # same proportions at another length
         n_igr = 2 * settings.pretrain_steps // 3
         cfg.phases = [{"steps": n_igr, "cgr": False}, {"steps": settings.pretrain_steps - n_igr, "cgr": True}]

@@ -212,9 +212,10 @@ def summary_lines(result: dict) -> list[str]:
                 if rows:
                     lines.append(f"{name[:48]:<48} s{seed} {kind:<27} " + "  ".join(
                         f"{c[2]}: {format_gain(rows[c[:2]])}" for c in READOUTS if c[:2] in rows))
+        if len(v.get("seeds", {})) < 2:
+            continue  # one seed has no spread: its rows above say it all
         for kind, sm in v.get("summary", {}).items():
-            if len(v.get("seeds", {})) > 1:  # one seed has no spread: its row above says it all
-                lines.append(f"{name[:48]:<48} {'all':<2} {kind:<27} " + "  ".join(
-                    f"{c[2]}: {sm[f'{c[0]}/{c[1]}']['mean']:+.3f} ± {sm[f'{c[0]}/{c[1]}']['sd']:.3f}"
-                    for c in READOUTS if f"{c[0]}/{c[1]}" in sm))
+            lines.append(f"{name[:48]:<48} {'all':<2} {kind:<27} " + "  ".join(
+                f"{c[2]}: {sm[f'{c[0]}/{c[1]}']['mean']:+.3f} ± {sm[f'{c[0]}/{c[1]}']['sd']:.3f}"
+                for c in READOUTS if f"{c[0]}/{c[1]}" in sm))
     return lines
