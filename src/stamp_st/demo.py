@@ -352,7 +352,7 @@ def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path, gene_ru
         results = evaluate_sources(sources, labels, list(settings.tasks), baseline="EfficientNet-Lite0 (unaligned)",
                                    seed=settings.seed, artifacts=artifacts, progress=lambda m: _say(f"evaluate: {m}"))
         results["meta"]["notes"] = [
-            "Demo on 2 CPU cores: Stage 1 trains the tiny gene encoder for about 8 minutes; Stage 2 fine-tunes "
+            "Demo on 2 CPU cores: Stage 1 trains the tiny gene encoder for about 14 minutes; Stage 2 fine-tunes "
             "the last block and conv head of EfficientNet-Lite0 (its frozen trunk cached) with the heads, far "
             "from the paper's millions of spots.",
             "STAMP_V (aligned encoder) is the fine-tuned image encoder's pooled feature (obsm X_stamp_v), the "
