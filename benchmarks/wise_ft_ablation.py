@@ -6,7 +6,7 @@ stage's seeds and shuffled-gene controls) gets its image backbone replaced by
 ``alpha * fine-tuned + (1 - alpha) * pretrained`` (ImageNet EfficientNet-Lite0), and the interpolated models
 are scored beside the originals by ``pipeline.ablations`` on the same outer folds: gain over the backbone, the
 control's gain and the genes' share, per seed with paired 95% intervals. ``alpha`` is fixed before scoring
-(0.5, the paper's default); nothing is chosen here.
+(0.5, WiSE-FT's default); nothing is chosen here.
 
     python benchmarks/wise_ft_ablation.py --demo stamp_st_demo --out wise_ft --alpha 0.5 \\
         --json benchmarks/results/wise_ft_ablation_cpu.json
@@ -21,17 +21,23 @@ import sys
 from functools import partial
 from pathlib import Path
 
-BASE = "the demo's recipe"
 PREFIX = "visual_backbone.base_model."
 
 
-def demo_runs(demo: Path, seeds) -> dict[str, Path]:
-    """Run tags -> run folders with ``folds/<slide>/`` of a finished demo (names as ``pipeline.ablations``)."""
-    abl = demo / "ablations" / "the_demo_s_recipe"
+def demo_runs(demo: Path, seeds: list[int]) -> dict[tuple[int, bool], Path]:
+    """(seed, control) -> run folder with ``folds/<slide>/`` of a finished demo: seed 0's real run is the demo's
+    own fold models, the rest are its ``ablations`` stage's (``pipeline.ablations`` names them)."""
+    from stamp_st.demo import DEMO_RECIPE
+    from stamp_st.pipeline.ablations import run_name
+
+    abl = demo / "ablations" / run_name(DEMO_RECIPE)
     runs = {}
     for s in seeds:
-        runs[f"{BASE} | seed {s}"] = demo / "stamp_model" if s == 0 else abl / f"seed{s}"
-        runs[f"{BASE} | seed {s} | control"] = abl / f"control_seed{s}"
+        runs[s, False] = demo / "stamp_model" if s == 0 else abl / f"seed{s}"
+        runs[s, True] = abl / f"control_seed{s}"
+    missing = [str(r) for r in runs.values() if not (r / "folds").is_dir()]
+    if missing:
+        raise SystemExit(f"no finished fold models in {', '.join(missing)}: run `stamp-st demo` with these seeds first")
     return runs
 
 
@@ -71,6 +77,7 @@ def main() -> int:
     ap.add_argument("--json", default="benchmarks/results/wise_ft_ablation_cpu.json")
     args = ap.parse_args()
 
+    from stamp_st.demo import DEMO_RECIPE
     from stamp_st.models.backbones import efficientnet_lite0
     from stamp_st.paths import her2st_dir
     from stamp_st.pipeline.ablations import her2st_targets, run_ablations, summary_lines
@@ -80,12 +87,12 @@ def main() -> int:
     pretrained = efficientnet_lite0("efficientnet_lite0", None, True).model.state_dict()
     wise = f"WiSE-FT, alpha {args.alpha}"
     reuse = {}
-    for tag, run in demo_runs(demo, seeds).items():
-        reuse[tag] = run
-        sub = "control_seed" if tag.endswith("control") else "seed"
-        reuse[tag.replace(BASE, wise)] = interpolate_run(run, out / f"{sub}{tag.split('seed ')[1][0]}",
-                                                         pretrained, args.alpha)
-    res = run_ablations(demo / "corpus_paired", demo / "gene_encoder", out, {BASE: {}, wise: {}}, seeds,
+    for (seed, control), run in demo_runs(demo, seeds).items():
+        tail = f" | seed {seed}" + (" | control" if control else "")
+        reuse[DEMO_RECIPE + tail] = run
+        folder = out / (f"control_seed{seed}" if control else f"seed{seed}")
+        reuse[wise + tail] = interpolate_run(run, folder, pretrained, args.alpha)
+    res = run_ablations(demo / "corpus_paired", demo / "gene_encoder", out, {DEMO_RECIPE: {}, wise: {}}, seeds,
                         partial(her2st_targets, her2st_dir()), reuse=reuse)
     res.update(what=__doc__.split("\n\n")[0], alpha=args.alpha, demo=str(demo),
                command="python " + " ".join(sys.argv))
