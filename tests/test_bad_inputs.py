@@ -110,16 +110,16 @@ def test_build_corpus_refuses_a_foreign_out_and_removes_only_its_own_temps(tmp_p
 @pytest.fixture(scope="module")
 def genes_corpus(tmp_path_factory):
     pytest.importorskip("distributed")
-    from test_corpus import _config, _slide, _vocab
+    from synthetic_slides import small_build_config, synthetic_slide, synthetic_vocab
 
     from stamp_st.corpus.build import build_corpus
 
     tmp = tmp_path_factory.mktemp("genes")
-    vocab = _vocab(tmp)
-    row = _slide(tmp, "s1", 0, image=False)
+    vocab = synthetic_vocab(tmp)
+    row = synthetic_slide(tmp, "s1", 0, image=False)
     from stamp_st.corpus.samples import entries_from_records
 
-    build_corpus(entries_from_records([row]), tmp / "corpus", _config(vocab, "genes"), processes=False,
+    build_corpus(entries_from_records([row]), tmp / "corpus", small_build_config(vocab, "genes"), processes=False,
                  progress=False)
     return tmp / "corpus"
 
@@ -237,21 +237,21 @@ def inputs(tmp_path_factory, genes_corpus):
     """Shared good inputs: a vocabulary, two synthetic h5ad slides (one all-zero), a genes corpus, a gene encoder
     checkpoint whose config.json disagrees with its weights."""
     import anndata as ad
-    from test_corpus import _slide, _vocab
+    from synthetic_slides import synthetic_slide, synthetic_vocab
 
     from stamp_st.models.checkpoint import checkpoint_config, save_checkpoint
     from stamp_st.models.gene_encoder import GeneEncoder
 
     tmp = tmp_path_factory.mktemp("inputs")
-    good = _slide(tmp, "good", 0)
-    zero = _slide(tmp, "zero", 1, image=False)
+    good = synthetic_slide(tmp, "good", 0)
+    zero = synthetic_slide(tmp, "zero", 1, image=False)
     a = ad.read_h5ad(zero["path"])
     a.X = a.X * 0
     a.write_h5ad(zero["path"])
     enc = GeneEncoder("tiny")
     arch = {**enc.config.to_json(), "d_ff": enc.config.d_ff * 2}
     bad_ck = save_checkpoint(tmp / "bad_ck", enc.state_dict(), checkpoint_config("gene_encoder", arch))
-    return {"tmp": tmp, "vocab": _vocab(tmp), "good": good, "zero": zero, "corpus": genes_corpus, "bad_ck": bad_ck}
+    return {"tmp": tmp, "vocab": synthetic_vocab(tmp), "good": good, "zero": zero, "corpus": genes_corpus, "bad_ck": bad_ck}
 
 
 def _tsv(path: Path, rows: list[dict]) -> Path:
@@ -419,7 +419,7 @@ def _json(p: Path, obj) -> Path:
 
 
 def _micro_model(t: Path) -> Path:
-    from test_corpus import N_GENES
+    from synthetic_slides import N_GENES
 
     return _json(t / "micro.json", {"name": "micro", "vocab_size": N_GENES + 10, "d_model": 16, "n_layers": 1,
                                     "n_heads": 2, "d_ff": 32, "context": 32})

@@ -18,75 +18,20 @@ import pytest
 pytest.importorskip("distributed")
 pytest.importorskip("webdataset")
 
-from stamp_st.corpus.build import BuildConfig, build_corpus  # noqa: E402
-from stamp_st.corpus.qc import QCConfig  # noqa: E402
+from synthetic_slides import N_GENES, small_build_config, synthetic_slide, synthetic_vocab  # noqa: E402
+
+from stamp_st.corpus.build import build_corpus  # noqa: E402
 from stamp_st.corpus.samples import read_samples, write_samples  # noqa: E402
-
-N_GENES = 60
-GRID = 8  # 8 x 8 square grid -> 64 spots per slide
-PITCH_PX = 40.0
-
-
-def _vocab(tmp: Path) -> Path:
-    from stamp_st.preprocessing.vocab import GeneVocabulary
-
-    ids = tuple(f"ENSG{i:011d}" for i in range(N_GENES + 10))  # 10 vocabulary genes absent from the data
-    v = GeneVocabulary(ids, np.linspace(1.0, 3.0, len(ids)), tuple(f"G{i}" for i in range(len(ids))))
-    p = tmp / "vocab.tsv"
-    v.write_tsv(p)
-    return p
-
-
-def _slide(tmp: Path, name: str, seed: int, image: bool = True) -> dict:
-    """A synthetic Visium-like h5ad: counts with a few low-count and off-tissue spots, and an H&E-like PNG."""
-    import anndata as ad
-    import pandas as pd
-    import scipy.sparse as sp
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    r, c = np.meshgrid(np.arange(GRID), np.arange(GRID), indexing="ij")
-    r, c = r.ravel(), c.ravel()
-    n = len(r)
-    X = rng.poisson(rng.gamma(1.0, 4.0, size=(1, N_GENES)), size=(n, N_GENES)).astype(np.float32)
-    X[:3] = 0
-    X[:3, :2] = 1  # 3 spots under min_counts
-    in_tissue = np.ones(n, bool)
-    in_tissue[3:5] = False
-    obs = pd.DataFrame({"array_row": r, "array_col": c, "in_tissue": in_tissue},
-                       index=[f"{name}_s{i}" for i in range(n)])
-    var = pd.DataFrame(index=[f"ENSG{i:011d}" for i in range(N_GENES)])
-    a = ad.AnnData(sp.csr_matrix(X), obs=obs, var=var)
-    xy = np.stack([c * PITCH_PX + 30.0, r * PITCH_PX + 30.0], axis=1)
-    xy[-1] = [2.0, 2.0]  # its patch lies mostly off the image
-    a.obsm["spatial"] = xy
-    p = tmp / f"{name}.h5ad"
-    a.write_h5ad(p)
-    row = {"path": str(p), "format": "h5ad", "slide_id": name, "um_per_px": 1.0, "split": "train"}
-    if image:
-        side = int(GRID * PITCH_PX + 60)
-        img = rng.integers(0, 255, size=(side, side, 3), dtype=np.uint8)
-        ip = tmp / f"{name}.png"
-        Image.fromarray(img).save(ip)
-        row["image_path"] = str(ip)
-    return row
-
-
-def _config(vocab: Path, kind: str, **kw) -> BuildConfig:
-    base = dict(kind=kind, vocab_path=str(vocab), context=32, patch_um=20.0, out_px=16, thumb_px=4,
-                qc=QCConfig(min_counts=10, min_genes=3), seed=7, shard_size=20, chunk_spots=8)
-    base.update(kw)
-    return BuildConfig(**base)
 
 
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("slides")
-    rows = [_slide(tmp, f"S{i}", seed=i) for i in range(3)]
+    rows = [synthetic_slide(tmp, f"S{i}", seed=i) for i in range(3)]
     rows[2]["split"] = "val"
     write_samples(__import__("stamp_st.corpus.samples", fromlist=["x"]).entries_from_records(rows),
                    tmp / "samples.tsv")
-    return tmp, _vocab(tmp)
+    return tmp, synthetic_vocab(tmp)
 
 
 def _decoded(out: Path) -> dict:
@@ -115,7 +60,7 @@ def test_manifest_roundtrip_and_validation(slides, tmp_path):
 @pytest.mark.parametrize("kind", ["genes", "paired"])
 def test_build_both_kinds_with_two_workers(slides, tmp_path, kind):
     tmp, vocab = slides
-    res = build_corpus(tmp / "samples.tsv", tmp_path / kind, _config(vocab, kind), workers=2,
+    res = build_corpus(tmp / "samples.tsv", tmp_path / kind, small_build_config(vocab, kind), workers=2,
                        processes=False, progress=False)
     man = res["manifest"]
     assert man["kind"] == kind and man["totals"]["n_slides"] == 3
@@ -179,7 +124,7 @@ def test_resume_skips_done_slides_and_duplicates_are_reported(slides, tmp_path):
     entries = entries + [entries[1]] + [SampleEntry(**{**entries[0].to_json(), "path": str(tmp_path / "copy.h5ad"),
                                                       "slide_id": "S0copy"})]
     out = tmp_path / "c"
-    cfg = _config(vocab, "genes")
+    cfg = small_build_config(vocab, "genes")
     first = build_corpus(entries, out, cfg, workers=1, processes=False, progress=False)
     reasons = {s["slide_id"]: s["reason"] for s in first["manifest"]["qc"]["skipped_slides"]}
     assert reasons == {"S1": "duplicate_path", "S0copy": "duplicate_counts"}
@@ -187,7 +132,7 @@ def test_resume_skips_done_slides_and_duplicates_are_reported(slides, tmp_path):
     again = build_corpus(entries, out, cfg, workers=1, processes=False, progress=False)
     assert again["build"]["n_slides_built"] == 0 and again["manifest"] == first["manifest"]
     # a changed setting invalidates every slide
-    changed = build_corpus(entries, out, _config(vocab, "genes", seed=8), workers=1, processes=False,
+    changed = build_corpus(entries, out, small_build_config(vocab, "genes", seed=8), workers=1, processes=False,
                            progress=False)
     assert changed["build"]["n_slides_built"] == 4
 
@@ -200,7 +145,7 @@ def test_gene_means_match_definition(slides, tmp_path):
 
     tmp, vocab_path = slides
     out = tmp_path / "g"
-    build_corpus(tmp / "samples.tsv", out, _config(vocab_path, "genes"), workers=1, processes=False,
+    build_corpus(tmp / "samples.tsv", out, small_build_config(vocab_path, "genes"), workers=1, processes=False,
                  progress=False)
     vocab = GeneVocabulary.from_tsv(vocab_path)
     got = compute_gene_means(out, vocab)
@@ -225,7 +170,7 @@ def test_gene_means_match_definition(slides, tmp_path):
 def test_paired_skips_slide_without_pixel_size(tmp_path):
     from stamp_st.corpus.samples import entries_from_records
 
-    rows = [_slide(tmp_path, "A", 1), _slide(tmp_path, "B", 2)]
+    rows = [synthetic_slide(tmp_path, "A", 1), synthetic_slide(tmp_path, "B", 2)]
     rows[1]["um_per_px"] = ""
     # B's h5ad has no grid-derived pixel size either: remove its array coordinates
     import anndata as ad
@@ -233,13 +178,13 @@ def test_paired_skips_slide_without_pixel_size(tmp_path):
     a = ad.read_h5ad(rows[1]["path"])
     del a.obs["array_row"], a.obs["array_col"]
     a.write_h5ad(rows[1]["path"])
-    res = build_corpus(entries_from_records(rows), tmp_path / "out", _config(_vocab(tmp_path), "paired"),
+    res = build_corpus(entries_from_records(rows), tmp_path / "out", small_build_config(synthetic_vocab(tmp_path), "paired"),
                        workers=1, processes=False, progress=False)
     skipped = res["manifest"]["qc"]["skipped_slides"]
     assert [(s["slide_id"], s["reason"]) for s in skipped] == [("B", "no_pixel_size")]
     assert [s["slide_id"] for s in res["manifest"]["slides"]] == ["A"]
     # a gene corpus keeps B: without a grid every spot is a centre-only group
-    genes = build_corpus(entries_from_records(rows), tmp_path / "genes", _config(_vocab(tmp_path), "genes"),
+    genes = build_corpus(entries_from_records(rows), tmp_path / "genes", small_build_config(synthetic_vocab(tmp_path), "genes"),
                          workers=1, processes=False, progress=False)["manifest"]
     by_id = {s["slide_id"]: s for s in genes["slides"]}
     assert by_id["B"]["n_samples"] == by_id["B"]["n_spots"] > 0
@@ -273,7 +218,7 @@ def test_killed_build_resumes_to_the_same_corpus(slides, tmp_path, kind):
     script.write_text(_BUILD_SCRIPT)
     ref = tmp_path / "ref"
     shard_size, pause_s = (5, "0.4") if kind == "genes" else (12, "0.25")
-    build_corpus(tmp / "samples.tsv", ref, _config(vocab, kind, shard_size=shard_size), workers=2, processes=False,
+    build_corpus(tmp / "samples.tsv", ref, small_build_config(vocab, kind, shard_size=shard_size), workers=2, processes=False,
                  progress=False)
 
     out = tmp_path / "killed"
@@ -294,7 +239,7 @@ def test_killed_build_resumes_to_the_same_corpus(slides, tmp_path, kind):
     n_done = len(list(out.glob("*.done.json")))
     assert 1 <= n_done < 3 and not (out / "manifest.json").exists()
 
-    res = build_corpus(tmp / "samples.tsv", out, _config(vocab, kind, shard_size=shard_size), workers=2, processes=False,
+    res = build_corpus(tmp / "samples.tsv", out, small_build_config(vocab, kind, shard_size=shard_size), workers=2, processes=False,
                        progress=False)
     assert res["build"]["n_slides_built"] == 3 - n_done  # finished slides were not redone
     assert (out / "manifest.json").read_bytes() == (ref / "manifest.json").read_bytes()
@@ -310,7 +255,7 @@ def built(slides, tmp_path_factory):
     outs = {}
     for kind in ("genes", "paired"):
         out = tmp_path_factory.mktemp(kind)
-        build_corpus(tmp / "samples.tsv", out, _config(vocab, kind, shard_size=3 if kind == "genes" else 7),
+        build_corpus(tmp / "samples.tsv", out, small_build_config(vocab, kind, shard_size=3 if kind == "genes" else 7),
                      workers=1, processes=False,
                      progress=False)
         outs[kind] = out
@@ -405,7 +350,7 @@ def test_png_and_qoi_shards_hold_the_same_pixels(slides, tmp_path):
     outs = {}
     for codec in ("png", "qoi"):
         outs[codec] = tmp_path / codec
-        build_corpus(tmp / "samples.tsv", outs[codec], _config(vocab, "paired", image_codec=codec), workers=1,
+        build_corpus(tmp / "samples.tsv", outs[codec], small_build_config(vocab, "paired", image_codec=codec), workers=1,
                      processes=False, progress=False)
     man = json.loads((outs["png"] / "manifest.json").read_text())
     name = man["shards"][0]["url"]

@@ -149,7 +149,7 @@ def _embedding(t: Path) -> Path:
 
 
 def _huge_model(t: Path) -> Path:
-    from test_corpus import N_GENES
+    from synthetic_slides import N_GENES
 
     return _json(t / "huge.json", {"name": "huge", "vocab_size": N_GENES + 10, "d_model": 65_536, "n_layers": 1024,
                                    "n_heads": 16, "d_ff": 262_144, "context": 32})
