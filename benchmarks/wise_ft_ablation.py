@@ -41,30 +41,44 @@ def demo_runs(demo: Path, seeds: list[int]) -> dict[tuple[int, bool], Path]:
     return runs
 
 
-def interpolate_run(run: Path, out: Path, pretrained: dict, alpha: float) -> Path:
-    """A copy of ``run``'s fold models (latest checkpoint only) with the backbone interpolated."""
+def interpolate_checkpoint(ck: Path, dst: Path, pretrained: dict, alpha: float) -> Path:
+    """A copy of checkpoint folder ``ck`` at ``dst`` with its image backbone at
+    ``alpha * fine-tuned + (1 - alpha) * pretrained``. Weights fine-tuning left unchanged (the frozen trunk) are
+    copied as they are, so that the interpolated models still share the trunk's pass."""
     from safetensors.torch import load_file, save_file
 
+    if (dst / "model.safetensors").is_file():
+        return dst
+    dst.mkdir(parents=True, exist_ok=True)
+    sd = load_file(ck / "model.safetensors")
+    matched = 0
+    for k, v in sd.items():
+        ref = pretrained.get(k[len(PREFIX):]) if k.startswith(PREFIX) else None
+        if ref is not None and v.is_floating_point():
+            matched += 1
+            if not torch_equal(v, ref):
+                sd[k] = (alpha * v.float() + (1 - alpha) * ref.float()).to(v.dtype).contiguous()
+    if not matched:
+        raise SystemExit(f"{ck}: no backbone weight matched the pretrained EfficientNet-Lite0")
+    save_file(sd, dst / "model.safetensors")
+    shutil.copy(ck / "config.json", dst / "config.json")
+    (dst.parent / "latest").write_text(dst.name)
+    return dst
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a.float() == b.float()).all())
+
+
+def interpolate_run(run: Path, out: Path, pretrained: dict, alpha: float | dict[str, float]) -> Path:
+    """A copy of ``run``'s fold models (latest checkpoint only) with the backbone interpolated; ``alpha``: one
+    for every fold, or held-out slide -> its own."""
     from stamp_st.training.run_folder import latest_checkpoint
 
     for fold in sorted((run / "folds").iterdir()):
         ck = latest_checkpoint(fold)
-        dst = out / "folds" / fold.name / "checkpoints" / ck.name
-        if (dst / "model.safetensors").is_file():
-            continue
-        dst.mkdir(parents=True, exist_ok=True)
-        sd = load_file(ck / "model.safetensors")
-        n = 0
-        for k, v in sd.items():
-            ref = pretrained.get(k[len(PREFIX):]) if k.startswith(PREFIX) else None
-            if ref is not None and v.is_floating_point():
-                sd[k] = (alpha * v.float() + (1 - alpha) * ref.float()).to(v.dtype).contiguous()
-                n += 1
-        if not n:
-            raise SystemExit(f"{ck}: no backbone weight matched the pretrained EfficientNet-Lite0")
-        save_file(sd, dst / "model.safetensors")
-        shutil.copy(ck / "config.json", dst / "config.json")
-        (dst.parent / "latest").write_text(ck.name)
+        a = alpha[fold.name] if isinstance(alpha, dict) else alpha
+        interpolate_checkpoint(ck, out / "folds" / fold.name / "checkpoints" / ck.name, pretrained, a)
     return out
 
 

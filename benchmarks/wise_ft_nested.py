@@ -1,0 +1,151 @@
+"""WiSE-FT's alpha chosen by nested leave-one-section-out: the inner folds choose, the outer fold reports.
+
+For each seed and each outer section ``o`` of the demo's paired corpus (B4, C2, C3, C4), the demo's Stage-2
+recipe is trained with that seed once per inner section ``i`` (every other section but ``o``) on the two remaining sections (``val_slides = [o,
+i]``: neither is seen); each inner model's backbone is interpolated toward the pretrained EfficientNet-Lite0
+(``alpha * fine-tuned + (1 - alpha) * pretrained``, Wortsman et al. 2022) for every alpha of the grid and scored
+on its inner section (HEST ridge, fitted on the other inner sections' spots embedded by the same model): the
+alpha with the highest mean gain over the unaligned backbone on the inner sections is ``o``'s alpha for that
+seed. Only then are the demo's own outer fold models of that seed (and its shuffled-gene control, which gets the
+same alpha) interpolated with each fold's alpha and scored on the outer folds by ``pipeline.ablations``, beside the
+unchanged recipe. The outer sections never enter a choice.
+
+    python benchmarks/wise_ft_nested.py --demo stamp_st_demo --out wise_ft_nested \\
+        --json benchmarks/results/wise_ft_nested_cpu.json
+
+Inner training: 12 Stage-2 runs per seed (about 75 s each on 2 CPU cores, the first one longer: it fills the
+frozen trunk's caches); scoring about 10 minutes. Resumable: finished inner runs and interpolated checkpoints are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+from wise_ft_ablation import demo_runs, interpolate_checkpoint, interpolate_run
+
+GAIN_METRIC = ("expression", "ridge_pearson")  # HEST ridge: what the choice maximises
+
+
+def train_inner(corpus: Path, gene_encoder: Path, out: Path, slides: list[str], seed: int) -> dict:
+    """(outer, inner) -> run folder of the demo recipe trained on the slides that are neither."""
+    from stamp_st.demo import DemoSettings
+    from stamp_st.training.align import AlignConfig, run_align
+
+    runs, caches = {}, {}
+    for o in slides:
+        for i in slides:
+            if i == o:
+                continue
+            run = out / f"seed{seed}" / o / i
+            done = run / "train_seconds.json"
+            if not done.is_file():
+                cfg = AlignConfig.load(DemoSettings.align_config, gene_encoder=str(gene_encoder), val_slides=[o, i],
+                                       trainer={"seed": seed, "progress": False})
+                t0 = time.perf_counter()
+                run_align(corpus, cfg, run, caches=caches, verify_sha256=not caches)
+                done.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}))
+                print(f"inner model seed {seed}, outer {o}, inner {i}: {time.perf_counter() - t0:.0f} s", flush=True)
+            runs[o, i] = run
+    return runs
+
+
+def inner_gains(runs: dict, corpus: Path, targets, slides: list[str], alphas: list[float], pretrained: dict,
+                out: Path) -> dict:
+    """outer -> alpha -> {"gain", "low", "high"} of HEST ridge on the inner sections, over the backbone."""
+    import numpy as np
+
+    from stamp_st.embedding_file import EmbeddingSet
+    from stamp_st.evaluation.tasks import evaluate_sources
+    from stamp_st.inference.corpus_embed import embed_corpus
+    from stamp_st.training.run_folder import latest_checkpoint
+
+    cks = {}
+    for (o, i), run in runs.items():
+        for a in alphas:
+            ck = latest_checkpoint(run)
+            cks[f"{o}|{i}|{a}"] = interpolate_checkpoint(ck, out / f"alpha{a}" / o / i / "checkpoints" / ck.name,
+                                                         pretrained, a)
+    res = embed_corpus(cks, corpus, backbone="efficientnet_lite0", progress=False)
+    sid, spot = res["slide_ids"], res["spot_ids"]
+    counts, genes, labels = targets(sid, spot)
+    gains: dict = {}
+    for o in slides:
+        keep = np.flatnonzero(sid != o)
+        inner = [i for i in slides if i != o]
+
+        def source(name, emb, folds=None, keep=keep):
+            return EmbeddingSet(name, emb, sid, spot, counts=counts, gene_names=genes, fold_emb=folds).subset(keep)
+
+        sources = {f"alpha {a}": source(f"alpha {a}", res["stamp_v"][f"{o}|{inner[0]}|{a}"],
+                                        {i: res["stamp_v"][f"{o}|{i}|{a}"] for i in inner}) for a in alphas}
+        sources["backbone"] = source("backbone", res["backbone"])
+        ev = evaluate_sources(sources, labels[keep], ["expression"], baseline="backbone")
+        gains[o] = {float(g["source"].split()[-1]): {"gain": g["gain"], "low": g["low"], "high": g["high"]}
+                    for g in ev["gains"] if (g["task"], g["metric"]) == GAIN_METRIC}
+    return gains
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--demo", required=True, help="a finished stamp-st demo output folder (stamp_st_demo)")
+    ap.add_argument("--out", required=True, help="where the inner models and interpolated checkpoints go")
+    ap.add_argument("--alphas", default="0.25,0.5,0.75,1.0", help="the grid (1 = the fine-tuned model unchanged)")
+    ap.add_argument("--seeds", default="0,1,2", help="the demo's seeds: each chooses on its own inner models")
+    ap.add_argument("--json", default="benchmarks/results/wise_ft_nested_cpu.json")
+    args = ap.parse_args()
+
+    from stamp_st.demo import DEMO_RECIPE
+    from stamp_st.models.backbones import efficientnet_lite0
+    from stamp_st.paths import her2st_dir
+    from stamp_st.pipeline.ablations import her2st_targets, run_ablations, summary_lines
+    from stamp_st.training.align import corpus_slides
+
+    demo, out = Path(args.demo), Path(args.out)
+    corpus, gene_encoder = demo / "corpus_paired", demo / "gene_encoder"
+    alphas = sorted(float(a) for a in args.alphas.split(","))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    slides = corpus_slides(corpus)
+    targets = partial(her2st_targets, her2st_dir())
+    pretrained = efficientnet_lite0("efficientnet_lite0", None, True).model.state_dict()
+
+    t0 = time.perf_counter()
+    inner = {seed: train_inner(corpus, gene_encoder, out / "inner", slides, seed) for seed in seeds}
+    train_s = time.perf_counter() - t0
+    gains = {seed: inner_gains(inner[seed], corpus, targets, slides, alphas, pretrained,
+                               out / "inner_wise" / f"seed{seed}") for seed in seeds}
+    # highest inner gain; a tie goes to the larger alpha (the smaller change to the recipe)
+    chosen = {seed: {o: max(alphas, key=lambda a, g=gains[seed][o]: (round(g[a]["gain"], 6), a)) for o in slides}
+              for seed in seeds}
+    for seed in seeds:
+        for o in slides:
+            print(f"seed {seed}, outer {o}: inner HEST-ridge gain " + ", ".join(
+                f"alpha {a}: {gains[seed][o][a]['gain']:+.3f}" for a in alphas) + f" -> alpha {chosen[seed][o]}",
+                flush=True)
+
+    nested = "WiSE-FT, alpha chosen by inner folds"
+    reuse = {}
+    for (seed, control), run in demo_runs(demo, seeds).items():
+        tail = f" | seed {seed}" + (" | control" if control else "")
+        reuse[DEMO_RECIPE + tail] = run
+        folder = out / "outer" / (f"control_seed{seed}" if control else f"seed{seed}")
+        reuse[nested + tail] = interpolate_run(run, folder, pretrained, chosen[seed])
+    res = run_ablations(corpus, gene_encoder, out, {DEMO_RECIPE: {}, nested: {}}, seeds, targets, reuse=reuse)
+    res.update(what=__doc__.split("\n\n")[0], alphas=alphas,
+               inner_gains={str(sd): {o: {str(a): g for a, g in v.items()} for o, v in gs.items()}
+                            for sd, gs in gains.items()},
+               chosen_alpha={str(sd): c for sd, c in chosen.items()},
+               inner_train_seconds=round(train_s, 1), demo=str(demo), command="python " + " ".join(sys.argv))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(res, indent=1, default=float))
+    print("\n".join(summary_lines(res)))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
