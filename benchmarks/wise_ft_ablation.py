@@ -91,29 +91,37 @@ def main() -> int:
     ap.add_argument("--json", default="benchmarks/results/wise_ft_ablation_cpu.json")
     args = ap.parse_args()
 
-    from stamp_st.demo import DEMO_RECIPE
     from stamp_st.models.backbones import efficientnet_lite0
-    from stamp_st.paths import her2st_dir
-    from stamp_st.pipeline.ablations import her2st_targets, run_ablations, summary_lines
 
     demo, out = Path(args.demo), Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
     pretrained = efficientnet_lite0("efficientnet_lite0", None, True).model.state_dict()
-    wise = f"WiSE-FT, alpha {args.alpha}"
+    return score_beside_recipe(demo, out, f"WiSE-FT, alpha {args.alpha}", seeds, pretrained,
+                               lambda seed: args.alpha, args.json, what=__doc__.split("\n\n")[0], alpha=args.alpha)
+
+
+def score_beside_recipe(demo: Path, out: Path, name: str, seeds: list[int], pretrained: dict, alpha_of_seed,
+                        json_path: str, **record) -> int:
+    """Interpolate every (seed, control) fold model of ``demo`` with ``alpha_of_seed(seed)`` (one alpha, or held-out
+    slide -> alpha) and score it as variant ``name`` beside the demo's recipe on the same outer folds; writes
+    ``json_path`` with ``record`` added and prints the summary."""
+    from stamp_st.demo import DEMO_RECIPE
+    from stamp_st.paths import her2st_dir
+    from stamp_st.pipeline.ablations import her2st_targets, run_ablations, summary_lines
+
     reuse = {}
     for (seed, control), run in demo_runs(demo, seeds).items():
         tail = f" | seed {seed}" + (" | control" if control else "")
         reuse[DEMO_RECIPE + tail] = run
-        folder = out / (f"control_seed{seed}" if control else f"seed{seed}")
-        reuse[wise + tail] = interpolate_run(run, folder, pretrained, args.alpha)
-    res = run_ablations(demo / "corpus_paired", demo / "gene_encoder", out, {DEMO_RECIPE: {}, wise: {}}, seeds,
+        folder = out / "outer" / (f"control_seed{seed}" if control else f"seed{seed}")
+        reuse[name + tail] = interpolate_run(run, folder, pretrained, alpha_of_seed(seed))
+    res = run_ablations(demo / "corpus_paired", demo / "gene_encoder", out, {DEMO_RECIPE: {}, name: {}}, seeds,
                         partial(her2st_targets, her2st_dir()), reuse=reuse)
-    res.update(what=__doc__.split("\n\n")[0], alpha=args.alpha, demo=str(demo),
-               command="python " + " ".join(sys.argv))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=1, default=float))
+    res.update(**record, demo=str(demo), command="python " + " ".join(sys.argv))
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(res, indent=1, default=float))
     print("\n".join(summary_lines(res)))
-    print(f"wrote {args.json}")
+    print(f"wrote {json_path}")
     return 0
 
 

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from functools import partial
 from pathlib import Path
 
-from wise_ft_ablation import demo_runs, interpolate_checkpoint, interpolate_run
+from wise_ft_ablation import interpolate_checkpoint, score_beside_recipe
 
 GAIN_METRIC = ("expression", "ridge_pearson")  # HEST ridge: what the choice maximises
 
@@ -99,10 +98,9 @@ def main() -> int:
     ap.add_argument("--json", default="benchmarks/results/wise_ft_nested_cpu.json")
     args = ap.parse_args()
 
-    from stamp_st.demo import DEMO_RECIPE
     from stamp_st.models.backbones import efficientnet_lite0
     from stamp_st.paths import her2st_dir
-    from stamp_st.pipeline.ablations import her2st_targets, run_ablations, summary_lines
+    from stamp_st.pipeline.ablations import her2st_targets
     from stamp_st.training.align import corpus_slides
 
     demo, out = Path(args.demo), Path(args.out)
@@ -127,24 +125,11 @@ def main() -> int:
                 f"alpha {a}: {gains[seed][o][a]['gain']:+.3f}" for a in alphas) + f" -> alpha {chosen[seed][o]}",
                 flush=True)
 
-    nested = "WiSE-FT, alpha chosen by inner folds"
-    reuse = {}
-    for (seed, control), run in demo_runs(demo, seeds).items():
-        tail = f" | seed {seed}" + (" | control" if control else "")
-        reuse[DEMO_RECIPE + tail] = run
-        folder = out / "outer" / (f"control_seed{seed}" if control else f"seed{seed}")
-        reuse[nested + tail] = interpolate_run(run, folder, pretrained, chosen[seed])
-    res = run_ablations(corpus, gene_encoder, out, {DEMO_RECIPE: {}, nested: {}}, seeds, targets, reuse=reuse)
-    res.update(what=__doc__.split("\n\n")[0], alphas=alphas,
-               inner_gains={str(sd): {o: {str(a): g for a, g in v.items()} for o, v in gs.items()}
-                            for sd, gs in gains.items()},
-               chosen_alpha={str(sd): c for sd, c in chosen.items()},
-               inner_train_seconds=round(train_s, 1), demo=str(demo), command="python " + " ".join(sys.argv))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=1, default=float))
-    print("\n".join(summary_lines(res)))
-    print(f"wrote {args.json}")
-    return 0
+    return score_beside_recipe(
+        demo, out, "WiSE-FT, alpha chosen by inner folds", seeds, pretrained, chosen.get, args.json,
+        what=__doc__.split("\n\n")[0], alphas=alphas,
+        inner_gains={str(sd): {o: {str(a): g for a, g in v.items()} for o, v in gs.items()} for sd, gs in gains.items()},
+        chosen_alpha={str(sd): c for sd, c in chosen.items()}, inner_train_seconds=round(train_s, 1))
 
 
 if __name__ == "__main__":
