@@ -111,9 +111,9 @@ def main() -> int:
     targets = partial(her2st_targets, her2st_dir())
     pretrained = efficientnet_lite0("efficientnet_lite0", None, True).model.state_dict()
 
-    t0 = time.perf_counter()
     inner = {seed: train_inner(corpus, gene_encoder, out / "inner", slides, seed) for seed in seeds}
-    train_s = time.perf_counter() - t0
+    train_s = sum(json.loads((r / "train_seconds.json").read_text())["seconds"]  # as recorded: resumed runs too
+                  for runs in inner.values() for r in runs.values())
     gains = {seed: inner_gains(inner[seed], corpus, targets, slides, alphas, pretrained,
                                out / "inner_wise" / f"seed{seed}") for seed in seeds}
     # highest inner gain; a tie goes to the larger alpha (the smaller change to the recipe)
