@@ -13,8 +13,8 @@ unchanged recipe. The outer sections never enter a choice.
     python benchmarks/wise_ft_nested.py --demo stamp_st_demo --out wise_ft_nested \\
         --json benchmarks/results/wise_ft_nested_cpu.json
 
-Inner training: 12 Stage-2 runs per seed (about 75 s each on 2 CPU cores, the first one longer: it fills the
-frozen trunk's caches); scoring about 10 minutes. Resumable: finished inner runs and interpolated checkpoints are reused.
+Inner training: 12 Stage-2 runs per seed (about 75 s each on 2 CPU cores, the first one about 220 s: it fills
+the frozen trunk's caches); scoring about 10 minutes. Resumable: finished inner runs and interpolated checkpoints are reused.
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ from wise_ft_ablation import interpolate_checkpoint, score_beside_recipe
 GAIN_METRIC = ("expression", "ridge_pearson")  # HEST ridge: what the choice maximises
 
 
-def train_inner(corpus: Path, gene_encoder: Path, out: Path, slides: list[str], seed: int) -> dict:
-    """(outer, inner) -> run folder of the demo recipe trained on the slides that are neither."""
+def train_inner(corpus: Path, gene_encoder: Path, out: Path, slides: list[str], seed: int, caches: dict) -> dict:
+    """(outer, inner) -> run folder of the demo recipe trained on the slides that are neither. ``caches``: the
+    frozen parts' caches, shared by every run (they do not depend on the seed)."""
     from stamp_st.demo import DemoSettings
     from stamp_st.training.align import AlignConfig, run_align
 
-    runs, caches = {}, {}
+    runs = {}
     for o in slides:
         for i in slides:
             if i == o:
@@ -111,7 +112,8 @@ def main() -> int:
     targets = partial(her2st_targets, her2st_dir())
     pretrained = efficientnet_lite0("efficientnet_lite0", None, True).model.state_dict()
 
-    inner = {seed: train_inner(corpus, gene_encoder, out / "inner", slides, seed) for seed in seeds}
+    caches: dict = {}
+    inner = {seed: train_inner(corpus, gene_encoder, out / "inner", slides, seed, caches) for seed in seeds}
     train_s = sum(json.loads((r / "train_seconds.json").read_text())["seconds"]  # as recorded: resumed runs too
                   for runs in inner.values() for r in runs.values())
     gains = {seed: inner_gains(inner[seed], corpus, targets, slides, alphas, pretrained,
