@@ -56,7 +56,7 @@ def interpolate_checkpoint(ck: Path, dst: Path, pretrained: dict, alpha: float) 
         ref = pretrained.get(k[len(PREFIX):]) if k.startswith(PREFIX) else None
         if ref is not None and v.is_floating_point():
             matched += 1
-            if not torch_equal(v, ref):
+            if v.shape != ref.shape or not bool((v.float() == ref.float()).all()):
                 sd[k] = (alpha * v.float() + (1 - alpha) * ref.float()).to(v.dtype).contiguous()
     if not matched:
         raise SystemExit(f"{ck}: no backbone weight matched the pretrained EfficientNet-Lite0")
@@ -64,10 +64,6 @@ def interpolate_checkpoint(ck: Path, dst: Path, pretrained: dict, alpha: float) 
     shutil.copy(ck / "config.json", dst / "config.json")
     (dst.parent / "latest").write_text(dst.name)
     return dst
-
-
-def torch_equal(a, b) -> bool:
-    return a.shape == b.shape and bool((a.float() == b.float()).all())
 
 
 def interpolate_run(run: Path, out: Path, pretrained: dict, alpha: float | dict[str, float]) -> Path:

@@ -1,20 +1,21 @@
 """WiSE-FT's alpha chosen by nested leave-one-section-out: the inner folds choose, the outer fold reports.
 
 For each seed and each outer section ``o`` of the demo's paired corpus (B4, C2, C3, C4), the demo's Stage-2
-recipe is trained with that seed once per inner section ``i`` (every other section but ``o``) on the two remaining sections (``val_slides = [o,
-i]``: neither is seen); each inner model's backbone is interpolated toward the pretrained EfficientNet-Lite0
-(``alpha * fine-tuned + (1 - alpha) * pretrained``, Wortsman et al. 2022) for every alpha of the grid and scored
-on its inner section (HEST ridge, fitted on the other inner sections' spots embedded by the same model): the
-alpha with the highest mean gain over the unaligned backbone on the inner sections is ``o``'s alpha for that
-seed. Only then are the demo's own outer fold models of that seed (and its shuffled-gene control, which gets the
-same alpha) interpolated with each fold's alpha and scored on the outer folds by ``pipeline.ablations``, beside the
-unchanged recipe. The outer sections never enter a choice.
+recipe is trained with that seed once per inner section ``i`` (every other section but ``o``) on the two
+sections left (``val_slides = [o, i]``: neither is seen). Each inner model's backbone is interpolated toward
+the pretrained EfficientNet-Lite0 (``alpha * fine-tuned + (1 - alpha) * pretrained``, Wortsman et al. 2022)
+for every alpha of the grid and scored on its inner section (HEST ridge, fitted on the other inner sections'
+spots embedded by the same model); the alpha with the highest mean gain over the unaligned backbone on the
+inner sections is ``o``'s alpha for that seed. Only then are that seed's outer fold models of the demo (and
+its shuffled-gene control, with the same alpha) interpolated with each fold's alpha and scored on the outer
+folds by ``pipeline.ablations``, beside the unchanged recipe. The outer sections never enter a choice.
 
     python benchmarks/wise_ft_nested.py --demo stamp_st_demo --out wise_ft_nested \\
         --json benchmarks/results/wise_ft_nested_cpu.json
 
 Inner training: 12 Stage-2 runs per seed (about 75 s each on 2 CPU cores, the first one about 220 s: it fills
-the frozen trunk's caches); scoring about 10 minutes. Resumable: finished inner runs and interpolated checkpoints are reused.
+the frozen trunk's caches); scoring about 10 minutes. Resumable: finished inner runs and interpolated
+checkpoints are reused.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from wise_ft_ablation import interpolate_checkpoint, score_beside_recipe
 GAIN_METRIC = ("expression", "ridge_pearson")  # HEST ridge: what the choice maximises
 
 
-def train_inner(corpus: Path, gene_encoder: Path, out: Path, slides: list[str], seed: int, caches: dict) -> dict:
+def train_inner(corpus: Path, gene_encoder: Path, out: Path, slides: list[str], seed: int,
+                caches: dict) -> dict:
     """(outer, inner) -> run folder of the demo recipe trained on the slides that are neither. ``caches``: the
     frozen parts' caches, shared by every run (they do not depend on the seed)."""
     from stamp_st.demo import DemoSettings
@@ -48,8 +50,9 @@ def train_inner(corpus: Path, gene_encoder: Path, out: Path, slides: list[str], 
                                        trainer={"seed": seed, "progress": False})
                 t0 = time.perf_counter()
                 run_align(corpus, cfg, run, caches=caches, verify_sha256=not caches)
-                done.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}))
-                print(f"inner model seed {seed}, outer {o}, inner {i}: {time.perf_counter() - t0:.0f} s", flush=True)
+                seconds = round(time.perf_counter() - t0, 1)
+                done.write_text(json.dumps({"seconds": seconds}))
+                print(f"inner model seed {seed}, outer {o}, inner {i}: {seconds:.0f} s", flush=True)
             runs[o, i] = run
     return runs
 
@@ -66,10 +69,10 @@ def inner_gains(runs: dict, corpus: Path, targets, slides: list[str], alphas: li
 
     cks = {}
     for (o, i), run in runs.items():
+        ck = latest_checkpoint(run)
         for a in alphas:
-            ck = latest_checkpoint(run)
-            cks[f"{o}|{i}|{a}"] = interpolate_checkpoint(ck, out / f"alpha{a}" / o / i / "checkpoints" / ck.name,
-                                                         pretrained, a)
+            dst = out / f"alpha{a}" / o / i / "checkpoints" / ck.name
+            cks[f"{o}|{i}|{a}"] = interpolate_checkpoint(ck, dst, pretrained, a)
     res = embed_corpus(cks, corpus, backbone="efficientnet_lite0", progress=False)
     sid, spot = res["slide_ids"], res["spot_ids"]
     counts, genes, labels = targets(sid, spot)
@@ -130,7 +133,8 @@ def main() -> int:
     return score_beside_recipe(
         demo, out, "WiSE-FT, alpha chosen by inner folds", seeds, pretrained, chosen.get, args.json,
         what=__doc__.split("\n\n")[0], alphas=alphas,
-        inner_gains={str(sd): {o: {str(a): g for a, g in v.items()} for o, v in gs.items()} for sd, gs in gains.items()},
+        inner_gains={str(sd): {o: {str(a): g for a, g in v.items()} for o, v in gs.items()}
+                     for sd, gs in gains.items()},
         chosen_alpha={str(sd): c for sd, c in chosen.items()}, inner_train_seconds=round(train_s, 1))
 
 

@@ -55,14 +55,9 @@ class SyntheticPairs(torch.utils.data.IterableDataset):
 
 def synthetic_paired_corpus(tmp_path_factory):
     """(corpus folder, its samples' rows): two synthetic Visium-like slides built into a paired corpus."""
-    from synthetic_slides import small_build_config, synthetic_slide, synthetic_vocab
-
-    from stamp_st.corpus.build import build_corpus
-    from stamp_st.corpus.samples import entries_from_records
+    from synthetic_slides import small_corpus
 
     tmp = tmp_path_factory.mktemp("paired_src")
-    rows = [synthetic_slide(tmp, f"S{i}", seed=i) for i in range(2)]
     out = tmp_path_factory.mktemp("paired")
-    build_corpus(entries_from_records(rows), out, small_build_config(synthetic_vocab(tmp), "paired"), workers=1, processes=False,
-                 progress=False)
+    rows = small_corpus(tmp, out, "paired")
     return out, rows

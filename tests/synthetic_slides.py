@@ -68,3 +68,19 @@ def small_build_config(vocab: Path, kind: str, **kw) -> BuildConfig:
                 qc=QCConfig(min_counts=10, min_genes=3), seed=7, shard_size=20, chunk_spots=8)
     base.update(kw)
     return BuildConfig(**base)
+
+
+def small_corpus(src: Path, out: Path, kind: str, n_slides: int = 2, image: bool = True,
+                 last_in_val: bool = False) -> list[dict]:
+    """``n_slides`` synthetic slides (S0, S1, ...; vocabulary and slides written under ``src``) built into a
+    ``kind`` corpus at ``out`` with ``small_build_config``; the last slide in the val split if ``last_in_val``.
+    Returns the slides' sample rows."""
+    from stamp_st.corpus.build import build_corpus
+    from stamp_st.corpus.samples import entries_from_records
+
+    rows = [synthetic_slide(src, f"S{i}", seed=i, image=image) for i in range(n_slides)]
+    if last_in_val:
+        rows[-1]["split"] = "val"
+    build_corpus(entries_from_records(rows), out, small_build_config(synthetic_vocab(src), kind), workers=1,
+                 processes=False, progress=False)
+    return rows

@@ -186,15 +186,10 @@ def test_shuffled_genes_copy_is_a_valid_corpus_with_permuted_tokens(tmp_path):
 
 
 def _paired_corpus(tmp_path):
-    from synthetic_slides import small_build_config, synthetic_slide, synthetic_vocab
+    from synthetic_slides import small_corpus
 
-    from stamp_st.corpus.build import build_corpus
-    from stamp_st.corpus.samples import entries_from_records
-
-    rows = [synthetic_slide(tmp_path, f"S{i}", seed=i) for i in range(2)]
     out = tmp_path / "paired"
-    build_corpus(entries_from_records(rows), out, small_build_config(synthetic_vocab(tmp_path), "paired"), workers=1, processes=False,
-                 progress=False)
+    small_corpus(tmp_path, out, "paired")
     return out
 
 
@@ -224,17 +219,12 @@ def test_report_shows_each_seed_the_spread_and_the_genes_only_sections():
 
 
 def test_gene_corpus_tokens_give_each_held_out_spot_once_at_full_context(tmp_path):
-    from synthetic_slides import small_build_config, synthetic_slide, synthetic_vocab
+    from synthetic_slides import small_corpus
 
-    from stamp_st.corpus.build import build_corpus
-    from stamp_st.corpus.samples import entries_from_records
     from stamp_st.inference.corpus_embed import gene_corpus_tokens
 
-    rows = [synthetic_slide(tmp_path, f"S{i}", seed=i, image=False) for i in range(2)]
-    rows[1]["split"] = "val"
     out = tmp_path / "genes"
-    build_corpus(entries_from_records(rows), out, small_build_config(synthetic_vocab(tmp_path), "genes"), workers=1, processes=False,
-                 progress=False)
+    small_corpus(tmp_path, out, "genes", image=False, last_in_val=True)
     sid, spot, toks = gene_corpus_tokens(out, ["S1"], split="val")
     man = json.loads((out / "manifest.json").read_text())
     n_spots = next(s["n_spots"] for s in man["slides"] if s["slide_id"] == "S1")

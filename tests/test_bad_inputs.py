@@ -251,7 +251,8 @@ def inputs(tmp_path_factory, genes_corpus):
     enc = GeneEncoder("tiny")
     arch = {**enc.config.to_json(), "d_ff": enc.config.d_ff * 2}
     bad_ck = save_checkpoint(tmp / "bad_ck", enc.state_dict(), checkpoint_config("gene_encoder", arch))
-    return {"tmp": tmp, "vocab": synthetic_vocab(tmp), "good": good, "zero": zero, "corpus": genes_corpus, "bad_ck": bad_ck}
+    return {"tmp": tmp, "vocab": synthetic_vocab(tmp), "good": good, "zero": zero, "corpus": genes_corpus,
+            "bad_ck": bad_ck}
 
 
 def _tsv(path: Path, rows: list[dict]) -> Path:

@@ -178,13 +178,14 @@ def test_paired_skips_slide_without_pixel_size(tmp_path):
     a = ad.read_h5ad(rows[1]["path"])
     del a.obs["array_row"], a.obs["array_col"]
     a.write_h5ad(rows[1]["path"])
-    res = build_corpus(entries_from_records(rows), tmp_path / "out", small_build_config(synthetic_vocab(tmp_path), "paired"),
+    vocab = synthetic_vocab(tmp_path)
+    res = build_corpus(entries_from_records(rows), tmp_path / "out", small_build_config(vocab, "paired"),
                        workers=1, processes=False, progress=False)
     skipped = res["manifest"]["qc"]["skipped_slides"]
     assert [(s["slide_id"], s["reason"]) for s in skipped] == [("B", "no_pixel_size")]
     assert [s["slide_id"] for s in res["manifest"]["slides"]] == ["A"]
     # a gene corpus keeps B: without a grid every spot is a centre-only group
-    genes = build_corpus(entries_from_records(rows), tmp_path / "genes", small_build_config(synthetic_vocab(tmp_path), "genes"),
+    genes = build_corpus(entries_from_records(rows), tmp_path / "genes", small_build_config(vocab, "genes"),
                          workers=1, processes=False, progress=False)["manifest"]
     by_id = {s["slide_id"]: s for s in genes["slides"]}
     assert by_id["B"]["n_samples"] == by_id["B"]["n_spots"] > 0
@@ -218,8 +219,8 @@ def test_killed_build_resumes_to_the_same_corpus(slides, tmp_path, kind):
     script.write_text(_BUILD_SCRIPT)
     ref = tmp_path / "ref"
     shard_size, pause_s = (5, "0.4") if kind == "genes" else (12, "0.25")
-    build_corpus(tmp / "samples.tsv", ref, small_build_config(vocab, kind, shard_size=shard_size), workers=2, processes=False,
-                 progress=False)
+    cfg = small_build_config(vocab, kind, shard_size=shard_size)
+    build_corpus(tmp / "samples.tsv", ref, cfg, workers=2, processes=False, progress=False)
 
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -239,8 +240,7 @@ def test_killed_build_resumes_to_the_same_corpus(slides, tmp_path, kind):
     n_done = len(list(out.glob("*.done.json")))
     assert 1 <= n_done < 3 and not (out / "manifest.json").exists()
 
-    res = build_corpus(tmp / "samples.tsv", out, small_build_config(vocab, kind, shard_size=shard_size), workers=2, processes=False,
-                       progress=False)
+    res = build_corpus(tmp / "samples.tsv", out, cfg, workers=2, processes=False, progress=False)
     assert res["build"]["n_slides_built"] == 3 - n_done  # finished slides were not redone
     assert (out / "manifest.json").read_bytes() == (ref / "manifest.json").read_bytes()
     assert _decoded(out) == _decoded(ref)
@@ -256,8 +256,7 @@ def built(slides, tmp_path_factory):
     for kind in ("genes", "paired"):
         out = tmp_path_factory.mktemp(kind)
         build_corpus(tmp / "samples.tsv", out, small_build_config(vocab, kind, shard_size=3 if kind == "genes" else 7),
-                     workers=1, processes=False,
-                     progress=False)
+                     workers=1, processes=False, progress=False)
         outs[kind] = out
     return outs
 
@@ -350,8 +349,8 @@ def test_png_and_qoi_shards_hold_the_same_pixels(slides, tmp_path):
     outs = {}
     for codec in ("png", "qoi"):
         outs[codec] = tmp_path / codec
-        build_corpus(tmp / "samples.tsv", outs[codec], small_build_config(vocab, "paired", image_codec=codec), workers=1,
-                     processes=False, progress=False)
+        build_corpus(tmp / "samples.tsv", outs[codec], small_build_config(vocab, "paired", image_codec=codec),
+                     workers=1, processes=False, progress=False)
     man = json.loads((outs["png"] / "manifest.json").read_text())
     name = man["shards"][0]["url"]
     a, b = list(iter_shard(str(outs["png"] / name))), list(iter_shard(str(outs["qoi"] / name)))
