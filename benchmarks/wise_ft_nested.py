@@ -32,12 +32,15 @@ GAIN_METRIC = ("expression", "ridge_pearson")  # HEST ridge: what the choice max
 
 
 def train_inner(corpus: Path, gene_encoder: Path, out: Path, slides: list[str], seed: int,
-                caches: dict) -> dict:
-    """(outer, inner) -> run folder of the demo recipe trained on the slides that are neither. ``caches``: the
-    frozen parts' caches, shared by every run (they do not depend on the seed)."""
+                caches: dict, overrides: dict | None = None) -> dict:
+    """(outer, inner) -> run folder of the demo recipe (with ``overrides``; a ``trainer`` key merges into its
+    trainer settings) trained on the slides that are neither. ``caches``: the frozen parts' caches, shared by
+    every run (they do not depend on the seed)."""
     from stamp_st.demo import DemoSettings
     from stamp_st.training.align import AlignConfig, run_align
 
+    overrides = overrides or {}
+    settings = {k: v for k, v in overrides.items() if k != "trainer"}
     runs = {}
     for o in slides:
         for i in slides:
@@ -46,8 +49,9 @@ def train_inner(corpus: Path, gene_encoder: Path, out: Path, slides: list[str], 
             run = out / f"seed{seed}" / o / i
             done = run / "train_seconds.json"
             if not done.is_file():
+                trainer = {**overrides.get("trainer", {}), "seed": seed, "progress": False}
                 cfg = AlignConfig.load(DemoSettings.align_config, gene_encoder=str(gene_encoder), val_slides=[o, i],
-                                       trainer={"seed": seed, "progress": False})
+                                       trainer=trainer, **settings)
                 t0 = time.perf_counter()
                 run_align(corpus, cfg, run, caches=caches, verify_sha256=not caches)
                 seconds = round(time.perf_counter() - t0, 1)
@@ -57,22 +61,18 @@ def train_inner(corpus: Path, gene_encoder: Path, out: Path, slides: list[str], 
     return runs
 
 
-def inner_gains(runs: dict, corpus: Path, targets, slides: list[str], alphas: list[float], pretrained: dict,
-                out: Path) -> dict:
-    """outer -> alpha -> {"gain", "low", "high"} of HEST ridge on the inner sections, over the backbone."""
+def inner_gains(checkpoints: dict[str, dict], corpus: Path, targets, slides: list[str]) -> dict:
+    """``checkpoints``: candidate name -> {(outer, inner): checkpoint folder}. Returns outer -> candidate ->
+    {"gain", "low", "high"} of HEST ridge on the inner sections over the backbone: each inner section embedded
+    by the candidate's model that held it (and the outer section) out, ridge fitted on the other inner
+    sections; the outer section's spots are left out of everything."""
     import numpy as np
 
     from stamp_st.embedding_file import EmbeddingSet
     from stamp_st.evaluation.tasks import evaluate_sources
     from stamp_st.inference.corpus_embed import embed_corpus
-    from stamp_st.training.run_folder import latest_checkpoint
 
-    cks = {}
-    for (o, i), run in runs.items():
-        ck = latest_checkpoint(run)
-        for a in alphas:
-            dst = out / f"alpha{a}" / o / i / "checkpoints" / ck.name
-            cks[f"{o}|{i}|{a}"] = interpolate_checkpoint(ck, dst, pretrained, a)
+    cks = {f"{name}|{o}|{i}": ck for name, per in checkpoints.items() for (o, i), ck in per.items()}
     res = embed_corpus(cks, corpus, backbone="efficientnet_lite0", progress=False)
     sid, spot = res["slide_ids"], res["spot_ids"]
     counts, genes, labels = targets(sid, spot)
@@ -84,13 +84,26 @@ def inner_gains(runs: dict, corpus: Path, targets, slides: list[str], alphas: li
         def source(name, emb, folds=None, keep=keep):
             return EmbeddingSet(name, emb, sid, spot, counts=counts, gene_names=genes, fold_emb=folds).subset(keep)
 
-        sources = {f"alpha {a}": source(f"alpha {a}", res["stamp_v"][f"{o}|{inner[0]}|{a}"],
-                                        {i: res["stamp_v"][f"{o}|{i}|{a}"] for i in inner}) for a in alphas}
+        sources = {name: source(name, res["stamp_v"][f"{name}|{o}|{inner[0]}"],
+                                {i: res["stamp_v"][f"{name}|{o}|{i}"] for i in inner}) for name in checkpoints}
         sources["backbone"] = source("backbone", res["backbone"])
         ev = evaluate_sources(sources, labels[keep], ["expression"], baseline="backbone")
-        gains[o] = {float(g["source"].split()[-1]): {"gain": g["gain"], "low": g["low"], "high": g["high"]}
+        gains[o] = {g["source"]: {"gain": g["gain"], "low": g["low"], "high": g["high"]}
                     for g in ev["gains"] if (g["task"], g["metric"]) == GAIN_METRIC}
     return gains
+
+
+def interpolated_inner(runs: dict, alphas: list[float], pretrained: dict, out: Path) -> dict[str, dict]:
+    """"alpha <a>" -> {(outer, inner): each inner run's latest checkpoint with its backbone interpolated by a}."""
+    from stamp_st.training.run_folder import latest_checkpoint
+
+    cks: dict = {f"alpha {a}": {} for a in alphas}
+    for (o, i), run in runs.items():
+        ck = latest_checkpoint(run)
+        for a in alphas:
+            cks[f"alpha {a}"][o, i] = interpolate_checkpoint(ck, out / f"alpha{a}" / o / i / "checkpoints" / ck.name,
+                                                            pretrained, a)
+    return cks
 
 
 def main() -> int:
@@ -119,8 +132,11 @@ def main() -> int:
     inner = {seed: train_inner(corpus, gene_encoder, out / "inner", slides, seed, caches) for seed in seeds}
     train_s = sum(json.loads((r / "train_seconds.json").read_text())["seconds"]  # as recorded: resumed runs too
                   for runs in inner.values() for r in runs.values())
-    gains = {seed: inner_gains(inner[seed], corpus, targets, slides, alphas, pretrained,
-                               out / "inner_wise" / f"seed{seed}") for seed in seeds}
+    gains = {}
+    for seed in seeds:
+        by_name = inner_gains(interpolated_inner(inner[seed], alphas, pretrained, out / "inner_wise" / f"seed{seed}"),
+                              corpus, targets, slides)
+        gains[seed] = {o: {float(name.split()[-1]): g for name, g in v.items()} for o, v in by_name.items()}
     # highest inner gain; a tie goes to the larger alpha (the smaller change to the recipe)
     chosen = {seed: {o: max(alphas, key=lambda a, g=gains[seed][o]: (round(g[a]["gain"], 6), a)) for o in slides}
               for seed in seeds}
