@@ -37,6 +37,9 @@ CANDIDATES = {
     "frozen BN + HED (no L2-SP, no EMA)": {"l2sp_weight": 0.0, "trainer": {"ema_decay": None}},
 }
 NESTED = "nested choice"
+# fixed before any inner or outer score of the candidate was computed; the outer folds only report
+ADOPTION_RULE = ("the candidate replaces the demo's Stage-2 recipe only if the inner folds choose it in at least 7 of "
+                 "the 12 (seed, outer section) cases")
 
 
 def compose_run(choice: dict[str, Path], out: Path) -> Path:
@@ -109,7 +112,9 @@ def main() -> int:
                         base_config=DemoSettings.align_config, reuse=reuse)
     res.update(what=__doc__.split("\n\n")[0], candidate=cand, candidate_settings=overrides,
                inner_gains={str(sd): gs for sd, gs in gains.items()},
-               chosen={str(sd): c for sd, c in chosen.items()}, inner_train_seconds=train_s, demo=str(demo),
+               chosen={str(sd): c for sd, c in chosen.items()}, adoption_rule=ADOPTION_RULE,
+               candidate_chosen=f"{sum(c == cand for cs in chosen.values() for c in cs.values())} of "
+                                f"{sum(len(cs) for cs in chosen.values())}", inner_train_seconds=train_s, demo=str(demo),
                command="python " + " ".join(sys.argv))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1, default=float))
