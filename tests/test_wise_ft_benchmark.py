@@ -45,3 +45,22 @@ def test_a_checkpoint_without_the_backbone_is_refused(tmp_path):
     ck = _checkpoint(tmp_path / "ck", {"other.w": torch.zeros(3)})
     with pytest.raises(SystemExit, match="no backbone weight matched"):
         interpolate_checkpoint(ck, tmp_path / "out", {"w": torch.zeros(3)}, 0.5)
+
+
+def test_inner_models_are_interpolated_once_per_alpha(tmp_path):
+    from wise_ft_ablation import PREFIX
+    from wise_ft_nested import interpolated_inner
+
+    pre = {"head.w": torch.zeros(3)}
+    runs = {}
+    for o, i in [("B4", "C2"), ("C2", "B4")]:
+        ck = _checkpoint(tmp_path / "inner" / o / i / "checkpoints" / "step-0000200", {PREFIX + "head.w": torch.ones(3)})
+        (ck.parent / "latest").write_text(ck.name)
+        runs[o, i] = ck.parents[1]
+    cks = interpolated_inner(runs, [0.5, 1.0], pre, tmp_path / "wise")
+    assert sorted(cks) == ["alpha 0.5", "alpha 1.0"]
+    assert sorted(cks["alpha 0.5"]) == [("B4", "C2"), ("C2", "B4")]
+    for alpha, per in [(0.5, cks["alpha 0.5"]), (1.0, cks["alpha 1.0"])]:
+        for ck in per.values():
+            assert ck.name == "step-0000200"
+            torch.testing.assert_close(load_file(ck / "model.safetensors")[PREFIX + "head.w"], torch.full((3,), alpha))
