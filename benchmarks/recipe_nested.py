@@ -110,12 +110,12 @@ def main() -> int:
         reuse[NESTED + tail] = compose_run({o: runs[chosen[seed][o]] for o in slides}, folder)
     res = run_ablations(corpus, gene_encoder, out, {DEMO_RECIPE: {}, cand: overrides, NESTED: {}}, seeds, targets,
                         base_config=DemoSettings.align_config, reuse=reuse)
+    n_chosen = sum(c == cand for cs in chosen.values() for c in cs.values())
     res.update(what=__doc__.split("\n\n")[0], candidate=cand, candidate_settings=overrides,
                inner_gains={str(sd): gs for sd, gs in gains.items()},
                chosen={str(sd): c for sd, c in chosen.items()}, adoption_rule=ADOPTION_RULE,
-               candidate_chosen=f"{sum(c == cand for cs in chosen.values() for c in cs.values())} of "
-                                f"{sum(len(cs) for cs in chosen.values())}", inner_train_seconds=train_s, demo=str(demo),
-               command="python " + " ".join(sys.argv))
+               candidate_chosen=f"{n_chosen} of {sum(len(cs) for cs in chosen.values())}",
+               inner_train_seconds=train_s, demo=str(demo), command="python " + " ".join(sys.argv))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1, default=float))
     print("\n".join(summary_lines(res)))

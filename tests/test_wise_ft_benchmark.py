@@ -54,7 +54,8 @@ def test_inner_models_are_interpolated_once_per_alpha(tmp_path):
     pre = {"head.w": torch.zeros(3)}
     runs = {}
     for o, i in [("B4", "C2"), ("C2", "B4")]:
-        ck = _checkpoint(tmp_path / "inner" / o / i / "checkpoints" / "step-0000200", {PREFIX + "head.w": torch.ones(3)})
+        ck = _checkpoint(tmp_path / "inner" / o / i / "checkpoints" / "step-0000200",
+                         {PREFIX + "head.w": torch.ones(3)})
         (ck.parent / "latest").write_text(ck.name)
         runs[o, i] = ck.parents[1]
     cks = interpolated_inner(runs, [0.5, 1.0], pre, tmp_path / "wise")
