@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 
 from wise_ft_ablation import demo_runs
-from wise_ft_nested import inner_gains, train_inner
+from wise_ft_nested import inner_gains, recorded_seconds, train_inner
 
 # the recipe the one-remedy ablation pointed to (README): the keep-pretrained recipe's two remedies that shrank the
 # image-only part or kept probing (frozen BN statistics, HED jitter), without L2-SP and the EMA; fixed before any
@@ -68,7 +68,14 @@ def main() -> int:
 
     from stamp_st.demo import DEMO_RECIPE, DemoSettings
     from stamp_st.paths import her2st_dir
-    from stamp_st.pipeline.ablations import her2st_targets, run_ablations, run_name, summary_lines
+    from stamp_st.pipeline.ablations import (
+        her2st_targets,
+        run_ablations,
+        run_name,
+        run_tag,
+        seed_folder,
+        summary_lines,
+    )
     from stamp_st.training.align import corpus_slides
     from stamp_st.training.run_folder import latest_checkpoint
 
@@ -85,8 +92,7 @@ def main() -> int:
     caches: dict = {}
     inner = {seed: {name: train_inner(corpus, gene_encoder, inner_dirs[name], slides, seed, caches, recipes[name])
                     for name in recipes} for seed in seeds}
-    train_s = {name: round(sum(json.loads((r / "train_seconds.json").read_text())["seconds"]
-                               for seed in seeds for r in inner[seed][name].values()), 1) for name in recipes}
+    train_s = {name: recorded_seconds(r for seed in seeds for r in inner[seed][name].values()) for name in recipes}
     gains = {seed: inner_gains({name: {k: latest_checkpoint(r) for k, r in runs.items()}
                                 for name, runs in inner[seed].items()}, corpus, targets, slides) for seed in seeds}
     # the candidate only where its inner gain is higher (rounded as printed); a tie keeps the demo's recipe
@@ -103,11 +109,10 @@ def main() -> int:
                             base_config=DemoSettings.align_config, train_only=True)["runs"]
     reuse = {}
     for (seed, control), run in demo_runs(demo, seeds).items():
-        tail = f" | seed {seed}" + (" | control" if control else "")
-        reuse[DEMO_RECIPE + tail] = run
-        runs = {DEMO_RECIPE: run, cand: Path(trained[cand + tail])}
-        folder = out / "nested" / (f"control_seed{seed}" if control else f"seed{seed}")
-        reuse[NESTED + tail] = compose_run({o: runs[chosen[seed][o]] for o in slides}, folder)
+        reuse[run_tag(DEMO_RECIPE, seed, control)] = run
+        runs = {DEMO_RECIPE: run, cand: Path(trained[run_tag(cand, seed, control)])}
+        folder = out / "nested" / seed_folder(seed, control)
+        reuse[run_tag(NESTED, seed, control)] = compose_run({o: runs[chosen[seed][o]] for o in slides}, folder)
     res = run_ablations(corpus, gene_encoder, out, {DEMO_RECIPE: {}, cand: overrides, NESTED: {}}, seeds, targets,
                         base_config=DemoSettings.align_config, reuse=reuse)
     n_chosen = sum(c == cand for cs in chosen.values() for c in cs.values())

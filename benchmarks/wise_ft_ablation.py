@@ -28,13 +28,13 @@ def demo_runs(demo: Path, seeds: list[int]) -> dict[tuple[int, bool], Path]:
     """(seed, control) -> run folder with ``folds/<slide>/`` of a finished demo: seed 0's real run is the demo's
     own fold models, the rest are its ``ablations`` stage's (``pipeline.ablations`` names them)."""
     from stamp_st.demo import DEMO_RECIPE
-    from stamp_st.pipeline.ablations import run_name
+    from stamp_st.pipeline.ablations import run_name, seed_folder
 
     abl = demo / "ablations" / run_name(DEMO_RECIPE)
     runs = {}
     for s in seeds:
-        runs[s, False] = demo / "stamp_model" if s == 0 else abl / f"seed{s}"
-        runs[s, True] = abl / f"control_seed{s}"
+        runs[s, False] = demo / "stamp_model" if s == 0 else abl / seed_folder(s)
+        runs[s, True] = abl / seed_folder(s, control=True)
     missing = [str(r) for r in runs.values() if not (r / "folds").is_dir()]
     if missing:
         raise SystemExit(f"no finished fold models in {', '.join(missing)}: run `stamp-st demo` with these seeds first")
@@ -103,14 +103,13 @@ def score_beside_recipe(demo: Path, out: Path, name: str, seeds: list[int], pret
     ``json_path`` with ``record`` added and prints the summary."""
     from stamp_st.demo import DEMO_RECIPE
     from stamp_st.paths import her2st_dir
-    from stamp_st.pipeline.ablations import her2st_targets, run_ablations, summary_lines
+    from stamp_st.pipeline.ablations import her2st_targets, run_ablations, run_tag, seed_folder, summary_lines
 
     reuse = {}
     for (seed, control), run in demo_runs(demo, seeds).items():
-        tail = f" | seed {seed}" + (" | control" if control else "")
-        reuse[DEMO_RECIPE + tail] = run
-        folder = out / "outer" / (f"control_seed{seed}" if control else f"seed{seed}")
-        reuse[name + tail] = interpolate_run(run, folder, pretrained, alpha_of_seed(seed))
+        reuse[run_tag(DEMO_RECIPE, seed, control)] = run
+        folder = out / "outer" / seed_folder(seed, control)
+        reuse[run_tag(name, seed, control)] = interpolate_run(run, folder, pretrained, alpha_of_seed(seed))
     res = run_ablations(demo / "corpus_paired", demo / "gene_encoder", out, {DEMO_RECIPE: {}, name: {}}, seeds,
                         partial(her2st_targets, her2st_dir()), reuse=reuse)
     res.update(**record, demo=str(demo), command="python " + " ".join(sys.argv))

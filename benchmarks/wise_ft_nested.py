@@ -61,6 +61,11 @@ def train_inner(corpus: Path, gene_encoder: Path, out: Path, slides: list[str], 
     return runs
 
 
+def recorded_seconds(runs) -> float:
+    """Training seconds of inner runs as each recorded them (resumed calls count the first call's time)."""
+    return round(sum(json.loads((r / "train_seconds.json").read_text())["seconds"] for r in runs), 1)
+
+
 def inner_gains(checkpoints: dict[str, dict], corpus: Path, targets, slides: list[str]) -> dict:
     """``checkpoints``: candidate name -> {(outer, inner): checkpoint folder}. Returns outer -> candidate ->
     {"gain", "low", "high"} of HEST ridge on the inner sections over the backbone: each inner section embedded
@@ -130,8 +135,7 @@ def main() -> int:
 
     caches: dict = {}
     inner = {seed: train_inner(corpus, gene_encoder, out / "inner", slides, seed, caches) for seed in seeds}
-    train_s = sum(json.loads((r / "train_seconds.json").read_text())["seconds"]  # as recorded: resumed runs too
-                  for runs in inner.values() for r in runs.values())
+    train_s = recorded_seconds(r for runs in inner.values() for r in runs.values())
     gains = {}
     for seed in seeds:
         by_name = inner_gains(interpolated_inner(inner[seed], alphas, pretrained, out / "inner_wise" / f"seed{seed}"),
@@ -151,7 +155,7 @@ def main() -> int:
         what=__doc__.split("\n\n")[0], alphas=alphas,
         inner_gains={str(sd): {o: {str(a): g for a, g in v.items()} for o, v in gs.items()}
                      for sd, gs in gains.items()},
-        chosen_alpha={str(sd): c for sd, c in chosen.items()}, inner_train_seconds=round(train_s, 1))
+        chosen_alpha={str(sd): c for sd, c in chosen.items()}, inner_train_seconds=train_s)
 
 
 if __name__ == "__main__":

@@ -226,7 +226,7 @@ def ablations(settings: DemoSettings, paired_dir: Path, gene_run: Path, stamp_ru
     from functools import partial
 
     from .io_utils import atomic_write_json
-    from .pipeline.ablations import her2st_targets, run_ablations
+    from .pipeline.ablations import her2st_targets, run_ablations, run_tag
 
     if settings.seeds < 2 and not settings.controls:
         return {}
@@ -236,7 +236,7 @@ def ablations(settings: DemoSettings, paired_dir: Path, gene_run: Path, stamp_ru
         res = run_ablations(paired_dir, gene_run, settings.out / "ablations", {DEMO_RECIPE: {}},
                             seeds_of(settings), partial(her2st_targets, root), base_config=settings.align_config,
                             controls=settings.controls, steps=settings.align_steps,
-                            reuse={f"{DEMO_RECIPE} | seed {settings.seed}": stamp_run},
+                            reuse={run_tag(DEMO_RECIPE, settings.seed): stamp_run},
                             progress=lambda m: _say(f"ablations: {m}"))
         res = {"what": f"The demo's Stage-2 recipe ({settings.align_config}) with {settings.seeds} seed(s), "
                        "leave-one-section-out over B4, C2, C3, C4 (the fold models of the first seed are the "

@@ -39,6 +39,16 @@ def run_name(variant: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in variant.split(":")[0].split("(")[0].strip()).strip("_")
 
 
+def run_tag(variant: str, seed: int, control: bool = False) -> str:
+    """The name a (variant, seed, arm) run goes by: ``reuse`` keys, score sources, the results' train seconds."""
+    return f"{variant} | seed {seed}" + (" | control" if control else "")
+
+
+def seed_folder(seed: int, control: bool = False) -> str:
+    """The folder of a (seed, arm) run under its variant's folder (``run_name``)."""
+    return f"control_seed{seed}" if control else f"seed{seed}"
+
+
 def spread(values: list[float]) -> dict:
     """Mean, sd (ddof 1; NaN for one value), min, max over seeds."""
     import numpy as np
@@ -138,8 +148,8 @@ def run_ablations(corpus: str | Path, gene_encoder: str | Path, out: str | Path,
     for name, overrides in variants.items():
         for seed in seeds:
             for control in arms:
-                tag = f"{name} | seed {seed}" + (" | control" if control else "")
-                run = out / run_name(name) / (f"control_seed{seed}" if control else f"seed{seed}")
+                tag = run_tag(name, seed, control)
+                run = out / run_name(name) / seed_folder(seed, control)
                 timing = run / "train_seconds.json"
                 if tag in reuse:
                     run = Path(reuse[tag])
@@ -175,7 +185,7 @@ def run_ablations(corpus: str | Path, gene_encoder: str | Path, out: str | Path,
     ev, art = r["ev"], r["artifacts"]
     share = []  # each run minus its own shuffled control, paired on the same held-out spots
     for tag, m in meta.items():
-        ctl = f"{m['variant']} | seed {m['seed']} | control"
+        ctl = run_tag(m["variant"], m["seed"], control=True)
         if not m["control"] and ctl in meta:
             for g in task_gains(ev, art["predictions"], art["labels"], art["folds"], baseline=ctl, sources=[tag]):
                 share.append({**g, "source": tag, "baseline": ctl})
@@ -187,12 +197,12 @@ def run_ablations(corpus: str | Path, gene_encoder: str | Path, out: str | Path,
     for name, overrides in variants.items():
         entry: dict = {"settings": overrides, "seeds": {}}
         for seed in seeds:
-            tag = f"{name} | seed {seed}"
+            tag, ctl = run_tag(name, seed), run_tag(name, seed, control=True)
             entry["seeds"][str(seed)] = {
                 "gain_over_backbone": rows_of(ev["gains"], tag),
-                "control_gain_over_backbone": rows_of(ev["gains"], tag + " | control"),
+                "control_gain_over_backbone": rows_of(ev["gains"], ctl),
                 "genes_share": rows_of(share, tag),
-                "train_seconds": seconds.get(tag), "control_train_seconds": seconds.get(tag + " | control")}
+                "train_seconds": seconds.get(tag), "control_train_seconds": seconds.get(ctl)}
         out_variants[name] = summarise(entry)
     scores = {f"{x['task']}/{x['metric']}/{x['source']}": {"mean": x["mean"], "low": x["low"], "high": x["high"]}
               for x in ev["table"] if "mean" in x}
