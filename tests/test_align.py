@@ -246,6 +246,26 @@ def test_dihedral_augmentation_draws_each_of_the_eight_per_sample():
     assert torch.equal(y.sum(dim=(2, 3)), x.sum(dim=(2, 3)))
 
 
+def test_runs_with_another_trainable_tail_do_not_share_trunk_maps(tmp_path, visium_paired_corpus):
+    """The cached trunk ends where the trainable tail begins: a run that trains fewer blocks, given the caches
+    of one that trained more, computes its own maps (the others' stop a block too early) and trains."""
+    base = {"backbone": "efficientnet_lite0", "gene_encoder": "random:tiny", "batch_size": 2, "image_px": 64,
+            "freeze_gene_encoder": True, "augment": "dihedral", "val_max_batches": None,
+            "trainer": {"max_steps": 1, "lr": 1e-3, "precision": "fp32", "progress": False, "tensorboard": False,
+                        "val_every": 1, "ckpt_every": 1}}
+    shared: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = run_align(visium_paired_corpus, AlignConfig.from_dict({**base, "trainable_blocks": 1}),
+                        tmp_path / "tail1", device="cpu", caches=shared)
+        head = run_align(visium_paired_corpus, AlignConfig.from_dict({**base, "trainable_blocks": 0}),
+                         tmp_path / "tail0", device="cpu", caches=shared)
+    trunk_keys = sorted(k for k in shared if k.startswith("trunk_cache"))
+    assert len(trunk_keys) == 2 and trunk_keys[0] != trunk_keys[1]
+    assert one["trunk_cache"]["hits"] == 0 and head["trunk_cache"]["hits"] == 0  # nothing reused across tails
+    assert head["trunk_cache"]["misses"] > 0
+
+
 def test_folds_train_one_model_per_held_out_slide_and_a_final_one(tmp_path, visium_paired_corpus):
     from stamp_st.training.align import run_align_folds
 

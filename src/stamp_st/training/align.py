@@ -260,9 +260,10 @@ def run_align(corpus: str | Path | None, cfg: AlignConfig, out: str | Path, resu
         caches["image_cache"] = shared.setdefault("image_cache", ImageFeatureCache(cfg.image_cache_gb * 2**30))
     elif trunk_cache_applies(cfg, model):
         # the jittered copies come from a fixed generator, so runs that differ only in their seed (folds,
-        # seeds of one recipe) share one bank; the seed still decides which copy each step draws
-        key = "trunk_cache" if not cfg.stain_jitter() else \
-            f"trunk_cache:hed{cfg.hed_scale}/{cfg.hed_shift}x{cfg.stain_variants}"
+        # seeds of one recipe) share one bank; the seed still decides which copy each step draws. The trunk
+        # ends where the trainable tail begins: runs with another tail need other maps
+        key = f"trunk_cache:tail{cfg.trainable_blocks}" + (
+            f":hed{cfg.hed_scale}/{cfg.hed_shift}x{cfg.stain_variants}" if cfg.stain_jitter() else "")
         caches["trunk_cache"] = shared.setdefault(key, TrunkFeatureCache(
             cfg.image_cache_gb * 2**30, cfg.hed_scale, cfg.hed_shift, cfg.stain_variants, seed=0))
     if caches:
