@@ -151,6 +151,8 @@ def ablations_table_html(results: dict) -> str:
     titles = {"gain_over_backbone": "Stamp_V gain over the backbone",
               "control_gain_over_backbone": "shuffled-gene control's gain over the backbone",
               "genes_share": "genes' share (variant minus its control, paired)"}
+    if abl.get("reference"):
+        titles["gain_over_reference"] = f"gain over '{abl['reference']}' (same seed, paired)"
     out = [f"<h2>Ablations</h2><p class='note'>{_esc(abl.get('what', ''))} "
            f"{_esc(abl.get('a_priori_choice', ''))} Command: <code>{_esc(abl.get('command', ''))}</code></p>",
            "<table><thead><tr><th>variant</th><th>read-out</th><th>task / metric</th>"

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 # read-outs summarised over seeds: (task, metric, column title)
 READOUTS = (("expression", "ridge_pearson", "HEST ridge"), ("expression", "ridge_cv_pearson", "ridge, CV alpha"),
             ("probe", "balanced_accuracy", "probe bal. acc."))
-GAIN_KINDS = ("gain_over_backbone", "control_gain_over_backbone", "genes_share")
+GAIN_KINDS = ("gain_over_backbone", "control_gain_over_backbone", "genes_share", "gain_over_reference")
 BACKBONE_SOURCE = "backbone"
 # (corpus slide ids, spot ids) -> (counts CSR spots x genes, gene names, class labels ("" = none)) of those spots
 Targets = Callable[..., tuple]
@@ -123,13 +123,17 @@ def evaluate_runs(runs: dict[str, Path], corpus: str | Path, targets: Targets, s
 def run_ablations(corpus: str | Path, gene_encoder: str | Path, out: str | Path, variants: dict[str, dict],
                   seeds: list[int], targets: Targets, *, base_config: str = "demo_cpu", controls: bool = True,
                   controls_only: bool = False, steps: int | None = None, reuse: dict[str, Path] | None = None,
-                  train_only: bool = False, progress: Callable[[str], None] = print) -> dict:
+                  reference: str | None = None, no_control: Collection[str] = (), train_only: bool = False,
+                  progress: Callable[[str], None] = print) -> dict:
     """Train every (variant, seed) and its control cross-validated, then score them (see the module's text).
 
     ``variants``: name -> overrides of ``base_config`` (``{}`` is the base recipe itself; a ``trainer`` key
     merges into the config's trainer settings). ``reuse``: run tags (``"<variant> | seed <s>"``) already trained
     elsewhere with the same recipe and seed (e.g. the demo's own fold models), used instead of training again.
-    Finished runs under ``out`` are reused too, so an interrupted call resumes. ``targets``: the held-out spots'
+    Finished runs under ``out`` are reused too, so an interrupted call resumes. ``reference``: a variant every
+    other one is compared with, seed by seed and paired on the same spots (``gain_over_reference``: what a change
+    to that recipe does). ``no_control``: variants trained without a control (e.g. a reference whose control is
+    measured elsewhere). ``targets``: the held-out spots'
     expression and labels the read-outs predict (``her2st_targets`` bound to a her2st folder for her2st). Returns ``{"held_out", "seeds",
     "variants", "scores", "seconds"}``; ``train_only``: only ``{"runs", "seconds"}``."""
     from ..corpus.controls import shuffled_genes_copy
@@ -145,9 +149,11 @@ def run_ablations(corpus: str | Path, gene_encoder: str | Path, out: str | Path,
     meta: dict[str, dict] = {}
     seconds: dict[str, float | None] = {}
     arms = [True] if controls_only else [False, True] if controls else [False]
+    if reference is not None and reference not in variants:
+        raise ValueError(f"reference {reference!r} is not one of the variants {list(variants)}")
     for name, overrides in variants.items():
         for seed in seeds:
-            for control in arms:
+            for control in ([False] if name in no_control and not controls_only else arms):
                 tag = run_tag(name, seed, control)
                 run = out / run_name(name) / seed_folder(seed, control)
                 timing = run / "train_seconds.json"
@@ -189,6 +195,12 @@ def run_ablations(corpus: str | Path, gene_encoder: str | Path, out: str | Path,
         if not m["control"] and ctl in meta:
             for g in task_gains(ev, art["predictions"], art["labels"], art["folds"], baseline=ctl, sources=[tag]):
                 share.append({**g, "source": tag, "baseline": ctl})
+    versus = []  # each run minus the reference variant's run of the same seed, paired on the same spots
+    for tag, m in meta.items():
+        ref = run_tag(reference, m["seed"]) if reference else None
+        if not m["control"] and m["variant"] != reference and ref in meta:
+            for g in task_gains(ev, art["predictions"], art["labels"], art["folds"], baseline=ref, sources=[tag]):
+                versus.append({**g, "source": tag, "baseline": ref})
 
     def rows_of(rows, tag):
         return [g for g in rows if g["source"] == tag]
@@ -202,11 +214,13 @@ def run_ablations(corpus: str | Path, gene_encoder: str | Path, out: str | Path,
                 "gain_over_backbone": rows_of(ev["gains"], tag),
                 "control_gain_over_backbone": rows_of(ev["gains"], ctl),
                 "genes_share": rows_of(share, tag),
+                **({"gain_over_reference": rows_of(versus, tag)} if reference and name != reference else {}),
                 "train_seconds": seconds.get(tag), "control_train_seconds": seconds.get(ctl)}
         out_variants[name] = summarise(entry)
     scores = {f"{x['task']}/{x['metric']}/{x['source']}": {"mean": x["mean"], "low": x["low"], "high": x["high"]}
               for x in ev["table"] if "mean" in x}
     return {"held_out": slides, "seeds": list(seeds), "variants": out_variants, "scores": scores,
+            **({"reference": reference} if reference else {}),
             "seconds": {"train": seconds, "evaluate": round(time.perf_counter() - t0, 1)}}
 
 
