@@ -89,3 +89,48 @@ def test_report_lists_the_ablations_with_their_intervals():
     html = ablations_table_html({"ablations": {"what": "cv over 4 sections.", "command": "python x.py",
                                                "variants": {"frozen <heads>": {"gains": [row]}}}})
     assert "frozen &lt;heads&gt;" in html and "+0.045 [+0.022, +0.058]" in html and "#e3f4e3" in html
+
+
+def _loop_interval(per, metric, n_boot, seed=0):
+    """The bootstrap written plainly: one resample at a time, the statistic on the resampled rows."""
+    from stamp_st.evaluation.gains import STATISTICS
+
+    fn, rng, reps = STATISTICS[metric], np.random.default_rng(seed), []
+    for _ in range(n_boot):
+        diffs = []
+        for t, a, b in per:
+            idx = rng.integers(0, len(t), len(t))
+            diffs.append(fn(t[idx], a[idx]) - fn(t[idx], b[idx]))
+        reps.append(np.nanmean(diffs))
+    return np.nanquantile(reps, [0.025, 0.975]), float(np.nanmean(reps))
+
+
+@pytest.mark.parametrize("metric", ["pearson", "balanced_accuracy", "ari"])
+@pytest.mark.parametrize("block_cells", [4_000_000, 300])
+def test_block_bootstrap_draws_the_loops_resamples_and_gives_its_interval(metric, block_cells, monkeypatch):
+    """Statistics of many resamples at once (draw counts as weights) equal the plain loop's, with a gene that
+    is constant in many resamples, a class absent from some, slides of very different sizes, and replicate
+    blocks cut anywhere."""
+    from stamp_st.evaluation import gains
+
+    monkeypatch.setattr(gains, "BLOCK_CELLS", block_cells)
+    rng = np.random.default_rng(3)
+    per = []
+    for n in (400, 37, 9):
+        if metric == "pearson":
+            t = rng.normal(size=(n, 6))
+            t[:, 0] = rng.random(n) < 0.05  # rare: constant in many resamples (NaN there)
+            t[:, 1] = 0.0  # constant everywhere
+            per.append((t, t + rng.normal(0, 2, t.shape), t + rng.normal(0, 2.5, t.shape)))
+        else:
+            names = np.array(["tumour", "stroma", "immune", "fat", "rare"])
+            t = names[np.minimum(rng.integers(0, 4, n) + (rng.random(n) < 0.02) * 4, 4)]
+            good = np.where(rng.random(n) < 0.6, t, "stroma")
+            bad = names[rng.integers(0, 4, n)]
+            if metric == "ari":
+                good, bad = np.unique(good, return_inverse=True)[1], rng.integers(0, 3, n)
+            per.append((t, good, bad))
+    g = paired_bootstrap_gain(per, metric, n_boot=200, seed=7)
+    (low, high), _ = _loop_interval(per, metric, 200, seed=7)
+    assert g["low"] == pytest.approx(low, abs=1e-10) and g["high"] == pytest.approx(high, abs=1e-10)
+    assert g["low"] < g["high"]

@@ -5,7 +5,12 @@ paired 95% interval from a bootstrap over spots within each held-out slide.
 Each replicate resamples the test spots of every held-out slide (the same resample for both sources),
 recomputes the metric for both on it, and averages the per-slide differences over slides; the interval
 is the 2.5-97.5% percentile of the replicates. Pairing removes the slide-to-slide variation that both
-sources share, which a comparison of two separate intervals over 3-4 slides cannot."""
+sources share, which a comparison of two separate intervals over 3-4 slides cannot.
+
+The built-in statistics are computed for a block of replicates at once: a resample is the number of times
+each spot was drawn, so a metric on it is a weighted metric, and the weighted sums of all replicates are one
+matrix product (``WEIGHTED``). The resamples are the ones a replicate-by-replicate loop draws, so the
+interval is that loop's (``benchmarks/bench_bootstrap.py`` checks it and times both)."""
 
 from __future__ import annotations
 
@@ -47,9 +52,72 @@ def _ari(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)))
 
 
+def _pearson_mean_weighted(y_true: np.ndarray, y_pred: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``_pearson_mean`` of each resample, ``w`` [replicates, spots] = how often each spot was drawn. Sums
+    are taken about the full sample's mean (no cancellation); a gene constant in a resample is NaN, as in
+    ``per_gene_pearson``."""
+    yt = y_true - y_true.mean(axis=0)
+    yp = y_pred - y_pred.mean(axis=0)
+    n = w.sum(axis=1, keepdims=True)
+    st, sp = w @ yt, w @ yp
+    tt, pp = w @ (yt * yt), w @ (yp * yp)
+    stt = tt - st * st / n
+    spp = pp - sp * sp / n
+    stp = w @ (yt * yp) - st * sp / n
+    constant = (stt <= 1e-12 * tt) | (spp <= 1e-12 * pp)  # zero up to rounding
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = stp / np.sqrt(stt * spp)
+    r[constant | ~np.isfinite(r)] = np.nan
+    return _nanmean_rows(r)
+
+
+def _balanced_accuracy_weighted(y_true: np.ndarray, y_pred: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``_balanced_accuracy`` of each resample (classes drawn in it only: 0 / 0 is NaN)."""
+    classes, cls = np.unique(y_true, return_inverse=True)
+    onehot = np.zeros((len(y_true), len(classes)))
+    onehot[np.arange(len(y_true)), cls] = 1.0
+    drawn = w @ onehot
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = (w @ (onehot * (y_pred == y_true)[:, None])) / drawn
+    return _nanmean_rows(recall)
+
+
+def _ari_weighted(y_true: np.ndarray, y_pred: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``_ari`` of each resample: its contingency table is the drawn counts of each label pair (exact in
+    float64 below 2**53 spots)."""
+    _, a = np.unique(y_true, return_inverse=True)
+    _, b = np.unique(y_pred, return_inverse=True)
+    nb = int(b.max()) + 1
+    pair = np.zeros((len(a), (int(a.max()) + 1) * nb))
+    pair[np.arange(len(a)), a * nb + b] = 1.0
+    cont = (w @ pair).reshape(len(w), -1, nb)
+    n = w.sum(axis=1)
+    sum_sq = (cont * cont).sum(axis=(1, 2))
+    rows, cols = cont.sum(axis=2), cont.sum(axis=1)
+    tp = sum_sq - n
+    fp = (cols * cols).sum(axis=1) - sum_sq
+    fn = (rows * rows).sum(axis=1) - sum_sq
+    tn = n * n - fp - fn - sum_sq
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ari = 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
+    return np.where((fn == 0) & (fp == 0), 1.0, ari)
+
+
+def _nanmean_rows(x: np.ndarray) -> np.ndarray:
+    """Row means over finite entries; NaN for a row without any (``np.nanmean`` without its warning)."""
+    ok = np.isfinite(x)
+    k = ok.sum(axis=1)
+    total = np.where(ok, x, 0.0).sum(axis=1)
+    return np.where(k > 0, total / np.maximum(k, 1), np.nan)
+
+
 # the per-slide statistics a task's ``Gain`` may name (``evaluation.registry``); a task may also give its own
 STATISTICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "pearson": _pearson_mean, "balanced_accuracy": _balanced_accuracy, "ari": _ari}
+# the same statistics on many resamples at once: (truth, prediction, draws [replicates, spots]) -> [replicates]
+WEIGHTED: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
+    "pearson": _pearson_mean_weighted, "balanced_accuracy": _balanced_accuracy_weighted, "ari": _ari_weighted}
+BLOCK_CELLS = 4_000_000  # replicates x spots of draw counts held at once (32 MB)
 
 
 def statistic_fn(statistic: str | Callable) -> Callable[[np.ndarray, np.ndarray], float]:
@@ -74,13 +142,24 @@ def paired_bootstrap_gain(per_slide: list[tuple[np.ndarray, np.ndarray, np.ndarr
                 "per_slide": [], "n_boot": 0}
     point = [fn(t, a) - fn(t, b) for t, a, b in per]
     rng = np.random.default_rng(seed)
+    weighted = WEIGHTED.get(metric) if isinstance(metric, str) else None
     reps = np.empty(n_boot)
-    for i in range(n_boot):
-        diffs = []
-        for t, a, b in per:
-            idx = rng.integers(0, len(t), len(t))
-            diffs.append(fn(t[idx], a[idx]) - fn(t[idx], b[idx]))
-        reps[i] = np.nanmean(diffs)
+    if weighted is None:  # a task's own statistic: one resample at a time
+        for i in range(n_boot):
+            diffs = []
+            for t, a, b in per:
+                idx = rng.integers(0, len(t), len(t))
+                diffs.append(fn(t[idx], a[idx]) - fn(t[idx], b[idx]))
+            reps[i] = np.nanmean(diffs)
+    else:
+        block = max(1, min(n_boot, BLOCK_CELLS // sum(len(t) for t, _, _ in per)))
+        for start in range(0, n_boot, block):
+            draws = [np.empty((min(block, n_boot - start), len(t))) for t, _, _ in per]
+            for i in range(len(draws[0])):  # the loop's order of draws: replicate by replicate, slide by slide
+                for w, (t, _, _) in zip(draws, per):
+                    w[i] = np.bincount(rng.integers(0, len(t), len(t)), minlength=len(t))
+            diffs = np.stack([weighted(t, a, w) - weighted(t, b, w) for w, (t, a, b) in zip(draws, per)], axis=1)
+            reps[start:start + len(diffs)] = _nanmean_rows(diffs)
     alpha = (1 - confidence) / 2
     low, high = np.nanquantile(reps, [alpha, 1 - alpha])
     return {"gain": float(np.nanmean(point)), "low": float(low), "high": float(high), "n_slides": len(per),
