@@ -265,6 +265,23 @@ def test_runs_with_another_trainable_tail_do_not_share_trunk_maps(tmp_path, visi
     assert one["trunk_cache"]["hits"] == 0 and head["trunk_cache"]["hits"] == 0  # nothing reused across tails
     assert head["trunk_cache"]["misses"] > 0
 
+    # embedding both at once: one trunk pass per tail (the backbone rides on the first), each model as alone
+    from stamp_st.inference.corpus_embed import embed_corpus, iter_corpus_spots
+    from stamp_st.training.run_folder import latest_checkpoint
+
+    cks = {"tail1": latest_checkpoint(tmp_path / "tail1"), "tail0": latest_checkpoint(tmp_path / "tail0")}
+    emb = embed_corpus(cks, visium_paired_corpus, backbone="efficientnet_lite0", progress=False)
+    assert emb["trunk_passes"] == 2 and not emb["shared_trunk"]
+    patches = torch.from_numpy(np.stack([p for _, p, _ in iter_corpus_spots(visium_paired_corpus)]))
+    for name, ck in cks.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            alone = load_stamp(ck)
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(emb["stamp_v"][name]),
+                                       alone.encode_image(patches, space="backbone"), atol=2e-3, rtol=2e-3)
+    assert not np.allclose(emb["stamp_v"]["tail1"], emb["stamp_v"]["tail0"])
+
 
 def test_folds_train_one_model_per_held_out_slide_and_a_final_one(tmp_path, visium_paired_corpus):
     from stamp_st.training.align import run_align_folds
@@ -299,7 +316,7 @@ def test_folds_train_one_model_per_held_out_slide_and_a_final_one(tmp_path, visi
     cks = {sl: tmp_path / "cv" / "folds" / sl / "checkpoints" / "latest" for sl in slides}
     cks = {k: v.parent / v.read_text().strip() for k, v in cks.items()}
     emb = embed_corpus(cks, visium_paired_corpus, backbone="efficientnet_lite0", progress=False)
-    assert emb["shared_trunk"] and len(emb["spot_ids"]) == n_spots
+    assert emb["shared_trunk"] and emb["trunk_passes"] == 1 and len(emb["spot_ids"]) == n_spots
     patches = torch.from_numpy(np.stack([p for _, p, _ in iter_corpus_spots(visium_paired_corpus)]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -4,7 +4,8 @@ final one, each to be applied to every spot).
 
 Models fine-tuned in their last blocks share the frozen trunk of the pretrained CNN, and frozen gene
 encoders are equal too, so the trunk and the gene encoder run once per spot and each model adds only its
-tail and heads; where weights differ, each model runs in full. The crops are the corpus's own, i.e. those
+tail and heads. Models with different trainable tails (an ablation of ``trainable_blocks``) form one group
+per trunk, each run once; a model whose trunk matches no other runs in full. The crops are the corpus's own, i.e. those
 that training saw."""
 
 from __future__ import annotations
@@ -76,6 +77,27 @@ def _trunk_modules(vb) -> torch.nn.ModuleList:
     return torch.nn.ModuleList([b.conv_stem, b.bn1, b.blocks[:cut]])
 
 
+def _trunk_groups(models: list) -> list[tuple[object, list]]:
+    """(representative, members) of the models whose frozen trunks compute the same maps: the same split
+    point, input transform and trunk weights. Models that cannot split run in full and are in no group."""
+    from ..models.pretext import PretextConvNet
+
+    groups: list[tuple[object, list]] = []
+    for m in models:
+        vb = m.visual_backbone
+        if not isinstance(vb, PretextConvNet) or vb.tail_blocks is None:
+            continue
+        for rep, members in groups:
+            rb = rep.visual_backbone
+            if (rb.tail_blocks == vb.tail_blocks and rep.transform == m.transform
+                    and _same_weights(_trunk_modules(rb), _trunk_modules(vb))):
+                members.append(m)
+                break
+        else:
+            groups.append((m, [m]))
+    return groups
+
+
 CORPUS_EMBEDDINGS = ("stamp_v", "stamp_v_joint", "stamp_g")
 # the embedding file's obsm key of each of embed_corpus's results
 OBSM_KEYS = {"stamp_v": OBSM_STAMP_V, "stamp_v_joint": OBSM_STAMP_V_JOINT, "stamp_g": OBSM_STAMP_G, "stamp_f": OBSM_STAMP_F,
@@ -109,11 +131,8 @@ def embed_corpus(checkpoints: dict[str, str | Path], corpus: str | Path, backbon
         if isinstance(base.visual_backbone, PretextConvNet) and base.visual_backbone.supports_trunk_split():
             base.visual_backbone.set_tail_blocks(first.visual_backbone.tail_blocks or 0)
     image_models = list(models.values()) + ([base] if base is not None else [])
-    share_trunk = all(isinstance(m.visual_backbone, PretextConvNet) and m.visual_backbone.tail_blocks is not None
-                      and m.visual_backbone.tail_blocks == first.visual_backbone.tail_blocks
-                      and m.transform == first.transform
-                      and _same_weights(_trunk_modules(m.visual_backbone), _trunk_modules(first.visual_backbone))
-                      for m in image_models)
+    groups = _trunk_groups(image_models)
+    trunk_of = {id(m): rep for rep, members in groups for m in members}
     share_genes = all(_same_weights(m.spot_backbone, first.spot_backbone) and m.pooling == first.pooling
                       for m in models.values())
     context = first.spot_backbone.config.context
@@ -125,18 +144,22 @@ def embed_corpus(checkpoints: dict[str, str | Path], corpus: str | Path, backbon
     def flush(patches, tokens):
         x = torch.from_numpy(np.stack(patches))
         toks = torch.from_numpy(np.stack([pad_tokens(t, context) for t in tokens]))
-        trunk = first.visual_backbone.trunk(first.prepare_images(x)) if share_trunk else None
+        trunks = {id(rep): rep.visual_backbone.trunk(rep.prepare_images(x)) for rep, _ in groups}
+
+        def image_feature(m):
+            rep = trunk_of.get(id(m))
+            return (m.encode_image(x, space="backbone") if rep is None
+                    else m.visual_backbone.patch_from_trunk(trunks[id(rep)]))
+
         feat_g = first.gene_features(toks) if share_genes else None
         for name, m in models.items():
-            pf = (m.visual_backbone.patch_from_trunk(trunk) if share_trunk
-                  else m.encode_image(x, space="backbone"))
+            pf = image_feature(m)
             out["stamp_v"][name].append(pf)
             out["stamp_v_joint"][name].append(m.encode_image(patch_feat=pf))
             g = m.gene_features(toks) if feat_g is None else feat_g
             out["stamp_g"][name].append(m.encode_genes(gene_feat=g))
         if base is not None:
-            bb.append(base.visual_backbone.patch_from_trunk(trunk) if share_trunk
-                      else base.encode_image(x, space="backbone"))
+            bb.append(image_feature(base))
 
     patches, tokens = [], []
     for meta, patch, tok in tqdm(iter_corpus_spots(corpus), desc="embed corpus", unit="spot", disable=not progress):
@@ -151,7 +174,8 @@ def embed_corpus(checkpoints: dict[str, str | Path], corpus: str | Path, backbon
     if patches:
         flush(patches, tokens)
     result = {"slide_ids": np.asarray(ids["slide_ids"]), "spot_ids": np.asarray(ids["spot_ids"]),
-              "xy_px": np.asarray(ids["xy_px"], dtype=np.float64), "shared_trunk": share_trunk}
+              "xy_px": np.asarray(ids["xy_px"], dtype=np.float64), "shared_trunk": len(groups) == 1 and len(trunk_of) == len(image_models),
+              "trunk_passes": len(groups) + len(image_models) - len(trunk_of)}
     for k in CORPUS_EMBEDDINGS:
         result[k] = {n: torch.cat(v).float().numpy() for n, v in out[k].items()}
     result["stamp_f"] = {n: StampModel.fuse(torch.from_numpy(result["stamp_v_joint"][n]),
