@@ -6,7 +6,8 @@ them), pools each Stage-1 encoder's states per spot in several ways, and cluster
 evaluation's protocol (per slide, top-50 PCs, k-means with k = the section's labels) against the study's
 expression clusters and the pathologist's labels, beside the expression PCA (the same spots' log1p CP10k
 expression), with the gain over the PCA and its paired 95% bootstrap interval over spots. Several encoders
-(one per Stage-1 seed) give the spread over seeds.
+(one per Stage-1 seed) give the spread over seeds. ``--stamp-models``: Stage-2 models too, each scored by
+its ``X_stamp_g`` (its frozen encoder's pooled feature through its gene head, as ``stamp-st embed`` writes it).
 
     python benchmarks/gene_encoder_heldout.py --corpus stamp_st_demo/corpus_genes \\
         --encoders stamp_st_demo/gene_encoder,runs/genes_seed1,runs/genes_seed2 --sections A1,D1,E1,F1
@@ -21,6 +22,7 @@ from pathlib import Path
 
 POOLINGS = ("mean", "rank", "top256", "embedbag")
 LAYER_POOLINGS = ("mean_l1", "mean_cat")
+JOINT = "X_stamp_g"  # a Stage-2 model's gene embedding in the joint space (``--stamp-models``)
 
 
 def layer_means(encoder, tokens):
@@ -101,6 +103,8 @@ def main() -> int:
     ap.add_argument("--encoders", required=True, help="comma-separated Stage-1 run folders (one per seed)")
     ap.add_argument("--sections", default="A1,D1,E1,F1", help="held-out genes-only her2st sections")
     ap.add_argument("--poolings", default=",".join(POOLINGS))
+    ap.add_argument("--stamp-models", default="",
+                    help="comma-separated Stage-2 run or checkpoint folders: also score each one's X_stamp_g")
     ap.add_argument("--input-bags", default="",
                     help="comma-separated token counts N: also cluster the 0/1 bag of each spot's first N tokens")
     ap.add_argument("--json", default="benchmarks/results/gene_encoder_heldout_cpu.json")
@@ -114,8 +118,10 @@ def main() -> int:
     from stamp_st.embedding_file import EmbeddingSet
     from stamp_st.evaluation.sources import expression_pca_source
     from stamp_st.evaluation.tasks import evaluate_sources
+    from stamp_st.models.stamp import load_stamp
     from stamp_st.paths import her2st_dir
     from stamp_st.training.align import load_gene_encoder
+    from stamp_st.training.run_folder import latest_checkpoint
 
     torch.set_grad_enabled(False)
     root = her2st_dir()
@@ -135,11 +141,18 @@ def main() -> int:
         for pooling in args.poolings.split(","):
             feats = torch.cat([pooled(enc, t[j:j + 64], pooling) for j in range(0, len(t), 64)]).float().numpy()
             sources[f"Stamp_G {pooling} | encoder {i}"] = src(f"Stamp_G {pooling} | encoder {i}", feats)
+    stamp_models = [m for m in args.stamp_models.split(",") if m]
+    for i, run in enumerate(stamp_models):
+        model = load_stamp(latest_checkpoint(Path(run)) if (Path(run) / "checkpoints").is_dir() else run).eval()
+        t = torch.from_numpy(toks.astype(np.int64))
+        feats = torch.cat([model.encode_genes(t[j:j + 64]) for j in range(0, len(t), 64)]).float().numpy()
+        sources[f"Stamp_G {JOINT} | encoder {i}"] = src(f"Stamp_G {JOINT} | encoder {i}", feats)
     for n in (int(b) for b in args.input_bags.split(",") if b):
         sources[f"input bag, first {n} tokens"] = src(f"input bag, first {n} tokens", token_bag(toks, n))
     pca = expression_pca_source(next(iter(sources.values())))
     sources[pca.name] = pca
     out = {"sections": sections, "n_spots": int(len(spot)), "encoders": args.encoders.split(","),
+           "stamp_models": stamp_models,
            "command": "python " + " ".join(sys.argv), "labels": {}}
     for lab_name, lab in labels.items():
         if not (lab != "").any():
@@ -148,7 +161,7 @@ def main() -> int:
         ari = {r["source"]: r for r in ev["table"] if r["metric"] == "kmeans_ari" and "mean" in r}
         gains = {g["source"]: g for g in ev["gains"] if g["metric"] == "kmeans_ari"}
         summary = {}
-        for pooling in args.poolings.split(","):
+        for pooling in args.poolings.split(",") + ([JOINT] if stamp_models else []):
             names = [n for n in sources if n.startswith(f"Stamp_G {pooling} |")]
             vals = [ari[n]["mean"] for n in names if n in ari]
             gv = [gains[n]["gain"] for n in names if n in gains]
