@@ -5,8 +5,7 @@ final one, each to be applied to every spot).
 Models fine-tuned in their last blocks share the frozen trunk of the pretrained CNN, and frozen gene
 encoders are equal too, so the trunk and the gene encoder run once per spot and each model adds only its
 tail and heads. Models with different trainable tails (an ablation of ``trainable_blocks``) form one group
-per trunk, each run once; a model whose trunk matches no other runs in full. The crops are the corpus's own, i.e. those
-that training saw."""
+per trunk, each trunk run once. The crops are the corpus's own, i.e. those that training saw."""
 
 from __future__ import annotations
 
@@ -173,9 +172,10 @@ def embed_corpus(checkpoints: dict[str, str | Path], corpus: str | Path, backbon
             patches, tokens = [], []
     if patches:
         flush(patches, tokens)
+    in_full = len(image_models) - len(trunk_of)  # models that cannot split at a trunk
     result = {"slide_ids": np.asarray(ids["slide_ids"]), "spot_ids": np.asarray(ids["spot_ids"]),
-              "xy_px": np.asarray(ids["xy_px"], dtype=np.float64), "shared_trunk": len(groups) == 1 and len(trunk_of) == len(image_models),
-              "trunk_passes": len(groups) + len(image_models) - len(trunk_of)}
+              "xy_px": np.asarray(ids["xy_px"], dtype=np.float64),
+              "shared_trunk": len(groups) == 1 and in_full == 0, "trunk_passes": len(groups) + in_full}
     for k in CORPUS_EMBEDDINGS:
         result[k] = {n: torch.cat(v).float().numpy() for n, v in out[k].items()}
     result["stamp_f"] = {n: StampModel.fuse(torch.from_numpy(result["stamp_v_joint"][n]),
