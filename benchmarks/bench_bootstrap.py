@@ -22,16 +22,10 @@ from stamp_st.evaluation.gains import STATISTICS, paired_bootstrap_gain
 
 
 def loop_bootstrap(per, metric: str, n_boot: int = 1000, seed: int = 0):
-    """The bootstrap before it was vectorised: the statistic on each resample's rows."""
-    fn, rng = STATISTICS[metric], np.random.default_rng(seed)
-    reps = np.empty(n_boot)
-    for i in range(n_boot):
-        diffs = []
-        for t, a, b in per:
-            idx = rng.integers(0, len(t), len(t))
-            diffs.append(fn(t[idx], a[idx]) - fn(t[idx], b[idx]))
-        reps[i] = np.nanmean(diffs)
-    return np.nanquantile(reps, [0.025, 0.975])
+    """The bootstrap as it was before blocks: the statistic given as a function takes
+    ``paired_bootstrap_gain``'s one-resample-at-a-time path."""
+    g = paired_bootstrap_gain(per, STATISTICS[metric], n_boot=n_boot, seed=seed)
+    return g["low"], g["high"]
 
 
 def scipy_one_slide(t, a, b, metric: str, n_boot: int = 1000):
