@@ -277,11 +277,17 @@ def genes_only_sections(corpus: Path, root: Path, sections, strict: bool = True)
     return slides, spot, toks, counts, genes, labels
 
 
-def genes_only_heldout(settings: DemoSettings, gene_runs: list[Path], root: Path) -> dict:
+STAGE1_FEATURES = "STAMP_G encoder features (mean-pooled), Stage-1 seed"
+STAMP_G_JOINT = "STAMP_G joint (X_stamp_g), final Stage-2 model"
+
+
+def genes_only_heldout(settings: DemoSettings, gene_runs: list[Path], root: Path,
+                       stamp_run: Path | None = None) -> dict:
     """Each Stage-1 seed's encoder, mean-pooled, on the genes-only sections held out of Stage 1
     (``GENES_ONLY_HELDOUT``), clustered per section beside a 50-component expression PCA of the same spots:
     k-means ARI against the study's clusters and the pathologist's labels, the paired gain of each seed, and
-    the spread over seeds."""
+    the spread over seeds. With ``stamp_run``, also the embedding file's Stamp_G (``X_stamp_g``: the final
+    model's gene head on its encoder's pooled feature), which no stage trained on these sections either."""
     import numpy as np
     import torch
 
@@ -300,30 +306,42 @@ def genes_only_heldout(settings: DemoSettings, gene_runs: list[Path], root: Path
         enc, _ = load_gene_encoder(str(run))
         enc.eval()
         feats = torch.cat([enc.embed(t[i:i + 64]) for i in range(0, len(t), 64)]).float().numpy()
-        name = f"STAMP_G encoder features (mean-pooled), Stage-1 seed {seed}"
+        name = f"{STAGE1_FEATURES} {seed}"
         sources[name] = EmbeddingSet(name, feats, slides, spot, counts=counts, gene_names=np.asarray(genes))
+    if stamp_run is not None:
+        from .models.stamp import load_stamp
+        from .training.run_folder import latest_checkpoint
+
+        model = load_stamp(latest_checkpoint(stamp_run)).eval()
+        with torch.no_grad():
+            joint = torch.cat([model.encode_genes(t[i:i + 64]) for i in range(0, len(t), 64)]).float().numpy()
+        sources[STAMP_G_JOINT] = EmbeddingSet(STAMP_G_JOINT, joint, slides, spot, counts=counts,
+                                              gene_names=np.asarray(genes))
     pca = expression_pca_source(next(iter(sources.values())))
     sources[pca.name] = pca
     out = {"what": f"Sections {', '.join(GENES_ONLY_HELDOUT)} (no image; held out of Stage 1, which validated on "
                    "them and chose nothing on them): per section, top-50 PCs of each source, k-means with k = the "
                    "section's labels; 95% interval over sections; gain over a 50-component PCA of the same spots' "
                    "log1p CP10k expression with a paired bootstrap over spots; one row per Stage-1 seed and the "
-                   "spread over seeds.",
+                   "spread over seeds" + ("; and the final Stage-2 model's X_stamp_g (its gene head on the seed-"
+                                          "0 encoder's pooled feature), what the embedding files hold as Stamp_G."
+                                          if stamp_run is not None else "."),
            "sections": list(GENES_ONLY_HELDOUT), "n_spots": int(len(spot)), "labels": {}}
     for lab_name, lab in labels.items():
         ev = evaluate_sources(sources, lab, ["cluster"], baseline=pca.name, seed=settings.seed)
         table = [r for r in ev["table"] if r.get("metric") == "kmeans_ari"]
         gains = [r for r in ev.get("gains", []) if r["metric"] == "kmeans_ari"]
         out["labels"][lab_name] = {"table": table, "gains": gains}
-        if len(gains) > 1:
+        seed_gains = [g for g in gains if g["source"].startswith(STAGE1_FEATURES)]
+        if len(seed_gains) > 1:
             out["labels"][lab_name]["over_seeds"] = {
-                "ari": spread([r["mean"] for r in table if r["source"] != pca.name]),
-                "gain_over_pca": spread([g["gain"] for g in gains])}
+                "ari": spread([r["mean"] for r in table if r["source"].startswith(STAGE1_FEATURES)]),
+                "gain_over_pca": spread([g["gain"] for g in seed_gains])}
     return out
 
 
 def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path, gene_runs: list[Path],
-             ablation: dict) -> dict:
+             ablation: dict, stamp_run: Path | None = None) -> dict:
     from .embedding_file import OBSM_BACKBONE, OBSM_STAMP_F, OBSM_STAMP_G, OBSM_STAMP_V, OBSM_STAMP_V_JOINT
     from .evaluation.labels import load_labels
     from .evaluation.report import write_report
@@ -372,7 +390,7 @@ def evaluate(settings: DemoSettings, files: dict[str, Path], root: Path, gene_ru
                "this run trained one seed and no shuffled-gene control (--seeds 1 --no-controls): the spread "
                "over seeds and the genes' share were not measured.")]
         _say(f"evaluate: the gene encoder on the held-out genes-only sections {', '.join(GENES_ONLY_HELDOUT)}")
-        results["genes_only"] = genes_only_heldout(settings, gene_runs, root)
+        results["genes_only"] = genes_only_heldout(settings, gene_runs, root, stamp_run)
         if ablation:
             results["ablations"] = ablation
         results.setdefault("meta", {})["demo"] = {
@@ -404,7 +422,7 @@ def run_demo(settings: DemoSettings) -> dict:
     files = embed(settings, root, stamp_run, paired_dir)
     gene_runs = pretrain_seeds(settings, genes_dir, gene_run)
     ablation = ablations(settings, paired_dir, gene_run, stamp_run, root)
-    ev = evaluate(settings, files, root, gene_runs, ablation)
+    ev = evaluate(settings, files, root, gene_runs, ablation, stamp_run)
     wall = time.perf_counter() - t0
     print_summary(ev, wall)
     return ev
