@@ -84,13 +84,14 @@ def _balanced_accuracy_weighted(y_true: np.ndarray, y_pred: np.ndarray, w: np.nd
 
 def _ari_weighted(y_true: np.ndarray, y_pred: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``_ari`` of each resample: its contingency table is the drawn counts of each label pair (exact in
-    float64 below 2**53 spots)."""
+    float64 below 2**53 spots). The spot -> pair indicator is sparse: many clusters on a large slide stay small."""
+    import scipy.sparse as sp
+
     _, a = np.unique(y_true, return_inverse=True)
     _, b = np.unique(y_pred, return_inverse=True)
     nb = int(b.max()) + 1
-    pair = np.zeros((len(a), (int(a.max()) + 1) * nb))
-    pair[np.arange(len(a)), a * nb + b] = 1.0
-    cont = (w @ pair).reshape(len(w), -1, nb)
+    pair = sp.csr_matrix((np.ones(len(a)), (a * nb + b, np.arange(len(a)))), shape=((int(a.max()) + 1) * nb, len(a)))
+    cont = np.asarray(pair @ w.T).T.reshape(len(w), -1, nb)
     n = w.sum(axis=1)
     sum_sq = (cont * cont).sum(axis=(1, 2))
     rows, cols = cont.sum(axis=2), cont.sum(axis=1)
