@@ -134,17 +134,16 @@ def main() -> int:
                             gene_names=np.asarray(genes))
 
     sources = {}
+    t = torch.from_numpy(toks.astype(np.int64))
     for i, run in enumerate(e for e in args.encoders.split(",") if e):
         enc, _ = load_gene_encoder(run)
         enc.eval()
-        t = torch.from_numpy(toks.astype(np.int64))
         for pooling in args.poolings.split(","):
             feats = torch.cat([pooled(enc, t[j:j + 64], pooling) for j in range(0, len(t), 64)]).float().numpy()
             sources[f"Stamp_G {pooling} | encoder {i}"] = src(f"Stamp_G {pooling} | encoder {i}", feats)
     stamp_models = [m for m in args.stamp_models.split(",") if m]
     for i, run in enumerate(stamp_models):
         model = load_stamp(latest_checkpoint(Path(run)) if (Path(run) / "checkpoints").is_dir() else run).eval()
-        t = torch.from_numpy(toks.astype(np.int64))
         feats = torch.cat([model.encode_genes(t[j:j + 64]) for j in range(0, len(t), 64)]).float().numpy()
         sources[f"Stamp_G {JOINT} | encoder {i}"] = src(f"Stamp_G {JOINT} | encoder {i}", feats)
     for n in (int(b) for b in args.input_bags.split(",") if b):
